@@ -1,0 +1,52 @@
+"""One running request's handle: its cancel flag and what it reports per step.
+
+The caller (a UI session, a test, a remote worker) owns the Job; only the holder of a Job can
+interrupt it, so one user can never stop another's generation."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+
+@dataclass
+class StepInfo:
+    step: int  # steps done in this batch, 1-based
+    total: int  # denoising steps of this batch (img2img runs fewer than requested)
+    batch: int  # 0-based batch index
+    batch_count: int
+    preview: Image.Image | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Progress over the whole job, 0…1."""
+        return (self.batch + self.step / max(self.total, 1)) / max(self.batch_count, 1)
+
+
+@dataclass
+class Job:
+    _cancel: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    infotext: str
+
+
+@dataclass
+class GenerationResult:
+    task: str
+    images: list[GeneratedImage]
+    notes: list[str]
+    interrupted: bool = False
+    seconds: float = 0.0

@@ -1,0 +1,178 @@
+"""Validated request objects: the single contract between the UI (or API, tests, a remote
+worker) and the pipeline manager. One dataclass per task.
+
+Two layers:
+- the dataclasses' ``__post_init__`` enforce invariants and reject what cannot be meant
+  (NaN, negative steps, unknown scheduler) with a clear ``RequestError``;
+- ``Limits.normalize`` makes the friendly corrections a user expects (round sizes to
+  multiples of 8, clamp to the host's maxima, draw a random seed for −1) and records each
+  one as a note that travels with the request to the result.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
+
+from PIL import Image
+
+from .errors import RequestError
+from .schedulers import SCHEDULER_NAMES
+
+MAX_SEED = 2**32 - 1
+RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
+
+
+def _require_number(name: str, value, low: float, high: float, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(f"{name} must be a number, got {value!r}.")
+    if not math.isfinite(value):
+        raise RequestError(f"{name} must be a finite number, got {value}.")
+    if integer and value != int(value):
+        raise RequestError(f"{name} must be a whole number, got {value}.")
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}.")
+
+
+def _require_text(name: str, value) -> None:
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be text, got {type(value).__name__}.")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: shared by every task."""
+
+    scheduler: str = "Euler a"
+    steps: int = 20
+    cfg: bool = True  # classifier-free guidance on/off: off = one UNet pass per step
+    cfg_scale: float = 7.0  # ε = ε_uncond + s·(ε_cond − ε_uncond)
+    eta: float = 0.0  # DDIM η: σ = η·σ_DDPM (0 deterministic, 1 DDPM-like)
+    seed: int = -1  # −1 = random, resolved by Limits.normalize
+    batch_size: int = 1
+    batch_count: int = 1
+
+    def __post_init__(self):
+        if self.scheduler not in SCHEDULER_NAMES:
+            raise RequestError(f"Unknown scheduler {self.scheduler!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
+        _require_number("Steps", self.steps, 1, 1000, integer=True)
+        if not isinstance(self.cfg, bool):
+            raise RequestError(f"CFG on/off must be true or false, got {self.cfg!r}.")
+        _require_number("CFG scale", self.cfg_scale, 1.0, 30.0)
+        _require_number("DDIM eta", self.eta, 0.0, 1.0)
+        _require_number("Seed", self.seed, -1, MAX_SEED, integer=True)
+        _require_number("Batch size", self.batch_size, 1, 64, integer=True)
+        _require_number("Batch count", self.batch_count, 1, 1000, integer=True)
+        # Coerce integral floats coming from JSON (e.g. 20.0) to int.
+        for name in ("steps", "seed", "batch_size", "batch_count"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "cfg_scale", float(self.cfg_scale))
+        object.__setattr__(self, "eta", float(self.eta))
+
+    @property
+    def guidance_scale(self) -> float:
+        """What diffusers receives: ≤ 1 makes it skip the unconditional pass."""
+        return self.cfg_scale if self.cfg else 1.0
+
+    def image_seeds(self) -> list[list[int]]:
+        """Seed of every image, batch by batch: image k of the job gets seed + k (as A1111)."""
+        if self.seed < 0:
+            raise RequestError("Seed −1 must be resolved before generation (Limits.normalize does it).")
+        return [
+            [(self.seed + b * self.batch_size + i) % (MAX_SEED + 1) for i in range(self.batch_size)]
+            for b in range(self.batch_count)
+        ]
+
+
+@dataclass(frozen=True)
+class Txt2ImgRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    sampling: Sampling = field(default_factory=Sampling)
+    notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
+
+    task: ClassVar[str] = "txt2img"
+
+    def __post_init__(self):
+        _require_text("Prompt", self.prompt)
+        _require_text("Negative prompt", self.negative_prompt)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _require_number(name.capitalize(), value, 1, 16384, integer=True)
+            object.__setattr__(self, name, int(value))
+        if not isinstance(self.sampling, Sampling):
+            raise RequestError("sampling must be a Sampling object.")
+
+    @property
+    def is_normalized(self) -> bool:
+        """Sizes are multiples of 8 (the VAE downsamples by 8) and the seed is drawn."""
+        return self.width % 8 == 0 and self.height % 8 == 0 and self.sampling.seed >= 0
+
+
+@dataclass(frozen=True)
+class Img2ImgRequest(Txt2ImgRequest):
+    init_image: Image.Image | None = None
+    strength: float = 0.75  # fraction of the noise schedule re-run: 0 = input back, 1 = ignore input
+    resize_mode: str = "crop and resize"
+
+    task: ClassVar[str] = "img2img"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.init_image is None:
+            raise RequestError("img2img needs an init image: upload one first.")
+        if not isinstance(self.init_image, Image.Image):
+            raise RequestError(f"The init image must be an image, got {type(self.init_image).__name__}.")
+        _require_number("Denoising strength", self.strength, 0.0, 1.0)
+        object.__setattr__(self, "strength", float(self.strength))
+        if self.resize_mode not in RESIZE_MODES:
+            raise RequestError(f"Unknown resize mode {self.resize_mode!r}. Choose one of: {', '.join(RESIZE_MODES)}.")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What this host allows (from settings): a laptop and a public Space differ here."""
+
+    max_width: int = 2048
+    max_height: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 16
+
+    def normalize(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
+        """Friendly corrections, each recorded as a note; returns a new, ready request."""
+        notes = list(request.notes)
+        size = {}
+        for name, limit in (("width", self.max_width), ("height", self.max_height)):
+            value = getattr(request, name)
+            rounded = max(8, math.floor(value / 8 + 0.5) * 8)
+            if rounded != value:
+                notes.append(f"{name.capitalize()} {value} rounded to {rounded} (a multiple of 8).")
+            if rounded > limit:
+                notes.append(f"{name.capitalize()} {rounded} is over this host's limit: clamped to {limit}.")
+                rounded = limit
+            size[name] = rounded
+        s = request.sampling
+        changes = {}
+        for name, limit, label in (
+            ("steps", self.max_steps, "Steps"),
+            ("batch_size", self.max_batch_size, "Batch size"),
+            ("batch_count", self.max_batch_count, "Batch count"),
+        ):
+            if getattr(s, name) > limit:
+                notes.append(f"{label} {getattr(s, name)} is over this host's limit: clamped to {limit}.")
+                changes[name] = limit
+        if s.seed < 0:
+            changes["seed"] = random.randint(0, MAX_SEED)
+        sampling = replace(s, **changes) if changes else s
+        return replace(request, sampling=sampling, notes=tuple(notes), **size)
+
+
+def describe(request: Txt2ImgRequest) -> dict:
+    """Plain fields of a request (images left out), e.g. for logs and infotext."""
+    out = {f.name: getattr(request, f.name) for f in fields(request) if f.name not in ("sampling", "init_image", "notes")}
+    out.update({f.name: getattr(request.sampling, f.name) for f in fields(Sampling)})
+    return out
