@@ -123,6 +123,19 @@ class PipelineManager:
     def loaded(self) -> bool:
         return self._base is not None
 
+    @property
+    def native_size(self) -> int:
+        """The resolution the model was trained at (SD 1.5: 512, the demo model: 128)."""
+        if self._base is None:
+            return 512
+        return int(self._base.unet.config.sample_size) * self._base.vae_scale_factor
+
+    def describe(self) -> str:
+        if self.model is None:
+            return NO_MODEL
+        return (f"Model **{self.model.name}** ({self.model.source.kind}) on {self.device.type} {str(self.dtype).replace('torch.', '')}, "
+                f"native size {self.native_size}², loaded in {self.model.seconds:.1f} s.")
+
     def pipeline(self, task: str) -> DiffusionPipeline:
         """The task's pipeline, derived once from the base and sharing its modules."""
         if self._base is None:

@@ -7,6 +7,8 @@ model) without shipping model-specific constants, and costs a 4×3 matmul per pr
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -59,6 +61,8 @@ class DenoisedTap:
         self.latest: torch.Tensor | None = None
         original = scheduler.step
 
+        # wraps(): pipelines inspect step()'s signature to decide whether to pass eta/generator.
+        @functools.wraps(original)
         def step(*args, return_dict: bool = True, **kwargs):
             out = original(*args, return_dict=True, **kwargs)
             self.latest = getattr(out, "pred_original_sample", None)

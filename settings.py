@@ -1,0 +1,90 @@
+"""Settings from command-line flags, with defaults from the environment.
+
+The same code serves a laptop and a public Space: limits, whether models may be changed and
+whether outputs are saved are settings (env ``SD_STUDIO_*``), not code. Flags win over env.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from pipelines.requests import Limits
+
+ROOT = Path(__file__).resolve().parent
+DEMO_MODEL = ROOT / "assets" / "models" / "demo"
+SD15_CONFIG = ROOT / "assets" / "configs" / "sd15"
+
+
+def _env(name: str, default):
+    raw = os.environ.get(f"SD_STUDIO_{name.upper()}")
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    return raw
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    model: str = ""  # empty: the embedded demo model, when present
+    outputs_dir: str = "outputs"
+    save_outputs: bool = True
+    allow_download: bool = False  # Hub downloads; off = fully offline, no network at all
+    allow_model_change: bool = True
+    device: str = ""  # empty: cuda, then mps, then cpu
+    dtype: str = ""  # empty: fp16 on accelerators, fp32 on cpu
+    vae_tiling: bool = False
+    cpu_offload: bool = False
+    single_file_config: str = ""  # diffusers folder giving the architecture of single-file checkpoints
+    max_size: int = 2048
+    max_steps: int = 150
+    max_batch_size: int = 8
+    max_batch_count: int = 16
+    queue_size: int = 64
+    preview_every: int = 1
+
+    @property
+    def limits(self) -> Limits:
+        size = self.max_size - self.max_size % 8
+        return Limits(size, size, self.max_steps, self.max_batch_size, self.max_batch_count)
+
+    @property
+    def model_source(self) -> str:
+        """What to load at start: the configured model, else the demo model if shipped."""
+        if self.model:
+            return self.model
+        return str(DEMO_MODEL) if (DEMO_MODEL / "model_index.json").is_file() else ""
+
+    @property
+    def single_file_config_or_default(self) -> str | None:
+        if self.single_file_config:
+            return self.single_file_config
+        return str(SD15_CONFIG) if (SD15_CONFIG / "model_index.json").is_file() else None
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "Settings":
+        defaults = {f.name: _env(f.name, f.default) for f in fields(cls)}
+        defaults["host"] = os.environ.get("GRADIO_SERVER_NAME", defaults["host"])
+        defaults["port"] = int(os.environ.get("GRADIO_SERVER_PORT", defaults["port"]))
+        parser = argparse.ArgumentParser(description="Stable Diffusion studio in the browser.")
+        helps = {
+            "model": "diffusers folder, .safetensors/.ckpt file or Hub id (default: the embedded demo model)",
+            "outputs_dir": "where generated PNGs are saved",
+            "allow_download": "allow downloading Hub models (otherwise the app never touches the network)",
+            "single_file_config": "diffusers folder with the configs for single-file checkpoints",
+            "max_size": "largest width/height a request may ask for",
+        }
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            default = defaults[f.name]
+            if isinstance(f.default, bool):
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps.get(f.name))
+            else:
+                parser.add_argument(flag, type=type(f.default), default=default, help=helps.get(f.name))
+        return cls(**vars(parser.parse_args(argv)))

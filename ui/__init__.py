@@ -1,0 +1,27 @@
+"""Gradio side of the studio: one module per tab, each with build(); never imports torch.
+
+build_app assembles the tabs around one GenerationService (manager + limits + outputs)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from . import img2img, models, pnginfo, txt2img
+from .common import GenerationService
+from .outputs import OutputStore
+
+
+def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
+    service = GenerationService(manager, settings.limits, OutputStore(settings.outputs_dir, settings.save_outputs))
+    size = manager.native_size
+    with gr.Blocks(title="SD Studio", analytics_enabled=False) as app:
+        status = gr.Markdown(startup_message or manager.describe(), elem_id="status")
+        with gr.Tabs() as tabs:
+            with gr.Tab("txt2img", id="txt2img"):
+                t2i = txt2img.build(service, size)
+            with gr.Tab("img2img", id="img2img"):
+                i2i = img2img.build(service, size)
+            with gr.Tab("PNG info", id="pnginfo"):
+                pnginfo.build(tabs, t2i, i2i)
+            with gr.Tab("Models", id="models"):
+                models.build(manager, settings.allow_model_change, status)
+    return app

@@ -1,0 +1,218 @@
+"""Widget groups every generation tab shares (prompt box, sampler settings, seed, results)
+and the one place that runs a request: validation errors → messages, live progress and
+preview, saving, per-session interrupt."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.errors import StudioError
+from pipelines.requests import Limits, Sampling
+from pipelines.schedulers import ETA_SCHEDULERS, SCHEDULER_NAMES
+
+from .jobs import SessionJobs
+from .outputs import OutputStore, with_infotext
+
+log = logging.getLogger(__name__)
+
+GPU = "gpu"  # one concurrency id for every GPU event: one generation at a time per device
+
+from gradio.events import Dependency
+
+class SafeImage(gr.Image):
+    """An image input that turns an unreadable upload into a clear message."""
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
+            raise gr.Error(f"The uploaded file is not an image this app can read ({type(error).__name__}). Upload a PNG, JPEG or WebP.") from error
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def open_image(path: str | None, what: str) -> Image.Image | None:
+    """Open an uploaded file path fully (so a truncated file fails here, with a message)."""
+    if not path:
+        return None
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as error:
+        raise gr.Error(f"The {what} is not an image this app can read ({type(error).__name__}). Upload a PNG, JPEG or WebP.") from error
+
+
+@dataclass
+class PromptBox:
+    prompt: gr.Textbox
+    negative: gr.Textbox
+
+
+def prompt_box(tab: str) -> PromptBox:
+    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a large red circle on a white background", elem_id=f"{tab}_prompt")
+    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_negative")
+    return PromptBox(prompt, negative)
+
+
+@dataclass
+class SamplerControls:
+    scheduler: gr.Dropdown
+    steps: gr.Slider
+    cfg: gr.Checkbox
+    cfg_scale: gr.Slider
+    eta: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+    seed: gr.Number
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+
+    def inputs(self) -> list:
+        """Order matches sampling_from()'s leading parameters plus width/height."""
+        return [self.scheduler, self.steps, self.cfg, self.cfg_scale, self.eta, self.seed,
+                self.batch_size, self.batch_count, self.width, self.height]
+
+
+def sampler_controls(tab: str, limits: Limits, native_size: int) -> SamplerControls:
+    with gr.Row():
+        scheduler = gr.Dropdown(list(SCHEDULER_NAMES), value="Euler a", label="Scheduler", elem_id=f"{tab}_scheduler")
+        steps = gr.Slider(1, limits.max_steps, value=min(20, limits.max_steps), step=1, label="Steps", elem_id=f"{tab}_steps")
+    with gr.Row():
+        cfg = gr.Checkbox(value=True, label="CFG", info="classifier-free guidance; off = one UNet pass per step", elem_id=f"{tab}_cfg")
+        cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
+        eta = gr.Slider(0, 1, value=0, step=0.05, label="DDIM η", info="0 deterministic, 1 DDPM-like", visible=False, elem_id=f"{tab}_eta")
+    with gr.Row():
+        width = gr.Slider(64, limits.max_width, value=native_size, step=8, label="Width", elem_id=f"{tab}_width")
+        height = gr.Slider(64, limits.max_height, value=native_size, step=8, label="Height", elem_id=f"{tab}_height")
+    with gr.Row():
+        batch_count = gr.Slider(1, limits.max_batch_count, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
+        batch_size = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+    with gr.Row(equal_height=True):
+        seed = gr.Number(value=-1, precision=0, label="Seed", info="−1 = random", elem_id=f"{tab}_seed", scale=4)
+        random_seed = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=48)
+        reuse_seed = gr.Button("♻️", elem_id=f"{tab}_reuse_seed", scale=0, min_width=48)
+    scheduler.change(lambda name: gr.update(visible=name in ETA_SCHEDULERS), scheduler, eta, queue=False, api_visibility="private")
+    cfg.change(lambda on: gr.update(interactive=on), cfg, cfg_scale, queue=False, api_visibility="private")
+    random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
+    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed, reuse_seed)
+
+
+def sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count) -> Sampling:
+    return Sampling(
+        scheduler=scheduler, steps=steps, cfg=cfg, cfg_scale=cfg_scale, eta=eta,
+        seed=-1 if seed is None else seed, batch_size=batch_size, batch_count=batch_count,
+    )
+
+
+@dataclass
+class ResultPanel:
+    generate: gr.Button
+    interrupt: gr.Button
+    progress_preview: gr.Image
+    gallery: gr.Gallery
+    notes: gr.Markdown
+    infotext: gr.Textbox
+    last_seed: gr.State
+
+    def outputs(self) -> list:
+        return [self.progress_preview, self.gallery, self.notes, self.infotext, self.last_seed]
+
+
+def result_panel(tab: str) -> ResultPanel:
+    with gr.Row():
+        generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", scale=3)
+        interrupt = gr.Button("Interrupt", variant="stop", elem_id=f"{tab}_interrupt", scale=1)
+    progress_preview = gr.Image(label="Live preview", interactive=False, format="png", height=160, elem_id=f"{tab}_preview")
+    gallery = gr.Gallery(label="Results", format="png", columns=4, height="auto", elem_id=f"{tab}_gallery", interactive=False)
+    notes = gr.Markdown(elem_id=f"{tab}_notes")
+    infotext = gr.Textbox(label="Generation parameters", lines=3, interactive=False, elem_id=f"{tab}_infotext")
+    return ResultPanel(generate, interrupt, progress_preview, gallery, notes, infotext, gr.State(-1))
+
+
+class GenerationService:
+    """Runs requests for every tab: the manager does the work in a worker thread while the
+    Gradio generator streams per-step progress and previews back to that session only."""
+
+    def __init__(self, manager, limits: Limits, store: OutputStore):
+        self.manager = manager
+        self.limits = limits
+        self.store = store
+        self.jobs = SessionJobs()
+
+    def stream(self, build: Callable[[], object], session: str, progress: gr.Progress):
+        """Generator of result-panel outputs for one request built by build()."""
+        try:
+            request = self.limits.normalize(build())
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        events: queue.Queue = queue.Queue()
+        job = self.jobs.start(session)
+
+        def work():
+            try:
+                events.put(("done", self.manager.run(request, on_step=lambda step: events.put(("step", step)), job=job)))
+            except Exception as error:  # reported to this session below; the server keeps serving
+                events.put(("error", error))
+
+        threading.Thread(target=work, name=f"generate-{session[:8]}", daemon=True).start()
+        finished = False
+        try:
+            progress(0, desc="Waiting for the model…")
+            while True:
+                kind, payload = events.get()
+                if kind == "step":
+                    progress(payload.fraction, desc=f"Batch {payload.batch + 1}/{payload.batch_count}, step {payload.step}/{payload.total}")
+                    if payload.preview is not None:
+                        yield payload.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    continue
+                finished = True
+                if kind == "error":
+                    if isinstance(payload, StudioError):
+                        raise gr.Error(str(payload))
+                    log.error("generation failed", exc_info=payload)
+                    raise gr.Error(f"Generation failed: {type(payload).__name__}: {payload}")
+                yield self._final(payload)
+                return
+        finally:
+            if not finished:
+                job.cancel()  # the client went away or cancelled: stop the work too
+            self.jobs.finish(session, job)
+
+    def _final(self, result):
+        paths = self.store.save(result.task, result.images)
+        items = [str(p) for p in paths] if paths else [with_infotext(item) for item in result.images]
+        gallery = [(item, f"seed {image.seed}") for item, image in zip(items, result.images)]
+        lines = [f"{len(result.images)} image(s) in {result.seconds:.1f} s" + (" — interrupted" if result.interrupted else "")]
+        lines += [f"- {note}" for note in result.notes]
+        if paths:
+            lines.append(f"Saved to `{paths[0].parent}`")
+        infotext = result.images[0].infotext if result.images else ""
+        seed = result.images[0].seed if result.images else gr.skip()
+        preview = result.images[0].image if result.images else gr.skip()
+        return preview, gallery, "\n".join(lines), infotext, seed
+
+
+def wire_common(panel: ResultPanel, sampler: SamplerControls, service: GenerationService, interrupt_api: str | None):
+    """Seed reuse and the interrupt button (per session; never queued behind generations)."""
+    sampler.reuse_seed.click(lambda seed: seed, panel.last_seed, sampler.seed, queue=False, api_visibility="private")
+
+    def interrupt(request: gr.Request) -> str:
+        stopped = service.jobs.interrupt(request.session_hash)
+        return "Interrupting…" if stopped else "Nothing of yours is running."
+
+    panel.interrupt.click(
+        interrupt, None, panel.notes, queue=False,
+        api_name=interrupt_api, api_visibility="public" if interrupt_api else "private",
+    )

@@ -1,0 +1,32 @@
+"""Which job belongs to which browser session, so Interrupt stops only the presser's job."""
+from __future__ import annotations
+
+import threading
+
+from pipelines.jobs import Job
+
+
+class SessionJobs:
+    def __init__(self):
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> Job:
+        job = Job()
+        with self._lock:
+            self._jobs[session] = job
+        return job
+
+    def finish(self, session: str, job: Job) -> None:
+        with self._lock:
+            if self._jobs.get(session) is job:
+                del self._jobs[session]
+
+    def interrupt(self, session: str) -> bool:
+        """Cancel this session's running job; True when there was one."""
+        with self._lock:
+            job = self._jobs.get(session)
+        if job is None:
+            return False
+        job.cancel()
+        return True

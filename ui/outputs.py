@@ -1,0 +1,47 @@
+"""Saving results: PNGs with their infotext under the outputs folder, named by us only.
+
+No part of a path comes from user input (prompt, upload name), so nothing can be written
+outside the outputs folder."""
+from __future__ import annotations
+
+import re
+import threading
+from datetime import date
+from pathlib import Path
+
+from pipelines.jobs import GeneratedImage
+from pipelines.metadata import PNG_KEY, save_png
+
+_NUMBERED = re.compile(r"^(\d{5})-")
+
+
+class OutputStore:
+    def __init__(self, root: str | Path, enabled: bool = True):
+        self.root = Path(root).resolve()
+        self.enabled = enabled
+        self._lock = threading.Lock()
+
+    def folder(self, task: str) -> Path:
+        return self.root / task / date.today().isoformat()
+
+    def save(self, task: str, images: list[GeneratedImage]) -> list[Path]:
+        """Write each image as <outputs>/<task>/<date>/<nnnnn>-<seed>.png; [] when saving is off."""
+        if not self.enabled:
+            return []
+        folder = self.folder(task)
+        with self._lock:
+            folder.mkdir(parents=True, exist_ok=True)
+            numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))]
+            next_number = max(numbers, default=-1) + 1
+            paths = []
+            for offset, item in enumerate(images):
+                path = folder / f"{next_number + offset:05d}-{item.seed}.png"
+                paths.append(save_png(item.image, item.infotext, path))
+        return paths
+
+
+def with_infotext(item: GeneratedImage):
+    """The image carrying its infotext in .info, so Gradio's PNG encoder keeps it."""
+    image = item.image.copy()
+    image.info[PNG_KEY] = item.infotext
+    return image

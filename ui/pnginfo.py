@@ -1,0 +1,56 @@
+"""PNG info tab: read the generation parameters back from an image and send them to a tab."""
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
+from pipelines.schedulers import SCHEDULER_NAMES
+
+from .common import SafeImage, open_image
+
+
+def read(image_path):
+    """Image file → (raw infotext, parsed parameters)."""
+    image = open_image(image_path, "image")
+    if image is None:
+        return "", {}
+    text = read_infotext(image)
+    if not text:
+        return "This image carries no generation parameters.", {}
+    return text, parse_infotext(text)
+
+
+def build(tabs: gr.Tabs, txt2img, img2img) -> None:
+    with gr.Row():
+        with gr.Column():
+            image = SafeImage(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="pnginfo_image")
+        with gr.Column():
+            raw = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo_text")
+            parsed = gr.JSON(label="Parsed", elem_id="pnginfo_parsed")
+            with gr.Row():
+                to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+                to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img")
+            notes = gr.Markdown(elem_id="pnginfo_notes")
+    image.change(read, image, [raw, parsed], api_name="png_info")
+
+    def targets(tab) -> list:
+        s = tab.sampler
+        return [tab.prompts.prompt, tab.prompts.negative, s.scheduler, s.steps, s.cfg, s.cfg_scale, s.eta, s.seed, s.width, s.height]
+
+    def values(parameters: dict) -> tuple[list, list[str]]:
+        fields, notes = infotext_to_fields(parameters or {}, SCHEDULER_NAMES)
+        keys = ["prompt", "negative_prompt", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "width", "height"]
+        return [fields.get(k, gr.skip()) for k in keys], notes
+
+    def send_txt2img(parameters):
+        updates, notes = values(parameters)
+        return [*updates, "\n".join(notes), gr.Tabs(selected="txt2img")]
+
+    def send_img2img(parameters, image_path):
+        updates, notes = values(parameters)
+        strength = (parameters and infotext_to_fields(parameters, SCHEDULER_NAMES)[0].get("strength")) or gr.skip()
+        return [*updates, image_path or gr.skip(), strength, "\n".join(notes), gr.Tabs(selected="img2img")]
+
+    to_txt2img.click(send_txt2img, parsed, [*targets(txt2img), notes, tabs], api_visibility="private")
+    to_img2img.click(send_img2img, [parsed, image],
+                     [*targets(img2img), img2img.init_image, img2img.strength, notes, tabs], api_visibility="private")
