@@ -88,6 +88,8 @@ def _apply_rules(state_dict: Mapping[str, torch.Tensor], rules: list[tuple], wha
             break  # prefixes are disjoint: the first match is the only candidate
         if new_key is None:
             unmapped.append(key)
+        elif new_key in out:
+            raise ValueError(f"{what}: two parameters map to the same LDM key {new_key!r}")
         else:
             out[new_key] = tensor
     if unmapped:
@@ -131,6 +133,11 @@ def _check_unet(unet) -> None:
             problems.append(f"{field}={cfg.get(field)!r} (SD 1.x has no such embedding)")
     if cfg.get("time_embedding_type", "positional") != "positional":
         problems.append(f"time_embedding_type={cfg.time_embedding_type!r}")
+    # These change the SpatialTransformer's own submodules, which are copied key for key.
+    if cfg.get("attention_type", "default") != "default":
+        problems.append(f"attention_type={cfg.attention_type!r}")
+    if cfg.get("dual_cross_attention"):
+        problems.append("dual_cross_attention=True")
     if problems:
         raise ValueError("unet: config not expressible as an SD 1.x LDM checkpoint: " + "; ".join(problems))
 
