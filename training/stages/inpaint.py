@@ -1,0 +1,69 @@
+"""Stage inpaint: the 9-channel UNet, input [z_t, mask, masked-image latent], fine-tuned from
+the base with random boxes, brush strokes and full masks; text encoder and VAE stay frozen
+(they are shared with the base model)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from training import data, masks, models
+from training.common import EMA, NoiseSchedule, autocast, run_loop
+from training.pool import build_pool
+
+EMPTY_CAPTION_PROB = 0.1
+
+
+def masked_inputs(vae, images_u8, mask, scaling, device):
+    """As diffusers' inpainting pipeline prepares them: masked image = image·(mask < 0.5) in
+    [−1, 1] (the hole becomes grey), its sampled latent × scaling, mask resized to the latent grid."""
+    image = images_u8.float() / 127.5 - 1
+    masked = image * (mask < 0.5)
+    with torch.no_grad(), autocast(device):
+        masked_latent = vae.encode(masked).latent_dist.sample().float() * scaling
+    return F.interpolate(mask, size=masked_latent.shape[-2:]), masked_latent
+
+
+def run(args, device) -> dict:
+    torch.manual_seed(args.seed)
+    root = args.out / models.BASE
+    vae = models.load(AutoencoderKL, root / "vae", device).eval().requires_grad_(False)
+    text_encoder = models.load(CLIPTextModel, root / "text_encoder", device).eval().requires_grad_(False)
+    if args.resume:
+        unet = models.load(UNet2DConditionModel, args.out / models.INPAINT / "unet", device)
+    else:
+        unet = models.inpaint_unet_from(models.load(UNet2DConditionModel, root / "unet")).to(device)
+    unet.train()
+    tokenize = data.CaptionTokenizer(models.load_tokenizer())
+    pool = build_pool(args.pool_size, args.seed, vae, tokenize, device, keep_images=True)
+    empty = tokenize([""]).to(device)
+    schedule = NoiseSchedule(device)
+    batch = args.batch_size
+    print(f"inpaint: unet in_channels {unet.config.in_channels}, pool {len(pool)}", flush=True)
+
+    def loss_fn(step):
+        idx = torch.randint(len(pool), (batch,), device=device)
+        z0 = pool.latents(idx)
+        mask = masks.random_masks(batch, data.IMAGE_SIZE, device)
+        mask_latent, masked_latent = masked_inputs(vae, pool.images[idx], mask, pool.scaling, device)
+        drop = torch.rand(batch, 1, device=device) < EMPTY_CAPTION_PROB
+        tokens = torch.where(drop, empty, pool.tokens[idx])
+        noise, t = torch.randn_like(z0), schedule.sample_t(batch, device)
+        with torch.no_grad(), autocast(device):
+            context = text_encoder(tokens)[0]
+        with autocast(device):
+            x = torch.cat([schedule.add_noise(z0, noise, t), mask_latent, masked_latent], dim=1)
+            pred = unet(x, t, context).sample
+        return F.mse_loss(pred.float(), noise)
+
+    ema = EMA(unet.parameters(), decay=args.ema_decay or 0.999)
+    result = run_loop(unet.parameters(), loss_fn, lr=args.lr or 1e-4, max_steps=args.max_steps,
+                      time_budget_s=args.minutes * 60, warmup=args.warmup, cosine_span=args.cosine_span, ema=ema,
+                      log_every=args.log_every, device=device)
+    ema.copy_to_params()
+    models.save_fp16(unet.eval(), args.out / models.INPAINT / "unet")
+    stats = dict(stage="inpaint", steps=result.steps, seconds=round(result.seconds, 1),
+                 final_loss=round(result.final_loss, 4))
+    print(stats, flush=True)
+    return stats
