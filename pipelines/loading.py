@@ -82,10 +82,12 @@ def load_pipeline(
                 "downloads are off (offline). Download it where there is internet "
                 f"(`huggingface-cli download {source.location}`), or start with --allow-download."
             ) from error
-        if source.kind == "single_file" and not single_file_config and "config" in first_line.lower():
+        missing_config = type(error).__name__ == "LocalEntryNotFoundError" or "config" in first_line.lower()
+        if source.kind == "single_file" and missing_config:
             raise ModelLoadError(
-                f"Could not build a pipeline for {source.location!r} without its configuration "
-                "(offline). Pass --single-file-config with a diffusers folder of the same architecture."
+                f"Could not build a pipeline for {source.location!r}: its architecture's configuration "
+                f"is not available offline (tried: {single_file_config or 'none'}). Pass --single-file-config "
+                "with a diffusers folder of the same architecture (assets/configs/sd15 serves SD 1.x)."
             ) from error
         raise ModelLoadError(
             f"Could not load {source.location!r} ({type(error).__name__}: {first_line[:300]}). "

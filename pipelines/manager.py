@@ -134,7 +134,7 @@ class PipelineManager:
         if self.model is None:
             return NO_MODEL
         return (f"Model **{self.model.name}** ({self.model.source.kind}) on {self.device.type} {str(self.dtype).replace('torch.', '')}, "
-                f"native size {self.native_size}², loaded in {self.model.seconds:.1f} s.")
+                f"native size {self.native_size}².")
 
     def pipeline(self, task: str) -> DiffusionPipeline:
         """The task's pipeline, derived once from the base and sharing its modules."""

@@ -27,6 +27,9 @@ GPU = "gpu"  # one concurrency id for every GPU event: one generation at a time 
 class SafeImage(gr.Image):
     """An image input that turns an unreadable upload into a clear message."""
 
+    def get_block_name(self) -> str:
+        return "image"  # render with Gradio's own image front end (the name is the class name by default)
+
     def preprocess(self, payload):
         try:
             return super().preprocess(payload)
@@ -95,8 +98,8 @@ def sampler_controls(tab: str, limits: Limits, native_size: int) -> SamplerContr
         batch_size = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
     with gr.Row(equal_height=True):
         seed = gr.Number(value=-1, precision=0, label="Seed", info="−1 = random", elem_id=f"{tab}_seed", scale=4)
-        random_seed = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=48)
-        reuse_seed = gr.Button("♻️", elem_id=f"{tab}_reuse_seed", scale=0, min_width=48)
+        random_seed = gr.Button("Random", elem_id=f"{tab}_random_seed", scale=0, min_width=80, size="sm")
+        reuse_seed = gr.Button("Last seed", elem_id=f"{tab}_reuse_seed", scale=0, min_width=80, size="sm")
     scheduler.change(lambda name: gr.update(visible=name in ETA_SCHEDULERS), scheduler, eta, queue=False, api_visibility="private")
     cfg.change(lambda on: gr.update(interactive=on), cfg, cfg_scale, queue=False, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")

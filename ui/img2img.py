@@ -28,7 +28,7 @@ def build(service: GenerationService, native_size: int) -> Img2ImgTab:
                                    height=320, elem_id="img2img_init")
             with gr.Row():
                 resize_mode = gr.Radio(list(RESIZE_MODES), value="crop and resize", label="Resize mode", elem_id="img2img_resize_mode")
-                use_size = gr.Button("📐 Use image size", elem_id="img2img_use_size", scale=0)
+                use_size = gr.Button("Use image size", elem_id="img2img_use_size", scale=0)
             strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength",
                                  info="fraction of the noise schedule re-run: 0 returns the input, 1 ignores it",
                                  elem_id="img2img_strength")

@@ -8,17 +8,17 @@ from pipelines.errors import StudioError
 from .common import GPU
 
 
-def _memory_line(manager) -> str:
+def _details(manager) -> str:
     report = manager.memory_report()
     if not report["modes"]:
-        return ""
+        return manager.describe()
     mib = 1024 * 1024
-    return (f"Weights: {report['base_bytes'] / mib:.1f} MiB for the base; {report['all_modes_bytes'] / mib:.1f} MiB "
+    return (f"{manager.describe()} Loaded in {manager.model.seconds:.1f} s.\n\nWeights: {report['base_bytes'] / mib:.1f} MiB for the base; {report['all_modes_bytes'] / mib:.1f} MiB "
             f"with every loaded mode ({', '.join(report['modes'])}) — modes share the same modules.")
 
 
 def build(manager, allow_change: bool, status: gr.Markdown) -> None:
-    info = gr.Markdown(manager.describe() + "\n\n" + _memory_line(manager), elem_id="models_info")
+    info = gr.Markdown(_details(manager), elem_id="models_info")
     source = gr.Textbox(label="Base model", placeholder="path/to/diffusers-folder, model.safetensors, or user/repo",
                         interactive=allow_change, elem_id="models_source")
     load = gr.Button("Load", variant="primary", interactive=allow_change, elem_id="models_load")
@@ -32,9 +32,8 @@ def build(manager, allow_change: bool, status: gr.Markdown) -> None:
             manager.load_base(text)
         except StudioError as error:
             raise gr.Error(f"{error} The previous model stays loaded.") from error
-        description = manager.describe()
-        return description + "\n\n" + _memory_line(manager), description
+        return _details(manager), manager.describe()
 
     refresh = gr.Button("Refresh", elem_id="models_refresh", size="sm")
-    refresh.click(lambda: manager.describe() + "\n\n" + _memory_line(manager), None, info, queue=False, api_visibility="private")
+    refresh.click(lambda: _details(manager), None, info, queue=False, api_visibility="private")
     load.click(load_model, source, [info, status], api_name="load_model", concurrency_id=GPU, concurrency_limit=1)

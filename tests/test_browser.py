@@ -1,0 +1,108 @@
+"""The app in headless Chromium (Debian package, driven by Playwright): a user's click path,
+and a screenshot compared to a golden image. Refresh goldens with `--update-golden`."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ARTIFACTS
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--force-color-profile=srgb", "--font-render-hinting=none", "--hide-scrollbars"]
+# Elements whose text changes run to run (timings, saved paths): hidden before screenshots.
+VOLATILE_CSS = "#txt2img_notes, footer, .progress-text, .eta-bar { visibility: hidden !important; }"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium); .ci/run does.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    context = browser.new_context(viewport={"width": 1280, "height": 1100}, device_scale_factor=1)
+    page = context.new_page()
+    page.goto(app_server.url)
+    page.wait_for_selector("#txt2img_generate", timeout=60_000)
+    yield page
+    context.close()
+
+
+def compare_to_golden(screenshot: Path, name: str, update: bool, max_differing: float = 0.01) -> None:
+    """Fail when more than max_differing of the pixels differ by more than 24 grey levels."""
+    golden = GOLDEN / name
+    if update or not golden.exists():
+        GOLDEN.mkdir(exist_ok=True)
+        shutil.copy(screenshot, golden)
+        if not update:
+            pytest.fail(f"no golden image yet: wrote {golden}; review and commit it")
+        return
+    actual = np.asarray(Image.open(screenshot).convert("RGB"), dtype=np.int16)
+    expected = np.asarray(Image.open(golden).convert("RGB"), dtype=np.int16)
+    assert actual.shape == expected.shape, f"screenshot size {actual.shape} != golden {expected.shape}"
+    differing = np.abs(actual - expected).max(axis=-1) > 24
+    if differing.mean() > max_differing:
+        diff = np.where(differing[..., None], [255, 0, 255], actual // 3).astype(np.uint8)
+        Image.fromarray(diff).save(ARTIFACTS / f"diff-{name}")
+        pytest.fail(f"{differing.mean():.2%} of pixels differ from {golden} (diff: {ARTIFACTS / f'diff-{name}'}); "
+                    "if the change is intended, rerun with --update-golden")
+
+
+def test_txt2img_in_the_browser_matches_the_golden_screenshot(page, update_golden):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.fill("#txt2img_prompt textarea", "a large red circle on a white background")
+    page.fill("#txt2img_seed input", "1234")
+    page.press("#txt2img_seed input", "Tab")
+    page.click("#txt2img_generate")
+    page.wait_for_function(
+        "() => (document.querySelector('#txt2img_infotext textarea') || {}).value?.includes('Seed: 1234')", timeout=120_000)
+    page.wait_for_selector("#txt2img_gallery img", timeout=30_000)
+    infotext = page.input_value("#txt2img_infotext textarea")
+    assert infotext.startswith("a large red circle on a white background\nSteps: 20, Sampler: Euler a")
+    page.add_style_tag(content=VOLATILE_CSS)
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(500)  # let the gallery's image finish painting
+    shot = ARTIFACTS / "txt2img.png"
+    page.screenshot(path=str(shot), full_page=True)
+    compare_to_golden(shot, "txt2img.png", update_golden)
+
+
+def test_ddim_shows_the_eta_slider_and_cfg_off_disables_the_scale(page):
+    assert not page.is_visible("#txt2img_eta")
+    page.click("#txt2img_scheduler input")
+    page.click("li[aria-label='DDIM']")
+    page.wait_for_selector("#txt2img_eta", state="visible", timeout=10_000)
+    page.click("#txt2img_cfg input")
+    page.wait_for_function("() => document.querySelector('#txt2img_cfg_scale input[type=number]').disabled", timeout=10_000)
+
+
+def test_png_info_sends_parameters_back_to_txt2img(page, app_server):
+    png = next(app_server.outputs_dir.rglob("*.png"), None)
+    if png is None:  # this test may run alone: make an image first
+        page.click("#txt2img_generate")
+        page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
+        png = next(app_server.outputs_dir.rglob("*.png"))
+    page.click("button[role=tab]:has-text('PNG info')")
+    page.set_input_files("#pnginfo_image input[type=file]", str(png))
+    page.wait_for_function("() => (document.querySelector('#pnginfo_text textarea') || {}).value?.includes('Steps:')",
+                           timeout=30_000)
+    page.click("#pnginfo_send_txt2img")
+    page.wait_for_selector("#txt2img_prompt", state="visible", timeout=10_000)
+    seed = png.stem.split("-")[1]
+    page.wait_for_function(f"() => document.querySelector('#txt2img_seed input').value === '{seed}'", timeout=10_000)
