@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +22,7 @@ from .outputs import OutputStore, with_infotext
 
 log = logging.getLogger(__name__)
 
+PREVIEW_INTERVAL_S = 0.25
 GPU = "gpu"  # one concurrency id for every GPU event: one generation at a time per device
 
 
@@ -165,13 +167,17 @@ class GenerationService:
 
         threading.Thread(target=work, name=f"generate-{session[:8]}", daemon=True).start()
         finished = False
+        last_preview = -PREVIEW_INTERVAL_S
         try:
             progress(0, desc="Waiting for the model…")
             while True:
                 kind, payload = events.get()
                 if kind == "step":
                     progress(payload.fraction, desc=f"Batch {payload.batch + 1}/{payload.batch_count}, step {payload.step}/{payload.total}")
-                    if payload.preview is not None:
+                    # Each preview is encoded and sent: at most a few per second, or a fast
+                    # GPU would spend more time on previews than on denoising.
+                    if payload.preview is not None and time.monotonic() - last_preview >= PREVIEW_INTERVAL_S:
+                        last_preview = time.monotonic()
                         yield payload.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     continue
                 finished = True
