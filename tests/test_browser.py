@@ -106,3 +106,21 @@ def test_png_info_sends_parameters_back_to_txt2img(page, app_server):
     page.wait_for_selector("#txt2img_prompt", state="visible", timeout=10_000)
     seed = png.stem.split("-")[1]
     page.wait_for_function(f"() => document.querySelector('#txt2img_seed input').value === '{seed}'", timeout=10_000)
+
+
+def test_img2img_upload_and_generate_in_the_browser(page, tmp_path):
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(init)
+    page.click("button[role=tab]:has-text('img2img')")
+    page.set_input_files("#img2img_init input[type=file]", str(init))
+    page.wait_for_selector("#img2img_init img", timeout=30_000)
+    page.click("#img2img_use_size")
+    page.wait_for_function("() => document.querySelector('#img2img_width input[type=number]').value === '80'", timeout=10_000)
+    page.fill("#img2img_prompt textarea", "a blue square")
+    page.fill("#img2img_seed input", "77")
+    page.press("#img2img_seed input", "Tab")
+    page.click("#img2img_generate")
+    page.wait_for_function(
+        "() => (document.querySelector('#img2img_infotext textarea') || {}).value?.includes('Seed: 77')", timeout=120_000)
+    infotext = page.input_value("#img2img_infotext textarea")
+    assert "Denoising strength: 0.75" in infotext and "Size: 80x96" in infotext

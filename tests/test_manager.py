@@ -310,3 +310,10 @@ def test_a_single_file_without_a_matching_config_says_which_flag_to_pass(tmp_pat
     checkpoint = save_single_file(manager.pipeline("txt2img"), tmp_path / "tiny.safetensors")
     with pytest.raises(ModelLoadError, match="--single-file-config"):
         PipelineManager(device="cpu", single_file_config=None).load_base(str(checkpoint))
+
+
+def test_vae_tiling_setting_reaches_the_shared_vae(tiny_model_dir):
+    m = PipelineManager(device="cpu", vae_tiling=True)
+    m.load_base(str(tiny_model_dir))
+    assert m.pipeline("img2img").vae.use_tiling
+    assert len(m.run(txt2img(steps=2)).images) == 1
