@@ -36,24 +36,61 @@ class ModelSource:
         return Path(self.location).stem if self.kind == "single_file" else Path(self.location).name
 
 
-def resolve_source(text: str) -> ModelSource:
-    """Classify what the user typed; raise a ModelLoadError for what cannot be a model."""
+def resolve_source(text: str, folder_marker: str = "model_index.json", what: str = "a diffusers pipeline",
+                   what_to_pass: str = WHAT_TO_PASS) -> ModelSource:
+    """Classify what the user typed; raise a ModelLoadError for what cannot be a model.
+    folder_marker: the file a folder of this kind holds (model_index.json for pipelines,
+    config.json for a single model such as a ControlNet)."""
     text = (text or "").strip()
     if not text:
-        raise ModelLoadError(f"No model given. {WHAT_TO_PASS}")
+        raise ModelLoadError(f"No model given. {what_to_pass}")
     path = Path(text).expanduser()
     if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"{text!r} is a folder but not a diffusers pipeline (no model_index.json in it). {WHAT_TO_PASS}")
+        if not (path / folder_marker).is_file():
+            raise ModelLoadError(f"{text!r} is a folder but not {what} (no {folder_marker} in it). {what_to_pass}")
         return ModelSource("folder", str(path))
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise ModelLoadError(f"{text!r} is not a checkpoint file (expected {', '.join(SINGLE_FILE_SUFFIXES)}). {WHAT_TO_PASS}")
+            raise ModelLoadError(f"{text!r} is not a checkpoint file (expected {', '.join(SINGLE_FILE_SUFFIXES)}). {what_to_pass}")
         return ModelSource("single_file", str(path))
     looks_like_path = text.startswith(("/", ".", "~")) or "\\" in text or path.suffix.lower() in SINGLE_FILE_SUFFIXES
     if _HUB_ID.match(text) and not looks_like_path:
         return ModelSource("hub", text)
-    raise ModelLoadError(f"Model path {text!r} does not exist. {WHAT_TO_PASS}")
+    raise ModelLoadError(f"Model path {text!r} does not exist. {what_to_pass}")
+
+
+def explain(error: Exception, source: ModelSource, allow_download: bool, config: str | None,
+            what: str = "a Stable Diffusion 1.x/2.x model") -> ModelLoadError:
+    """diffusers raises many kinds of errors while loading; the user needs one clear line."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if source.kind == "hub" and not allow_download:
+        return ModelLoadError(
+            f"{source.location!r} is a Hub id that is not in the local Hugging Face cache, and "
+            "downloads are off (offline). Download it where there is internet "
+            f"(`huggingface-cli download {source.location}`), or start with --allow-download."
+        )
+    missing_config = type(error).__name__ == "LocalEntryNotFoundError" or "config" in first_line.lower()
+    if source.kind == "single_file" and missing_config:
+        return ModelLoadError(
+            f"Could not build {source.location!r}: its architecture's configuration is not available "
+            f"offline (tried: {config or 'none'}). Pass --single-file-config with a diffusers folder of "
+            "the same architecture (assets/configs/sd15 serves SD 1.x)."
+        )
+    return ModelLoadError(
+        f"Could not load {source.location!r} ({type(error).__name__}: {first_line[:300]}). "
+        f"The file may be incomplete or corrupt, or not {what}."
+    )
+
+
+def load_module(cls, source: ModelSource, dtype: torch.dtype, allow_download: bool, what: str, **kwargs):
+    """One model class (ControlNetModel, UNet2DConditionModel) from any source kind."""
+    try:
+        if source.kind == "single_file":
+            return cls.from_single_file(source.location, torch_dtype=dtype, local_files_only=not allow_download, **kwargs)
+        return cls.from_pretrained(source.location, dtype=dtype,
+                                   local_files_only=source.kind == "folder" or not allow_download, **kwargs)
+    except Exception as error:
+        raise explain(error, source, allow_download, None, what) from error
 
 
 def load_pipeline(
@@ -72,24 +109,5 @@ def load_pipeline(
         return StableDiffusionPipeline.from_pretrained(
             source.location, local_files_only=source.kind == "folder" or not allow_download, **common
         )
-    except ModelLoadError:
-        raise
-    except Exception as error:  # diffusers raises many kinds; the user needs one clear line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if source.kind == "hub" and not allow_download:
-            raise ModelLoadError(
-                f"{source.location!r} is a Hub id that is not in the local Hugging Face cache, and "
-                "downloads are off (offline). Download it where there is internet "
-                f"(`huggingface-cli download {source.location}`), or start with --allow-download."
-            ) from error
-        missing_config = type(error).__name__ == "LocalEntryNotFoundError" or "config" in first_line.lower()
-        if source.kind == "single_file" and missing_config:
-            raise ModelLoadError(
-                f"Could not build a pipeline for {source.location!r}: its architecture's configuration "
-                f"is not available offline (tried: {single_file_config or 'none'}). Pass --single-file-config "
-                "with a diffusers folder of the same architecture (assets/configs/sd15 serves SD 1.x)."
-            ) from error
-        raise ModelLoadError(
-            f"Could not load {source.location!r} ({type(error).__name__}: {first_line[:300]}). "
-            "The file may be incomplete or corrupt, or not a Stable Diffusion 1.x/2.x model."
-        ) from error
+    except Exception as error:
+        raise explain(error, source, allow_download, single_file_config) from error

@@ -1,9 +1,11 @@
 """PipelineManager: one set of model weights on one device, shared by every task.
 
 It loads a base model once (VAE, text encoder, tokenizer, UNet) and derives each task's
-diffusers pipeline from it with ``from_pipe``, so txt2img, img2img and the later tasks hold
-the *same* module objects — no copies. One job runs at a time per device (a lock; the
-Gradio queue in front of it keeps the order). A scheduler is built per request.
+diffusers pipeline from it with ``from_pipe``, so txt2img, img2img, inpainting and ControlNet
+hold the *same* module objects — no copies. The 9-channel inpainting UNet and ControlNets are
+extra modules loaded on demand (ControlNets cached with a size cap). One job runs at a time
+per device (a lock; the Gradio queue in front of it keeps the order). A scheduler is built
+per request.
 """
 from __future__ import annotations
 
@@ -15,30 +17,40 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-from PIL import Image
+from diffusers import (
+    DiffusionPipeline,
+    MultiControlNetModel,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+)
 
+from .components import ControlNetCache
+from .control import control_maps
 from .errors import GenerationError, RequestError
+from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
+from .infotext import request_infotext
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
 from .loading import ModelSource, load_pipeline, resolve_source
-from .metadata import build_infotext
-from .preview import DenoisedTap, fit_latent_to_rgb, latent_to_image
+from .preview import fit_latent_to_rgb
 from .requests import Img2ImgRequest, Txt2ImgRequest
-from .schedulers import ETA_SCHEDULERS, build_scheduler
 
 log = logging.getLogger(__name__)
 
-VERSION = "sd-studio 0.1"
 NO_MODEL = (
     "No model is loaded. Start the app with --model PATH_OR_HUB_ID (a diffusers folder, a "
     ".safetensors/.ckpt file, or a Hub id with --allow-download), or load one in the Models tab."
 )
 
-# Task name → diffusers class derived from the base pipeline.
+# Task name → diffusers class derived from the base pipeline (ControlNet variants get the
+# ControlNet module passed in).
 TASK_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "txt2img": StableDiffusionPipeline,
     "img2img": StableDiffusionImg2ImgPipeline,
+    "controlnet": StableDiffusionControlNetPipeline,
+    "controlnet-img2img": StableDiffusionControlNetImg2ImgPipeline,
 }
 
 
@@ -66,6 +78,16 @@ class ModelInfo:
     seconds: float
 
 
+def _weight_storages(modules) -> dict[int, int]:
+    """data pointer → bytes of every parameter/buffer storage (each counted once)."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    return seen
+
+
 class PipelineManager:
     def __init__(
         self,
@@ -76,6 +98,7 @@ class PipelineManager:
         vae_tiling: bool = False,
         cpu_offload: bool = False,
         preview_every: int = 1,
+        max_controlnets: int = 4,
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -85,8 +108,10 @@ class PipelineManager:
         self.cpu_offload = cpu_offload and self.device.type == "cuda"
         self.preview_every = max(1, preview_every)
         self.model: ModelInfo | None = None
+        self.controlnets = ControlNetCache(max_controlnets)
         self._base: StableDiffusionPipeline | None = None
         self._pipelines: dict[str, DiffusionPipeline] = {}
+        self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
         self._lock = threading.Lock()  # one job per device at a time
 
@@ -115,6 +140,10 @@ class PipelineManager:
 
     def _release(self) -> None:
         self._base, self._pipelines, self._latent_rgb, self.model = None, {}, None, None
+        self.controlnets.clear()  # they were checked against the old base
+        self._free_memory()
+
+    def _free_memory(self) -> None:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -133,35 +162,39 @@ class PipelineManager:
     def describe(self) -> str:
         if self.model is None:
             return NO_MODEL
-        return (f"Model **{self.model.name}** ({self.model.source.kind}) on {self.device.type} {str(self.dtype).replace('torch.', '')}, "
-                f"native size {self.native_size}².")
+        return (f"Model **{self.model.name}** ({self.model.source.kind}) on {self.device.type} "
+                f"{str(self.dtype).replace('torch.', '')}, native size {self.native_size}².")
 
-    def pipeline(self, task: str) -> DiffusionPipeline:
-        """The task's pipeline, derived once from the base and sharing its modules."""
+    def pipeline(self, task: str, **modules) -> DiffusionPipeline:
+        """The task's pipeline derived from the base, sharing its modules. Pipelines that take
+        extra modules (a ControlNet) are derived per combination and not cached: from_pipe
+        only wires references, it copies nothing."""
         if self._base is None:
             raise GenerationError(NO_MODEL)
+        if modules:
+            pipe = TASK_PIPELINES[task].from_pipe(self._base, **modules)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipelines[task] = pipe  # the latest one, for memory reports
+            return pipe
         if task not in self._pipelines:
             self._pipelines[task] = TASK_PIPELINES[task].from_pipe(self._base)
             self._pipelines[task].set_progress_bar_config(disable=True)
         return self._pipelines[task]
 
     def memory_report(self) -> dict:
-        """Bytes of weights held by the base alone vs by all derived pipelines together
-        (tensors counted once per storage): equal when nothing is copied."""
-        def storages(pipes) -> dict[int, int]:
-            seen: dict[int, int] = {}
-            for pipe in pipes:
-                for module in pipe.components.values():
-                    if isinstance(module, torch.nn.Module):
-                        for tensor in list(module.parameters()) + list(module.buffers()):
-                            seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-            return seen
-
+        """Bytes of weights held by the base alone vs by every derived pipeline and extra module
+        together (tensors counted once per storage): the shared part is never duplicated."""
         if self._base is None:
-            return {"modes": [], "base_bytes": 0, "all_modes_bytes": 0}
-        base = storages([self._base])
-        every = storages(self._pipelines.values())
-        return {"modes": sorted(self._pipelines), "base_bytes": sum(base.values()), "all_modes_bytes": sum(every.values())}
+            return {"modes": [], "base_bytes": 0, "all_modes_bytes": 0, "extra_bytes": 0}
+        base = _weight_storages(self._base.components.values())
+        every = _weight_storages([m for p in self._pipelines.values() for m in p.components.values()]
+                                 + self.controlnets.loaded())
+        return {
+            "modes": sorted(self._pipelines),
+            "base_bytes": sum(base.values()),
+            "all_modes_bytes": sum(every.values()),
+            "extra_bytes": sum(v for k, v in every.items() if k not in base),
+        }
 
     # ----------------------------------------------------------------- generation
     def run(
@@ -180,7 +213,7 @@ class PipelineManager:
             try:
                 result = self._dispatch(request, on_step, job)
             except torch.OutOfMemoryError as error:
-                self._recover_from_oom()
+                self._free_memory()
                 raise GenerationError(
                     f"Out of GPU memory at {request.width}×{request.height}, batch size {request.sampling.batch_size}. "
                     "Lower the size or batch size, or start with --vae-tiling / --cpu-offload. "
@@ -189,17 +222,36 @@ class PipelineManager:
             result.seconds = time.perf_counter() - started
             return result
 
-    def _recover_from_oom(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
     def _dispatch(self, request, on_step, job) -> GenerationResult:
         if request.task == "txt2img":
-            return self._generate("txt2img", request, {}, on_step, job)
+            return self._txt2img(request, on_step, job)
         if request.task == "img2img":
             return self._img2img(request, on_step, job)
         raise RequestError(f"Unknown task {request.task!r}.")
+
+    def _control_kwargs(self, request) -> tuple[dict, list[str]]:
+        """The ControlNet module(s) and call arguments for a request with control units."""
+        units = request.control.units
+        models = [self.controlnets.get(u.model, self._base.unet, self.device, self.dtype, self.allow_download) for u in units]
+        maps, notes = control_maps(units, request.width, request.height)
+        single = len(units) == 1
+        return {
+            "controlnet": models[0] if single else MultiControlNetModel(models),
+            "maps": maps[0] if single else maps,
+            "call": dict(
+                controlnet_conditioning_scale=units[0].weight if single else [u.weight for u in units],
+                control_guidance_start=units[0].start if single else [u.start for u in units],
+                control_guidance_end=units[0].end if single else [u.end for u in units],
+                guess_mode=request.control.guess_mode,
+            ),
+        }, notes
+
+    def _txt2img(self, request, on_step, job) -> GenerationResult:
+        if request.control is None:
+            return self._generate(self.pipeline("txt2img"), request, {}, on_step, job)
+        control, notes = self._control_kwargs(request)
+        pipe = self.pipeline("controlnet", controlnet=control["controlnet"])
+        return self._generate(pipe, request, {"image": control["maps"], **control["call"]}, on_step, job, notes)
 
     def _img2img(self, request: Img2ImgRequest, on_step, job) -> GenerationResult:
         init = fit(request.init_image, request.width, request.height, request.resize_mode)
@@ -212,116 +264,41 @@ class PipelineManager:
                 else f"Strength {request.strength:g} × {s.steps} steps rounds to 0 denoising steps: "
                 "the input is returned unchanged. Raise steps or strength."
             )
-            images = [
-                GeneratedImage(init.copy(), seed, self._infotext(request, seed))
-                for seeds in s.image_seeds()
-                for seed in seeds
-            ]
+            images = [GeneratedImage(init.copy(), seed, self._infotext(request, seed))
+                      for seeds in s.image_seeds() for seed in seeds]
             return GenerationResult("img2img", images, list(request.notes) + [note])
         if request.strength >= 1.0:
             # x_T ~ N(0, I): starting from the very end of the schedule leaves nothing of the
             # input (SD's ᾱ_T ≈ 0.005 would otherwise leak √ᾱ_T ≈ 7 % of it).
-            result = self._generate("txt2img", request, {}, on_step, job)
+            result = self._txt2img(request, on_step, job)
             result.task = "img2img"
             result.notes.append("Denoising strength 1 starts from pure noise: the init image is not used.")
             return result
-        return self._generate("img2img", request, {"image": init, "strength": request.strength}, on_step, job)
+        call = {"image": init, "strength": request.strength}
+        if request.control is None:
+            return self._generate(self.pipeline("img2img"), request, call, on_step, job)
+        control, notes = self._control_kwargs(request)
+        pipe = self.pipeline("controlnet-img2img", controlnet=control["controlnet"])
+        return self._generate(pipe, request, {**call, "control_image": control["maps"], **control["call"]}, on_step, job, notes)
 
-    def _generate(self, task: str, request: Txt2ImgRequest, call_kwargs: dict, on_step, job: Job) -> GenerationResult:
-        pipe = self.pipeline(task)
-        s = request.sampling
-        notes = list(request.notes) + self._prompt_notes(pipe, request)
-        images: list[GeneratedImage] = []
-        interrupted = False
-        seed_batches = s.image_seeds()
-        for batch, seeds in enumerate(seed_batches):
-            if job.cancelled:
-                interrupted = True
-                break
-            scheduler = build_scheduler(s.scheduler, self._scheduler_config)
-            tap = DenoisedTap(scheduler)
-            pipe.scheduler = scheduler
-            callback = self._step_callback(job, on_step, tap, batch, len(seed_batches))
-            latents = pipe(
-                prompt=[request.prompt] * len(seeds),
-                negative_prompt=[request.negative_prompt] * len(seeds) if s.cfg and request.negative_prompt else None,
-                height=request.height,
-                width=request.width,
-                num_inference_steps=s.steps,
-                guidance_scale=s.guidance_scale,
-                eta=s.eta,
-                generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-                output_type="latent",
-                callback_on_step_end=callback,
-                **call_kwargs,
-            ).images
-            if job.cancelled:
-                interrupted = True
-                # The denoised estimate x̂_0 of the last step is the image "so far".
-                if tap.latest is not None:
-                    latents = tap.latest
-                notes.append(f"Interrupted at step {callback.steps_done}/{pipe.num_timesteps} of batch {batch + 1}.")
-            for image, seed in zip(self._decode(pipe, latents), seeds):
-                images.append(GeneratedImage(image, seed, self._infotext(request, seed)))
-            if interrupted:
-                break
-        return GenerationResult(request.task, images, notes, interrupted)
+    def _generate(self, pipe, request, call_kwargs: dict, on_step, job: Job, notes: list[str] | None = None,
+                  extra_infotext: dict | None = None, finish=None) -> GenerationResult:
+        sampler = diffusers_sampler(pipe, request, call_kwargs, self._scheduler_config)
+        return self._run_sampler(pipe, request, sampler, on_step, job, notes, extra_infotext, finish)
 
-    def _step_callback(self, job: Job, on_step, tap: DenoisedTap, batch: int, batch_count: int):
-        def callback(pipe, index, timestep, tensors):
-            callback.steps_done = index + 1
-            if on_step is not None:
-                preview = None
-                if callback.steps_done % self.preview_every == 0 or callback.steps_done == pipe.num_timesteps:
-                    latent = tap.latest if tap.latest is not None else tensors["latents"]
-                    preview = latent_to_image(latent[0], self._preview_weights(pipe))
-                on_step(StepInfo(callback.steps_done, pipe.num_timesteps, batch, batch_count, preview))
-            if job.cancelled:
-                pipe._interrupt = True  # diffusers skips the remaining steps
-            return {}
-
-        callback.steps_done = 0
-        return callback
+    def _run_sampler(self, pipe, request, sampler, on_step, job, notes=None, extra_infotext=None, finish=None):
+        all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe.tokenizer, request)
+        kwargs = {"finish": finish} if finish else {}
+        return run_batches(
+            request, sampler, lambda latents: decode(pipe, latents),
+            lambda seed: self._infotext(request, seed, extra_infotext), job, on_step,
+            lambda: self._preview_weights(pipe), self.preview_every, all_notes, **kwargs,
+        )
 
     def _preview_weights(self, pipe) -> torch.Tensor:
         if self._latent_rgb is None:
             self._latent_rgb = fit_latent_to_rgb(pipe.vae)
         return self._latent_rgb
 
-    @torch.no_grad()
-    def _decode(self, pipe, latents: torch.Tensor) -> list[Image.Image]:
-        vae = pipe.vae
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        return pipe.image_processor.postprocess(decoded, output_type="pil")
-
-    def _prompt_notes(self, pipe, request: Txt2ImgRequest) -> list[str]:
-        notes = []
-        tokenizer = pipe.tokenizer
-        limit = tokenizer.model_max_length
-        for label, text in (("Prompt", request.prompt), ("Negative prompt", request.negative_prompt)):
-            ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
-            if len(ids) > limit:
-                dropped = tokenizer.decode(ids[limit - 1 : -1])
-                notes.append(
-                    f"{label} is {len(ids) - 2} tokens; the text encoder reads {limit - 2}. Ignored: “{dropped.strip()}”."
-                )
-        if request.negative_prompt and not request.sampling.cfg:
-            notes.append("The negative prompt has no effect with CFG off (it only enters the unconditional pass).")
-        return notes
-
-    def _infotext(self, request: Txt2ImgRequest, seed: int) -> str:
-        s = request.sampling
-        params = {
-            "Steps": s.steps,
-            "Sampler": s.scheduler,
-            "CFG scale": s.cfg_scale,
-            "CFG": None if s.cfg else "off",
-            "Seed": seed,
-            "Size": f"{request.width}x{request.height}",
-            "Model": self.model.name if self.model else None,
-            "Denoising strength": getattr(request, "strength", None),
-            "Resize mode": getattr(request, "resize_mode", None),
-            "Eta": s.eta if s.scheduler in ETA_SCHEDULERS else None,
-            "Version": VERSION,
-        }
-        return build_infotext(request.prompt, request.negative_prompt, params)
+    def _infotext(self, request, seed: int, extra: dict | None = None) -> str:
+        return request_infotext(request, seed, self.model.name if self.model else None, extra)

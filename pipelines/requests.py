@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from PIL import Image
@@ -85,6 +85,60 @@ class Sampling:
         ]
 
 
+MAX_CONTROL_UNITS = 3
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet: which model, which control image and preprocessor, how strongly and
+    over which part of the schedule it steers (A1111's weight / guidance start / end)."""
+
+    model: str = ""  # diffusers folder, single file or Hub id of a ControlNet
+    image: Image.Image | None = None  # as uploaded; the preprocessor turns it into the map
+    preprocessor: str = "none"  # "none": the image already is the control map
+    params: tuple[tuple[str, float], ...] = ()  # preprocessor settings, e.g. (("low", 100), ("high", 200))
+    weight: float = 1.0  # controlnet_conditioning_scale: residuals are multiplied by it
+    start: float = 0.0  # fraction of the steps before the ControlNet starts to act
+    end: float = 1.0  # fraction of the steps after which it stops
+
+    def __post_init__(self):
+        _require_text("ControlNet model", self.model)
+        if not self.model.strip():
+            raise RequestError("Choose a ControlNet model for each enabled unit.")
+        if self.image is None:
+            raise RequestError("A ControlNet unit needs a control image: upload one (or disable the unit).")
+        if not isinstance(self.image, Image.Image):
+            raise RequestError(f"The control image must be an image, got {type(self.image).__name__}.")
+        _require_text("Preprocessor", self.preprocessor)
+        _require_number("Control weight", self.weight, 0.0, 2.0)
+        _require_number("Guidance start", self.start, 0.0, 1.0)
+        _require_number("Guidance end", self.end, 0.0, 1.0)
+        if self.start >= self.end:
+            raise RequestError(f"Guidance start ({self.start:g}) must come before guidance end ({self.end:g}): "
+                               "otherwise the ControlNet never acts.")
+        for key, value in self.params:
+            _require_number(f"Preprocessor setting {key}", value, -1e6, 1e6)
+        object.__setattr__(self, "weight", float(self.weight))
+        object.__setattr__(self, "start", float(self.start))
+        object.__setattr__(self, "end", float(self.end))
+
+
+@dataclass(frozen=True)
+class Control:
+    """ControlNet units attached to any generation request (txt2img, img2img, inpaint)."""
+
+    units: tuple[ControlUnit, ...] = ()
+    guess_mode: bool = False  # no prompt for the ControlNet: it must recognise the content from the map
+
+    def __post_init__(self):
+        if not 1 <= len(self.units) <= MAX_CONTROL_UNITS:
+            raise RequestError(f"Use 1 to {MAX_CONTROL_UNITS} ControlNet units, got {len(self.units)}.")
+        if not all(isinstance(u, ControlUnit) for u in self.units):
+            raise RequestError("Control units must be ControlUnit objects.")
+        if not isinstance(self.guess_mode, bool):
+            raise RequestError("Guess mode must be true or false.")
+
+
 @dataclass(frozen=True)
 class Txt2ImgRequest:
     prompt: str = ""
@@ -92,6 +146,7 @@ class Txt2ImgRequest:
     width: int = 512
     height: int = 512
     sampling: Sampling = field(default_factory=Sampling)
+    control: Control | None = None  # ControlNet units, if any
     notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
 
     task: ClassVar[str] = "txt2img"
@@ -105,6 +160,8 @@ class Txt2ImgRequest:
             object.__setattr__(self, name, int(value))
         if not isinstance(self.sampling, Sampling):
             raise RequestError("sampling must be a Sampling object.")
+        if self.control is not None and not isinstance(self.control, Control):
+            raise RequestError("control must be a Control object.")
 
     @property
     def is_normalized(self) -> bool:
@@ -169,10 +226,3 @@ class Limits:
             changes["seed"] = random.randint(0, MAX_SEED)
         sampling = replace(s, **changes) if changes else s
         return replace(request, sampling=sampling, notes=tuple(notes), **size)
-
-
-def describe(request: Txt2ImgRequest) -> dict:
-    """Plain fields of a request (images left out), e.g. for logs and infotext."""
-    out = {f.name: getattr(request, f.name) for f in fields(request) if f.name not in ("sampling", "init_image", "notes")}
-    out.update({f.name: getattr(request.sampling, f.name) for f in fields(Sampling)})
-    return out

@@ -1,0 +1,131 @@
+"""One request's batches, whatever samples them: seeds per image, per-step progress with a
+live preview, interrupt within one step, decode, infotext.
+
+A *sampler* is a function ``sample(seeds, report) -> latents`` that runs one batch and calls
+``report(index, total, latents, x0)`` after every step; report returns True when the job
+was interrupted and the sampler must stop. diffusers pipelines and our RePaint loop both
+become samplers, so everything around them is written once.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
+from .preview import DenoisedTap, latent_to_image
+from .schedulers import build_scheduler
+
+Sampler = Callable[[list[int], Callable], torch.Tensor]
+
+
+class StepReporter:
+    """Turns a sampler's per-step report into StepInfo (+ preview) and the stop decision."""
+
+    def __init__(self, job: Job, on_step, preview_weights: Callable[[], torch.Tensor], preview_every: int,
+                 batch: int, batch_count: int):
+        self.job, self.on_step = job, on_step
+        self.preview_weights, self.preview_every = preview_weights, preview_every
+        self.batch, self.batch_count = batch, batch_count
+        self.steps_done, self.total = 0, 0
+        self.latest_x0: torch.Tensor | None = None
+
+    def __call__(self, index: int, total: int, latents: torch.Tensor, x0: torch.Tensor | None) -> bool:
+        self.steps_done, self.total, self.latest_x0 = index + 1, total, x0
+        if self.on_step is not None:
+            preview = None
+            if self.steps_done % self.preview_every == 0 or self.steps_done == total:
+                # x̂_0 looks like the final image long before x_t does.
+                preview = latent_to_image((x0 if x0 is not None else latents)[0], self.preview_weights())
+            self.on_step(StepInfo(self.steps_done, total, self.batch, self.batch_count, preview))
+        return self.job.cancelled
+
+
+def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) -> Sampler:
+    """A diffusers pipeline as a sampler: a fresh scheduler per batch (schedulers hold state),
+    one CPU generator per image (image k is reproducible from its own seed on any device)."""
+    s = request.sampling
+
+    def sample(seeds: list[int], report) -> torch.Tensor:
+        scheduler = build_scheduler(s.scheduler, scheduler_config)
+        tap = DenoisedTap(scheduler)
+        pipe.scheduler = scheduler
+
+        def callback(p, index, timestep, tensors):
+            if report(index, p.num_timesteps, tensors["latents"], tap.latest):
+                p._interrupt = True  # diffusers skips the remaining steps
+            return {}
+
+        return pipe(
+            prompt=[request.prompt] * len(seeds),
+            negative_prompt=[request.negative_prompt] * len(seeds) if s.cfg and request.negative_prompt else None,
+            height=request.height,
+            width=request.width,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            eta=s.eta,
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            output_type="latent",
+            callback_on_step_end=callback,
+            **call_kwargs,
+        ).images
+
+    return sample
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
+    vae = pipe.vae
+    decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return pipe.image_processor.postprocess(decoded, output_type="pil")
+
+
+def run_batches(
+    request,
+    sample: Sampler,
+    decode_latents: Callable[[torch.Tensor], list[Image.Image]],
+    infotext: Callable[[int], str],
+    job: Job,
+    on_step,
+    preview_weights: Callable[[], torch.Tensor],
+    preview_every: int,
+    notes: list[str],
+    finish: Callable[[list[Image.Image], list[int]], list[Image.Image]] = lambda images, seeds: images,
+) -> GenerationResult:
+    """Every batch of the request through `sample`; `finish` post-processes decoded images
+    (e.g. inpainting's paste-back)."""
+    images: list[GeneratedImage] = []
+    seed_batches = request.sampling.image_seeds()
+    interrupted = False
+    for batch, seeds in enumerate(seed_batches):
+        if job.cancelled:
+            interrupted = True
+            break
+        report = StepReporter(job, on_step, preview_weights, preview_every, batch, len(seed_batches))
+        latents = sample(seeds, report)
+        if job.cancelled:
+            interrupted = True
+            if report.latest_x0 is not None:
+                latents = report.latest_x0  # the denoised estimate is the image "so far"
+            notes.append(f"Interrupted at step {report.steps_done}/{report.total} of batch {batch + 1}.")
+        for image, seed in zip(finish(decode_latents(latents), seeds), seeds):
+            images.append(GeneratedImage(image, seed, infotext(seed)))
+        if interrupted:
+            break
+    return GenerationResult(request.task, images, notes, interrupted)
+
+
+def prompt_notes(tokenizer, request) -> list[str]:
+    """What the user should know about their prompts: truncation at the encoder's 77 tokens,
+    a negative prompt that cannot act."""
+    notes = []
+    limit = tokenizer.model_max_length
+    for label, text in (("Prompt", request.prompt), ("Negative prompt", request.negative_prompt)):
+        ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
+        if len(ids) > limit:
+            dropped = tokenizer.decode(ids[limit - 1 : -1])
+            notes.append(f"{label} is {len(ids) - 2} tokens; the text encoder reads {limit - 2}. Ignored: “{dropped.strip()}”.")
+    if request.negative_prompt and not request.sampling.cfg:
+        notes.append("The negative prompt has no effect with CFG off (it only enters the unconditional pass).")
+    return notes
