@@ -54,4 +54,8 @@ def build_scheduler(name: str, model_config):
         raise ValueError(f"Unknown scheduler {name!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.") from None
     # Imported here so that the name table (used by requests and the UI) costs no torch import.
     cls = getattr(importlib.import_module("diffusers"), class_name)
-    return cls.from_config(dict(model_config), **overrides)
+    config = dict(model_config)
+    # DDIM/DDPM default to clipping x̂_0 to [-1, 1]: right for pixels, wrong for SD latents
+    # (unit variance: a third of them lie outside). Only a model's own config may turn it on.
+    config.setdefault("clip_sample", False)
+    return cls.from_config(config, **overrides)

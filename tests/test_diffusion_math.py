@@ -343,10 +343,6 @@ def test_scaled_linear_keeps_more_signal_than_linear():
 # ---- the app's own schedulers on SD's config ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["DDIM", "DDPM"])
-@pytest.mark.xfail(strict=True, reason=(
-    "pipelines/schedulers.py builds DDIM/DDPM from the model's PNDM config, which has no clip_sample "
-    "key (tiny model, demo model), so diffusers' default clip_sample=True clips x̂_0 to [−1, 1] in "
-    "latent space; SD 1.5's config says false. Remove this xfail when schedulers.py sets it."))
 def test_app_schedulers_do_not_clip_latents(name):
     from pipelines.schedulers import build_scheduler
 
