@@ -349,7 +349,8 @@ def test_app_schedulers_do_not_clip_latents(name):
     sched = build_scheduler(name, PNDMScheduler(**SD_SCHEDULER_CONFIG).config)
     sched.set_timesteps(50)
     s = Schedule.from_config(SD_CONFIG)
-    x0, eps = latent_like(64), latent_like(64, seed=1) / 1.2
+    # shaped like a latent batch (1, 4, 4, 4): DDPM's step reads the channel dimension
+    x0, eps = latent_like(64).reshape(1, 4, 4, 4), latent_like(64, seed=1).reshape(1, 4, 4, 4) / 1.2
     assert x0.abs().max() > 1.5
     xt = s.q_sample(x0, 501, eps)
     out = sched.step(eps.float(), 501, xt.float(), generator=torch.Generator().manual_seed(0))
