@@ -53,6 +53,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_controlnet_dir(tiny_model_dir) -> Path:
+    """A 'trained' (non-zero) tiny ControlNet for the tiny model, beside it."""
+    from diffusers import UNet2DConditionModel
+    from tiny_sd import save_tiny_controlnet
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir, subfolder="unet")
+    return save_tiny_controlnet(tiny_model_dir.parent / "tiny-controlnet", unet)
+
+
+@pytest.fixture(scope="session")
 def manager(tiny_model_dir):
     """One manager on the tiny model, shared by tests that only generate (it is thread-safe
     and holds no per-request state)."""
@@ -112,7 +122,7 @@ class AppServer:
 
 
 @pytest.fixture(scope="session")
-def app_server(tiny_model_dir, tmp_path_factory):
+def app_server(tiny_model_dir, tiny_controlnet_dir, tmp_path_factory):
     """The app on the tiny model, saving outputs into a temporary folder."""
     outputs = tmp_path_factory.mktemp("outputs")
     server = AppServer(

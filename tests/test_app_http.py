@@ -135,3 +135,49 @@ def test_interrupt_stops_only_the_job_of_the_user_who_pressed_it(app_server):
     _, gallery, notes, infotext = job.result(timeout=120)
     assert "interrupted" in notes and "Interrupted at step" in notes
     assert len(gallery) == 1
+
+
+def cn_args(image, model, preprocessor="canny", start=0.0, end=1.0, use_init=False, init=None):
+    unit = [True, image, preprocessor, 50, 150, 0.5, str(model), 1.0, start, end, False, ""]
+    off = [False, None, "canny", 100, 200, 0.5, "", 1.0, 0.0, 1.0, False, ""]
+    return ["a red square", "", use_init, init, "crop and resize", 0.6, "Euler", 5, True, 7, 0, 9, 1, 1, 64, 64,
+            *unit, *off, *off, False]
+
+
+@pytest.fixture(scope="module")
+def control_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("control") / "squares.png"
+    Image.fromarray(np.kron(np.eye(4)[:, :, None] * 255, np.ones((16, 16, 3))).astype(np.uint8)).save(path)
+    return path
+
+
+def test_controlnet_tab_generates_with_a_canny_unit_and_records_it(client, control_image, tiny_controlnet_dir):
+    _, gallery, notes, infotext = client.predict(*cn_args(handle_file(str(control_image)), tiny_controlnet_dir),
+                                                 api_name="/controlnet")
+    assert len(gallery) == 1
+    assert 'ControlNet 0: "Module: canny' in infotext and "low: 50, high: 150" in infotext
+
+
+def test_controlnet_with_an_init_image_runs_img2img(client, control_image, tiny_controlnet_dir):
+    args = cn_args(handle_file(str(control_image)), tiny_controlnet_dir, use_init=True, init=handle_file(str(control_image)))
+    infotext = client.predict(*args, api_name="/controlnet")[3]
+    assert "Denoising strength: 0.6" in infotext and "ControlNet 0" in infotext
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(start=0.9, end=0.1), "must come before guidance end"),
+    (dict(image=None), "needs a control image"),
+    (dict(model="/no/such/controlnet"), "does not exist"),
+])
+def test_bad_controlnet_units_get_clear_messages(client, control_image, tiny_controlnet_dir, change, message):
+    kwargs = dict(image=handle_file(str(control_image)), model=tiny_controlnet_dir) | change
+    with pytest.raises(AppError, match=message):
+        client.predict(*cn_args(**kwargs), api_name="/controlnet")
+
+
+def test_control_map_preview_over_http(client, control_image):
+    control_map, pose_json, message, use_edited = client.predict(
+        handle_file(str(control_image)), "canny", 50, 150, 0.5, 64, 64, api_name="/controlnet_cn0_preview")
+    edges = np.asarray(Image.open(control_map).convert("L"))
+    assert edges.shape == (64, 64) and 0 < (edges > 0).mean() < 0.5
+    assert pose_json in ("", None) and "canny" in message

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from diffusers import ControlNetModel
 from PIL import Image
 
 from pipelines.errors import ModelLoadError, RequestError
 from pipelines.manager import PipelineManager
 from pipelines.requests import Control, ControlUnit, Img2ImgRequest, Limits, Sampling, Txt2ImgRequest
+from tiny_sd import save_tiny_controlnet
 
 SIZE = 64
 
@@ -38,22 +38,13 @@ def pixels(result) -> np.ndarray:
 @pytest.fixture(scope="module")
 def zero_controlnet(tmp_path_factory, manager):
     """A freshly initialised ControlNet: a copy of the base encoder joined by zero convolutions."""
-    folder = tmp_path_factory.mktemp("cn") / "zero"
-    ControlNetModel.from_unet(manager.pipeline("txt2img").unet).save_pretrained(folder)
-    return folder
+    return save_tiny_controlnet(tmp_path_factory.mktemp("cn") / "zero", manager.pipeline("txt2img").unet, trained=False)
 
 
 @pytest.fixture(scope="module")
 def trained_controlnet(tmp_path_factory, manager):
     """The same with non-zero output convolutions, as after training."""
-    folder = tmp_path_factory.mktemp("cn") / "trained"
-    model = ControlNetModel.from_unet(manager.pipeline("txt2img").unet)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for conv in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.5)
-    model.save_pretrained(folder)
-    return folder
+    return save_tiny_controlnet(tmp_path_factory.mktemp("cn") / "trained", manager.pipeline("txt2img").unet)
 
 
 def test_a_fresh_controlnet_leaves_the_output_identical_zero_convolutions(manager, zero_controlnet):

@@ -98,3 +98,19 @@ def save_tiny_inpaint_unet(folder: Path, seed: int = 1) -> Path:
     """A 9-channel inpainting UNet ([z_t, mask, masked-image latent]) as a diffusers folder."""
     tiny_unet(in_channels=9, seed=seed).save_pretrained(folder / "unet", safe_serialization=True)
     return folder
+
+
+def save_tiny_controlnet(folder: Path, unet: UNet2DConditionModel, trained: bool = True, seed: int = 0) -> Path:
+    """A ControlNet copied from the UNet's encoder (diffusers ControlNetModel.from_unet). Fresh,
+    its output convolutions are zero (the seed's zero convs); trained=True gives them random
+    weights, as after training, so the control visibly acts."""
+    from diffusers import ControlNetModel
+
+    model = ControlNetModel.from_unet(unet)
+    if trained:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for conv in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.5)
+    model.save_pretrained(folder)
+    return folder

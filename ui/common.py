@@ -26,6 +26,26 @@ PREVIEW_INTERVAL_S = 0.25
 GPU = "gpu"  # one concurrency id for every GPU event: one generation at a time per device
 
 
+def with_session(fn: Callable, names: list[str]) -> Callable:
+    """Generator fn(*values, request, progress) as one with a named parameter per input, so
+    Gradio can inject the session's gr.Request and progress tracker (it finds them by position
+    among named parameters, which *values would hide). names label the API's parameters."""
+    import inspect
+
+    def wrapper(*args):  # a generator, as fn is: Gradio streams what it yields
+        *values, request, progress = args
+        yield from fn(*values, request=request, progress=progress)
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter(name, kind) for name in names]
+    parameters += [inspect.Parameter("request", kind, annotation=gr.Request),
+                   inspect.Parameter("progress", kind, default=gr.Progress())]
+    wrapper.__signature__ = inspect.Signature(parameters)
+    wrapper.__annotations__ = {"request": gr.Request}
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
 class SafeImage(gr.Image):
     """An image input that turns an unreadable upload into a clear message."""
 
