@@ -16,26 +16,32 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from diffusers import (
     DiffusionPipeline,
     MultiControlNetModel,
     StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
 )
+from PIL import Image
 
-from .components import ControlNetCache
+from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
 from .infotext import request_infotext
+from .inpainting import repaint_sampler
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
 from .loading import ModelSource, load_pipeline, resolve_source
+from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
-from .requests import Img2ImgRequest, Txt2ImgRequest
+from .requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,8 @@ TASK_PIPELINES: dict[str, type[DiffusionPipeline]] = {
     "img2img": StableDiffusionImg2ImgPipeline,
     "controlnet": StableDiffusionControlNetPipeline,
     "controlnet-img2img": StableDiffusionControlNetImg2ImgPipeline,
+    "inpaint": StableDiffusionInpaintPipeline,  # with the 9-channel UNet
+    "controlnet-inpaint": StableDiffusionControlNetInpaintPipeline,
 }
 
 
@@ -109,6 +117,7 @@ class PipelineManager:
         self.preview_every = max(1, preview_every)
         self.model: ModelInfo | None = None
         self.controlnets = ControlNetCache(max_controlnets)
+        self._inpaint_unet = None  # (source text, 9-channel UNet): one at a time
         self._base: StableDiffusionPipeline | None = None
         self._pipelines: dict[str, DiffusionPipeline] = {}
         self._scheduler_config: dict = {}
@@ -141,6 +150,7 @@ class PipelineManager:
     def _release(self) -> None:
         self._base, self._pipelines, self._latent_rgb, self.model = None, {}, None, None
         self.controlnets.clear()  # they were checked against the old base
+        self._inpaint_unet = None
         self._free_memory()
 
     def _free_memory(self) -> None:
@@ -187,8 +197,8 @@ class PipelineManager:
         if self._base is None:
             return {"modes": [], "base_bytes": 0, "all_modes_bytes": 0, "extra_bytes": 0}
         base = _weight_storages(self._base.components.values())
-        every = _weight_storages([m for p in self._pipelines.values() for m in p.components.values()]
-                                 + self.controlnets.loaded())
+        extra = self.controlnets.loaded() + ([self._inpaint_unet[1]] if self._inpaint_unet else [])
+        every = _weight_storages([m for p in self._pipelines.values() for m in p.components.values()] + extra)
         return {
             "modes": sorted(self._pipelines),
             "base_bytes": sum(base.values()),
@@ -227,6 +237,8 @@ class PipelineManager:
             return self._txt2img(request, on_step, job)
         if request.task == "img2img":
             return self._img2img(request, on_step, job)
+        if request.task == "inpaint":
+            return self._inpaint(request, on_step, job)
         raise RequestError(f"Unknown task {request.task!r}.")
 
     def _control_kwargs(self, request) -> tuple[dict, list[str]]:
@@ -280,6 +292,56 @@ class PipelineManager:
         control, notes = self._control_kwargs(request)
         pipe = self.pipeline("controlnet-img2img", controlnet=control["controlnet"])
         return self._generate(pipe, request, {**call, "control_image": control["maps"], **control["call"]}, on_step, job, notes)
+
+    def inpaint_unet(self, source_text: str):
+        """The 9-channel UNet for 'inpainting model' mode, loaded once and kept until another
+        is asked for; it shares the base's VAE, text encoder and tokenizer."""
+        if self._inpaint_unet is None or self._inpaint_unet[0] != source_text:
+            self._inpaint_unet = None
+            self._free_memory()
+            unet, _ = load_inpaint_unet(source_text, self._base.unet, self.device, self.dtype, self.allow_download,
+                                        self.single_file_config)
+            self._inpaint_unet = (source_text, unet)
+        return self._inpaint_unet[1]
+
+    def _inpaint(self, request: InpaintRequest, on_step, job) -> GenerationResult:
+        plan = prepare_inpaint(
+            request.init_image, request.mask, request.width, request.height, invert=request.invert_mask,
+            mask_blur=request.mask_blur, inpaint_area=request.inpaint_area, padding=request.padding,
+            masked_content=request.masked_content, resize_mode=request.resize_mode)
+        notes = list(plan.notes)
+        extra = {"Inpaint mode": request.mode, "Mask blur": request.mask_blur, "Masked content": request.masked_content,
+                 "Inpaint area": request.inpaint_area,
+                 "Only masked padding": request.padding if request.inpaint_area == "only masked" else None}
+        finish = lambda images, seeds: [plan.finish(image) for image in images]  # noqa: E731 — paste back
+        if int(request.sampling.steps * request.strength) == 0:
+            images = [GeneratedImage(plan.original.copy(), seed, self._infotext(request, seed, extra))
+                      for seeds in request.sampling.image_seeds() for seed in seeds]
+            return GenerationResult("inpaint", images, list(request.notes) + notes +
+                                    ["Denoising strength × steps rounds to 0 denoising steps: the input is returned unchanged."])
+        if request.mode == "RePaint" and request.control is None:
+            extra.update({"RePaint r": request.repaint_r, "RePaint j": request.repaint_j})
+            pipe = self.pipeline("txt2img")
+            sampler = repaint_sampler(pipe, request, plan, self._scheduler_config)
+            if request.sampling.scheduler not in ("DDIM", "DDPM"):
+                notes.append("RePaint samples with its own DDIM/DDPM update (η from the DDIM η slider); "
+                             "the scheduler choice applies to the inpainting-model mode.")
+            return self._run_sampler(pipe, request, sampler, on_step, job, notes, extra, finish)
+        mask_image = Image.fromarray(plan.gen_mask.astype(np.uint8) * 255)
+        call = {"image": plan.init_image, "mask_image": mask_image, "strength": request.strength}
+        modules = {}
+        if request.mode == "inpainting model":
+            modules["unet"] = self.inpaint_unet(request.inpaint_model)
+            extra["Inpainting model"] = request.inpaint_model
+        elif request.repaint_r > 1:
+            notes.append("With ControlNet, inpainting blends the known region every step without RePaint resampling (r = 1).")
+        if request.control is None:
+            pipe = self.pipeline("inpaint", **modules)
+            return self._generate(pipe, request, call, on_step, job, notes, extra, finish)
+        control, control_notes = self._control_kwargs(request)
+        pipe = self.pipeline("controlnet-inpaint", controlnet=control["controlnet"], **modules)
+        call.update(control_image=control["maps"], **control["call"])
+        return self._generate(pipe, request, call, on_step, job, notes + control_notes, extra, finish)
 
     def _generate(self, pipe, request, call_kwargs: dict, on_step, job: Job, notes: list[str] | None = None,
                   extra_infotext: dict | None = None, finish=None) -> GenerationResult:

@@ -189,6 +189,56 @@ class Img2ImgRequest(Txt2ImgRequest):
             raise RequestError(f"Unknown resize mode {self.resize_mode!r}. Choose one of: {', '.join(RESIZE_MODES)}.")
 
 
+INPAINT_MODES = ("RePaint", "inpainting model")
+INPAINT_AREAS = ("whole picture", "only masked")
+MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
+
+
+@dataclass(frozen=True)
+class InpaintRequest(Img2ImgRequest):
+    """Regenerate the masked part of init_image (mask: white = inpaint).
+
+    RePaint works with any model: the known region is re-noised to every step's level and
+    blended in; r resamplings over jumps of j steps heal the seam (the UNet runs r× longer).
+    'inpainting model' uses a 9-channel UNet reading [z_t, mask, masked-image latent]."""
+
+    mask: Image.Image | None = None
+    mode: str = "RePaint"
+    inpaint_model: str = ""  # 9-channel UNet source for mode 'inpainting model'
+    mask_blur: int = 4  # px of feathering, kept inside the mask
+    invert_mask: bool = False
+    masked_content: str = "original"  # what the masked area starts from
+    inpaint_area: str = "whole picture"  # or 'only masked': crop to the mask (+ padding), work at full size
+    padding: int = 32
+    repaint_r: int = 1  # resamplings per step
+    repaint_j: int = 1  # jump length
+    strength: float = 1.0
+
+    task: ClassVar[str] = "inpaint"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mask is None:
+            raise RequestError("Inpainting needs a mask: paint over the area to change, or upload a mask image.")
+        if not isinstance(self.mask, Image.Image):
+            raise RequestError(f"The mask must be an image, got {type(self.mask).__name__}.")
+        for name, value, choices in (("mode", self.mode, INPAINT_MODES), ("inpaint area", self.inpaint_area, INPAINT_AREAS),
+                                     ("masked content", self.masked_content, MASKED_CONTENT)):
+            if value not in choices:
+                raise RequestError(f"Unknown {name} {value!r}. Choose one of: {', '.join(choices)}.")
+        _require_text("Inpainting model", self.inpaint_model)
+        if self.mode == "inpainting model" and not self.inpaint_model.strip():
+            raise RequestError("Mode 'inpainting model' needs a 9-channel inpainting model: choose one, or use RePaint.")
+        _require_number("Mask blur", self.mask_blur, 0, 256, integer=True)
+        _require_number("Only-masked padding", self.padding, 0, 4096, integer=True)
+        _require_number("RePaint r", self.repaint_r, 1, 50, integer=True)
+        _require_number("RePaint j", self.repaint_j, 1, 1000, integer=True)
+        if not isinstance(self.invert_mask, bool):
+            raise RequestError("Invert mask must be true or false.")
+        for name in ("mask_blur", "padding", "repaint_r", "repaint_j"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+
+
 @dataclass(frozen=True)
 class Limits:
     """What this host allows (from settings): a laptop and a public Space differ here."""

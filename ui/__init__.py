@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import controlnet, img2img, models, pnginfo, txt2img
+from . import controlnet, img2img, inpaint, models, pnginfo, txt2img
 from .common import GenerationService
 from .outputs import OutputStore
 
@@ -20,6 +20,8 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
                 t2i = txt2img.build(service, size)
             with gr.Tab("img2img", id="img2img"):
                 i2i = img2img.build(service, size)
+            with gr.Tab("Inpaint", id="inpaint"):
+                inpaint.build(service, size)
             with gr.Tab("ControlNet", id="controlnet"):
                 controlnet.build(service, size)
             with gr.Tab("PNG info", id="pnginfo"):
