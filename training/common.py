@@ -76,12 +76,14 @@ class LoopResult:
 
 def run_loop(params, loss_fn, *, lr: float, max_steps: int, time_budget_s: float, warmup: int = 500,
              cosine_span=(0.0, 1.0), ema: EMA | None = None, log_every: int = 200, grad_clip: float = 1.0,
-             weight_decay: float = 0.01, device=torch.device("cpu")) -> LoopResult:
+             weight_decay: float = 0.01, device=torch.device("cpu"), deadline: float | None = None) -> LoopResult:
     """AdamW on loss_fn(step) until max_steps or the time budget, whichever comes first.
 
     The cosine follows whichever of steps and time is further along; cosine_span lets a run
     that resumes another cover only its part of one long schedule (e.g. (0.4, 1.0))."""
     params = [p for p in params if p.requires_grad]
+    if deadline is not None:  # an absolute end (time.time()) wins over the relative budget
+        time_budget_s = max(1.0, deadline - time.time())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay,
                             fused=device.type == "cuda")
     start, step, losses = time.time(), 0, []
@@ -115,3 +117,22 @@ def run_loop(params, loss_fn, *, lr: float, max_steps: int, time_budget_s: float
     if window:
         losses.append((step, running.item() / window))
     return LoopResult(step, time.time() - start, losses[-1][1] if losses else float("nan"), losses)
+
+
+def fast_module(module, device: torch.device, compile_: bool):
+    """channels_last for the convolutions on the GPU, and optionally torch.compile; the module's
+    parameters stay shared, so saving and EMA use `module` itself."""
+    if device.type != "cuda":
+        return module
+    module.to(memory_format=torch.channels_last)
+    return torch.compile(module) if compile_ else module
+
+
+def warm_up(loss_fn, modules) -> float:
+    """One forward/backward to trigger compilation outside the timed loop; gradients dropped.
+    Returns seconds taken. Raises whatever compilation raised."""
+    start = time.time()
+    loss_fn(0).backward()
+    for m in modules:
+        m.zero_grad(set_to_none=True)
+    return time.time() - start

@@ -1,6 +1,6 @@
 """Probes of the shipped demo models, printing numbers (docs/demo-model.md records them):
 
-    python -m training.evaluate --n 200 --probes base,inpaint,canny,pose [--grid docs/demo-model-samples.png]
+    python -m training.evaluate --n 200 --probes base,person,inpaint,canny,pose [--grid docs/demo-model-samples.png]
 
 - base: single-object captions whose (colour, shape, background) triple training never drew;
   background / object colour / shape / position read back from pixels, CFG 5 against CFG off;
@@ -9,7 +9,7 @@
 - canny: edge F1 (2 px tolerance) between the control edges and the output's edges, with the
   ControlNet and with the base model alone on the same prompts and seeds;
 - pose: fraction of the skeleton's body limbs covered by figure pixels, with and without.
-All generations: 20 steps of the shipped scheduler, 128², seeds fixed.
+All generations: 20 steps of the shipped scheduler (DDIM), 128², seeds fixed.
 """
 from __future__ import annotations
 
@@ -83,12 +83,35 @@ def score_objects(images: np.ndarray, truths: list[dict]) -> dict:
     return {k: round(float(np.mean(v)), 3) for k, v in hits.items()}
 
 
-def colour_probe(models_dir: Path, n: int, device) -> dict:
+def colour_probe(models_dir: Path, n: int, device, scales=(1.0, CFG), pndm: bool = False) -> dict:
+    """Held-out single-object captions at each CFG scale with the shipped scheduler (and, with
+    pndm=True, with PNDM too: it is the sampler that fails at high CFG on this model)."""
+    from diffusers import PNDMScheduler
     pipe = load_pipeline(models_dir, device)
     probes = heldout_probes(n)
     prompts, truths = [p for p, _ in probes], [t for _, t in probes]
-    result = {f"cfg{g:g}": score_objects(generate(pipe, prompts, g), truths) for g in (1.0, CFG)}
+    result = {f"cfg{g:g}": score_objects(generate(pipe, prompts, g), truths) for g in scales}
+    if pndm:
+        pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
+        result.update({f"pndm_cfg{g:g}": score_objects(generate(pipe, prompts, g), truths) for g in (1.0, CFG)})
     print("base probe (held-out captions):", json.dumps(result), flush=True)
+    return result
+
+
+def person_probe(models_dir: Path, n: int, device) -> dict:
+    """Figure captions: background and body colour read back, CFG off and on."""
+    pipe = load_pipeline(models_dir, device)
+    scenes = data.sample_scenes(n, seed=2468, person_fraction=1.0, heldout="ignore")
+    prompts = [f"{data.article(data.COLOUR_NAMES[int(c)])} {data.COLOUR_NAMES[int(c)]} person {data.POSES[int(p)]} on "
+               f"{data.article(data.COLOUR_NAMES[int(b)])} {data.COLOUR_NAMES[int(b)]} background"
+               for c, p, b in zip(scenes.colour[:, 0], scenes.pose, scenes.background)]
+    result = {}
+    for g in (1.0, CFG):
+        readings = [readback.read_single_object(im) for im in generate(pipe, prompts, g)]
+        result[f"cfg{g:g}"] = dict(
+            background=round(float(np.mean([r.background == int(b) for r, b in zip(readings, scenes.background)])), 3),
+            colour=round(float(np.mean([r.colour == int(c) for r, c in zip(readings, scenes.colour[:, 0])])), 3))
+    print("person probe:", json.dumps(result), flush=True)
     return result
 
 
@@ -159,7 +182,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", type=Path, default=models.MODELS_DIR)
     p.add_argument("--n", type=int, default=200)
-    p.add_argument("--probes", default="base,inpaint,canny,pose")
+    p.add_argument("--probes", default="base,person,inpaint,canny,pose")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--grid", type=Path, help="write a sample grid PNG (and its prompts as .txt) here")
     p.add_argument("--json", type=Path, help="write the results here")
@@ -167,7 +190,9 @@ def main(argv=None) -> dict:
     results = {}
     for probe in args.probes.split(","):
         if probe == "base":
-            results["base"] = colour_probe(args.models, args.n, args.device)
+            results["base"] = colour_probe(args.models, args.n, args.device, scales=(1.0, 2.0, CFG, 7.5), pndm=True)
+        elif probe == "person":
+            results["person"] = person_probe(args.models, args.n, args.device)
         elif probe == "inpaint":
             results["inpaint"] = inpaint_probe(args.models, args.n, args.device)
         elif probe in models.CONTROLNETS:

@@ -23,6 +23,8 @@ import torch
 
 from training import models
 
+PROCESS_START = time.time()
+
 # Per-stage H100 defaults: batch, pool of pre-rendered scenes, loop minutes.
 STAGE_DEFAULTS = {
     "vae": dict(batch_size=64, pool_size=65536, minutes=2.5),
@@ -40,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
     p.add_argument("--minutes", type=float, help="time budget of the training loop")
+    p.add_argument("--deadline", type=float, help="minutes after process start at which the loop must end "
+                   "(start-up, data and compilation included); overrides --minutes")
     p.add_argument("--max-steps", type=int, default=10**9)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--pool-size", type=int, help="scenes rendered and encoded up front")
@@ -49,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="start from the stage's weights already in --out")
     p.add_argument("--cosine-span", default="0,1", help="part of one cosine schedule this run covers, e.g. 0.4,1")
     p.add_argument("--log-every", type=int, default=500)
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained network (GPU)")
     p.add_argument("--probe", type=int, default=0, help="base: held-out colour/shape probe of N prompts after training")
     p.add_argument("--stats", type=Path, help="append the stage's numbers as a JSON line here")
     args = p.parse_args(argv)
@@ -56,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.cosine_span = tuple(float(x) for x in args.cosine_span.split(","))
+    args.deadline_at = PROCESS_START + 60 * args.deadline if args.deadline else None
     return args
 
 

@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from training import data, models
-from training.common import EMA, NoiseSchedule, autocast, run_loop
+from training.common import EMA, NoiseSchedule, autocast, fast_module, run_loop, warm_up
 from training.pool import build_pool
 
 EMPTY_CAPTION_PROB = 0.1
@@ -32,6 +32,7 @@ def run(args, device) -> dict:
     print(f"base: unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, text encoder "
           f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M, pool {len(pool)}", flush=True)
     batch = args.batch_size
+    net = fast_module(unet, device, args.compile)
 
     def loss_fn(step):
         idx = torch.randint(len(pool), (batch,), device=device)
@@ -41,13 +42,20 @@ def run(args, device) -> dict:
         noise, t = torch.randn_like(z0), schedule.sample_t(batch, device)
         with autocast(device):
             context = text_encoder(tokens)[0]
-            pred = unet(schedule.add_noise(z0, noise, t), t, context).sample
+            pred = net(schedule.add_noise(z0, noise, t), t, context).sample
         return F.mse_loss(pred.float(), noise)
 
+    if args.compile and device.type == "cuda":
+        try:
+            print(f"compiled the UNet in {warm_up(loss_fn, (unet, text_encoder)):.0f} s", flush=True)
+        except Exception as exc:  # compilation is a speed-up only: train eagerly instead
+            print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
+            net = unet
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = EMA(params, decay=args.ema_decay or 0.9995)
     result = run_loop(params, loss_fn, lr=args.lr or 4e-4, max_steps=args.max_steps, time_budget_s=args.minutes * 60,
-                      warmup=args.warmup, cosine_span=args.cosine_span, ema=ema, log_every=args.log_every, device=device)
+                      warmup=args.warmup, cosine_span=args.cosine_span, ema=ema, log_every=args.log_every, device=device,
+                      deadline=args.deadline_at)
     ema.copy_to_params()
     del pool
     models.save_pipeline(root, vae, text_encoder.eval(), unet.eval())

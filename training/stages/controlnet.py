@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from training import data, models
-from training.common import EMA, NoiseSchedule, autocast, run_loop
+from training.common import EMA, NoiseSchedule, autocast, fast_module, run_loop, warm_up
 from training.pool import build_pool
 
 EMPTY_CAPTION_PROB = 0.5
@@ -33,6 +33,7 @@ def run(args, device, kind: str) -> dict:
     batch = args.batch_size
     print(f"controlnet-{kind}: {sum(p.numel() for p in controlnet.parameters()) / 1e6:.2f} M params, pool {len(pool)}",
           flush=True)
+    net, control_net = fast_module(unet, device, args.compile), fast_module(controlnet, device, args.compile)
 
     def loss_fn(step):
         idx = torch.randint(len(pool), (batch,), device=device)
@@ -44,15 +45,22 @@ def run(args, device, kind: str) -> dict:
             context = text_encoder(tokens)[0]
         with autocast(device):
             z_t = schedule.add_noise(z0, noise, t)
-            down, mid = controlnet(z_t, t, context, controlnet_cond=pool.control(idx), return_dict=False)
-            pred = unet(z_t, t, context, down_block_additional_residuals=down,
+            down, mid = control_net(z_t, t, context, controlnet_cond=pool.control(idx), return_dict=False)
+            pred = net(z_t, t, context, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid).sample
         return F.mse_loss(pred.float(), noise)
 
+    if args.compile and device.type == "cuda":
+        try:
+            print(f"compiled in {warm_up(loss_fn, (controlnet,)):.0f} s", flush=True)
+        except Exception as exc:  # compilation is a speed-up only: train eagerly instead
+            print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
+            net, control_net = unet, controlnet
     ema = EMA(controlnet.parameters(), decay=args.ema_decay or 0.999)
     result = run_loop(controlnet.parameters(), loss_fn, lr=args.lr or 2e-4, max_steps=args.max_steps,
                       time_budget_s=args.minutes * 60, warmup=args.warmup, cosine_span=args.cosine_span, ema=ema,
-                      log_every=args.log_every, device=device)
+                      log_every=args.log_every, device=device,
+                      deadline=args.deadline_at)
     ema.copy_to_params()
     models.save_fp16(controlnet.eval(), folder)
     stats = dict(stage=f"controlnet-{kind}", steps=result.steps, seconds=round(result.seconds, 1),

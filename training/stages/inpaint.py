@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from training import data, masks, models
-from training.common import EMA, NoiseSchedule, autocast, run_loop
+from training.common import EMA, NoiseSchedule, autocast, fast_module, run_loop, warm_up
 from training.pool import build_pool
 
 EMPTY_CAPTION_PROB = 0.1
@@ -41,6 +41,7 @@ def run(args, device) -> dict:
     schedule = NoiseSchedule(device)
     batch = args.batch_size
     print(f"inpaint: unet in_channels {unet.config.in_channels}, pool {len(pool)}", flush=True)
+    net = fast_module(unet, device, args.compile)
 
     def loss_fn(step):
         idx = torch.randint(len(pool), (batch,), device=device)
@@ -54,13 +55,20 @@ def run(args, device) -> dict:
             context = text_encoder(tokens)[0]
         with autocast(device):
             x = torch.cat([schedule.add_noise(z0, noise, t), mask_latent, masked_latent], dim=1)
-            pred = unet(x, t, context).sample
+            pred = net(x, t, context).sample
         return F.mse_loss(pred.float(), noise)
 
+    if args.compile and device.type == "cuda":
+        try:
+            print(f"compiled the UNet in {warm_up(loss_fn, (unet,)):.0f} s", flush=True)
+        except Exception as exc:  # compilation is a speed-up only: train eagerly instead
+            print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
+            net = unet
     ema = EMA(unet.parameters(), decay=args.ema_decay or 0.999)
     result = run_loop(unet.parameters(), loss_fn, lr=args.lr or 1e-4, max_steps=args.max_steps,
                       time_budget_s=args.minutes * 60, warmup=args.warmup, cosine_span=args.cosine_span, ema=ema,
-                      log_every=args.log_every, device=device)
+                      log_every=args.log_every, device=device,
+                      deadline=args.deadline_at)
     ema.copy_to_params()
     models.save_fp16(unet.eval(), args.out / models.INPAINT / "unet")
     stats = dict(stage="inpaint", steps=result.steps, seconds=round(result.seconds, 1),

@@ -54,7 +54,8 @@ def run(args, device) -> dict:
 
     ema = EMA(vae.parameters(), decay=0.999)
     result = run_loop(vae.parameters(), loss_fn, lr=args.lr or 5e-4, max_steps=args.max_steps,
-                      time_budget_s=args.minutes * 60, warmup=300, ema=ema, log_every=args.log_every, device=device)
+                      time_budget_s=args.minutes * 60, warmup=300, ema=ema, log_every=args.log_every, device=device,
+                      deadline=args.deadline_at)
     ema.copy_to_params()
     vae.eval()
     psnr, std = measure(vae, held_out, device)
