@@ -15,7 +15,8 @@ from .common import (GPU, GenerationService, SafeImage, open_image, prompt_box, 
                      sampling_from, wire_common, with_session)
 from .control_units import UNIT_FIELDS, control_from, control_panel
 
-WHITE_BRUSH = gr.Brush(default_size=24, colors=["#ffffff"], default_color="#ffffff", color_mode="fixed")
+# Translucent, so the image stays visible under the paint; only the alpha (coverage) is used.
+MASK_BRUSH = gr.Brush(default_size="auto", colors=[("#ff00ff", 0.55)], default_color=("#ff00ff", 0.55), color_mode="fixed")
 
 
 def painted_mask(editor: dict | None) -> Image.Image | None:
@@ -47,7 +48,7 @@ def build(service: GenerationService, native_size: int) -> None:
         with gr.Column(scale=1):
             prompts = prompt_box("inpaint")
             editor = gr.ImageMask(label="Image — paint the area to regenerate", type="pil", image_mode="RGBA",
-                                  brush=WHITE_BRUSH, sources=["upload", "clipboard"], format="png", height=420,
+                                  brush=MASK_BRUSH, sources=["upload", "clipboard"], format="png", height=420,
                                   elem_id="inpaint_editor", transforms=())
             with gr.Row():
                 mask_upload = SafeImage(label="…or upload a mask (white = inpaint)", type="filepath", image_mode=None,
