@@ -50,3 +50,36 @@ class GenerationResult:
     notes: list[str]
     interrupted: bool = False
     seconds: float = 0.0
+
+
+def stream_run(run, request, job: Job):
+    """Turn a blocking run(request, on_step=…, job=…) into a generator of StepInfo events
+    ending with the GenerationResult (errors are re-raised here, in the consumer). The work
+    runs in a thread; if the consumer stops iterating, the job is cancelled."""
+    import queue
+    import threading
+
+    events: queue.Queue = queue.Queue()
+
+    def work():
+        try:
+            events.put(("done", run(request, on_step=lambda step: events.put(("step", step)), job=job)))
+        except BaseException as error:  # handed to the consumer, who decides what the user sees
+            events.put(("error", error))
+
+    threading.Thread(target=work, name="generate", daemon=True).start()
+    finished = False
+    try:
+        while True:
+            kind, payload = events.get()
+            if kind == "step":
+                yield payload
+                continue
+            finished = True
+            if kind == "error":
+                raise payload
+            yield payload
+            return
+    finally:
+        if not finished:
+            job.cancel()

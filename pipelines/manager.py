@@ -37,7 +37,7 @@ from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
 from .infotext import request_infotext
 from .inpainting import repaint_sampler
-from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
+from .jobs import GeneratedImage, GenerationResult, Job, StepInfo, stream_run
 from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
@@ -192,18 +192,21 @@ class PipelineManager:
         return self._pipelines[task]
 
     def memory_report(self) -> dict:
-        """Bytes of weights held by the base alone vs by every derived pipeline and extra module
-        together (tensors counted once per storage): the shared part is never duplicated."""
+        """Bytes of weights (each storage counted once): the base alone; what all derived task
+        pipelines hold apart from the extra modules (equal to the base when nothing is
+        copied); the extra modules (ControlNets, the 9-channel UNet); and everything."""
         if self._base is None:
-            return {"modes": [], "base_bytes": 0, "all_modes_bytes": 0, "extra_bytes": 0}
+            return {"modes": [], "base_bytes": 0, "shared_bytes": 0, "extra_bytes": 0, "all_modes_bytes": 0}
         base = _weight_storages(self._base.components.values())
-        extra = self.controlnets.loaded() + ([self._inpaint_unet[1]] if self._inpaint_unet else [])
-        every = _weight_storages([m for p in self._pipelines.values() for m in p.components.values()] + extra)
+        extra = _weight_storages(self.controlnets.loaded() + ([self._inpaint_unet[1]] if self._inpaint_unet else []))
+        pipelines = _weight_storages([m for p in self._pipelines.values() for m in p.components.values()])
+        shared = {k: v for k, v in pipelines.items() if k not in extra}
         return {
             "modes": sorted(self._pipelines),
             "base_bytes": sum(base.values()),
-            "all_modes_bytes": sum(every.values()),
-            "extra_bytes": sum(v for k, v in every.items() if k not in base),
+            "shared_bytes": sum(shared.values()),
+            "extra_bytes": sum(extra.values()),
+            "all_modes_bytes": sum({**shared, **extra}.values()),
         }
 
     # ----------------------------------------------------------------- generation
@@ -231,6 +234,10 @@ class PipelineManager:
                 ) from error
             result.seconds = time.perf_counter() - started
             return result
+
+    def stream(self, request: Txt2ImgRequest, job: Job | None = None):
+        """run() as a generator: StepInfo per step, then the GenerationResult."""
+        return stream_run(self.run, request, job or Job())
 
     def _dispatch(self, request, on_step, job) -> GenerationResult:
         if request.task == "txt2img":
@@ -364,3 +371,13 @@ class PipelineManager:
 
     def _infotext(self, request, seed: int, extra: dict | None = None) -> str:
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
+
+    # ----------------------------------------------------------------- diffusion lab (issue 8)
+    def lab(self):
+        """The Diffusion lab's view of the loaded model: the same modules (nothing copied) and
+        its training schedule, used under this manager's device lock."""
+        from .lab import DiffusionLab
+
+        if self._base is None:
+            raise GenerationError(NO_MODEL)
+        return DiffusionLab(self._base, self._scheduler_config, self._lock)

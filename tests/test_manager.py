@@ -64,7 +64,8 @@ def test_task_pipelines_share_the_same_module_objects(manager):
         assert a == b, name
     report = manager.memory_report()
     assert set(report["modes"]) >= {"txt2img", "img2img"}
-    assert report["all_modes_bytes"] == report["base_bytes"] > 0
+    assert report["shared_bytes"] == report["base_bytes"] > 0  # derived pipelines copy nothing
+    assert report["all_modes_bytes"] == report["base_bytes"] + report["extra_bytes"]
 
 
 # ----------------------------------------------------------------- seeds

@@ -4,8 +4,6 @@ preview, saving, per-session interrupt."""
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -14,6 +12,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.errors import StudioError
+from pipelines.jobs import StepInfo
 from pipelines.requests import Limits, Sampling
 from pipelines.schedulers import ETA_SCHEDULERS, SCHEDULER_NAMES
 
@@ -161,11 +160,12 @@ def result_panel(tab: str) -> ResultPanel:
 
 
 class GenerationService:
-    """Runs requests for every tab: the manager does the work in a worker thread while the
-    Gradio generator streams per-step progress and previews back to that session only."""
+    """Runs requests for every tab: the backend (one manager, a pool of them, Ray Serve
+    workers) streams per-step progress and previews back to the session that asked."""
 
-    def __init__(self, manager, limits: Limits, store: OutputStore):
-        self.manager = manager
+    def __init__(self, backend, limits: Limits, store: OutputStore):
+        self.backend = backend
+        self.manager = backend  # the same object: a manager or something that serves like one
         self.limits = limits
         self.store = store
         self.jobs = SessionJobs()
@@ -176,41 +176,29 @@ class GenerationService:
             request = self.limits.normalize(build())
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        events: queue.Queue = queue.Queue()
         job = self.jobs.start(session)
-
-        def work():
-            try:
-                events.put(("done", self.manager.run(request, on_step=lambda step: events.put(("step", step)), job=job)))
-            except Exception as error:  # reported to this session below; the server keeps serving
-                events.put(("error", error))
-
-        threading.Thread(target=work, name=f"generate-{session[:8]}", daemon=True).start()
-        finished = False
         last_preview = -PREVIEW_INTERVAL_S
         try:
             progress(0, desc="Waiting for the model…")
-            while True:
-                kind, payload = events.get()
-                if kind == "step":
-                    progress(payload.fraction, desc=f"Batch {payload.batch + 1}/{payload.batch_count}, step {payload.step}/{payload.total}")
+            for event in self.backend.stream(request, job):
+                if isinstance(event, StepInfo):
+                    progress(event.fraction, desc=f"Batch {event.batch + 1}/{event.batch_count}, step {event.step}/{event.total}")
                     # Each preview is encoded and sent: at most a few per second, or a fast
                     # GPU would spend more time on previews than on denoising.
-                    if payload.preview is not None and time.monotonic() - last_preview >= PREVIEW_INTERVAL_S:
+                    if event.preview is not None and time.monotonic() - last_preview >= PREVIEW_INTERVAL_S:
                         last_preview = time.monotonic()
-                        yield payload.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                        yield event.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     continue
-                finished = True
-                if kind == "error":
-                    if isinstance(payload, StudioError):
-                        raise gr.Error(str(payload))
-                    log.error("generation failed", exc_info=payload)
-                    raise gr.Error(f"Generation failed: {type(payload).__name__}: {payload}")
-                yield self._final(payload)
-                return
+                yield self._final(event)
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        except gr.Error:
+            raise
+        except Exception as error:  # reported to this session; the server keeps serving
+            log.error("generation failed", exc_info=error)
+            raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from error
         finally:
-            if not finished:
-                job.cancel()  # the client went away or cancelled: stop the work too
+            job.cancel()  # a no-op when finished; stops the work if the client went away
             self.jobs.finish(session, job)
 
     def _final(self, result):

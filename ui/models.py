@@ -13,8 +13,10 @@ def _details(manager) -> str:
     if not report["modes"]:
         return manager.describe()
     mib = 1024 * 1024
-    return (f"{manager.describe()} Loaded in {manager.model.seconds:.1f} s.\n\nWeights: {report['base_bytes'] / mib:.1f} MiB for the base; {report['all_modes_bytes'] / mib:.1f} MiB "
-            f"with every loaded mode ({', '.join(report['modes'])}) — modes share the same modules.")
+    return (f"{manager.describe()} Loaded in {manager.model.seconds:.1f} s.\n\n"
+            f"Weights: {report['shared_bytes'] / mib:.1f} MiB shared by every mode loaded ({', '.join(report['modes'])}); "
+            f"{report['extra_bytes'] / mib:.1f} MiB of extra modules (ControlNets, inpainting UNet); "
+            f"{report['all_modes_bytes'] / mib:.1f} MiB in all.")
 
 
 def build(manager, allow_change: bool, status: gr.Markdown) -> None:
