@@ -22,35 +22,72 @@ def configure_network(allow_download: bool) -> None:
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-def create_app(settings: Settings):
-    """The manager with its initial model, and the Gradio app around it."""
-    from pipelines.errors import ModelLoadError
-    from pipelines.manager import PipelineManager
-    from ui import build_app
-
-    manager = PipelineManager(
-        device=settings.device or None,
+def manager_kwargs(settings: Settings) -> dict:
+    return dict(
         dtype=settings.dtype or None,
         allow_download=settings.allow_download,
         single_file_config=settings.single_file_config_or_default,
         vae_tiling=settings.vae_tiling,
         cpu_offload=settings.cpu_offload,
         preview_every=settings.preview_every,
+        variant=settings.variant or None,
     )
-    message = ""
+
+
+def local_devices(settings: Settings) -> list[str | None]:
+    if settings.devices == "all":
+        import torch
+
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or [None]
+    if settings.devices:
+        return [d.strip() for d in settings.devices.split(",") if d.strip()]
+    return [settings.device or None]
+
+
+def create_backend(settings: Settings):
+    """(backend, message): the manager(s) or workers that generate, with the start-up model
+    loaded; message says plainly what is missing when no model could be loaded."""
+    from pipelines.errors import ModelLoadError
+    from serving.zerogpu import ZeroGPUBackend, on_zerogpu
+
     source = settings.model_source
-    if not source:
-        message = ("No model is loaded: the embedded demo model is not in assets/models/demo. Start with "
-                   "`python app.py --model PATH_OR_HUB_ID` (a diffusers folder, a .safetensors/.ckpt file, "
-                   "or a Hub id with --allow-download).")
-    else:
+    message = "" if source else (
+        "No model is loaded: the embedded demo model is not in assets/models/demo. Start with "
+        "`python app.py --model PATH_OR_HUB_ID` (a diffusers folder, a .safetensors/.ckpt file, "
+        "or a Hub id with --allow-download).")
+    if settings.backend == "ray":
+        import torch
+
+        from serving.ray_serve import RayBackend
+
+        gpus = settings.ray_gpus_per_replica
+        backend = RayBackend(source, manager_kwargs(settings), address=settings.ray_address or None,
+                             replicas=settings.ray_replicas, max_replicas=settings.ray_max_replicas or None,
+                             gpus_per_replica=(1.0 if torch.cuda.is_available() else 0.0) if gpus < 0 else gpus)
+        return backend, message
+    from pipelines.manager import PipelineManager
+    from serving.pool import ManagerPool
+
+    managers = [PipelineManager(device=device, **manager_kwargs(settings)) for device in local_devices(settings)]
+    backend = managers[0] if len(managers) == 1 else ManagerPool(managers)
+    if source:
         try:
-            manager.load_base(source)
+            backend.load_base(source)
         except ModelLoadError as error:
             message = f"**Model not loaded.** {error}"
+    if on_zerogpu():
+        backend = ZeroGPUBackend(backend)
+    return backend, message
+
+
+def create_app(settings: Settings):
+    """The backend with its initial model, and the Gradio app around it."""
+    from ui import build_app
+
+    backend, message = create_backend(settings)
     if message:
         logging.getLogger("sd-studio").warning(message)
-    return manager, build_app(manager, settings, message)
+    return backend, build_app(backend, settings, message)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_network(settings.allow_download)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _, app = create_app(settings)
-    app.queue(max_size=settings.queue_size, default_concurrency_limit=1)
+    app.queue(max_size=settings.queue_size, default_concurrency_limit=1)  # GPU events set their own limit
     app.launch(server_name=settings.host, server_port=settings.port, show_error=True)
 
 

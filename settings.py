@@ -17,6 +17,20 @@ DEMO_MODEL = ROOT / "assets" / "models" / "demo"
 SD15_CONFIG = ROOT / "assets" / "configs" / "sd15"
 
 
+# A public Space serves strangers: no saved files, no model swapping, smaller jobs. Each can
+# still be set with SD_STUDIO_* variables in the Space's settings.
+SPACE_DEFAULTS = {
+    "host": "0.0.0.0",
+    "save_outputs": False,
+    "allow_model_change": False,
+    "max_size": 1024,
+    "max_steps": 50,
+    "max_batch_size": 4,
+    "max_batch_count": 4,
+    "queue_size": 20,
+}
+
+
 def _env(name: str, default):
     raw = os.environ.get(f"SD_STUDIO_{name.upper()}")
     if raw is None:
@@ -25,6 +39,8 @@ def _env(name: str, default):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if isinstance(default, int):
         return int(raw)
+    if isinstance(default, float):
+        return float(raw)
     return raw
 
 
@@ -42,12 +58,19 @@ class Settings:
     vae_tiling: bool = False
     cpu_offload: bool = False
     single_file_config: str = ""  # diffusers folder giving the architecture of single-file checkpoints
+    variant: str = ""  # prefer these weight files when a model has them, e.g. fp16
     max_size: int = 2048
     max_steps: int = 150
     max_batch_size: int = 8
     max_batch_count: int = 16
     queue_size: int = 64
     preview_every: int = 1
+    backend: str = "local"  # "local": managers in this process; "ray": Ray Serve workers
+    devices: str = ""  # local: "" one (auto), "all" every CUDA device, or "cuda:0,cuda:1"
+    ray_address: str = ""  # "" starts a local Ray cluster; "auto" or ray://host:10001 joins one
+    ray_replicas: int = 1
+    ray_max_replicas: int = 0  # > ray_replicas: autoscale between the two
+    ray_gpus_per_replica: float = -1.0  # -1: 1 when this machine has CUDA, else 0
 
     @property
     def limits(self) -> Limits:
@@ -69,7 +92,8 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "Settings":
-        defaults = {f.name: _env(f.name, f.default) for f in fields(cls)}
+        base = dict(SPACE_DEFAULTS) if os.environ.get("SPACE_ID") else {}
+        defaults = {f.name: _env(f.name, base.get(f.name, f.default)) for f in fields(cls)}
         defaults["host"] = os.environ.get("GRADIO_SERVER_NAME", defaults["host"])
         defaults["port"] = int(os.environ.get("GRADIO_SERVER_PORT", defaults["port"]))
         parser = argparse.ArgumentParser(description="Stable Diffusion studio in the browser.")
@@ -79,12 +103,17 @@ class Settings:
             "allow_download": "allow downloading Hub models (otherwise the app never touches the network)",
             "single_file_config": "diffusers folder with the configs for single-file checkpoints",
             "max_size": "largest width/height a request may ask for",
+            "backend": "local (managers in this process) or ray (Ray Serve workers)",
+            "devices": "local backend: '' one device, 'all' every CUDA device, or e.g. cuda:0,cuda:1",
+            "ray_address": "'' starts a local Ray cluster; 'auto' or ray://host:10001 joins one",
         }
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
             default = defaults[f.name]
             if isinstance(f.default, bool):
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps.get(f.name))
+            elif f.name == "backend":
+                parser.add_argument(flag, choices=("local", "ray"), default=default, help=helps.get(f.name))
             else:
                 parser.add_argument(flag, type=type(f.default), default=default, help=helps.get(f.name))
         return cls(**vars(parser.parse_args(argv)))

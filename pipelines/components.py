@@ -50,13 +50,14 @@ class ControlNetCache:
         self.capacity = max(1, capacity)
         self._models: OrderedDict[str, ControlNetModel] = OrderedDict()
 
-    def get(self, source_text: str, unet, device: torch.device, dtype: torch.dtype, allow_download: bool) -> ControlNetModel:
+    def get(self, source_text: str, unet, device: torch.device, dtype: torch.dtype, allow_download: bool,
+            variant: str | None = None) -> ControlNetModel:
         source = resolve_source(source_text, "config.json", "a ControlNet", CONTROLNET_WHAT_TO_PASS)
         key = source.location
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
-        model = load_module(ControlNetModel, source, dtype, allow_download, "a ControlNet")
+        model = load_module(ControlNetModel, source, dtype, allow_download, "a ControlNet", variant)
         check_controlnet(model, unet, source.name)
         model.to(device).eval()
         self._models[key] = model
@@ -72,7 +73,7 @@ class ControlNetCache:
 
 
 def load_inpaint_unet(source_text: str, base_unet, device: torch.device, dtype: torch.dtype, allow_download: bool,
-                      single_file_config: str | None) -> tuple[UNet2DConditionModel, ModelSource]:
+                      single_file_config: str | None, variant: str | None = None) -> tuple[UNet2DConditionModel, ModelSource]:
     """A 9-channel UNet from a UNet folder, a pipeline folder (its unet/), an SD-inpainting
     single file (built from single_file_config's UNet config with 9 input channels) or a Hub id."""
     path = Path((source_text or "").strip()).expanduser()
@@ -86,6 +87,6 @@ def load_inpaint_unet(source_text: str, base_unet, device: torch.device, dtype: 
                 raise ModelLoadError(f"{source.location!r} is a single file: pass --single-file-config with a diffusers "
                                      "folder of its architecture (assets/configs/sd15 serves SD 1.x).")
             kwargs = {"config": single_file_config, "subfolder": "unet", "in_channels": 9}
-    unet = load_module(UNet2DConditionModel, source, dtype, allow_download, "an inpainting UNet", **kwargs)
+    unet = load_module(UNet2DConditionModel, source, dtype, allow_download, "an inpainting UNet", variant, **kwargs)
     check_inpaint_unet(unet, base_unet, source.name)
     return unet.to(device).eval(), source

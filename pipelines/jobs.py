@@ -50,6 +50,7 @@ class GenerationResult:
     notes: list[str]
     interrupted: bool = False
     seconds: float = 0.0
+    worker: str = ""  # which process/device made it (pools and Ray replicas)
 
 
 def stream_run(run, request, job: Job):

@@ -82,13 +82,25 @@ def explain(error: Exception, source: ModelSource, allow_download: bool, config:
     )
 
 
-def load_module(cls, source: ModelSource, dtype: torch.dtype, allow_download: bool, what: str, **kwargs):
+def _with_variant(load, variant: str | None):
+    """Prefer the weights' variant (e.g. fp16 files, what a Space preloads), else the default files."""
+    if variant:
+        try:
+            return load(variant=variant)
+        except (OSError, ValueError):
+            pass
+    return load()
+
+
+def load_module(cls, source: ModelSource, dtype: torch.dtype, allow_download: bool, what: str,
+                variant: str | None = None, **kwargs):
     """One model class (ControlNetModel, UNet2DConditionModel) from any source kind."""
     try:
         if source.kind == "single_file":
             return cls.from_single_file(source.location, torch_dtype=dtype, local_files_only=not allow_download, **kwargs)
-        return cls.from_pretrained(source.location, dtype=dtype,
-                                   local_files_only=source.kind == "folder" or not allow_download, **kwargs)
+        local = source.kind == "folder" or not allow_download
+        return _with_variant(lambda **v: cls.from_pretrained(source.location, dtype=dtype, local_files_only=local,
+                                                             **kwargs, **v), variant)
     except Exception as error:
         raise explain(error, source, allow_download, None, what) from error
 
@@ -98,6 +110,7 @@ def load_pipeline(
     dtype: torch.dtype,
     allow_download: bool,
     single_file_config: str | None = None,
+    variant: str | None = None,
 ) -> StableDiffusionPipeline:
     common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
     try:
@@ -106,8 +119,8 @@ def load_pipeline(
             if single_file_config:
                 kwargs["config"] = single_file_config
             return StableDiffusionPipeline.from_single_file(source.location, **kwargs)
-        return StableDiffusionPipeline.from_pretrained(
-            source.location, local_files_only=source.kind == "folder" or not allow_download, **common
-        )
+        local = source.kind == "folder" or not allow_download
+        return _with_variant(lambda **v: StableDiffusionPipeline.from_pretrained(
+            source.location, local_files_only=local, **common, **v), variant)
     except Exception as error:
         raise explain(error, source, allow_download, single_file_config) from error

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class PipelineManager:
         cpu_offload: bool = False,
         preview_every: int = 1,
         max_controlnets: int = 4,
+        variant: str | None = None,
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -115,6 +117,7 @@ class PipelineManager:
         self.vae_tiling = vae_tiling
         self.cpu_offload = cpu_offload and self.device.type == "cuda"
         self.preview_every = max(1, preview_every)
+        self.variant = variant or None  # e.g. "fp16": prefer those weight files when a repo has them
         self.model: ModelInfo | None = None
         self.controlnets = ControlNetCache(max_controlnets)
         self._inpaint_unet = None  # (source text, 9-channel UNet): one at a time
@@ -130,7 +133,7 @@ class PipelineManager:
         source = resolve_source(source_text)
         with self._lock:
             started = time.perf_counter()
-            pipe = load_pipeline(source, self.dtype, self.allow_download, self.single_file_config)
+            pipe = load_pipeline(source, self.dtype, self.allow_download, self.single_file_config, self.variant)
             pipe.set_progress_bar_config(disable=True)
             if self.vae_tiling:
                 pipe.vae.enable_tiling()
@@ -233,6 +236,7 @@ class PipelineManager:
                     "The memory was freed; the app keeps serving."
                 ) from error
             result.seconds = time.perf_counter() - started
+            result.worker = f"{os.getpid()}:{self.device}"
             return result
 
     def stream(self, request: Txt2ImgRequest, job: Job | None = None):
@@ -251,7 +255,8 @@ class PipelineManager:
     def _control_kwargs(self, request) -> tuple[dict, list[str]]:
         """The ControlNet module(s) and call arguments for a request with control units."""
         units = request.control.units
-        models = [self.controlnets.get(u.model, self._base.unet, self.device, self.dtype, self.allow_download) for u in units]
+        models = [self.controlnets.get(u.model, self._base.unet, self.device, self.dtype, self.allow_download, self.variant)
+                  for u in units]
         maps, notes = control_maps(units, request.width, request.height)
         single = len(units) == 1
         return {
@@ -307,7 +312,7 @@ class PipelineManager:
             self._inpaint_unet = None
             self._free_memory()
             unet, _ = load_inpaint_unet(source_text, self._base.unet, self.device, self.dtype, self.allow_download,
-                                        self.single_file_config)
+                                        self.single_file_config, self.variant)
             self._inpaint_unet = (source_text, unet)
         return self._inpaint_unet[1]
 

@@ -24,14 +24,16 @@ class ManagerPool:
             index = min(range(len(self.managers)), key=lambda i: self._busy[i])
             self._busy[index] += 1
         try:
-            yield self.managers[index]
+            yield index, self.managers[index]
         finally:
             with self._lock:
                 self._busy[index] -= 1
 
     def run(self, request, on_step=None, job: Job | None = None):
-        with self._least_busy() as manager:
-            return manager.run(request, on_step=on_step, job=job)
+        with self._least_busy() as (index, manager):
+            result = manager.run(request, on_step=on_step, job=job)
+            result.worker = f"{result.worker} (slot {index})"
+            return result
 
     def stream(self, request, job: Job | None = None):
         return stream_run(self.run, request, job or Job())

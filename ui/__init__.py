@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import controlnet, img2img, inpaint, models, pnginfo, txt2img
+from . import controlnet, img2img, inpaint, lab, models, pnginfo, txt2img
 from .common import GenerationService
 from .outputs import OutputStore
 
@@ -24,8 +24,10 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
                 inpaint.build(service, size)
             with gr.Tab("ControlNet", id="controlnet"):
                 controlnet.build(service, size)
+            with gr.Tab("Diffusion lab", id="lab"):
+                lab.build(service)
             with gr.Tab("PNG info", id="pnginfo"):
                 pnginfo.build(tabs, t2i, i2i)
             with gr.Tab("Models", id="models"):
-                models.build(manager, settings.allow_model_change, status)
+                models.build(manager, settings.allow_model_change, status, service.gpu_event)
     return app

@@ -12,7 +12,9 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.errors import StudioError
+from pipelines.grid import CELLS_KEY, cells_chunk, grid_infotext
 from pipelines.jobs import StepInfo
+from pipelines.metadata import PNG_KEY
 from pipelines.requests import Limits, Sampling
 from pipelines.schedulers import ETA_SCHEDULERS, SCHEDULER_NAMES
 
@@ -169,6 +171,8 @@ class GenerationService:
         self.limits = limits
         self.store = store
         self.jobs = SessionJobs()
+        # As many GPU jobs at once as the backend has devices (a pool) or replicas (Ray).
+        self.gpu_event = {"concurrency_id": GPU, "concurrency_limit": getattr(backend, "concurrency", 1)}
 
     def stream(self, build: Callable[[], object], session: str, progress: gr.Progress):
         """Generator of result-panel outputs for one request built by build()."""
@@ -205,7 +209,8 @@ class GenerationService:
         paths = self.store.save(result.task, result.images)
         items = [str(p) for p in paths] if paths else [with_infotext(item) for item in result.images]
         gallery = [(item, f"seed {image.seed}") for item, image in zip(items, result.images)]
-        lines = [f"{len(result.images)} image(s) in {result.seconds:.1f} s" + (" — interrupted" if result.interrupted else "")]
+        lines = [f"{len(result.images)} image(s) in {result.seconds:.1f} s" + (f" on {result.worker}" if result.worker else "")
+                 + (" — interrupted" if result.interrupted else "")]
         lines += [f"- {note}" for note in result.notes]
         if paths:
             lines.append(f"Saved to `{paths[0].parent}`")
@@ -213,6 +218,72 @@ class GenerationService:
         seed = result.images[0].seed if result.images else gr.skip()
         preview = result.images[0].image if result.images else gr.skip()
         return preview, gallery, "\n".join(lines), infotext, seed
+
+    # ----------------------------------------------------------------- X/Y grids (issue 8)
+    def stream_grid(self, build_plan: Callable[[], object], compose: Callable, session: str, progress: gr.Progress):
+        """Generator of result-panel outputs for an X/Y grid: build_plan() gives a
+        pipelines.grid.GridPlan whose cells run one after another as one job (progress over
+        the whole grid, one Interrupt for all); compose(plan, images) draws the grid from the
+        finished cells. An interrupt keeps the cells finished so far."""
+        try:
+            plan = build_plan()
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        job = self.jobs.start(session)
+        started, last_preview = time.monotonic(), -PREVIEW_INTERVAL_S
+        results, total = [], len(plan.cells)
+        try:
+            progress(0, desc="Waiting for the model…")
+            for index, cell in enumerate(plan.cells):
+                if job.cancelled:
+                    break
+                for event in self.backend.stream(cell, job):
+                    if isinstance(event, StepInfo):
+                        progress((index + event.fraction) / total,
+                                 desc=f"Cell {index + 1}/{total} ({plan.cell_label(index)}), step {event.step}/{event.total}")
+                        if event.preview is not None and time.monotonic() - last_preview >= PREVIEW_INTERVAL_S:
+                            last_preview = time.monotonic()
+                            yield event.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    elif not event.interrupted:  # a cell cut short is not a finished cell
+                        results.append(event)
+            yield self._final_grid(plan, results, compose, time.monotonic() - started)
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        except gr.Error:
+            raise
+        except Exception as error:  # reported to this session; the server keeps serving
+            log.error("grid generation failed", exc_info=error)
+            raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from error
+        finally:
+            job.cancel()  # a no-op when finished; stops the work if the client went away
+            self.jobs.finish(session, job)
+
+    def _final_grid(self, plan, results, compose, seconds: float):
+        """The grid first, then every finished cell (each PNG with its own infotext)."""
+        total = len(plan.cells)
+        lines = [f"X/Y grid: {len(results)} of {total} cells in {seconds:.1f} s"
+                 + (" — interrupted" if len(results) < total else "")]
+        notes = list(dict.fromkeys([*plan.notes, *(note for r in results for note in r.notes)]))
+        lines += [f"- {note}" for note in notes]
+        if not results:
+            return gr.skip(), [], "\n".join(lines + ["No cell finished, so there is no grid."]), "", gr.skip()
+        cells = [result.images[0] for result in results]  # a grid cell is one image (batch 1)
+        missing = [None] * (total - len(cells))
+        grid = compose(plan, [cell.image for cell in cells] + missing)
+        infotext = grid_infotext(plan, cells[0].infotext)
+        chunks = {CELLS_KEY: cells_chunk([cell.infotext for cell in cells] + missing)}
+        task = results[0].task
+        grid_path = self.store.save_grid(task, grid, infotext, chunks)
+        cell_paths = self.store.save(task, cells)
+        if grid_path:
+            items = [str(grid_path)] + [str(p) for p in cell_paths]
+            lines.append(f"Grid saved to `{grid_path.parent}`, cells to `{cell_paths[0].parent}`")
+        else:
+            grid_item = grid.copy()
+            grid_item.info.update({PNG_KEY: infotext, **chunks})
+            items = [grid_item] + [with_infotext(cell) for cell in cells]
+        captions = ["X/Y grid"] + [plan.cell_label(i) for i in range(len(cells))]
+        return grid, list(zip(items, captions)), "\n".join(lines), infotext, cells[0].seed
 
 
 def wire_common(panel: ResultPanel, sampler: SamplerControls, service: GenerationService, interrupt_api: str | None):

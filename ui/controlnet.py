@@ -5,7 +5,8 @@ import gradio as gr
 
 from pipelines.requests import RESIZE_MODES, Img2ImgRequest, Txt2ImgRequest
 
-from .common import (GPU, GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls,
+from . import xy_grid
+from .common import (GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls,
                      sampling_from, wire_common, with_session)
 from .control_units import UNIT_FIELDS, control_from, control_panel
 
@@ -22,11 +23,14 @@ def build(service: GenerationService, native_size: int) -> None:
                                        elem_id="controlnet_init")
                 resize_mode = gr.Radio(list(RESIZE_MODES), value="crop and resize", label="Resize mode")
                 strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="controlnet_strength")
+            grid = xy_grid.grid_controls("controlnet", xy_grid.CONTROLNET_AXES)  # X/Y grid hook
         with gr.Column(scale=1):
             panel = result_panel("controlnet")
 
     def generate(prompt, negative, use_init_image, init_path, mode, denoise, scheduler, steps, cfg, cfg_scale, eta, seed,
-                 batch_size, batch_count, width, height, *control_values, request: gr.Request, progress=gr.Progress()):
+                 batch_size, batch_count, width, height, *control_and_grid, request: gr.Request, progress=gr.Progress()):
+        control_values, grid_values = xy_grid.split_values(control_and_grid)  # X/Y grid hook
+
         def build_request():
             control = control_from(list(control_values), width, height)
             if control is None:
@@ -38,12 +42,13 @@ def build(service: GenerationService, native_size: int) -> None:
                                       resize_mode=mode, **common)
             return Txt2ImgRequest(**common)
 
-        yield from service.stream(build_request, request.session_hash, progress)
+        yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
 
     inputs = [prompts.prompt, prompts.negative, use_init, init_image, resize_mode, strength, *sampler.inputs(),
-              *panel_units.inputs()]
+              *panel_units.inputs(), *grid.inputs()]
     names = ["prompt", "negative_prompt", "use_init_image", "init_image", "resize_mode", "strength", "scheduler", "steps",
              "cfg", "cfg_scale", "eta", "seed", "batch_size", "batch_count", "width", "height"]
     names += [f"unit{u + 1}_{field}" for u in range(len(panel_units.units)) for field in UNIT_FIELDS] + ["guess_mode"]
-    panel.generate.click(with_session(generate, names), inputs, panel.outputs(), api_name="controlnet", concurrency_id=GPU, concurrency_limit=1)
+    names += list(xy_grid.GRID_FIELDS)
+    panel.generate.click(with_session(generate, names), inputs, panel.outputs(), api_name="controlnet", **service.gpu_event)
     wire_common(panel, sampler, service, interrupt_api=None)

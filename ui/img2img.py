@@ -7,7 +7,8 @@ import gradio as gr
 
 from pipelines.requests import RESIZE_MODES, Img2ImgRequest
 
-from .common import (GPU, GenerationService, PromptBox, ResultPanel, SafeImage, SamplerControls, open_image, prompt_box,
+from . import xy_grid
+from .common import (GenerationService, PromptBox, ResultPanel, SafeImage, SamplerControls, open_image, prompt_box,
                      result_panel, sampler_controls, sampling_from, wire_common)
 
 
@@ -33,11 +34,13 @@ def build(service: GenerationService, native_size: int) -> Img2ImgTab:
                                  info="fraction of the noise schedule re-run: 0 returns the input, 1 ignores it",
                                  elem_id="img2img_strength")
             sampler = sampler_controls("img2img", service.limits, native_size)
+            grid = xy_grid.grid_controls("img2img", xy_grid.IMG2IMG_AXES)  # X/Y grid hook
         with gr.Column(scale=1):
             panel = result_panel("img2img")
 
     def generate(prompt, negative, image_path, mode, denoise, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size,
-                 batch_count, width, height, request: gr.Request, progress=gr.Progress()):
+                 batch_count, width, height, x_type, x_values, y_type, y_values, draw_legend, request: gr.Request,
+                 progress=gr.Progress()):
         def build_request():
             return Img2ImgRequest(
                 prompt=prompt, negative_prompt=negative, width=width, height=height,
@@ -45,7 +48,8 @@ def build(service: GenerationService, native_size: int) -> Img2ImgTab:
                 sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
             )
 
-        yield from service.stream(build_request, request.session_hash, progress)
+        grid_values = (x_type, x_values, y_type, y_values, draw_legend)  # X/Y grid hook: a grid when an axis is set
+        yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
 
     def image_size(image_path):
         image = open_image(image_path, "init image") if image_path else None
@@ -54,8 +58,8 @@ def build(service: GenerationService, native_size: int) -> Img2ImgTab:
         limits = service.limits
         return (min(limits.max_width, max(64, image.width // 8 * 8)), min(limits.max_height, max(64, image.height // 8 * 8)))
 
-    inputs = [prompts.prompt, prompts.negative, init_image, resize_mode, strength, *sampler.inputs()]
-    panel.generate.click(generate, inputs, panel.outputs(), api_name="img2img", concurrency_id=GPU, concurrency_limit=1)
+    inputs = [prompts.prompt, prompts.negative, init_image, resize_mode, strength, *sampler.inputs(), *grid.inputs()]
+    panel.generate.click(generate, inputs, panel.outputs(), api_name="img2img", **service.gpu_event)
     use_size.click(image_size, init_image, [sampler.width, sampler.height], queue=False, api_visibility="private")
     wire_common(panel, sampler, service, interrupt_api=None)
     return Img2ImgTab(prompts, init_image, sampler, strength, panel)

@@ -11,7 +11,8 @@ from pipelines.errors import StudioError
 from pipelines.masks import outpaint_canvas
 from pipelines.requests import INPAINT_AREAS, INPAINT_MODES, MASKED_CONTENT, RESIZE_MODES, InpaintRequest
 
-from .common import (GPU, GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls,
+from . import xy_grid
+from .common import (GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls,
                      sampling_from, wire_common, with_session)
 from .control_units import UNIT_FIELDS, control_from, control_panel
 
@@ -86,6 +87,7 @@ def build(service: GenerationService, native_size: int) -> None:
                 panel_units = control_panel("inpaint", sampler.width, sampler.height)
                 for unit in panel_units.units:
                     unit.enabled.value = False
+            grid = xy_grid.grid_controls("inpaint", xy_grid.INPAINT_AXES)  # X/Y grid hook
         with gr.Column(scale=1):
             panel = result_panel("inpaint")
             show_outline = gr.Checkbox(value=False, label="Show the mask outline on the result", elem_id="inpaint_outline")
@@ -97,7 +99,9 @@ def build(service: GenerationService, native_size: int) -> None:
 
     def generate(prompt, negative, editor_value, mask_path, invert_mask, inpaint_mode, model, r, j, denoise, blur,
                  content, inpaint_area, pad, mode_resize, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size,
-                 batch_count, width, height, *control_values, request: gr.Request, progress=gr.Progress()):
+                 batch_count, width, height, *control_and_grid, request: gr.Request, progress=gr.Progress()):
+        control_values, grid_values = xy_grid.split_values(control_and_grid)  # X/Y grid hook
+
         def build_request():
             image = (editor_value or {}).get("background")
             if image is None:
@@ -113,17 +117,19 @@ def build(service: GenerationService, native_size: int) -> None:
                 sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
             )
 
-        yield from service.stream(build_request, request.session_hash, progress)
+        yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
 
     names = ["prompt", "negative_prompt", "image_and_mask", "mask_image", "invert_mask", "mode", "inpaint_model",
              "repaint_r", "repaint_j", "strength", "mask_blur", "masked_content", "inpaint_area", "padding",
              "resize_mode", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "batch_size", "batch_count",
              "width", "height"]
     names += [f"unit{u + 1}_{field}" for u in range(len(panel_units.units)) for field in UNIT_FIELDS] + ["guess_mode"]
+    names += list(xy_grid.GRID_FIELDS)
     inputs = [prompts.prompt, prompts.negative, editor, mask_upload, invert, mode, inpaint_model, repaint_r, repaint_j,
-              strength, mask_blur, masked_content, area, padding, resize_mode, *sampler.inputs(), *panel_units.inputs()]
+              strength, mask_blur, masked_content, area, padding, resize_mode, *sampler.inputs(), *panel_units.inputs(),
+              *grid.inputs()]
     event = panel.generate.click(with_session(generate, names), inputs, panel.outputs(), api_name="inpaint",
-                                 concurrency_id=GPU, concurrency_limit=1)
+                                 **service.gpu_event)
 
     def outline_view(show, editor_value, mask_path, invert_mask, result):
         if not show or result is None:

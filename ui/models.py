@@ -5,7 +5,6 @@ import gradio as gr
 
 from pipelines.errors import StudioError
 
-from .common import GPU
 
 
 def _details(manager) -> str:
@@ -19,7 +18,7 @@ def _details(manager) -> str:
             f"{report['all_modes_bytes'] / mib:.1f} MiB in all.")
 
 
-def build(manager, allow_change: bool, status: gr.Markdown) -> None:
+def build(manager, allow_change: bool, status: gr.Markdown, gpu_event: dict) -> None:
     info = gr.Markdown(_details(manager), elem_id="models_info")
     source = gr.Textbox(label="Base model", placeholder="path/to/diffusers-folder, model.safetensors, or user/repo",
                         interactive=allow_change, elem_id="models_source")
@@ -38,4 +37,4 @@ def build(manager, allow_change: bool, status: gr.Markdown) -> None:
 
     refresh = gr.Button("Refresh", elem_id="models_refresh", size="sm")
     refresh.click(lambda: _details(manager), None, info, queue=False, api_visibility="private")
-    load.click(load_model, source, [info, status], api_name="load_model", concurrency_id=GPU, concurrency_limit=1)
+    load.click(load_model, source, [info, status], api_name="load_model", **gpu_event)

@@ -10,7 +10,7 @@ from datetime import date
 from pathlib import Path
 
 from pipelines.jobs import GeneratedImage
-from pipelines.metadata import PNG_KEY, save_png
+from pipelines.metadata import PNG_KEY, png_bytes, save_png
 
 _NUMBERED = re.compile(r"^(\d{5})-")
 
@@ -30,14 +30,29 @@ class OutputStore:
             return []
         folder = self.folder(task)
         with self._lock:
-            folder.mkdir(parents=True, exist_ok=True)
-            numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))]
-            next_number = max(numbers, default=-1) + 1
+            next_number = self._next_number(folder)
             paths = []
             for offset, item in enumerate(images):
                 path = folder / f"{next_number + offset:05d}-{item.seed}.png"
                 paths.append(save_png(item.image, item.infotext, path))
         return paths
+
+    def save_grid(self, task: str, image, infotext: str, chunks: dict[str, str]) -> Path | None:
+        """An X/Y grid as <outputs>/<task>-grids/<date>/<nnnnn>-grid.png, with its infotext and
+        extra PNG text chunks (every cell's infotext); None when saving is off."""
+        if not self.enabled:
+            return None
+        folder = self.folder(f"{task}-grids")
+        with self._lock:
+            path = folder / f"{self._next_number(folder):05d}-grid.png"
+            path.write_bytes(png_bytes(image, infotext, chunks))
+        return path
+
+    @staticmethod
+    def _next_number(folder: Path) -> int:
+        folder.mkdir(parents=True, exist_ok=True)
+        numbers = [int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))]
+        return max(numbers, default=-1) + 1
 
 
 def with_infotext(item: GeneratedImage):

@@ -7,7 +7,8 @@ import gradio as gr
 
 from pipelines.requests import Txt2ImgRequest
 
-from .common import GPU, GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, sampling_from, wire_common
+from . import xy_grid
+from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, sampling_from, wire_common
 
 
 @dataclass
@@ -22,21 +23,23 @@ def build(service: GenerationService, native_size: int) -> Txt2ImgTab:
         with gr.Column(scale=1):
             prompts = prompt_box("txt2img")
             sampler = sampler_controls("txt2img", service.limits, native_size)
+            grid = xy_grid.grid_controls("txt2img", xy_grid.TXT2IMG_AXES)  # X/Y grid hook
         with gr.Column(scale=1):
             panel = result_panel("txt2img")
 
     def generate(prompt, negative, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count, width, height,
-                 request: gr.Request, progress=gr.Progress()):
+                 x_type, x_values, y_type, y_values, draw_legend, request: gr.Request, progress=gr.Progress()):
         def build_request():
             return Txt2ImgRequest(
                 prompt=prompt, negative_prompt=negative, width=width, height=height,
                 sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
             )
 
-        yield from service.stream(build_request, request.session_hash, progress)
+        grid_values = (x_type, x_values, y_type, y_values, draw_legend)  # X/Y grid hook: a grid when an axis is set
+        yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
 
-    event = dict(fn=generate, inputs=[prompts.prompt, prompts.negative, *sampler.inputs()], outputs=panel.outputs(),
-                 concurrency_id=GPU, concurrency_limit=1)
+    event = dict(fn=generate, inputs=[prompts.prompt, prompts.negative, *sampler.inputs(), *grid.inputs()], outputs=panel.outputs(),
+                 **service.gpu_event)
     panel.generate.click(api_name="txt2img", **event)
     prompts.prompt.submit(api_visibility="private", **event)
     wire_common(panel, sampler, service, interrupt_api="interrupt")

@@ -1,0 +1,156 @@
+"""Scale-out on Ray Serve: generation workers are Serve replicas (one per GPU, autoscaling
+bounds), each owning a PipelineManager; the Gradio front end sends them the same request
+objects and streams StepInfo events and the result back.
+
+    python app.py --backend ray                      # starts a local Ray cluster
+    python app.py --backend ray --ray-address auto   # joins a running cluster
+
+Interrupt crosses processes through one small actor holding the cancelled job ids; a worker's
+Job polls it (at most every POLL_S) between steps.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray must not phone home either
+
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+
+from pipelines.errors import ModelLoadError  # noqa: E402
+from pipelines.jobs import GenerationResult, Job  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS_ACTOR = "sd-studio-cancelled-jobs"
+APP_NAME = "sd-studio"
+POLL_S = 0.1
+
+
+@ray.remote(num_cpus=0)
+class CancelledJobs:
+    def __init__(self):
+        self.ids: set[str] = set()
+
+    def cancel(self, job_id: str) -> None:
+        self.ids.add(job_id)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return job_id in self.ids
+
+    def forget(self, job_id: str) -> None:
+        self.ids.discard(job_id)
+
+
+class RemoteJob(Job):
+    """A worker-side Job whose cancel flag lives in the CancelledJobs actor."""
+
+    def __init__(self, job_id: str, flags):
+        super().__init__()
+        self.job_id, self.flags, self._checked = job_id, flags, 0.0
+
+    @property
+    def cancelled(self) -> bool:
+        if not self._cancel.is_set() and time.monotonic() - self._checked >= POLL_S:
+            self._checked = time.monotonic()
+            if ray.get(self.flags.is_cancelled.remote(self.job_id)):
+                self._cancel.set()
+        return self._cancel.is_set()
+
+
+@serve.deployment(name="GenerationWorker", max_ongoing_requests=1)  # one job per GPU at a time
+class GenerationWorker:
+    def __init__(self, model: str, manager_kwargs: dict):
+        from pipelines.manager import PipelineManager
+
+        self.manager = PipelineManager(**manager_kwargs)
+        if model:
+            self.manager.load_base(model)
+        self.flags = ray.get_actor(FLAGS_ACTOR)
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{self.manager.device}"
+
+    def stream(self, request, job_id: str):
+        for event in self.manager.stream(request, RemoteJob(job_id, self.flags)):
+            if isinstance(event, GenerationResult):
+                event.worker = self.name
+            yield event
+
+    def info(self) -> dict:
+        return {"describe": self.manager.describe(), "native_size": self.manager.native_size,
+                "memory": self.manager.memory_report(), "model": self.manager.model, "worker": self.name}
+
+    def load_base(self, source: str):
+        return self.manager.load_base(source)
+
+
+class RayBackend:
+    """The front end's side: serves like a PipelineManager, runs on Ray Serve replicas."""
+
+    def __init__(self, model: str, manager_kwargs: dict, address: str | None = None, replicas: int = 1,
+                 max_replicas: int | None = None, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0):
+        runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", ""),
+                                    "RAY_USAGE_STATS_ENABLED": "0"}}
+        if address:
+            # A remote cluster has no copy of this folder: ship the code (not the weights' cache).
+            runtime_env["working_dir"] = str(ROOT)
+            runtime_env["excludes"] = [".git", "outputs", "tests/artifacts", "**/__pycache__"]
+        ray.init(address=address or None, ignore_reinit_error=True, include_dashboard=False,
+                 runtime_env=runtime_env, log_to_driver=False)
+        self.flags = CancelledJobs.options(name=FLAGS_ACTOR, get_if_exists=True).remote()
+        serve.start(proxy_location="Disabled")  # the Gradio app is the only front door
+        scaling = ({"min_replicas": replicas, "max_replicas": max_replicas, "target_ongoing_requests": 1}
+                   if max_replicas and max_replicas > replicas else None)
+        options = {"ray_actor_options": {"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica}}
+        options.update({"autoscaling_config": scaling} if scaling else {"num_replicas": replicas})
+        app = GenerationWorker.options(**options).bind(model, manager_kwargs)
+        self.handle = serve.run(app, name=APP_NAME, route_prefix=None)
+        self._info = self.handle.info.remote().result()
+        self.concurrency = max_replicas or replicas
+
+    def stream(self, request, job: Job | None = None):
+        job = job or Job()
+        job_id = uuid.uuid4().hex
+        told = False
+        try:
+            for event in self.handle.options(stream=True).stream.remote(request, job_id):
+                if job.cancelled and not told:
+                    self.flags.cancel.remote(job_id)
+                    told = True
+                yield event
+        finally:
+            if job.cancelled and not told:
+                self.flags.cancel.remote(job_id)
+            self.flags.forget.remote(job_id)
+
+    def run(self, request, on_step=None, job: Job | None = None) -> GenerationResult:
+        for event in self.stream(request, job):
+            if isinstance(event, GenerationResult):
+                return event
+            if on_step is not None:
+                on_step(event)
+        raise RuntimeError("the worker ended without a result")
+
+    def load_base(self, source: str):
+        raise ModelLoadError("With the Ray backend every replica loads the model given at start (--model); "
+                             "restart the app with another --model to change it.")
+
+    @property
+    def model(self):
+        return self._info["model"]
+
+    @property
+    def native_size(self) -> int:
+        return self._info["native_size"]
+
+    def describe(self) -> str:
+        return f"{self._info['describe']} Served by Ray Serve replicas."
+
+    def memory_report(self) -> dict:
+        return self._info["memory"]
+
+    def shutdown(self) -> None:
+        serve.shutdown()
+        ray.shutdown()

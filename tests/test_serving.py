@@ -1,0 +1,144 @@
+"""Hosting: the Space configuration, a Space-like environment, many users on one server,
+several devices in one host, ZeroGPU booking, and Ray Serve workers."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import gradio
+import pytest
+import yaml
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from conftest import ROOT, AppServer
+from pipelines.manager import PipelineManager
+from pipelines.requests import Limits, Sampling, Txt2ImgRequest
+from serving.pool import ManagerPool
+from serving.zerogpu import ZeroGPUBackend, gpu_seconds
+
+
+def t2i(prompt="a red circle", steps=4, seed=1, width=64, height=64):
+    return [prompt, "", "Euler", steps, True, 7, 0, seed, 1, 1, width, height]
+
+
+def front_matter() -> dict:
+    return yaml.safe_load((ROOT / "README.md").read_text().split("---")[1])
+
+
+def test_readme_front_matter_is_a_complete_gradio_space():
+    meta = front_matter()
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    assert meta["sdk_version"] == gradio.__version__  # the version the tests ran against
+    assert meta["python_version"] == "3.11"
+    assert len(meta["short_description"]) <= 60 and meta["license"] and meta["suggested_hardware"]
+    preloaded = {entry.split()[0] for entry in meta["preload_from_hub"]}
+    assert preloaded == {"stable-diffusion-v1-5/stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-inpainting",
+                         "lllyasviel/control_v11p_sd15_canny", "lllyasviel/control_v11p_sd15_openpose"}
+    assert all("fp16" in entry for entry in meta["preload_from_hub"])  # the app loads them with --variant fp16
+
+
+def test_a_space_like_environment_applies_the_public_host_settings(tiny_model_dir, tmp_path):
+    outputs = tmp_path / "outputs"
+    env = {"SPACE_ID": "someone/sd-studio", "SD_STUDIO_MODEL": str(tiny_model_dir), "SD_STUDIO_MAX_SIZE": "512",
+           "SD_STUDIO_OUTPUTS_DIR": str(outputs)}
+    server = AppServer([], env=env, log_path=tmp_path / "app.log")
+    try:
+        server.wait_ready()
+        client = Client(server.url, verbose=False)
+        width = next(c for c in client.config["components"] if c.get("props", {}).get("elem_id") == "txt2img_width")
+        assert width["props"]["maximum"] == 512
+        steps = next(c for c in client.config["components"] if c.get("props", {}).get("elem_id") == "txt2img_steps")
+        assert steps["props"]["maximum"] == 50  # a Space's default step limit
+        notes = client.predict(*t2i(), api_name="/txt2img")[2]
+        assert "Saved to" not in notes and not outputs.exists()  # nothing saved on a public Space
+        with pytest.raises(AppError, match="does not allow changing models"):
+            client.predict(str(tiny_model_dir), api_name="/load_model")
+    finally:
+        server.stop()
+
+
+def test_two_users_at_once_each_get_only_their_own_results(app_server):
+    alice, bob = Client(app_server.url, verbose=False), Client(app_server.url, verbose=False)
+    jobs = {name: client.submit(*t2i(prompt=f"a picture for {name}", steps=12), api_name="/txt2img")
+            for name, client in (("alice", alice), ("bob", bob))}
+    for name, job in jobs.items():
+        infotext = job.result(timeout=120)[3]
+        assert infotext.startswith(f"a picture for {name}\n")
+
+
+def test_a_full_queue_says_so(tiny_model_dir, tmp_path):
+    server = AppServer(["--model", str(tiny_model_dir), "--queue-size", "1", "--no-save-outputs"], log_path=tmp_path / "app.log")
+    try:
+        server.wait_ready()
+        clients = [Client(server.url, verbose=False) for _ in range(4)]
+        jobs = [c.submit(*t2i(steps=150), api_name="/txt2img") for c in clients]
+        outcomes = []
+        for job in jobs:
+            try:
+                job.result(timeout=300)
+                outcomes.append("ok")
+            except Exception as error:  # gradio_client raises on a queue_full event
+                outcomes.append(str(error))
+        assert outcomes.count("ok") >= 1
+        assert any("Queue is full" in o for o in outcomes), outcomes
+    finally:
+        server.stop()
+
+
+def test_a_pool_spreads_concurrent_jobs_over_its_devices(tiny_model_dir):
+    managers = [PipelineManager(device="cpu") for _ in range(2)]
+    pool = ManagerPool(managers)
+    pool.load_base(str(tiny_model_dir))
+    assert all(m.model.name == "tiny-sd" for m in managers)
+    request = Limits().normalize(Txt2ImgRequest(prompt="x", width=64, height=64, sampling=Sampling(steps=30, seed=1)))
+    started = threading.Barrier(2)
+    workers = []
+
+    def run():
+        started.wait()
+        workers.append(pool.run(request).worker)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert sorted(w.split("(slot ")[1] for w in workers) == ["0)", "1)"]
+    assert pool.concurrency == 2
+
+
+def test_zerogpu_booking_grows_with_the_work_and_is_bounded():
+    def seconds(**kw):
+        sampling = Sampling(**{"steps": 20, "seed": 1, **kw.pop("sampling", {})})
+        return gpu_seconds(Limits().normalize(Txt2ImgRequest(prompt="x", sampling=sampling, **kw)))
+
+    base = seconds(width=512, height=512)
+    assert seconds(width=1024, height=1024) > base
+    assert seconds(width=512, height=512, sampling={"steps": 50}) > base
+    assert seconds(width=512, height=512, sampling={"batch_size": 4}) > base
+    assert seconds(width=2048, height=2048, sampling={"steps": 150, "batch_size": 8}) == 300
+
+
+def test_the_zerogpu_wrapper_serves_like_the_manager_off_spaces(manager):
+    backend = ZeroGPUBackend(manager)  # the `spaces` decorator is a no-op outside a ZeroGPU Space
+    request = Limits().normalize(Txt2ImgRequest(prompt="x", width=64, height=64, sampling=Sampling(steps=3, seed=1)))
+    events = list(backend.stream(request))
+    assert len(events) == 4 and len(events[-1].images) == 1
+    assert backend.native_size == manager.native_size
+
+
+@pytest.mark.slow
+def test_ray_serve_backend_spreads_concurrent_requests_over_two_replicas(tiny_model_dir, tmp_path):
+    pytest.importorskip("ray.serve", reason="the Ray backend is optional: pip install -r requirements-ray.txt")
+    server = AppServer(["--model", str(tiny_model_dir), "--backend", "ray", "--ray-replicas", "2", "--no-save-outputs"],
+                       log_path=tmp_path / "app.log")
+    try:
+        server.wait_ready(timeout=240)
+        clients = [Client(server.url, verbose=False) for _ in range(6)]
+        jobs = [c.submit(*t2i(prompt=f"request {i}", steps=20, seed=i), api_name="/txt2img") for i, c in enumerate(clients)]
+        results = [job.result(timeout=240) for job in jobs]
+        for i, (_, gallery, notes, infotext) in enumerate(results):
+            assert len(gallery) == 1 and infotext.startswith(f"request {i}\n")
+        workers = {notes.split(" on ")[1].split(" — ")[0].split("\n")[0] for _, _, notes, _ in results}
+        assert len(workers) == 2, workers
+    finally:
+        server.stop()

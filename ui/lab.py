@@ -1,0 +1,184 @@
+"""Diffusion lab tab: the seed's processes made visible on the loaded model — the forward
+process, the training schedules, a denoising trajectory (DDIM η = 0 vs 1) and the anatomy of
+classifier-free guidance. The torch side is pipelines/lab.py, reached through the backend's
+lab() (a manager, or the first manager of a pool); every action is a named API endpoint."""
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+import numpy as np
+
+from pipelines.errors import StudioError
+from pipelines.grid import AXES, parse_values
+
+from .common import GenerationService, SafeImage, open_image
+from .lab_plots import schedule_figure
+
+MAX_SCALES = 8
+
+
+def _lab(backend):
+    """The backend's lab, or a message saying why there is none."""
+    if not hasattr(backend, "lab"):
+        raise gr.Error("The diffusion lab needs the model in this process; this backend only serves generation.")
+    try:
+        return backend.lab()
+    except StudioError as error:
+        raise gr.Error(str(error)) from error
+
+
+def _train_steps(backend) -> int:
+    try:
+        return backend.lab().T
+    except Exception:  # no model yet (or no local one): the usual 1000-step schedule
+        return 1000
+
+
+def forward_text(view) -> str:
+    snr = "∞" if math.isinf(view.snr) else f"{view.snr:.4g} (log SNR {math.log(view.snr):+.2f})"
+    return (f"**t = {view.t} of {view.T}** — ᾱ_t = {view.alpha_bar:.4f}  \n"
+            f"x_t = **{view.signal:.3f}** · x_0 + **{view.noise:.3f}** · ε  (signal √ᾱ_t, noise √(1−ᾱ_t))  \n"
+            f"SNR = ᾱ_t/(1−ᾱ_t) = {snr}")
+
+
+def schedules_text(curves) -> str:
+    rows = ["| schedule | ᾱ at t = T/2 | ᾱ_T | log SNR_T |", "|---|---|---|---|"]
+    for c in curves:
+        half = len(c.alphas_cumprod) // 2
+        rows.append(f"| {c.name} | {c.alphas_cumprod[half - 1]:.4f} | {c.alphas_cumprod[-1]:.5f} | {c.log_snr[-1]:+.2f} |")
+    return "\n".join(rows)
+
+
+def _forward_panel(backend, gpu_event: dict) -> None:
+    gr.Markdown("**Forward process** q(x_t | x_0): x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε. The latent x_t is decoded by "
+                "the VAE; the pixel x_t is the same formula on the pixels. Latents lose their picture sooner: "
+                "each latent value carries a whole 8×8 patch.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = SafeImage(label="Image (empty: a demo picture)", type="filepath", image_mode=None,
+                              sources=["upload", "clipboard"], height=220, elem_id="lab_image")
+            t = gr.Slider(0, _train_steps(backend), value=_train_steps(backend) // 2, step=1, label="t",
+                          info="0 = the image, T = (almost) pure noise", elem_id="lab_t")
+            seed = gr.Number(value=0, precision=0, label="Noise seed", elem_id="lab_forward_seed")
+            run = gr.Button("Noise it", variant="primary", elem_id="lab_forward_run")
+        with gr.Column(scale=2, elem_id="lab_forward_outputs"):
+            with gr.Row():
+                latent = gr.Image(label="x_t in latent space, decoded", format="png", interactive=False, height=256,
+                                  elem_id="lab_forward_latent")
+                pixel = gr.Image(label="x_t in pixel space", format="png", interactive=False, height=256,
+                                 elem_id="lab_forward_pixel")
+            weights = gr.Markdown(elem_id="lab_forward_weights")
+
+    def forward(image_path, t_value, seed_value):
+        lab = _lab(backend)
+        if not 0 <= t_value <= lab.T:
+            raise gr.Error(f"t must be between 0 and {lab.T}, got {t_value}.")
+        view = lab.forward(open_image(image_path, "image"), int(t_value), int(seed_value or 0))
+        return view.latent_decoded, view.pixel, forward_text(view)
+
+    inputs, outputs = [image, t, seed], [latent, pixel, weights]
+    run.click(forward, inputs, outputs, api_name="lab_forward", **gpu_event)
+    t.release(forward, inputs, outputs, api_visibility="private", **gpu_event)
+
+
+def _schedules_panel(backend) -> None:
+    gr.Markdown("**Training schedules.** DDPM's linear β (made for pixels) drives ᾱ to ~0 long before T: the "
+                "last few hundred steps see pure noise. SD's scaled-linear β (linear in √β, smaller β_T) keeps "
+                "more signal through the middle and ends at log SNR ≈ −5, which suits a latent space of unit "
+                "variance whose every value is a whole patch. The dashed line is the loaded model's own schedule.")
+    plot_button = gr.Button("Plot the schedules", elem_id="lab_schedules_run")
+    plot = gr.Plot(label="β_t, ᾱ_t, log SNR_t", format="png", elem_id="lab_schedules_plot")
+    table = gr.Markdown(elem_id="lab_schedules_table")
+
+    def schedules():
+        curves = _lab(backend).curves()
+        return schedule_figure(curves), schedules_text(curves)
+
+    plot_button.click(schedules, None, [plot, table], api_name="lab_schedules")
+
+
+def _prompt_row(tab: str):
+    prompt = gr.Textbox(value="a red circle on a white background", label="Prompt", elem_id=f"{tab}_prompt")
+    negative = gr.Textbox(value="", label="Negative prompt", elem_id=f"{tab}_negative")
+    return prompt, negative
+
+
+def _trajectory_panel(backend, gpu_event: dict) -> None:
+    gr.Markdown("**Denoising trajectory** (DDIM). Every k steps: the sample x_t and the step's prediction x̂_0 = "
+                "(x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t. Both runs start from the same x_T: η = 0 adds no noise (deterministic), "
+                "η = 1 adds DDPM's posterior σ at every step.")
+    prompt, negative = _prompt_row("lab_trajectory")
+    with gr.Row():
+        steps = gr.Slider(2, 100, value=20, step=1, label="Steps", elem_id="lab_trajectory_steps")
+        every = gr.Slider(1, 50, value=5, step=1, label="Show every k steps", elem_id="lab_trajectory_every")
+        scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id="lab_trajectory_cfg")
+        seed = gr.Number(value=1, precision=0, label="Seed", elem_id="lab_trajectory_seed")
+    run = gr.Button("Run", variant="primary", elem_id="lab_trajectory_run")
+    strip = gr.Image(label="x_t and x̂_0 every k steps; η = 0 above, η = 1 below", format="png", interactive=False,
+                     elem_id="lab_trajectory_strip")
+    notes = gr.Markdown(elem_id="lab_trajectory_notes")
+
+    def trajectory(prompt_text, negative_text, steps_value, every_value, scale_value, seed_value):
+        steps_value, every_value = int(steps_value), int(every_value)
+        if every_value > steps_value:
+            raise gr.Error(f"Show every {every_value} steps is more than the {steps_value} steps of the run.")
+        result = _lab(backend).trajectory(prompt_text or "", negative_text or "", steps_value, every_value,
+                                          float(scale_value), int(seed_value or 0))
+        last = [np.asarray(frames[-1].x_t, dtype=np.int16) for frames in result.runs.values()]
+        gap = float(np.abs(last[0] - last[1]).mean()) if len(last) == 2 else 0.0
+        return result.strip, (f"{len(next(iter(result.runs.values())))} frames per run. The finished images of "
+                              f"η = 0 and η = 1 differ by {gap:.1f} grey levels per pixel on average.")
+
+    run.click(trajectory, [prompt, negative, steps, every, scale, seed], [strip, notes], api_name="lab_trajectory",
+              **gpu_event)
+
+
+def _cfg_panel(backend, gpu_event: dict) -> None:
+    gr.Markdown("**CFG anatomy.** At one step the UNet predicts the noise twice, without and with the prompt; "
+                "guidance extrapolates ε = ε_uncond + s·(ε_cond − ε_uncond). Each ε is shown as the x̂_0 it implies. "
+                "Below, the finished image at several scales from the same noise: large s over-saturates.")
+    prompt, negative = _prompt_row("lab_cfg")
+    with gr.Row():
+        steps = gr.Slider(2, 100, value=20, step=1, label="Steps", elem_id="lab_cfg_steps")
+        step = gr.Slider(1, 100, value=5, step=1, label="Inspect step", elem_id="lab_cfg_step")
+        scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale s", elem_id="lab_cfg_scale")
+        seed = gr.Number(value=1, precision=0, label="Seed", elem_id="lab_cfg_seed")
+    scales = gr.Textbox(value="1, 3, 7, 12, 20", label="Scales for the finished images", elem_id="lab_cfg_scales")
+    run = gr.Button("Run", variant="primary", elem_id="lab_cfg_run")
+    predictions = gr.Image(label="uncond, cond and guided ε at the step, as x̂_0", format="png", interactive=False,
+                           elem_id="lab_cfg_predictions")
+    finals = gr.Image(label="finished images per scale", format="png", interactive=False, elem_id="lab_cfg_finals")
+    notes = gr.Markdown(elem_id="lab_cfg_notes")
+
+    def anatomy(prompt_text, negative_text, steps_value, step_value, scale_value, scales_text, seed_value):
+        steps_value, step_value = int(steps_value), int(step_value)
+        if not 1 <= step_value <= steps_value:
+            raise gr.Error(f"Inspect step must be between 1 and the {steps_value} steps of the run.")
+        try:
+            values = parse_values(AXES["CFG scale"], scales_text or "", MAX_SCALES)
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        if not all(0 <= v <= 30 for v in values):
+            raise gr.Error("Scales must be between 0 and 30.")
+        result = _lab(backend).cfg_anatomy(prompt_text or "", negative_text or "", steps_value, step_value - 1,
+                                           float(scale_value), int(seed_value or 0), tuple(values))
+        return result.predictions_strip, result.finals_strip, (
+            f"Step {step_value}/{steps_value} (t = {result.timestep}): ‖ε_cond − ε_uncond‖ / ‖ε_uncond‖ = "
+            f"{result.guidance_ratio:.3f} — guidance multiplies this difference by s = {scale_value:g}.")
+
+    run.click(anatomy, [prompt, negative, steps, step, scale, scales, seed], [predictions, finals, notes],
+              api_name="lab_cfg", **gpu_event)
+
+
+def build(service: GenerationService) -> None:
+    backend = service.backend
+    with gr.Tabs(elem_id="lab_tabs"):
+        with gr.Tab("Forward process", id="lab_forward"):
+            _forward_panel(backend, service.gpu_event)
+        with gr.Tab("Schedules", id="lab_schedules"):
+            _schedules_panel(backend)
+        with gr.Tab("Trajectory", id="lab_trajectory"):
+            _trajectory_panel(backend, service.gpu_event)
+        with gr.Tab("CFG anatomy", id="lab_cfg"):
+            _cfg_panel(backend, service.gpu_event)
