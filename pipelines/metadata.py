@@ -71,9 +71,12 @@ def parse_infotext(text: str) -> dict:
     return result
 
 
-def png_bytes(image: Image.Image, infotext: str) -> bytes:
+def png_bytes(image: Image.Image, infotext: str, extra: dict[str, str] | None = None) -> bytes:
+    """PNG with the infotext, plus any extra text chunks (an X/Y grid's cell infotexts)."""
     info = PngImagePlugin.PngInfo()
     info.add_text(PNG_KEY, infotext)
+    for key, text in (extra or {}).items():
+        info.add_text(key, text)
     buffer = BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
