@@ -31,7 +31,17 @@ def manager_kwargs(settings: Settings) -> dict:
         cpu_offload=settings.cpu_offload,
         preview_every=settings.preview_every,
         variant=settings.variant or None,
+        fast_path=fast_path(settings),
     )
+
+
+def fast_path(settings: Settings):
+    """--fast-path auto|off|regional|full|none (the last three: compile mode, on any device)."""
+    from pipelines.fast_path import FastPath
+
+    if settings.fast_path in ("auto", "off"):
+        return "auto" if settings.fast_path == "auto" else None
+    return FastPath(compile=settings.fast_path)
 
 
 def local_devices(settings: Settings) -> list[str | None]:

@@ -64,7 +64,8 @@ class Settings:
     max_batch_size: int = 8
     max_batch_count: int = 16
     queue_size: int = 64
-    preview_every: int = 1
+    preview_every: int = 0  # 0: every step on CPU, every 5th on a GPU
+    fast_path: str = "auto"  # auto (on for CUDA), off, or a compile mode: regional, full, none
     backend: str = "local"  # "local": managers in this process; "ray": Ray Serve workers
     devices: str = ""  # local: "" one (auto), "all" every CUDA device, or "cuda:0,cuda:1"
     ray_address: str = ""  # "" starts a local Ray cluster; "auto" or ray://host:10001 joins one

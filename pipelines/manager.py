@@ -34,6 +34,7 @@ from PIL import Image
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
+from .fast_path import FastPath, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
 from .infotext import request_infotext
@@ -106,9 +107,10 @@ class PipelineManager:
         single_file_config: str | None = None,
         vae_tiling: bool = False,
         cpu_offload: bool = False,
-        preview_every: int = 1,
+        preview_every: int = 0,
         max_controlnets: int = 4,
         variant: str | None = None,
+        fast_path: FastPath | None | str = "auto",
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -116,8 +118,15 @@ class PipelineManager:
         self.single_file_config = single_file_config
         self.vae_tiling = vae_tiling
         self.cpu_offload = cpu_offload and self.device.type == "cuda"
-        self.preview_every = max(1, preview_every)
+        # 0 = auto: every step on CPU; every 5th on a GPU, where a preview (a device→host copy,
+        # hence a sync) would cost more than the step itself.
+        self.preview_every = preview_every if preview_every > 0 else (1 if self.device.type == "cpu" else 5)
         self.variant = variant or None  # e.g. "fp16": prefer those weight files when a repo has them
+        # CUDA graphs + fast compilation on CUDA (not with CPU offload: modules move between devices)
+        if fast_path == "auto":
+            fast_path = FastPath() if self.device.type == "cuda" and not self.cpu_offload else None
+        self.fast_path: FastPath | None = fast_path
+        self.fast_path_applied: list[str] = []
         self.model: ModelInfo | None = None
         self.controlnets = ControlNetCache(max_controlnets)
         self._inpaint_unet = None  # (source text, 9-channel UNet): one at a time
@@ -141,6 +150,7 @@ class PipelineManager:
                 pipe.enable_model_cpu_offload(device=self.device)
             else:
                 pipe.to(self.device)
+            self.fast_path_applied = apply_fast_path(pipe, self.fast_path) if self.fast_path else []
             self._release()
             self._base = pipe
             # Kept apart: the pipelines' scheduler slot is overwritten per request.

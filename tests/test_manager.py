@@ -318,3 +318,15 @@ def test_vae_tiling_setting_reaches_the_shared_vae(tiny_model_dir):
     m.load_base(str(tiny_model_dir))
     assert m.pipeline("img2img").vae.use_tiling
     assert len(m.run(txt2img(steps=2)).images) == 1
+
+
+def test_fast_path_wrappers_keep_the_maths_on_cpu(tiny_model_dir, manager):
+    """On CPU the CUDA-graph wrappers fall through to the ordinary forward, and channels_last
+    and fused QKV projections change rounding only."""
+    from pipelines.fast_path import FastPath
+
+    fast = PipelineManager(device="cpu", fast_path=FastPath(compile="none"))
+    fast.load_base(str(tiny_model_dir))
+    assert fast.fast_path_applied == ["channels_last", "fused_qkv", "cuda_graphs"]
+    assert np.abs(pixels(fast.run(txt2img(seed=4))) - pixels(manager.run(txt2img(seed=4)))).max() <= 2
+    assert PipelineManager(device="cpu").fast_path is None  # auto: off on CPU
