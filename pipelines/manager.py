@@ -194,13 +194,14 @@ class PipelineManager:
         only wires references, it copies nothing."""
         if self._base is None:
             raise GenerationError(NO_MODEL)
+        # dtype= always: from_pipe otherwise casts every (shared!) module to float32 in place.
         if modules:
-            pipe = TASK_PIPELINES[task].from_pipe(self._base, **modules)
+            pipe = TASK_PIPELINES[task].from_pipe(self._base, dtype=self.dtype, **modules)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[task] = pipe  # the latest one, for memory reports
             return pipe
         if task not in self._pipelines:
-            self._pipelines[task] = TASK_PIPELINES[task].from_pipe(self._base)
+            self._pipelines[task] = TASK_PIPELINES[task].from_pipe(self._base, dtype=self.dtype)
             self._pipelines[task].set_progress_bar_config(disable=True)
         return self._pipelines[task]
 

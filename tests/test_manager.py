@@ -330,3 +330,18 @@ def test_fast_path_wrappers_keep_the_maths_on_cpu(tiny_model_dir, manager):
     assert fast.fast_path_applied == ["channels_last", "fused_qkv", "cuda_graphs"]
     assert np.abs(pixels(fast.run(txt2img(seed=4))) - pixels(manager.run(txt2img(seed=4)))).max() <= 2
     assert PipelineManager(device="cpu").fast_path is None  # auto: off on CPU
+
+
+def test_deriving_task_pipelines_keeps_the_shared_weights_in_half_precision(tiny_model_dir, tiny_controlnet_dir):
+    """diffusers' from_pipe casts every module to float32 unless told the dtype: on a GPU that
+    would double the memory of the shared weights and invalidate captured CUDA graphs."""
+    m = PipelineManager(device="cpu", dtype="bf16")
+    m.load_base(str(tiny_model_dir))
+    unet = m.pipeline("txt2img").unet
+    m.pipeline("img2img")
+    controlnet = m.controlnets.get(str(tiny_controlnet_dir), unet, m.device, m.dtype, allow_download=False)
+    m.pipeline("controlnet", controlnet=controlnet)
+    assert {p.dtype for p in unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in controlnet.parameters()} == {torch.bfloat16}
+    report = m.memory_report()
+    assert report["shared_bytes"] == report["base_bytes"]
