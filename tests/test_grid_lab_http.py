@@ -84,7 +84,7 @@ def test_interrupting_a_grid_keeps_the_finished_cells(app_server):
 # ----------------------------------------------------------------- the lab's endpoints
 def test_lab_forward_endpoint_shows_x_t_and_its_weights(client):
     latent, pixel, weights = client.predict(None, 1000, 0, api_name="/lab_forward")
-    assert Image.open(latent).size == Image.open(pixel).size == (64, 64)
+    assert Image.open(latent).size == Image.open(pixel).size == (256, 256)  # the tiny model's 64 px, enlarged ×4
     assert "t = 1000 of 1000" in weights and "SNR" in weights
 
 

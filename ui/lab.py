@@ -8,6 +8,7 @@ import math
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from pipelines.errors import StudioError
 from pipelines.grid import AXES, parse_values
@@ -16,6 +17,7 @@ from .common import GenerationService, SafeImage, open_image
 from .lab_plots import schedule_figure
 
 MAX_SCALES = 8
+DISPLAY_SIZE = 256  # small models' images are enlarged to this (nearest: the noise stays pixel-sharp)
 
 
 def _lab(backend):
@@ -33,6 +35,11 @@ def _train_steps(backend) -> int:
         return backend.lab().T
     except Exception:  # no model yet (or no local one): the usual 1000-step schedule
         return 1000
+
+
+def enlarge(image, size: int = DISPLAY_SIZE):
+    factor = size // max(image.size)
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
 
 
 def forward_text(view) -> str:
@@ -75,7 +82,7 @@ def _forward_panel(backend, gpu_event: dict) -> None:
         if not 0 <= t_value <= lab.T:
             raise gr.Error(f"t must be between 0 and {lab.T}, got {t_value}.")
         view = lab.forward(open_image(image_path, "image"), int(t_value), int(seed_value or 0))
-        return view.latent_decoded, view.pixel, forward_text(view)
+        return enlarge(view.latent_decoded), enlarge(view.pixel), forward_text(view)
 
     inputs, outputs = [image, t, seed], [latent, pixel, weights]
     run.click(forward, inputs, outputs, api_name="lab_forward", **gpu_event)

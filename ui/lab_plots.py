@@ -25,5 +25,5 @@ def schedule_figure(curves) -> Figure:
         ax.set_xlabel("t")
         ax.grid(alpha=0.3)
     axes[2].axhline(0, color="grey", linewidth=0.8)  # SNR = 1: as much noise as signal
-    axes[1].legend(fontsize=8, loc="upper right")
+    axes[2].legend(fontsize=8, loc="lower left")  # the empty corner: log SNR falls from top left
     return figure
