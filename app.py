@@ -17,6 +17,8 @@ def configure_network(allow_download: bool) -> None:
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     os.environ["DO_NOT_TRACK"] = "1"
+    # Compiled GPU kernels survive restarts here (read by torch at import: set it first).
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.expanduser("~/.cache/sd-studio/inductor"))
     if not allow_download:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -38,7 +40,10 @@ def manager_kwargs(settings: Settings) -> dict:
 def fast_path(settings: Settings):
     """--fast-path auto|off|regional|full|none (the last three: compile mode, on any device)."""
     from pipelines.fast_path import FastPath
+    from serving.zerogpu import on_zerogpu
 
+    if on_zerogpu():
+        return None  # ZeroGPU lends the GPU per call: no torch.compile, no CUDA graphs kept across calls
     if settings.fast_path in ("auto", "off"):
         return "auto" if settings.fast_path == "auto" else None
     return FastPath(compile=settings.fast_path)
