@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipelines.grid import CELLS_KEY
 from pipelines.metadata import parse_infotext, read_infotext
-from test_app_http import t2i_args, wait_until_running
+from test_app_http import cn_args, control_image, t2i_args, wait_until_running  # noqa: F401 — control_image: fixture
 
 
 def grid_args(x_type="CFG scale", x_values="3, 9", y_type="Steps", y_values="2, 3", legend=True, **t2i):
@@ -50,6 +50,17 @@ def test_a_grid_cell_is_the_image_the_same_single_request_makes(client):
     args[5] = 3  # CFG scale
     single = client.predict(*args, api_name="/txt2img")[1]
     assert np.array_equal(np.asarray(Image.open(gallery[1]["image"])), np.asarray(Image.open(single[0]["image"])))
+
+
+def test_controlnet_grid_over_control_weight(client, control_image, tiny_controlnet_dir):
+    from gradio_client import handle_file
+
+    args = cn_args(handle_file(str(control_image)), tiny_controlnet_dir) + ["Control weight", "0, 1.5", "Nothing", "", False]
+    preview, gallery, notes, infotext = client.predict(*args, api_name="/controlnet")
+    assert len(gallery) == 1 + 2 and "X/Y grid: 2 of 2 cells" in notes
+    weights = [parse_infotext(read_infotext(Image.open(item["image"])))["ControlNet 0"] for item in gallery[1:]]
+    assert "Weight: 0," in weights[0] and "Weight: 1.5," in weights[1]
+    assert Image.open(gallery[0]["image"]).size == (2 * 64, 64)  # no legend: just the two cells
 
 
 @pytest.mark.parametrize("change, message", [
