@@ -183,3 +183,83 @@ def test_inpaint_a_painted_stroke_matches_the_golden_screenshot(page, update_gol
     assert result.shape == (64, 64, 3)
     assert np.array_equal(result[[0, 0, -1, -1], [0, -1, 0, -1]], expected[[0, 0, -1, -1], [0, -1, 0, -1]])
     assert not np.array_equal(result[30:34, 24:40], expected[30:34, 24:40])
+
+
+def choose(page, dropdown: str, value: str) -> None:
+    page.click(f"{dropdown} input")
+    page.click(f"li[aria-label='{value}']")
+
+
+def test_controlnet_canny_preview_and_generate_match_the_golden(page, update_golden, tiny_controlnet_dir, tmp_path):
+    source = tmp_path / "squares.png"
+    Image.fromarray(np.kron(np.eye(4)[:, :, None] * 255, np.ones((24, 24, 3))).astype(np.uint8)).save(source)
+    page.click("button[role=tab]:has-text('ControlNet')")
+    page.set_input_files("#controlnet_cn0_image input[type=file]", str(source))
+    page.wait_for_selector("#controlnet_cn0_image img", timeout=30_000)
+    page.click("#controlnet_cn0_preview")
+    page.wait_for_selector("#controlnet_cn0_map img", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#controlnet_cn0_message').innerText.includes('canny')",
+                           timeout=30_000)
+    model = page.locator("#controlnet_cn0_model input")
+    model.fill(str(tiny_controlnet_dir))
+    model.press("Enter")
+    page.fill("#controlnet_prompt textarea", "a red square")
+    page.fill("#controlnet_seed input", "5")
+    page.press("#controlnet_seed input", "Tab")
+    page.click("#controlnet_generate")
+    page.wait_for_function(
+        "() => (document.querySelector('#controlnet_infotext textarea') || {}).value?.includes('ControlNet 0')", timeout=120_000)
+    assert "Module: canny" in page.input_value("#controlnet_infotext textarea")
+    page.add_style_tag(content=VOLATILE_CSS.replace("#txt2img_notes", "#controlnet_notes, #controlnet_cn0_message"))
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(500)
+    map_shot, result_shot = ARTIFACTS / "controlnet_map.png", ARTIFACTS / "controlnet_result.png"
+    page.locator("#controlnet_cn0_map").screenshot(path=str(map_shot))
+    page.locator("#controlnet_gallery").screenshot(path=str(result_shot))
+    compare_to_golden(map_shot, "controlnet_map.png", update_golden)
+    compare_to_golden(result_shot, "controlnet_result.png", update_golden)
+
+
+def test_pose_editor_detects_a_person_and_a_click_moves_a_joint(page, tmp_path):
+    from skimage import data
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    page.click("button[role=tab]:has-text('ControlNet')")
+    page.set_input_files("#controlnet_cn0_image input[type=file]", str(photo))
+    page.wait_for_selector("#controlnet_cn0_image img", timeout=30_000)
+    choose(page, "#controlnet_cn0_preprocessor", "pose (mediapipe)")
+    page.fill("#controlnet_width input[type=number]", "256")
+    page.press("#controlnet_width input[type=number]", "Enter")
+    page.fill("#controlnet_height input[type=number]", "256")
+    page.press("#controlnet_height input[type=number]", "Enter")
+    page.click("#controlnet_cn0_preview")
+    page.wait_for_function("() => document.querySelector('#controlnet_cn0_message').innerText.includes('pose')",
+                           timeout=60_000)
+    # The keypoints the page holds, asked of the same endpoint over HTTP (the code editor
+    # renders only the lines in view, so the DOM is no place to read JSON from).
+    import json
+
+    from gradio_client import Client, handle_file
+
+    pose_json = Client(page.url, verbose=False).predict(handle_file(str(photo)), "pose (mediapipe)", 100, 200, 0.5, 256, 256,
+                                                         api_name="/controlnet_cn0_preview")[1]
+    nose = json.loads(pose_json)["people"][0]["pose_keypoints_2d"][:3]
+    assert nose[2] > 0  # the nose was found
+    image = page.locator("#controlnet_cn0_map img")
+    box = image.bounding_box()
+    natural = page.evaluate("() => { const i = document.querySelector('#controlnet_cn0_map img'); return [i.naturalWidth, i.naturalHeight]; }")
+    scale = min(box["width"] / natural[0], box["height"] / natural[1])
+    left = box["x"] + (box["width"] - natural[0] * scale) / 2
+    top = box["y"] + (box["height"] - natural[1] * scale) / 2
+    page.mouse.click(left + nose[0] * scale, top + nose[1] * scale)
+    page.wait_for_function("() => document.querySelector('#controlnet_cn0_message').innerText.includes('Picked nose')",
+                           timeout=30_000)
+    page.mouse.click(left + 40 * scale, top + 40 * scale)
+    page.wait_for_function("() => document.querySelector('#controlnet_cn0_message').innerText.includes('Moved nose')",
+                           timeout=30_000)
+    message = page.inner_text("#controlnet_cn0_message")
+    x, y = (int(v) for v in message.split("(")[1].split(")")[0].split(","))
+    assert abs(x - 40) <= 2 and abs(y - 40) <= 2
+    page.click("#controlnet_cn0_pose_editor button")  # open the editor: the edited pose is the one used
+    assert page.is_checked("#controlnet_cn0_use_edited input")
