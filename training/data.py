@@ -53,8 +53,10 @@ OMIT_BACKGROUND_PROB = 0.1
 
 
 def heldout_triples() -> torch.Tensor:
-    """(colour, shape, background) combinations never drawn in training (~5 %), so the
-    evaluation can ask for captions the model never saw."""
+    """(colour, shape, background) combinations never drawn in training — 22 of the 847
+    (2.6 %), covering every colour and background and five of the seven shapes (circles and
+    rings have none) — so the evaluation can ask for
+    captions the model never saw."""
     c = torch.arange(len(COLOURS))[:, None, None]
     s = torch.arange(len(SHAPES))[None, :, None]
     b = torch.arange(len(COLOURS))[None, None, :]

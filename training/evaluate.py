@@ -7,7 +7,7 @@
 - inpaint: a box over an object, the caption asking for another colour; the hole's colour and
   the unmasked region's PSNR (before any paste-back);
 - canny: edge F1 (2 px tolerance) between the control edges and the output's edges, with the
-  ControlNet and with the base model alone on the same prompts and seeds;
+  ControlNet and with the base model alone on the same prompts and seeds (captions, and empty);
 - pose: fraction of the skeleton's body limbs covered by figure pixels, with and without.
 All generations: 20 steps of the shipped scheduler (DDIM), 128², seeds fixed.
 """
@@ -146,7 +146,9 @@ def inpaint_probe(models_dir: Path, n: int, device) -> dict:
 
 
 def control_probe(models_dir: Path, n: int, device, kind: str) -> dict:
-    """The ControlNet against the base alone, same prompts and seeds."""
+    """The ControlNet against the base alone, same prompts and seeds. Canny is scored with empty
+    prompts too: a full caption already fixes where each shape goes, so there the map is the
+    only cue and the comparison says whether the ControlNet reads it."""
     scenes = data.sample_scenes(n, seed=4321, person_fraction=1.0 if kind == "pose" else data.PERSON_FRACTION,
                                 heldout="ignore")
     pixels = data.to_uint8(data.render_scenes(scenes)).numpy()
@@ -154,8 +156,7 @@ def control_probe(models_dir: Path, n: int, device, kind: str) -> dict:
         controls = [canny(p) for p in pixels]
     else:
         controls = [draw_openpose(k, data.IMAGE_SIZE, data.IMAGE_SIZE) for k in scenes.keypoints.numpy()]
-    with_cn = generate(load_pipeline(models_dir, device, kind), scenes.captions, CFG, image=controls)
-    without = generate(load_pipeline(models_dir, device), scenes.captions, CFG)
+    cn_pipe, base_pipe = load_pipeline(models_dir, device, kind), load_pipeline(models_dir, device)
 
     def score(images):
         if kind == "canny":
@@ -163,7 +164,12 @@ def control_probe(models_dir: Path, n: int, device, kind: str) -> dict:
         return float(np.mean([readback.limb_coverage(o, k) for o, k in zip(images, scenes.keypoints.numpy())]))
 
     key = "edge_f1" if kind == "canny" else "limb_coverage"
-    result = {f"{key}_controlnet": round(score(with_cn), 3), f"{key}_base": round(score(without), 3)}
+    result = {}
+    for label, prompts in (("caption", scenes.captions), ("empty_prompt", [""] * n)):
+        if label == "empty_prompt" and kind != "canny":
+            continue
+        result[f"{key}_controlnet_{label}"] = round(score(generate(cn_pipe, prompts, CFG, image=controls)), 3)
+        result[f"{key}_base_{label}"] = round(score(generate(base_pipe, prompts, CFG)), 3)
     print(f"{kind} probe:", json.dumps(result), flush=True)
     return result
 
