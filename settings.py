@@ -27,6 +27,7 @@ SPACE_DEFAULTS = {
     "max_steps": 50,
     "max_batch_size": 4,
     "max_batch_count": 4,
+    "max_grid_cells": 25,
     "queue_size": 20,
 }
 
@@ -63,6 +64,7 @@ class Settings:
     max_steps: int = 150
     max_batch_size: int = 8
     max_batch_count: int = 16
+    max_grid_cells: int = 100
     queue_size: int = 64
     preview_every: int = 0  # 0: every step on CPU, every 5th on a GPU
     fast_path: str = "auto"  # auto (on for CUDA), off, or a compile mode: regional, full, none
@@ -76,7 +78,7 @@ class Settings:
     @property
     def limits(self) -> Limits:
         size = self.max_size - self.max_size % 8
-        return Limits(size, size, self.max_steps, self.max_batch_size, self.max_batch_count)
+        return Limits(size, size, self.max_steps, self.max_batch_size, self.max_batch_count, self.max_grid_cells)
 
     @property
     def model_source(self) -> str:

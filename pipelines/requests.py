@@ -248,6 +248,7 @@ class Limits:
     max_steps: int = 150
     max_batch_size: int = 8
     max_batch_count: int = 16
+    max_grid_cells: int = 100  # X/Y grids run every cell as one job
 
     def normalize(self, request: Txt2ImgRequest) -> Txt2ImgRequest:
         """Friendly corrections, each recorded as a note; returns a new, ready request."""

@@ -33,6 +33,7 @@ class ZeroGPUBackend:
         import spaces  # the `spaces` package; its decorator is a no-op outside Spaces
 
         self.backend = backend
+        self._spaces = spaces
         self._gpu_stream = spaces.GPU(duration=lambda request, job: gpu_seconds(request))(self._stream)
 
     def _stream(self, request, job):
@@ -43,5 +44,22 @@ class ZeroGPUBackend:
 
         return self._gpu_stream(request, job or Job())
 
+    def lab(self):
+        """The Diffusion lab's GPU work, each call booked like a small request."""
+        return _BookedCalls(self.backend.lab(), self._spaces)
+
     def __getattr__(self, name):
         return getattr(self.backend, name)
+
+
+class _BookedCalls:
+    LAB_SECONDS = 60
+
+    def __init__(self, target, spaces):
+        self.target, self.spaces = target, spaces
+
+    def __getattr__(self, name):
+        attribute = getattr(self.target, name)
+        if not callable(attribute):
+            return attribute
+        return self.spaces.GPU(duration=self.LAB_SECONDS)(attribute)

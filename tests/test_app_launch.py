@@ -47,8 +47,10 @@ def test_settings_come_from_flags_then_environment_then_defaults(monkeypatch):
     monkeypatch.setenv("SD_STUDIO_MAX_SIZE", "1001")
     monkeypatch.setenv("SD_STUDIO_SAVE_OUTPUTS", "false")
     monkeypatch.setenv("SD_STUDIO_MODEL", "from-env/model")
+    monkeypatch.setenv("SD_STUDIO_MAX_GRID_CELLS", "9")
     settings = Settings.from_args(["--model", "from/flag", "--port", "9000"])
     assert settings.model == "from/flag" and settings.port == 9000
     assert settings.save_outputs is False
     assert settings.limits.max_width == 1000  # limits are kept to multiples of 8
+    assert settings.limits.max_grid_cells == 9
     assert Settings.from_args(["--save-outputs"]).save_outputs is True

@@ -75,7 +75,7 @@ def generate(service: GenerationService, build_request, grid_values, session: st
 
     def build_plan():
         x, y = axis_values(x_type, x_text or ""), axis_values(y_type, y_text or "")
-        return plan_grid(build_request(), x, y, service.limits)
+        return plan_grid(build_request(), x, y, service.limits, max_cells=service.limits.max_grid_cells)
 
     yield from service.stream_grid(build_plan, lambda plan, images: grid_image(plan, images, bool(legend)),
                                    session, progress)
