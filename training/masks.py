@@ -25,7 +25,7 @@ def random_masks(n: int, size: int, device, generator: torch.Generator | None = 
     # Brush: a polyline of 4 random points, 6–20 px wide (unused segments collapse to a point).
     points = rand(n, 4, 2) * size
     width = 3 + 7 * rand(n)
-    dist = torch.stack([render._segment(px, py, points[:, i], points[:, i + 1]) for i in range(3)]).amin(0)
+    dist = torch.stack([render.segment_distance(px, py, points[:, i], points[:, i + 1]) for i in range(3)]).amin(0)
     brush = dist < width[:, None, None]
     mask = torch.where((kind < BOX_PROB)[:, None, None], box, brush)
     mask = mask | (kind > 1 - FULL_MASK_PROB)[:, None, None]

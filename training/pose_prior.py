@@ -62,9 +62,10 @@ def skeletons(pose_ids: torch.Tensor, heights: torch.Tensor, centres: torch.Tens
     neck = torch.zeros(n, 2)
     k[:, J["neck"]] = neck
     k[:, J["nose"]] = neck + torch.tensor([0.0, NOSE_Y]) * h
+    narrow = torch.cat([width, torch.ones_like(width)], 1) * h  # side-on poses: narrower shoulders and hips
     for side, sign in (("right", -1.0), ("left", 1.0)):
-        k[:, J[f"{side}_shoulder"]] = neck + torch.tensor([sign * SHOULDER_HALF, 0.02]) * h * torch.cat([width, torch.ones_like(width)], 1)
-        k[:, J[f"{side}_hip"]] = neck + torch.tensor([sign * HIP_HALF, TORSO]) * h * torch.cat([width, torch.ones_like(width)], 1)
+        k[:, J[f"{side}_shoulder"]] = neck + torch.tensor([sign * SHOULDER_HALF, 0.02]) * narrow
+        k[:, J[f"{side}_hip"]] = neck + torch.tensor([sign * HIP_HALF, TORSO]) * narrow
         k[:, J[f"{side}_eye"]] = k[:, J["nose"]] + torch.tensor([sign * 0.025, -0.02]) * h
         k[:, J[f"{side}_ear"]] = k[:, J["nose"]] + torch.tensor([sign * 0.05, -0.005]) * h
     chains = (("right_shoulder", "right_elbow", "right_wrist", 0, UPPER_ARM, FOREARM),

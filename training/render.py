@@ -80,7 +80,7 @@ SHAPE_SDFS = {
 }
 
 
-def _segment(px, py, a, b):
+def segment_distance(px, py, a, b):
     """Distance from pixels to the segment a→b; a, b: (n, 2) → (n, H, W)."""
     ax, ay = a[:, 0, None, None], a[:, 1, None, None]
     bx, by = b[:, 0, None, None], b[:, 1, None, None]
@@ -112,7 +112,7 @@ def sdf_figure(px, py, keypoints, heights):
     nose = keypoints[:, J["nose"]]
     d = _length(px - nose[:, 0, None, None], py - nose[:, 1, None, None]) - pose_prior.HEAD_RADIUS * h
     for a, b, radius in _BODY_CAPSULES:
-        d = torch.minimum(d, _segment(px, py, _joint(keypoints, a), _joint(keypoints, b)) - radius * h)
+        d = torch.minimum(d, segment_distance(px, py, _joint(keypoints, a), _joint(keypoints, b)) - radius * h)
     return d
 
 
