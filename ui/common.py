@@ -4,6 +4,7 @@ preview, saving, per-session interrupt."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -161,6 +162,20 @@ def result_panel(tab: str) -> ResultPanel:
     return ResultPanel(generate, interrupt, progress_preview, gallery, notes, infotext, gr.State(-1))
 
 
+class PreviewThrottle:
+    """Each preview is encoded and sent to the browser: at most a few per second, or a fast
+    GPU would spend more time on previews than on denoising."""
+
+    def __init__(self):
+        self.last = -PREVIEW_INTERVAL_S
+
+    def due(self, event: StepInfo) -> bool:
+        if event.preview is None or time.monotonic() - self.last < PREVIEW_INTERVAL_S:
+            return False
+        self.last = time.monotonic()
+        return True
+
+
 class GenerationService:
     """Runs requests for every tab: the backend (one manager, a pool of them, Ray Serve
     workers) streams per-step progress and previews back to the session that asked."""
@@ -174,36 +189,41 @@ class GenerationService:
         # As many GPU jobs at once as the backend has devices (a pool) or replicas (Ray).
         self.gpu_event = {"concurrency_id": GPU, "concurrency_limit": getattr(backend, "concurrency", 1)}
 
+    @contextmanager
+    def _session_job(self, session: str):
+        """This session's Job while its generator runs: errors become messages for that
+        session only (the server keeps serving), and the job is always finished — cancelled
+        first, which stops the work when the client went away or pressed Stop."""
+        job = self.jobs.start(session)
+        try:
+            yield job
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        except gr.Error:
+            raise
+        except Exception as error:
+            log.error("generation failed", exc_info=error)
+            raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from error
+        finally:
+            job.cancel()  # a no-op when finished
+            self.jobs.finish(session, job)
+
     def stream(self, build: Callable[[], object], session: str, progress: gr.Progress):
         """Generator of result-panel outputs for one request built by build()."""
         try:
             request = self.limits.normalize(build())
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        job = self.jobs.start(session)
-        last_preview = -PREVIEW_INTERVAL_S
-        try:
+        previews = PreviewThrottle()
+        with self._session_job(session) as job:
             progress(0, desc="Waiting for the model…")
             for event in self.backend.stream(request, job):
                 if isinstance(event, StepInfo):
                     progress(event.fraction, desc=f"Batch {event.batch + 1}/{event.batch_count}, step {event.step}/{event.total}")
-                    # Each preview is encoded and sent: at most a few per second, or a fast
-                    # GPU would spend more time on previews than on denoising.
-                    if event.preview is not None and time.monotonic() - last_preview >= PREVIEW_INTERVAL_S:
-                        last_preview = time.monotonic()
+                    if previews.due(event):
                         yield event.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     continue
                 yield self._final(event)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
-        except gr.Error:
-            raise
-        except Exception as error:  # reported to this session; the server keeps serving
-            log.error("generation failed", exc_info=error)
-            raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from error
-        finally:
-            job.cancel()  # a no-op when finished; stops the work if the client went away
-            self.jobs.finish(session, job)
 
     def _final(self, result):
         paths = self.store.save(result.task, result.images)
@@ -229,10 +249,9 @@ class GenerationService:
             plan = build_plan()
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        job = self.jobs.start(session)
-        started, last_preview = time.monotonic(), -PREVIEW_INTERVAL_S
+        started, previews = time.monotonic(), PreviewThrottle()
         results, total = [], len(plan.cells)
-        try:
+        with self._session_job(session) as job:
             progress(0, desc="Waiting for the model…")
             for index, cell in enumerate(plan.cells):
                 if job.cancelled:
@@ -241,22 +260,11 @@ class GenerationService:
                     if isinstance(event, StepInfo):
                         progress((index + event.fraction) / total,
                                  desc=f"Cell {index + 1}/{total} ({plan.cell_label(index)}), step {event.step}/{event.total}")
-                        if event.preview is not None and time.monotonic() - last_preview >= PREVIEW_INTERVAL_S:
-                            last_preview = time.monotonic()
+                        if previews.due(event):
                             yield event.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     elif not event.interrupted:  # a cell cut short is not a finished cell
                         results.append(event)
             yield self._final_grid(plan, results, compose, time.monotonic() - started)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
-        except gr.Error:
-            raise
-        except Exception as error:  # reported to this session; the server keeps serving
-            log.error("grid generation failed", exc_info=error)
-            raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from error
-        finally:
-            job.cancel()  # a no-op when finished; stops the work if the client went away
-            self.jobs.finish(session, job)
 
     def _final_grid(self, plan, results, compose, seconds: float):
         """The grid first, then every finished cell (each PNG with its own infotext)."""
