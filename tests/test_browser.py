@@ -64,16 +64,24 @@ def compare_to_golden(screenshot: Path, name: str, update: bool, max_differing: 
                     "if the change is intended, rerun with --update-golden")
 
 
+def generate(page, tab: str, prompt: str, seed: int, wait_for: str | None = None) -> str:
+    """Type a prompt and seed into a tab, press Generate, wait for the result's parameters."""
+    import json
+
+    page.fill(f"#{tab}_prompt textarea", prompt)
+    page.fill(f"#{tab}_seed input", str(seed))
+    page.press(f"#{tab}_seed input", "Tab")
+    page.click(f"#{tab}_generate")
+    marker = json.dumps(wait_for or f"Seed: {seed}")
+    page.wait_for_function(
+        f"() => (document.querySelector('#{tab}_infotext textarea') || {{}}).value?.includes({marker})", timeout=120_000)
+    return page.input_value(f"#{tab}_infotext textarea")
+
+
 def test_txt2img_in_the_browser_matches_the_golden_screenshot(page, update_golden):
     ARTIFACTS.mkdir(exist_ok=True)
-    page.fill("#txt2img_prompt textarea", "a large red circle on a white background")
-    page.fill("#txt2img_seed input", "1234")
-    page.press("#txt2img_seed input", "Tab")
-    page.click("#txt2img_generate")
-    page.wait_for_function(
-        "() => (document.querySelector('#txt2img_infotext textarea') || {}).value?.includes('Seed: 1234')", timeout=120_000)
+    infotext = generate(page, "txt2img", "a large red circle on a white background", 1234)
     page.wait_for_selector("#txt2img_gallery img", timeout=30_000)
-    infotext = page.input_value("#txt2img_infotext textarea")
     assert infotext.startswith("a large red circle on a white background\nSteps: 20, Sampler: Euler a")
     page.add_style_tag(content=VOLATILE_CSS)
     page.mouse.move(0, 0)
@@ -116,13 +124,7 @@ def test_img2img_upload_and_generate_in_the_browser(page, tmp_path):
     page.wait_for_selector("#img2img_init img", timeout=30_000)
     page.click("#img2img_use_size")
     page.wait_for_function("() => document.querySelector('#img2img_width input[type=number]').value === '80'", timeout=10_000)
-    page.fill("#img2img_prompt textarea", "a blue square")
-    page.fill("#img2img_seed input", "77")
-    page.press("#img2img_seed input", "Tab")
-    page.click("#img2img_generate")
-    page.wait_for_function(
-        "() => (document.querySelector('#img2img_infotext textarea') || {}).value?.includes('Seed: 77')", timeout=120_000)
-    infotext = page.input_value("#img2img_infotext textarea")
+    infotext = generate(page, "img2img", "a blue square", 77)
     assert "Denoising strength: 0.75" in infotext and "Size: 80x96" in infotext
 
 
@@ -160,13 +162,7 @@ def test_inpaint_a_painted_stroke_matches_the_golden_screenshot(page, update_gol
     for step in range(13):
         page.mouse.move(cx - 60 + step * 10, cy + (step % 2) * 4)
     page.mouse.up()
-    page.fill("#inpaint_prompt textarea", "a blue square")
-    page.fill("#inpaint_seed input", "99")
-    page.press("#inpaint_seed input", "Tab")
-    page.click("#inpaint_generate")
-    page.wait_for_function(
-        "() => (document.querySelector('#inpaint_infotext textarea') || {}).value?.includes('Seed: 99')", timeout=120_000)
-    infotext = page.input_value("#inpaint_infotext textarea")
+    infotext = generate(page, "inpaint", "a blue square", 99)
     assert "Inpaint mode: RePaint" in infotext and "Mask blur: 4" in infotext
     page.add_style_tag(content=VOLATILE_CSS.replace("#txt2img_notes", "#inpaint_notes"))
     page.mouse.move(0, 0)
@@ -203,13 +199,7 @@ def test_controlnet_canny_preview_and_generate_match_the_golden(page, update_gol
     model = page.locator("#controlnet_cn0_model input")
     model.fill(str(tiny_controlnet_dir))
     model.press("Enter")
-    page.fill("#controlnet_prompt textarea", "a red square")
-    page.fill("#controlnet_seed input", "5")
-    page.press("#controlnet_seed input", "Tab")
-    page.click("#controlnet_generate")
-    page.wait_for_function(
-        "() => (document.querySelector('#controlnet_infotext textarea') || {}).value?.includes('ControlNet 0')", timeout=120_000)
-    assert "Module: canny" in page.input_value("#controlnet_infotext textarea")
+    assert "Module: canny" in generate(page, "controlnet", "a red square", 5, wait_for="ControlNet 0")
     page.add_style_tag(content=VOLATILE_CSS.replace("#txt2img_notes", "#controlnet_notes, #controlnet_cn0_message"))
     page.mouse.move(0, 0)
     page.wait_for_timeout(500)
