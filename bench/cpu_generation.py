@@ -54,7 +54,8 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     prompt = "a large red circle on a white background"
 
-    vanilla = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    vanilla = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32, safety_checker=None,
+                                                      requires_safety_checker=False)
     vanilla.set_progress_bar_config(disable=True)
     vanilla.scheduler = EulerAncestralDiscreteScheduler.from_config(vanilla.scheduler.config)
 
@@ -80,15 +81,30 @@ def main() -> None:
                       "manager_load_s": round(load_seconds, 2)}), flush=True)
 
     one = manager.memory_report()
-    for task in ("img2img", "inpaint", "controlnet"):
-        try:
-            manager.pipeline(task)
-        except (KeyError, Exception):  # tasks land with later issues
-            pass
+    inpaint_model, controlnet = extra_models(model, manager)
+    manager.pipeline("img2img")
+    manager.pipeline("inpaint", unet=manager.inpaint_unet(inpaint_model))
+    unit = manager.controlnets.get(controlnet, manager.pipeline("txt2img").unet, manager.device, manager.dtype, False)
+    manager.pipeline("controlnet", controlnet=unit)
     every = manager.memory_report()
-    print(json.dumps({"weights_mib_one_mode": round(one["base_bytes"] / 2**20, 2),
+    print(json.dumps({"weights_mib_txt2img_only": round(one["base_bytes"] / 2**20, 2),
+                      "weights_mib_shared_by_all_modes": round(every["shared_bytes"] / 2**20, 2),
+                      "weights_mib_extra_modules": round(every["extra_bytes"] / 2**20, 2),
                       "weights_mib_all_modes": round(every["all_modes_bytes"] / 2**20, 2),
                       "modes": every["modes"]}), flush=True)
+
+
+def extra_models(model: str, manager) -> tuple[str, str]:
+    """A 9-channel UNet and a ControlNet for the model: the demo family's, or tiny ones."""
+    from pipelines import catalog
+
+    if Path(model).resolve().parent == catalog.ASSET_MODELS:
+        return catalog.inpaint_models()[0], catalog.default_controlnet("canny")
+    from tiny_sd import save_tiny_controlnet, save_tiny_inpaint_unet
+
+    folder = Path(tempfile.mkdtemp())
+    return (str(save_tiny_inpaint_unet(folder / "inpaint")),
+            str(save_tiny_controlnet(folder / "controlnet", manager.pipeline("txt2img").unet)))
 
 
 if __name__ == "__main__":
