@@ -1,10 +1,19 @@
 """A request (+ the seed of one image) → its A1111-style infotext."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .metadata import build_infotext
 from .schedulers import ETA_SCHEDULERS
 
 VERSION = "sd-studio 0.1"
+
+
+def model_name(source: str) -> str:
+    """A local model is named as A1111 names it (folder name, file stem), not by the path it
+    has on this machine; a Hub id stays as it is."""
+    path = Path(source)
+    return path.name if path.is_dir() else path.stem if path.is_file() else source
 
 
 def control_params(request) -> dict:
@@ -15,7 +24,7 @@ def control_params(request) -> dict:
     for index, unit in enumerate(request.control.units):
         settings = "".join(f", {key}: {value:g}" for key, value in unit.params)
         params[f"ControlNet {index}"] = (
-            f"Module: {unit.preprocessor}, Model: {unit.model}, Weight: {unit.weight:g}, "
+            f"Module: {unit.preprocessor}, Model: {model_name(unit.model)}, Weight: {unit.weight:g}, "
             f"Guidance Start: {unit.start:g}, Guidance End: {unit.end:g}{settings}"
         )
     if request.control.guess_mode:

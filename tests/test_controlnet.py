@@ -71,7 +71,7 @@ def test_two_units_run_together_and_are_recorded(manager, trained_controlnet, ze
     result = manager.run(request(unit(trained_controlnet, weight=0.8), unit(zero_controlnet, weight=1.0, start=0.2, end=0.9)))
     assert not np.array_equal(pixels(result), pixels(manager.run(request())))
     infotext = result.images[0].infotext
-    assert 'ControlNet 0: "Module: none, Model: ' in infotext and "Weight: 0.8" in infotext
+    assert f'ControlNet 0: "Module: none, Model: {trained_controlnet.name}, Weight: 0.8' in infotext
     assert "Guidance Start: 0.2, Guidance End: 0.9" in infotext
 
 
