@@ -83,7 +83,16 @@ def create_backend(settings: Settings):
     from pipelines.manager import PipelineManager
     from serving.pool import ManagerPool
 
-    managers = [PipelineManager(device=device, **manager_kwargs(settings)) for device in local_devices(settings)]
+    devices = local_devices(settings)
+    kwargs = manager_kwargs(settings)
+    if len(devices) > 1 and kwargs["fast_path"] is not None:
+        # CUDA graph capture in one device's thread while another device works aborted the
+        # process on a 2×H100 host: a pool compiles but does not capture graphs.
+        from pipelines.fast_path import FastPath
+
+        compile_mode = kwargs["fast_path"].compile if isinstance(kwargs["fast_path"], FastPath) else "full"
+        kwargs["fast_path"] = FastPath(compile=compile_mode, cuda_graphs=False)
+    managers = [PipelineManager(device=device, **kwargs) for device in devices]
     backend = managers[0] if len(managers) == 1 else ManagerPool(managers)
     if source:
         try:

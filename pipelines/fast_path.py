@@ -70,19 +70,22 @@ class GraphedCall:
         return self._capture(key, tensors)
 
     def _capture(self, key, tensors) -> torch.Tensor:
-        inputs = [t.clone() for t in tensors]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # one more run off the main stream, as capture requires
-            self.fn(*inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()  # graphs of all shapes share one memory pool
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            output = self.fn(*inputs)
-        self.graphs[key] = (graph, inputs, output)
-        graph.replay()
+        # Streams and pools belong to a device: make it the current one (a pool of managers
+        # runs each device's jobs in its own thread, whose current device is cuda:0).
+        with torch.cuda.device(tensors[0].device):
+            inputs = [t.clone() for t in tensors]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # one more run off the main stream, as capture requires
+                self.fn(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()  # graphs of all shapes share one memory pool
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                output = self.fn(*inputs)
+            self.graphs[key] = (graph, inputs, output)
+            graph.replay()
         return output.clone()
 
 
