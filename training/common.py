@@ -119,6 +119,18 @@ def run_loop(params, loss_fn, *, lr: float, max_steps: int, time_budget_s: float
     return LoopResult(step, time.time() - start, losses[-1][1] if losses else float("nan"), losses)
 
 
+def train_with_ema(params, loss_fn, args, device: torch.device, lr: float, ema_decay: float, **loop) -> LoopResult:
+    """run_loop with the stage's defaults (flags override), keeping an EMA of the weights and
+    leaving it in the model at the end: what every stage ships."""
+    params = list(params)
+    ema = EMA(params, decay=getattr(args, "ema_decay", None) or ema_decay)
+    loop = {"warmup": args.warmup, "cosine_span": args.cosine_span, **loop}
+    result = run_loop(params, loss_fn, lr=args.lr or lr, max_steps=args.max_steps, time_budget_s=args.minutes * 60,
+                      ema=ema, log_every=args.log_every, device=device, deadline=args.deadline_at, **loop)
+    ema.copy_to_params()
+    return result
+
+
 def fast_module(module, device: torch.device, compile_: bool):
     """channels_last for the convolutions on the GPU, and optionally torch.compile; the module's
     parameters stay shared, so saving and EMA use `module` itself."""

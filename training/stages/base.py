@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from training import data, models
-from training.common import EMA, NoiseSchedule, autocast, fast_module, run_loop, warm_up
+from training.common import NoiseSchedule, autocast, fast_module, train_with_ema, warm_up
 from training.pool import build_pool
 
 EMPTY_CAPTION_PROB = 0.1
@@ -52,12 +52,8 @@ def run(args, device) -> dict:
             print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
             net = unet
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema = EMA(params, decay=args.ema_decay or 0.9995)
-    result = run_loop(params, loss_fn, lr=args.lr or 4e-4, max_steps=args.max_steps, time_budget_s=args.minutes * 60,
-                      warmup=args.warmup, cosine_span=args.cosine_span, ema=ema, log_every=args.log_every, device=device,
-                      deadline=args.deadline_at)
-    ema.copy_to_params()
-    del pool
+    result = train_with_ema(params, loss_fn, args, device, lr=4e-4, ema_decay=0.9995)
+    pool = None  # the rendered data set is no longer needed: free it before saving
     models.save_pipeline(root, vae, text_encoder.eval(), unet.eval())
     stats = dict(stage="base", resumed=bool(args.resume), steps=result.steps, seconds=round(result.seconds, 1),
                  final_loss=round(result.final_loss, 4))

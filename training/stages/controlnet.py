@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from training import data, models
-from training.common import EMA, NoiseSchedule, autocast, fast_module, run_loop, warm_up
+from training.common import NoiseSchedule, autocast, fast_module, train_with_ema, warm_up
 from training.pool import build_pool
 
 EMPTY_CAPTION_PROB = 0.5
@@ -56,12 +56,7 @@ def run(args, device, kind: str) -> dict:
         except Exception as exc:  # compilation is a speed-up only: train eagerly instead
             print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
             net, control_net = unet, controlnet
-    ema = EMA(controlnet.parameters(), decay=args.ema_decay or 0.999)
-    result = run_loop(controlnet.parameters(), loss_fn, lr=args.lr or 2e-4, max_steps=args.max_steps,
-                      time_budget_s=args.minutes * 60, warmup=args.warmup, cosine_span=args.cosine_span, ema=ema,
-                      log_every=args.log_every, device=device,
-                      deadline=args.deadline_at)
-    ema.copy_to_params()
+    result = train_with_ema(controlnet.parameters(), loss_fn, args, device, lr=2e-4, ema_decay=0.999)
     models.save_fp16(controlnet.eval(), folder)
     stats = dict(stage=f"controlnet-{kind}", steps=result.steps, seconds=round(result.seconds, 1),
                  final_loss=round(result.final_loss, 4))

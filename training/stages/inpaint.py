@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from training import data, masks, models
-from training.common import EMA, NoiseSchedule, autocast, fast_module, run_loop, warm_up
+from training.common import NoiseSchedule, autocast, fast_module, train_with_ema, warm_up
 from training.pool import build_pool
 
 EMPTY_CAPTION_PROB = 0.1
@@ -64,12 +64,7 @@ def run(args, device) -> dict:
         except Exception as exc:  # compilation is a speed-up only: train eagerly instead
             print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
             net = unet
-    ema = EMA(unet.parameters(), decay=args.ema_decay or 0.999)
-    result = run_loop(unet.parameters(), loss_fn, lr=args.lr or 1e-4, max_steps=args.max_steps,
-                      time_budget_s=args.minutes * 60, warmup=args.warmup, cosine_span=args.cosine_span, ema=ema,
-                      log_every=args.log_every, device=device,
-                      deadline=args.deadline_at)
-    ema.copy_to_params()
+    result = train_with_ema(unet.parameters(), loss_fn, args, device, lr=1e-4, ema_decay=0.999)
     models.save_fp16(unet.eval(), args.out / models.INPAINT / "unet")
     stats = dict(stage="inpaint", steps=result.steps, seconds=round(result.seconds, 1),
                  final_loss=round(result.final_loss, 4))
