@@ -172,10 +172,6 @@ class PipelineManager:
             torch.cuda.empty_cache()
 
     @property
-    def loaded(self) -> bool:
-        return self._base is not None
-
-    @property
     def native_size(self) -> int:
         """The resolution the model was trained at (SD 1.5: 512, the demo model: 128)."""
         if self._base is None:

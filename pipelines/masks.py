@@ -22,9 +22,7 @@ from scipy import ndimage
 
 from .errors import RequestError
 from .images import fit, to_rgb
-
-INPAINT_AREAS = ("whole picture", "only masked")
-MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")  # pixel side: only "fill" acts
+from .requests import INPAINT_AREAS, MASKED_CONTENT  # pixel side: of the contents only "fill" acts here
 OUTPAINT_FILLS = ("fill", "stretch")
 THRESHOLD = 128  # a mask pixel ≥ this (after alpha) is inpainted
 EMPTY_MASK = "The mask is empty: paint over the area to inpaint (white = inpaint), or upload a mask image."

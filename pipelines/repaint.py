@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
-MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
+from .requests import MASKED_CONTENT
 CLEAN = -1  # the "timestep" of the clean end of the chain, ᾱ = 1
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]

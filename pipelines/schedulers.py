@@ -42,8 +42,6 @@ _SCHEDULERS: dict[str, tuple[str, dict]] = {
 SCHEDULER_NAMES: tuple[str, ...] = tuple(_SCHEDULERS)
 # Schedulers whose step() takes η (DDIM's stochasticity knob).
 ETA_SCHEDULERS: frozenset[str] = frozenset({"DDIM"})
-# Schedulers that draw fresh noise at every step, so η/seed matter beyond x_T.
-STOCHASTIC_SCHEDULERS: frozenset[str] = frozenset({"Euler a", "DPM++ 2M SDE Karras", "DDPM", "DPM2 a"})
 
 
 def build_scheduler(name: str, model_config):

@@ -6,7 +6,6 @@ each), with a margin; docs/demo-model.md has the larger probes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@ several devices in one host, ZeroGPU booking, and Ray Serve workers."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import gradio
 import pytest

@@ -140,6 +140,19 @@ def fast_module(module, device: torch.device, compile_: bool):
     return torch.compile(module) if compile_ else module
 
 
+def compiled(loss_fn, modules, args, device: torch.device) -> bool:
+    """With --compile on CUDA, compile by running the loss once. False when compilation
+    failed: it is a speed-up only, so the caller trains its eager modules instead."""
+    if not (args.compile and device.type == "cuda"):
+        return True
+    try:
+        print(f"compiled in {warm_up(loss_fn, modules):.0f} s", flush=True)
+        return True
+    except Exception as exc:
+        print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
+        return False
+
+
 def warm_up(loss_fn, modules) -> float:
     """One forward/backward to trigger compilation outside the timed loop; gradients dropped.
     Returns seconds taken. Raises whatever compilation raised."""

@@ -182,7 +182,6 @@ class GenerationService:
 
     def __init__(self, backend, limits: Limits, store: OutputStore):
         self.backend = backend
-        self.manager = backend  # the same object: a manager or something that serves like one
         self.limits = limits
         self.store = store
         self.jobs = SessionJobs()

@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from training import data, models
-from training.common import NoiseSchedule, autocast, fast_module, train_with_ema, warm_up
+from training.common import NoiseSchedule, autocast, compiled, fast_module, train_with_ema
 from training.pool import build_pool
 
 EMPTY_CAPTION_PROB = 0.1
@@ -45,12 +45,8 @@ def run(args, device) -> dict:
             pred = net(schedule.add_noise(z0, noise, t), t, context).sample
         return F.mse_loss(pred.float(), noise)
 
-    if args.compile and device.type == "cuda":
-        try:
-            print(f"compiled the UNet in {warm_up(loss_fn, (unet, text_encoder)):.0f} s", flush=True)
-        except Exception as exc:  # compilation is a speed-up only: train eagerly instead
-            print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
-            net = unet
+    if not compiled(loss_fn, (unet, text_encoder), args, device):
+        net = unet
     params = list(unet.parameters()) + list(text_encoder.parameters())
     result = train_with_ema(params, loss_fn, args, device, lr=4e-4, ema_decay=0.9995)
     pool = None  # the rendered data set is no longer needed: free it before saving

@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from training import data, models
-from training.common import NoiseSchedule, autocast, fast_module, train_with_ema, warm_up
+from training.common import NoiseSchedule, autocast, compiled, fast_module, train_with_ema
 from training.pool import build_pool
 
 EMPTY_CAPTION_PROB = 0.5
@@ -50,12 +50,8 @@ def run(args, device, kind: str) -> dict:
                         mid_block_additional_residual=mid).sample
         return F.mse_loss(pred.float(), noise)
 
-    if args.compile and device.type == "cuda":
-        try:
-            print(f"compiled in {warm_up(loss_fn, (controlnet,)):.0f} s", flush=True)
-        except Exception as exc:  # compilation is a speed-up only: train eagerly instead
-            print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
-            net, control_net = unet, controlnet
+    if not compiled(loss_fn, (controlnet,), args, device):
+        net, control_net = unet, controlnet
     result = train_with_ema(controlnet.parameters(), loss_fn, args, device, lr=2e-4, ema_decay=0.999)
     models.save_fp16(controlnet.eval(), folder)
     stats = dict(stage=f"controlnet-{kind}", steps=result.steps, seconds=round(result.seconds, 1),

@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from training import data, masks, models
-from training.common import NoiseSchedule, autocast, fast_module, train_with_ema, warm_up
+from training.common import NoiseSchedule, autocast, compiled, fast_module, train_with_ema
 from training.pool import build_pool
 
 EMPTY_CAPTION_PROB = 0.1
@@ -58,12 +58,8 @@ def run(args, device) -> dict:
             pred = net(x, t, context).sample
         return F.mse_loss(pred.float(), noise)
 
-    if args.compile and device.type == "cuda":
-        try:
-            print(f"compiled the UNet in {warm_up(loss_fn, (unet,)):.0f} s", flush=True)
-        except Exception as exc:  # compilation is a speed-up only: train eagerly instead
-            print(f"torch.compile failed ({type(exc).__name__}: {exc}); training eagerly", flush=True)
-            net = unet
+    if not compiled(loss_fn, (unet,), args, device):
+        net = unet
     result = train_with_ema(unet.parameters(), loss_fn, args, device, lr=1e-4, ema_decay=0.999)
     models.save_fp16(unet.eval(), args.out / models.INPAINT / "unet")
     stats = dict(stage="inpaint", steps=result.steps, seconds=round(result.seconds, 1),
