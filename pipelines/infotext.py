@@ -42,6 +42,7 @@ def request_infotext(request, seed: int, model_name: str | None, extra: dict | N
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model": model_name,
+        "Batch size": s.batch_size if s.batch_size > 1 else None,  # A1111 writes it from 2 on
         "Denoising strength": getattr(request, "strength", None),
         "Resize mode": getattr(request, "resize_mode", None),
         "Eta": s.eta if s.scheduler in ETA_SCHEDULERS else None,

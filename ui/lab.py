@@ -12,11 +12,15 @@ from PIL import Image
 
 from pipelines.errors import StudioError
 from pipelines.grid import AXES, parse_values
+from pipelines.requests import FIELDS
 
 from .common import GenerationService, SafeImage, open_image
+from .fields import widget
 from .lab_plots import schedule_figure
 
 MAX_SCALES = 8
+LAB_STEPS = dict(minimum=2, maximum=100)  # the lab runs its own short loops
+LAB_SEED = dict(value=1, info=None)  # the lab's seeds are fixed: no −1 = random
 DISPLAY_SIZE = 256  # small models' images are enlarged to this (nearest: the noise stays pixel-sharp)
 
 
@@ -106,8 +110,8 @@ def _schedules_panel(backend) -> None:
 
 
 def _prompt_row(tab: str):
-    prompt = gr.Textbox(value="a red circle on a white background", label="Prompt", elem_id=f"{tab}_prompt")
-    negative = gr.Textbox(value="", label="Negative prompt", elem_id=f"{tab}_negative")
+    prompt = widget("prompt", f"{tab}_prompt", value="a red circle on a white background")
+    negative = widget("negative_prompt", f"{tab}_negative", value="")
     return prompt, negative
 
 
@@ -117,10 +121,10 @@ def _trajectory_panel(backend, gpu_event: dict) -> None:
                 "η = 1 adds DDPM's posterior σ at every step.")
     prompt, negative = _prompt_row("lab_trajectory")
     with gr.Row():
-        steps = gr.Slider(2, 100, value=20, step=1, label="Steps", elem_id="lab_trajectory_steps")
+        steps = widget("steps", "lab_trajectory_steps", **LAB_STEPS)
         every = gr.Slider(1, 50, value=5, step=1, label="Show every k steps", elem_id="lab_trajectory_every")
-        scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id="lab_trajectory_cfg")
-        seed = gr.Number(value=1, precision=0, label="Seed", elem_id="lab_trajectory_seed")
+        scale = widget("cfg_scale", "lab_trajectory_cfg")
+        seed = widget("seed", "lab_trajectory_seed", **LAB_SEED)
     run = gr.Button("Run", variant="primary", elem_id="lab_trajectory_run")
     strip = gr.Image(label="x_t and x̂_0 every k steps; η = 0 above, η = 1 below", format="png", interactive=False,
                      elem_id="lab_trajectory_strip")
@@ -147,10 +151,10 @@ def _cfg_panel(backend, gpu_event: dict) -> None:
                 "Below, the finished image at several scales from the same noise: large s over-saturates.")
     prompt, negative = _prompt_row("lab_cfg")
     with gr.Row():
-        steps = gr.Slider(2, 100, value=20, step=1, label="Steps", elem_id="lab_cfg_steps")
+        steps = widget("steps", "lab_cfg_steps", **LAB_STEPS)
         step = gr.Slider(1, 100, value=5, step=1, label="Inspect step", elem_id="lab_cfg_step")
-        scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale s", elem_id="lab_cfg_scale")
-        seed = gr.Number(value=1, precision=0, label="Seed", elem_id="lab_cfg_seed")
+        scale = widget("cfg_scale", "lab_cfg_scale", label="CFG scale s")
+        seed = widget("seed", "lab_cfg_seed", **LAB_SEED)
     scales = gr.Textbox(value="1, 3, 7, 12, 20", label="Scales for the finished images", elem_id="lab_cfg_scales")
     run = gr.Button("Run", variant="primary", elem_id="lab_cfg_run")
     predictions = gr.Image(label="uncond, cond and guided ε at the step, as x̂_0", format="png", interactive=False,
@@ -166,8 +170,9 @@ def _cfg_panel(backend, gpu_event: dict) -> None:
             values = parse_values(AXES["CFG scale"], scales_text or "", MAX_SCALES)
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        if not all(0 <= v <= 30 for v in values):
-            raise gr.Error("Scales must be between 0 and 30.")
+        top = FIELDS["cfg_scale"].maximum
+        if not all(0 <= v <= top for v in values):  # 0 allowed here: the unconditional image
+            raise gr.Error(f"Scales must be between 0 and {top:g}.")
         result = _lab(backend).cfg_anatomy(prompt_text or "", negative_text or "", steps_value, step_value - 1,
                                            float(scale_value), int(seed_value or 0), tuple(values))
         return result.predictions_strip, result.finals_strip, (
