@@ -5,25 +5,29 @@
                          infotext="Steps", a1111="steps", axis=True)
 
 From that one line come: the request's validation and normalisation (``check_fields`` in
-``__post_init__``: type, range, choices, JSON floats → int), the widget of every tab
-(``ui/fields.py`` ``widget(name, tab)``: kind, range, step, label, help), the Gradio API
-parameter name (the field's name), the X/Y grid axis (``axis=True``), PNG-info read-back
-and send-to (``infotext``), and the A1111 REST JSON key (``a1111``).
+``__post_init__``: type, range, choices, JSON's 20.0 → 20), the widget of every tab
+(``ui/fields.py``: kind, range, step, label, help; the host's ``Limits`` cap the slider),
+the Gradio API parameter name (the field's name), the X/Y grid axis (``axis=True``),
+PNG-info read-back and send-to (``infotext``), and the A1111 REST JSON key (``a1111``;
+``a1111_fields()`` maps them; where A1111 sends an index or 0/1, the choice list's comment
+in requests.py gives the order).
 
 How to add a field (say ``clip_skip``)
-1. Declare it on its request dataclass in ``pipelines/requests.py`` (``Sampling`` for
-   sampling settings shared by every task, ``Txt2ImgRequest`` for what every generation
-   has, ``Img2ImgRequest``/``InpaintRequest``/``ControlUnit`` for theirs):
+1. Declare it on its request dataclass in ``pipelines/requests.py``: ``Sampling`` for the
+   sampling settings every task shares, ``Txt2ImgRequest`` for what every generation has,
+   ``Img2ImgRequest``/``InpaintRequest``/``ControlUnit`` for theirs:
        clip_skip: int = declare(1, "Clip skip", minimum=1, maximum=12, step=1,
                                 infotext="Clip skip", a1111="CLIP_stop_at_last_layers")
-   Validation needs no other line. Use the value in the engine as ``request.sampling.clip_skip``.
-2. Place its widget in the tab's layout: ``widget("clip_skip", tab)``, and put it in the
-   tab's ``inputs`` dict (for the shared sampler settings: ``SamplerControls``). The handler
-   receives values by name and builds the request with ``assemble(Request, values)``.
+   Validation needs no other line. The engine reads ``request.sampling.clip_skip``.
+2. Place its widget in the tab's layout: ``form.field("clip_skip")`` (in
+   ``ui/common.py`` ``sampler_controls`` for a Sampling field: every tab gets it). The Form
+   registers it under its name; the handler receives it by name and ``assemble(Request,
+   values)`` puts it where it belongs (nested Sampling included). Nothing else to thread.
 3. If the engine writes it into the infotext, write it under the declared ``infotext`` key
-   (``pipelines/infotext.py``); PNG info then reads it back and sends it to the tabs.
+   (``pipelines/infotext.py``); PNG info then reads it back and sends it to the tabs, and
+   tests/test_fields_http.py checks the round trip once its value is in that test's dicts.
 
-Torch-free and gradio-free: requests, grids, metadata and ui/ all read it.
+Torch-free and gradio-free: requests, grids, metadata, ui/ and a REST layer all read it.
 """
 from __future__ import annotations
 
@@ -185,3 +189,9 @@ def _all_names(cls) -> list[str]:
     for f in dataclasses.fields(cls):
         names += _all_names(f.metadata["nested"]) if "nested" in f.metadata else [f.name]
     return names
+
+
+def a1111_fields(fields: dict[str, Field]) -> dict[str, Field]:
+    """A1111 REST JSON key → our field, for every field A1111 has."""
+    return {f.a1111: f for f in fields.values() if f.a1111}
+
