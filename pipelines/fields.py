@@ -8,7 +8,7 @@ From that one line come: the request's validation and normalisation (``check_fie
 ``__post_init__``: type, range, choices, JSON's 20.0 → 20), the widget of every tab
 (``ui/fields.py``: kind, range, step, label, help; the host's ``Limits`` cap the slider),
 the Gradio API parameter name (the field's name), the X/Y grid axis (``axis=True``),
-PNG-info read-back and send-to (``infotext``), and the A1111 REST JSON key (``a1111``;
+the infotext, PNG-info read-back and send-to (``infotext``), and the A1111 REST JSON key (``a1111``;
 ``a1111_fields()`` maps them; where A1111 sends an index or 0/1, the choice list's comment
 in requests.py gives the order).
 
@@ -23,9 +23,10 @@ How to add a field (say ``clip_skip``)
    ``ui/common.py`` ``sampler_controls`` for a Sampling field: every tab gets it). The Form
    registers it under its name; the handler receives it by name and ``assemble(Request,
    values)`` puts it where it belongs (nested Sampling included). Nothing else to thread.
-3. If the engine writes it into the infotext, write it under the declared ``infotext`` key
-   (``pipelines/infotext.py``); PNG info then reads it back and sends it to the tabs, and
-   tests/test_fields_http.py checks the round trip once its value is in that test's dicts.
+3. Nothing else: the infotext writes it under its ``infotext`` key when it differs from its
+   default (``pipelines/infotext.py``; the engine passes the key as None where the field did
+   not act), PNG info reads it back and sends it to the tabs that show it. Add its value to
+   the dicts of tests/test_fields_http.py, which send every field over HTTP and read it back.
 
 Torch-free and gradio-free: requests, grids, metadata, ui/ and a REST layer all read it.
 """
