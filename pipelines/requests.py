@@ -258,11 +258,8 @@ class Limits:
             size[name] = rounded
         s = request.sampling
         changes = {}
-        for name, limit, label in (
-            ("steps", self.max_steps, "Steps"),
-            ("batch_size", self.max_batch_size, "Batch size"),
-            ("batch_count", self.max_batch_count, "Batch count"),
-        ):
+        for name in ("steps", "batch_size", "batch_count"):
+            limit, label = getattr(self, FIELDS[name].limit), FIELDS[name].name_in_text
             if getattr(s, name) > limit:
                 notes.append(f"{label} {getattr(s, name)} is over this host's limit: clamped to {limit}.")
                 changes[name] = limit
