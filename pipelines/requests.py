@@ -1,5 +1,7 @@
 """Validated request objects: the single contract between the UI (or API, tests, a remote
-worker) and the pipeline manager. One dataclass per task.
+worker) and the pipeline manager. One dataclass per task. Every field is declared once,
+here, with ``declare(default, label, range/choices, infotext key, A1111 key, …)``: widgets,
+API names, grid axes and PNG info follow from it (pipelines/fields.py: how to add one).
 
 Two layers:
 - the dataclasses' ``__post_init__`` enforce invariants and reject what cannot be meant
@@ -28,15 +30,6 @@ RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
 INPAINT_MODES = ("RePaint", "inpainting model")
 INPAINT_AREAS = ("whole picture", "only masked")
 MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
-
-
-def _require_number(name: str, value, low: float, high: float, integer: bool = False) -> None:
-    require_number(name, value, low, high, integer)
-
-
-def _require_text(name: str, value) -> None:
-    if not isinstance(value, str):
-        raise RequestError(f"{name} must be text, got {type(value).__name__}.")
 
 
 def _require_image(value, missing: str, what: str) -> None:
@@ -119,7 +112,7 @@ class ControlUnit:
             raise RequestError(f"Guidance start ({self.start:g}) must come before guidance end ({self.end:g}): "
                                "otherwise the ControlNet never acts.")
         for key, value in self.params:
-            _require_number(f"Preprocessor setting {key}", value, -MAX_SEED, MAX_SEED)  # its own range: control_map checks it
+            require_number(f"Preprocessor setting {key}", value, -MAX_SEED, MAX_SEED)  # its own range: control_map checks it
 
 
 @dataclass(frozen=True)
