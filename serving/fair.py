@@ -10,7 +10,7 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 
-from pipelines.jobs import GenerationResult, Job
+from pipelines.jobs import GenerationResult, Job, StepInfo, stream_run
 
 
 class FairGate:
@@ -53,26 +53,26 @@ class FairGate:
         return len(self._line)
 
     def stream(self, request, job: Job | None = None, prepare=None):
-        """The backend's stream once it is this job's turn; prepare() runs first, inside the
-        turn (the REST API's per-request model switch: no other job can come between)."""
+        """The backend's events once it is this job's turn; prepare() runs first, inside the
+        turn (the REST API's per-request model switch: no other job can come between).
+        The turn ends when the backend has produced the result, not when the consumer has
+        read every event: a slow reader (Gradio's per-step progress) holds no one up."""
+        return stream_run(lambda request, on_step, job: self.run(request, on_step, job, prepare), request, job or Job())
+
+    def run(self, request, on_step=None, job: Job | None = None, prepare=None) -> GenerationResult:
         job = job or Job()
         with self.turn(job) as admitted:
             if not admitted:
-                yield GenerationResult(request.task, [], ["Interrupted before it started."], interrupted=True)
-                return
+                return GenerationResult(request.task, [], ["Interrupted before it started."], interrupted=True)
             if prepare is not None:
                 prepare()
-            yield from self.backend.stream(request, job)
-
-    def run(self, request, on_step=None, job: Job | None = None) -> GenerationResult:
-        from pipelines.jobs import StepInfo
-
-        for event in self.stream(request, job):
-            if isinstance(event, StepInfo):
-                if on_step is not None:
-                    on_step(event)
-            else:
-                return event
+            for event in self.backend.stream(request, job):
+                if isinstance(event, StepInfo):
+                    if on_step is not None:
+                        on_step(event)
+                else:
+                    return event
+        raise RuntimeError("the backend ended without a result")
 
     def load_base(self, source: str):
         """A model change waits its turn too: it must not swap weights under a running job

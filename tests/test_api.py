@@ -270,7 +270,9 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(api_server):
     with socket.create_connection(("127.0.0.1", api_server.port), timeout=30) as connection:
         connection.sendall((f"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n"
                             "Content-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n{").encode())
-        reply = connection.recv(65536).decode()
+        reply = ""
+        while "larger than" not in reply and (chunk := connection.recv(65536)):
+            reply += chunk.decode()
     assert reply.startswith("HTTP/1.1 413") and "larger than" in reply
 
 
