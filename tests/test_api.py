@@ -307,3 +307,21 @@ def test_the_webuiapi_client_library_drives_the_api_unchanged(api_server, contro
     assert client.get_progress()["state"]["job"] == ""
     client.interrupt()
     client.skip()
+
+
+def test_a_controlnet_unit_without_an_image_uses_the_img2img_init_image(api, control_image):
+    unit = dict(module="canny", model=CONTROLNET_ID, threshold_a=50, threshold_b=150)
+    body = dict(prompt="a red square", init_images=[b64(control_image)], steps=4, width=64, height=64, seed=4,
+                denoising_strength=0.6, alwayson_scripts={"ControlNet": {"args": [unit]}})
+    response = api.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    infotext = json.loads(response.json()["info"])["infotexts"][0]
+    assert "ControlNet 0" in infotext and "Denoising strength: 0.6" in infotext
+
+
+def test_the_api_package_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, api, api.routes, api.convert, api.http; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=__import__("conftest").ROOT)
