@@ -13,7 +13,7 @@ from pipelines.requests import Img2ImgRequest, InpaintRequest, Sampling, Txt2Img
 
 from . import controlnet
 from .errors import ApiError
-from .fields import IMG2IMG, MODEL_OPTION, OPTIONS, SCRIPTS, TXT2IMG, Field, Unsupported, resolve_sampler
+from .fields import IGNORED, IMG2IMG, MODEL_OPTION, OPTIONS, SCRIPTS, TXT2IMG, Field, Unsupported, resolve_sampler
 from .images import decode_image
 
 # Fields only an inpainting request has: an A1111 img2img without a mask sends them too.
@@ -24,7 +24,7 @@ INPAINT_ONLY = {f.name for f in dataclass_fields(InpaintRequest)} - {f.name for 
 class Converted:
     request: Txt2ImgRequest
     model: str | None  # override_settings.sd_model_checkpoint, if any
-    ignored: list[str]  # override settings we do not know (A1111 extensions' options)
+    ignored: list[str]  # what we did not know: extensions' fields and options, said in info
 
 
 def apply_options(values: dict, options: dict, ignored: list[str]) -> str | None:
@@ -80,8 +80,12 @@ def convert(task: str, body: dict, stored_options: dict, max_pixels: int, contro
     values: dict = {}
     ignored: list[str] = []
     apply_options(values, stored_options, [])
-    model = apply_options(values, body.get("override_settings") or {}, ignored)
-    _apply_body(values, body, TXT2IMG if task == "txt2img" else IMG2IMG)
+    overrides: list[str] = []
+    model = apply_options(values, body.get("override_settings") or {}, overrides)
+    table = TXT2IMG if task == "txt2img" else IMG2IMG
+    _apply_body(values, body, table)
+    ignored += [f"field {key}" for key in body if key not in table and key not in IGNORED][:20]
+    ignored += [f"override setting {key}" for key in overrides][:20]
     _apply_script(values, body.get("script_name"), body.get("script_args"))
     values["sampling.scheduler"] = resolve_sampler(body.get("sampler_name"), body.get("scheduler"), body.get("sampler_index"))
     sampling_values, own = _split(values)
@@ -144,7 +148,7 @@ def info(request: Txt2ImgRequest, result, ignored: list[str]) -> str:
     infotexts = [image.infotext for image in images]
     model = parse_infotext(infotexts[0]).get("Model") if infotexts else None
     s = request.sampling
-    notes = list(result.notes) + ([f"Ignored unknown override settings: {', '.join(ignored)}."] if ignored else [])
+    notes = list(result.notes) + ([f"Ignored (unknown here): {', '.join(ignored)}."] if ignored else [])
     return json.dumps({
         "prompt": request.prompt, "all_prompts": [request.prompt] * count,
         "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * count,

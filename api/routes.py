@@ -57,7 +57,7 @@ class ApiContext:
         self.limits: Limits = settings.limits
         self.max_pixels = max_input_pixels(self.limits, settings)
         self.jobs = ApiJobs(backend, max_jobs=settings.queue_size)
-        self.options: dict = {}  # POST /options values for our fields (eta_ddim), applied to every request
+        self.options: dict = {}  # POST /options values of A1111 keys we map (eta_ddim), applied to every request
         self._models: dict[str, str] = {}
         self.refresh_models()
 
@@ -169,7 +169,7 @@ def build_router(backend, settings, store) -> APIRouter:
     @router.get(f"{sd}/options", tags=["settings"])
     def get_options():
         return {MODEL_OPTION: ctx.loaded_name(), "sd_checkpoint_hash": None, "sd_vae": "Automatic",
-                "CLIP_stop_at_last_layers": 1, "eta_ddim": ctx.options.get("sampling.eta", 0.0),
+                "CLIP_stop_at_last_layers": 1, "eta_ddim": ctx.options.get("eta_ddim", 0.0),
                 "samples_save": settings.save_outputs, "samples_format": "png", "enable_pnginfo": True}
 
     @router.post(f"{sd}/options", tags=["settings"])
@@ -186,7 +186,7 @@ def build_router(backend, settings, store) -> APIRouter:
             source = ctx.resolve_model(model)
             if source:
                 await asyncio.to_thread(_load_queued, ctx, source)
-        ctx.options.update(values)
+        ctx.options.update({key: value for key, value in body.items() if isinstance(OPTIONS.get(key), Field)})
         return None
 
     @router.get(f"{sd}/sd-models", tags=["models"])

@@ -118,6 +118,11 @@ def test_inpainting_through_img2img_keeps_every_pixel_outside_the_mask(api):
     assert "Inpaint mode: RePaint" in json.loads(response.json()["info"])["infotexts"][0]
 
 
+def test_unknown_fields_are_ignored_and_said(api):
+    _, info = txt2img(api, steps=2, my_extension_field=3, override_settings={"some_extension_option": True})
+    assert "Ignored (unknown here): field my_extension_field, override setting some_extension_option." in info["sd_studio"]["notes"]
+
+
 def test_repaint_extras_reach_the_request(api):
     init = Image.new("RGB", (64, 64), (200, 30, 30))
     mask = Image.new("L", (64, 64), 0)
@@ -210,6 +215,17 @@ def test_options_switch_the_model(api):
     finally:
         api.post("/sdapi/v1/options", json={"sd_model_checkpoint": start})
     assert api.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == start
+
+
+def test_options_eta_ddim_is_the_default_eta_of_later_requests(api):
+    assert api.post("/sdapi/v1/options", json={"eta_ddim": 0.5}).status_code == 200
+    try:
+        assert api.get("/sdapi/v1/options").json()["eta_ddim"] == 0.5
+        assert "Eta: 0.5" in txt2img(api, sampler_name="DDIM", steps=2)[1]["infotexts"][0]
+        assert "Eta: 0.25" in txt2img(api, sampler_name="DDIM", steps=2, eta=0.25)[1]["infotexts"][0]  # the field wins
+    finally:
+        api.post("/sdapi/v1/options", json={"eta_ddim": 0})
+    assert api.post("/sdapi/v1/options", json={"eta_ddim": 7}).status_code == 422
 
 
 def test_png_info_reads_back_a_generated_image(api):
