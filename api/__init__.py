@@ -12,7 +12,17 @@ def launch_kwargs(backend, settings, store=None) -> dict:
     (ahead of Gradio's own routes), with an OpenAPI page at /docs listing only them. {} when
     the API is off."""
     if not settings.api:
+        if settings.api_auth:
+            import logging
+
+            logging.getLogger("sd-studio").warning("--api-auth has no effect without --api.")
         return {}
+    from .http import parse_accounts
+
+    try:
+        parse_accounts(settings.api_auth)
+    except ValueError as error:
+        raise SystemExit(f"{error}, e.g. --api-auth alice:secret") from None
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse
