@@ -341,3 +341,15 @@ def test_the_api_package_never_imports_torch():
 
     code = "import sys, api, api.routes, api.convert, api.http; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=__import__("conftest").ROOT)
+
+
+def test_api_flags_and_environment(monkeypatch):
+    from api.http import parse_accounts
+    from settings import Settings
+
+    monkeypatch.setenv("SD_STUDIO_API", "1")
+    settings = Settings.from_args(["--api-auth", "alice:pa:ss,bob:x"])
+    assert settings.api is True and parse_accounts(settings.api_auth) == [("alice", "pa:ss"), ("bob", "x")]
+    assert Settings.from_args(["--no-api"]).api is False
+    with pytest.raises(ValueError):
+        parse_accounts("no-colon")
