@@ -101,6 +101,9 @@ class ControlUnit:
     # fractions of the steps before the ControlNet starts to act, and after which it stops
     start: float = declare(0.0, "Guidance start", minimum=0.0, maximum=1.0, step=0.01, a1111="guidance_start")
     end: float = declare(1.0, "Guidance end", minimum=0.0, maximum=1.0, step=0.01, a1111="guidance_end")
+    # how the control image is fitted to the generation size
+    resize_mode: str = declare("crop and resize", "Resize mode", title="Control resize mode", choices=RESIZE_MODES,
+                               a1111="resize_mode")
 
     def __post_init__(self):
         if self.model is None or (isinstance(self.model, str) and not self.model.strip()):
