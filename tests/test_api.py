@@ -150,7 +150,7 @@ def test_a_controlnet_unit_changes_the_image_as_the_ui_unit_does(api, ui, contro
     on = dict(enabled=True, image=handle_file(str(tmp_path / "control.png")), preprocessor="canny", low=50, high=150,
               model=CONTROLNET_ID, weight=1.0, start=0.0, end=1.0)
     gallery = ui.predict(prompt="a red square", scheduler="Euler", steps=5, cfg_scale=7, seed=9, width=64, height=64,
-                         **{f"unit1_{name}": value for name, value in on.items()}, unit2_image=None, unit3_image=None,
+                         **{f"unit1_{name}": value for name, value in on.items()}, init_image=None, unit2_image=None, unit3_image=None,
                          api_name="/controlnet")[1]
     assert np.array_equal(pixels(unb64(controlled["images"][0])), pixels(gallery[0]["image"]))
     assert 'Module: canny' in info["infotexts"][0]
