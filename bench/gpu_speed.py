@@ -117,7 +117,7 @@ def bench_vanilla(folder, args, card):
     diffusers_run(pipe, args)
     s = median_s(lambda: diffusers_run(pipe, args), args.repeats)
     log(config="vanilla diffusers (eager, SDPA)", card=card, s_per_image=s, warmup_s=round(warm, 1))
-    return s, diffusers_run(pipe, args, seed=7)
+    return s, diffusers_run(pipe, args, seed=7), pipe
 
 
 @section("recipe")
@@ -136,7 +136,7 @@ def bench_recipe(folder, args, card, reference):
     s = median_s(lambda: diffusers_run(pipe, args), args.repeats)
     log(config="diffusers recipe (fuse_qkv, channels_last, compile reduce-overhead fullgraph on unet + vae.decode)",
         card=card, s_per_image=s, warmup_s=round(warm, 1), psnr_vs_vanilla_db=psnr(reference, diffusers_run(pipe, args, seed=7)))
-    return s
+    return s, pipe
 
 
 def mode_requests(folder, args, init):
@@ -239,9 +239,51 @@ def bench_fast(folder, args, card, requests, eager, reference):
     # A second size: first request (eager while it compiles), no waiting for it.
     second = Limits().normalize(Txt2ImgRequest(prompt=PROMPT, width=args.second_width, height=args.size,
                                                sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=3)))
-    stall = [round(timed(lambda: manager.run(second), 1)[0], 3) for _ in range(2)]
+    stall = [round(timed(lambda: manager.run(second), 1)[0], 3) for _ in range(3)]
     log(second_size=f"{args.second_width}x{args.size}", first_requests_s=stall)
-    return steady
+    return steady, manager
+
+
+@section("sdpa backends")
+def bench_sdpa(unet, args):
+    """The UNet (fused QKV, channels_last) in one eager CUDA graph per SDPA backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from pipelines.fast_path import CapturedGraph
+
+    unet.fuse_qkv_projections()
+    unet.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, args.size // 8, args.size // 8, device="cuda", dtype=torch.float16)
+    c = torch.randn(2, 77, 768, device="cuda", dtype=torch.float16)
+    t = torch.tensor(500.0, device="cuda")
+    results = {}
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+        try:
+            with torch.no_grad(), sdpa_kernel(backend):
+                graph = CapturedGraph(lambda a, b, e: (unet(a, b, e, return_dict=False)[0],), [x, t, c], None)
+                results[backend.name] = round(median_s(lambda: graph(x, t, c), 30) * 1000, 2)
+        except Exception as error:  # noqa: BLE001
+            results[backend.name] = f"{type(error).__name__}: {str(error)[:120]}"
+    log(sdpa_backend_unet_eager_graph_ms=results)
+
+
+@section("profile")
+def bench_profile(name, fn):
+    """GPU busy time vs wall time of one request: idle gaps are host overhead or syncs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.time_range.elapsed_us() for e in events) / 1000
+    top = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:10]
+    log(profile=name, wall_ms=round(wall * 1000, 1), gpu_kernel_ms=round(busy, 1), kernels=len(events),
+        top=[(e.key[:60], round(e.self_device_time_total / 1000, 1), e.count) for e in top])
 
 
 def main() -> None:
@@ -254,6 +296,7 @@ def main() -> None:
     parser.add_argument("--catch-up-s", type=float, default=300, help="longest wait for the background compiles")
     parser.add_argument("--skip-recipe", action="store_true")
     parser.add_argument("--skip-eager", action="store_true")
+    parser.add_argument("--keep", default="", help="copy the random models here (for bench/gpu_restart.py)")
     args = parser.parse_args()
     card = torch.cuda.get_device_name()
     folder = Path(tempfile.mkdtemp())
@@ -261,13 +304,14 @@ def main() -> None:
     log(stage="built random SD 1.5 + 9-channel UNet + ControlNet", card=card, torch=torch.__version__)
 
     vanilla = bench_vanilla(folder, args, card)
-    vanilla_s, reference = vanilla if vanilla else (None, None)
-    recipe_s = None if args.skip_recipe else bench_recipe(folder, args, card, reference)
+    vanilla_s, reference, vanilla_pipe = vanilla if vanilla else (None, None, None)
+    recipe = None if args.skip_recipe else bench_recipe(folder, args, card, reference)
+    recipe_s, recipe_pipe = recipe if recipe else (None, None)
     torch.cuda.empty_cache()
     requests = mode_requests(folder, args, reference or Image.new("RGB", (args.size, args.size), (90, 120, 200)))
     eager = None if args.skip_eager else bench_eager_modes(folder, args, card, requests)
     torch.cuda.empty_cache()
-    steady = bench_fast(folder, args, card, requests, eager, reference) or {}
+    steady, manager = bench_fast(folder, args, card, requests, eager, reference) or ({}, None)
 
     print("\n| configuration | s/image | vs vanilla | vs recipe |", flush=True)
     print("|---|---|---|---|")
@@ -276,9 +320,21 @@ def main() -> None:
         if s:
             print(f"| {label} | {s:.3f} | {vanilla_s / s if vanilla_s else float('nan'):.2f}x | "
                   f"{recipe_s / s if recipe_s else float('nan'):.2f}x |")
+    if vanilla_pipe is not None:
+        bench_sdpa(vanilla_pipe.unet, args)
+    if manager is not None:
+        bench_profile("ours txt2img", lambda: manager.run(requests["txt2img"]))
+    if recipe_pipe is not None:
+        bench_profile("diffusers recipe", lambda: diffusers_run(recipe_pipe, args))
+    if args.keep:  # for bench/gpu_restart.py: the same weights, read by a new process
+        import shutil
+
+        shutil.copytree(folder / "sd15", Path(args.keep) / "sd15", dirs_exist_ok=True)
     out = os.environ.get("OUT")
     if out:
         Path(out, "gpu_speed.json").write_text(json.dumps(ROWS, indent=1))
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown under live compile worker threads (it aborted once)
 
 
 if __name__ == "__main__":

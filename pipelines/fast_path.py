@@ -22,6 +22,7 @@ are launched and fused.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -124,10 +125,14 @@ class FastCall:
     """fn(*tensors) -> tuple of tensors, served per input signature by the fastest version
     ready: eager until the runtime's worker installs a graph or a compiled version."""
 
-    def __init__(self, runtime: "FastPathRuntime", name: str, fn, compile: bool = True):
+    def __init__(self, runtime: "FastPathRuntime", name: str, fn, compile: bool = True, inline: bool = False):
         self.runtime, self.name, self.fn, self.compile = runtime, name, fn, compile
+        # inline: called many times per request (a step loop), so the second call of a new
+        # signature captures the eager graph right there (same kernels, same maths as eager).
+        self.inline = inline
         self.fast: dict[tuple, tuple[Callable, str]] = {}  # signature -> (callable, how)
         self.seen: set[tuple] = set()
+        self.inline_tried: set[tuple] = set()
         self.served: Counter = Counter()  # how -> calls (eager, eager-graph, compiled, compiled-graph)
         self._compiled = None
 
@@ -143,9 +148,16 @@ class FastCall:
         if entry is not None:
             self.served[entry[1]] += 1
             return entry[0](*tensors)
-        if key not in self.seen and len(self.seen) < self.runtime.config.max_signatures:
-            self.seen.add(key)
-            self.runtime.submit(self, key, tensors)
+        if key not in self.seen:
+            if len(self.seen) < self.runtime.config.max_signatures:
+                self.seen.add(key)
+                self.runtime.submit(self, key, tensors)
+        elif self.inline and self.runtime.graphs and key not in self.inline_tried:
+            self.inline_tried.add(key)
+            graph = self.runtime.capture_inline(self, key, tensors)
+            if graph is not None:
+                self.served["eager-graph"] += 1
+                return graph(*tensors)
         self.served["eager"] += 1
         return self.fn(*tensors)
 
@@ -170,8 +182,8 @@ class FastPathRuntime:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ wrapping modules
-    def call(self, name: str, fn, compile: bool = True) -> FastCall:
-        fast = FastCall(self, name, fn, compile)
+    def call(self, name: str, fn, compile: bool = True, inline: bool = False) -> FastCall:
+        fast = FastCall(self, name, fn, compile, inline)
         self.calls.append(fast)
         return fast
 
@@ -258,6 +270,20 @@ class FastPathRuntime:
             self.pool = torch.cuda.graph_pool_handle()  # graphs of all signatures share one memory pool
         return CapturedGraph(fn, inputs, self.pool)
 
+    def capture_inline(self, call: FastCall, key, tensors):
+        """The eager graph captured by the requesting thread (which holds the request lock),
+        or None when capture fails (the call then stays eager)."""
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():
+                graph = self._capture(call.fn, [t.detach().clone() for t in tensors])
+        except Exception:
+            log.exception("fast path: capture of %s failed; it stays eager", call.name)
+            return None
+        call.fast[key] = (graph, "eager-graph")
+        self._note(f"{call.name} {list(tensors[0].shape)}: eager CUDA graph in-request in {time.perf_counter() - started:.2f}s")
+        return graph
+
     def _capture_eager(self, jobs) -> None:
         with self.lock, torch.no_grad():  # between requests
             for call, key, inputs in jobs:
@@ -271,7 +297,14 @@ class FastPathRuntime:
         started = time.perf_counter()
         with _COMPILE_LOCK, torch.no_grad(), torch.cuda.device(self.device) if self.device.type == "cuda" else _nothing():
             compiled = call.compiled()
-            compiled(*example)  # traces, compiles and runs once, concurrently with requests
+            # Requests meanwhile launch many small ops, each releasing and re-taking the GIL;
+            # with the default 5 ms switch interval every re-take could wait that long.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(interval, 0.0002))
+            try:
+                compiled(*example)  # traces, compiles and runs once, concurrently with requests
+            finally:
+                sys.setswitchinterval(interval)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         compile_s = time.perf_counter() - started
@@ -310,7 +343,7 @@ def _as_float_timestep(timestep, device):
 def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
     """Route UNet calls (sample, t, text embeddings[, ControlNet residuals]) through FastCalls."""
     inner = unet.forward
-    plain = runtime.call("unet", lambda x, t, c: (inner(x, t, c, return_dict=False)[0],))
+    plain = runtime.call("unet", lambda x, t, c: (inner(x, t, c, return_dict=False)[0],), inline=True)
     with_residuals: dict[int, FastCall] = {}
     allowed = {"timestep_cond", "cross_attention_kwargs", "added_cond_kwargs", "attention_mask",
                "encoder_attention_mask", "class_labels", "down_intrablock_additional_residuals"}
@@ -320,7 +353,7 @@ def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
             def core(x, t, c, *res):
                 return (inner(x, t, c, down_block_additional_residuals=tuple(res[:-1]),
                               mid_block_additional_residual=res[-1], return_dict=False)[0],)
-            with_residuals[count] = runtime.call("unet+controlnet residuals", core)
+            with_residuals[count] = runtime.call("unet+controlnet residuals", core, inline=True)
         return with_residuals[count]
 
     def forward(sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
@@ -358,7 +391,7 @@ def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
             def core(x, t, c, cond):
                 down, mid = inner(x, t, c, cond, 1.0, guess_mode=guess_mode, return_dict=False)
                 return (*down, mid)
-            calls[guess_mode] = runtime.call("controlnet", core)
+            calls[guess_mode] = runtime.call("controlnet", core, inline=True)
         return calls[guess_mode]
 
     def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, class_labels=None,
