@@ -221,6 +221,7 @@ def bench_fast(folder, args, card, requests, eager, reference):
             ratio_to_txt2img=round(steady[name] / steady["txt2img"], 2) if "txt2img" in steady else 1.0,
             speedup_vs_eager=round(eager[name] / steady[name], 2) if eager and name in eager else None,
             served_during={k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)})
+    log(served_by_call={f"{call.name} #{i}": dict(call.served) for i, call in enumerate(runtime.calls)})
     image = manager.run(Limits().normalize(Txt2ImgRequest(
         prompt=PROMPT, width=args.size, height=args.size,
         sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=7)))).images[0].image

@@ -437,6 +437,48 @@ def _wrap_vae_decode(runtime: FastPathRuntime, vae, compile_it: bool) -> None:
     vae._sd_studio_fast = fast
 
 
+def _wrap_vae_encode(runtime: FastPathRuntime, vae, compile_it: bool) -> None:
+    """The encoder half (img2img, inpainting): diffusers' encode() builds the posterior from
+    the moments our _encode returns."""
+    inner = vae._encode
+    fast = runtime.call("vae encode", lambda x: (inner(x),), compile=compile_it)
+
+    def _encode(x):
+        if getattr(vae, "use_tiling", False):
+            return inner(x)
+        return fast(x)[0]
+
+    vae._encode = _encode
+
+
+def _wrap_text_encoder(runtime: FastPathRuntime, text_encoder) -> None:
+    """Plain prompt encodings (token ids in, last hidden state and pooled output out) replay an
+    eager CUDA graph: ~200 small launches per prompt otherwise. Not compiled. CLIP skip
+    (hidden states asked for), attention masks and LoRA take the ordinary forward."""
+    if type(text_encoder).__name__ != "CLIPTextModel":
+        return
+    inner = text_encoder.forward
+
+    def core(ids):
+        out = inner(input_ids=ids)
+        return out.last_hidden_state, out.pooler_output
+
+    fast = runtime.call("text encoder", core, compile=False)
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        simple = (torch.is_tensor(input_ids) and attention_mask is None and position_ids is None
+                  and all(_empty(v) or v is False for v in kwargs.values())
+                  and not getattr(text_encoder, "_hf_peft_config_loaded", False))
+        if not simple:
+            return inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        last, pooled = fast(input_ids)
+        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled)
+
+    text_encoder.forward = forward
+
+
 def apply_fast_path(pipe, config: FastPath, device=None, lock: threading.Lock | None = None) -> FastPathRuntime:
     """Apply the fast path in place to pipe's UNet and VAE (shared by every derived task
     pipeline). `lock` is the one requests hold (upgrades switch only between requests).
@@ -458,6 +500,9 @@ def apply_fast_path(pipe, config: FastPath, device=None, lock: threading.Lock | 
         applied.append("background_compile")
     _wrap_unet(runtime, unet)
     _wrap_vae_decode(runtime, vae, compile_it=config.compile == "full" and config.compile_vae)
+    _wrap_vae_encode(runtime, vae, compile_it=config.compile == "full" and config.compile_vae)
+    if config.cuda_graphs and runtime.graphs:  # nothing to gain from the wrapper without graphs
+        _wrap_text_encoder(runtime, pipe.text_encoder)
     if config.cuda_graphs:
         applied.append("cuda_graphs")
     log.info("fast path: %s", ", ".join(applied))
