@@ -32,7 +32,7 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 
 
 def warm_up(manager, sizes: list[tuple[int, int]], timeout: float = 900.0) -> float:
-    """Run one 2-step request per size, then wait until the background upgrades are installed.
+    """Run a 2-step request twice per size, then wait until the background upgrades are installed.
     Returns the seconds it took."""
     started = time.perf_counter()
     limits = Limits()
@@ -40,6 +40,7 @@ def warm_up(manager, sizes: list[tuple[int, int]], timeout: float = 900.0) -> fl
         request = limits.normalize(Txt2ImgRequest(prompt="warm-up", width=width, height=height,
                                                   sampling=Sampling(steps=2, cfg_scale=7.0, seed=0)))
         manager.run(request)
+        manager.run(request)  # the VAE decode and text encoder upgrade on their second call
     runtime = getattr(manager, "fast_runtime", None)
     if runtime is not None and not runtime.wait_idle(timeout):
         log.warning("warm-up: background compilation still running after %.0fs; serving meanwhile", timeout)

@@ -74,8 +74,20 @@ def test_compiled_path_is_switched_in_between_requests_never_inside_one(tiny_mod
     assert m.fast_runtime.wait_idle(60)
     second = m.run(txt2img())
     assert unet.served == {"eager": 4, "compiled": 4}
-    assert m.fast_runtime.served()["compiled"] == 5  # 4 UNet steps and the VAE decode
+    assert m.fast_runtime.wait_idle(60)  # the VAE decode repeated in the second request: upgraded now
+    third = m.run(txt2img())
+    assert m.fast_runtime.served()["compiled"] == 4 + 5  # then 4 UNet steps and the decode
     assert np.array_equal(pixels(first), pixels(second))  # same maths, whichever path served
+    assert np.array_equal(pixels(first), pixels(third))
+
+
+def test_a_signature_seen_once_is_never_compiled(tiny_model_dir):
+    compiler = FakeCompiler()
+    m = fast_manager(tiny_model_dir, compiler)
+    m.run(txt2img(steps=1))  # one UNet call, one decode: nothing repeats
+    assert m.fast_runtime.wait_idle(60)
+    assert not compiler.compiled.is_set()
+    assert all(not call.fast for call in m.fast_runtime.calls)
 
 
 def test_warmup_serves_the_first_request_compiled(tiny_model_dir):
