@@ -27,6 +27,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -174,7 +175,8 @@ class FastPathRuntime:
         self.config, self.device, self.lock = config, torch.device(device), lock
         self.graphs = config.cuda_graphs and self.device.type == "cuda"
         self.compiles = config.compile == "full"
-        self.calls: list[FastCall] = []
+        # Weak: an evicted ControlNet (or replaced 9-channel UNet) is freed with its graphs.
+        self.calls: weakref.WeakSet[FastCall] = weakref.WeakSet()
         self.applied: list[str] = []
         self.events: list[tuple[float, str]] = []  # (time.time(), what): for logs and benches
         self.pool = None
@@ -188,7 +190,7 @@ class FastPathRuntime:
     # ------------------------------------------------------------------ wrapping modules
     def call(self, name: str, fn, compile: bool = True, inline: bool = False) -> FastCall:
         fast = FastCall(self, name, fn, compile, inline)
-        self.calls.append(fast)
+        self.calls.add(fast)
         return fast
 
     def adopt(self, module):

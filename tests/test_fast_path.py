@@ -119,3 +119,36 @@ def test_controlnet_and_repaint_on_the_fast_path_give_the_plain_pipelines_images
         assert np.array_equal(pixels(m.run(request)), plain)  # compiled
     served = {call.name: dict(call.served) for call in m.fast_runtime.calls}
     assert served["controlnet"]["compiled"] == 4 and served["unet+controlnet residuals"]["compiled"] == 4
+
+
+def test_a_waiting_upgrade_is_not_starved_by_back_to_back_requests():
+    """The manager's lock is first come, first served: a request that releases it and asks
+    again at once queues behind the worker already waiting to switch a graph in."""
+    from pipelines.fast_path import FifoLock
+
+    lock, order = FifoLock(), []
+    lock.acquire()  # a request is running
+    waiting = threading.Thread(target=lambda: (lock.acquire(), order.append("upgrade"), lock.release()))
+    waiting.start()
+    while lock._next_ticket < 2:  # the worker has queued
+        threading.Event().wait(0.01)
+    lock.release()
+    with lock:  # the next request, straight after
+        order.append("next request")
+    waiting.join(5)
+    assert order == ["upgrade", "next request"]
+
+
+def test_an_evicted_controlnet_is_freed_with_its_fast_path(tiny_model_dir, tiny_controlnet_dir):
+    import gc
+    import weakref
+
+    m = fast_manager(tiny_model_dir, FakeCompiler())
+    edges = Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8))
+    m.run(txt2img(control=Control(units=(ControlUnit(model=str(tiny_controlnet_dir), image=edges),))))
+    assert m.fast_runtime.wait_idle(60)
+    controlnet = weakref.ref(m.controlnets.loaded()[0])
+    m.controlnets.clear()
+    m._pipelines.pop("controlnet", None)  # the latest derived pipeline, kept for memory reports
+    gc.collect()
+    assert controlnet() is None
