@@ -47,7 +47,9 @@ class ZeroGPUBackend:
     def stream(self, request, job=None):
         from pipelines.jobs import Job
 
-        if not getattr(request, "needs_device", True):  # e.g. the lab's schedules: config only
+        from pipelines.lab_requests import LabRequest
+
+        if isinstance(request, LabRequest) and not request.needs_device:  # the lab's schedules: config only
             return self.backend.stream(request, job or Job())
         return self._gpu_stream(request, job or Job())
 

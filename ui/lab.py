@@ -89,8 +89,12 @@ def _schedules_panel(service: GenerationService) -> None:
     plot = gr.Plot(label="β_t, ᾱ_t, log SNR_t", format="png", elem_id="lab_schedules_plot")
     table = gr.Markdown(elem_id="lab_schedules_table")
 
-    def schedules(request: gr.Request):
-        curves = service.run(LabSchedulesRequest(), request.session_hash, lambda *args, **kwargs: None)
+    def schedules():
+        # From the model's config alone: no device, no job (it may run beside this session's generation).
+        try:
+            curves = service.backend.run(LabSchedulesRequest())
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
         return schedule_figure(curves), schedules_text(curves)
 
     plot_button.click(schedules, None, [plot, table], api_name="lab_schedules")
