@@ -46,31 +46,37 @@ def make_betas(beta_schedule: str, beta_start: float, beta_end: float, num_train
 
 # ----------------------------------------------------------------- the formulas the app uses
 def _coef(value, like: torch.Tensor):
-    """ᾱ (or σ) ready to multiply `like` (n, …): floats as they are; a tensor, scalar or (n,),
-    on like's device and dtype, viewed (n, 1, …)."""
+    """ᾱ (or σ) shaped for `like` (n, …): a float stays a float; a tensor, scalar or (n,), goes to
+    like's device in at least float32 (1 − ᾱ for ᾱ ≈ 1 loses its digits in half precision),
+    viewed (n, 1, …)."""
     if not isinstance(value, torch.Tensor):
         return value
-    value = value.to(like.device, like.dtype if like.is_floating_point() else value.dtype)
+    value = value.to(like.device, torch.promote_types(value.dtype, torch.float32))
     return value.view(-1, *([1] * (like.ndim - 1))) if value.ndim else value
+
+
+def _as(coef, like: torch.Tensor):
+    """A coefficient computed in full precision, in like's dtype: results keep the data's dtype."""
+    return coef.to(like.dtype) if isinstance(coef, torch.Tensor) and like.is_floating_point() else coef
 
 
 def q_sample(x0: torch.Tensor, alpha_bar, noise: torch.Tensor) -> torch.Tensor:
     """Forward noising: x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε. With ᾱ = ᾱ_t/ᾱ_s and x_s in place of x_0
     it is q(x_t | x_s), RePaint's re-noising step."""
     a = _coef(alpha_bar, x0)
-    return a ** 0.5 * x0 + (1 - a) ** 0.5 * noise
+    return _as(a ** 0.5, x0) * x0 + _as((1 - a) ** 0.5, x0) * noise
 
 
 def x0_from_eps(xt: torch.Tensor, alpha_bar, eps: torch.Tensor) -> torch.Tensor:
     """x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t: the clean sample an ε-prediction implies."""
     a = _coef(alpha_bar, xt)
-    return (xt - (1 - a) ** 0.5 * eps) / a ** 0.5
+    return (xt - _as((1 - a) ** 0.5, xt) * eps) / _as(a ** 0.5, xt)
 
 
 def eps_from_x0(xt: torch.Tensor, alpha_bar, x0: torch.Tensor) -> torch.Tensor:
     """ε = (x_t − √ᾱ_t x_0) / √(1−ᾱ_t)."""
     a = _coef(alpha_bar, xt)
-    return (xt - a ** 0.5 * x0) / (1 - a) ** 0.5
+    return (xt - _as(a ** 0.5, xt) * x0) / _as((1 - a) ** 0.5, xt)
 
 
 def prediction_to_eps_x0(output: torch.Tensor, xt: torch.Tensor, alpha_bar, kind: str):
@@ -78,7 +84,7 @@ def prediction_to_eps_x0(output: torch.Tensor, xt: torch.Tensor, alpha_bar, kind
     if kind == "epsilon":
         return output, x0_from_eps(xt, alpha_bar, output)
     a = _coef(alpha_bar, xt)
-    sa, sb = a ** 0.5, (1 - a) ** 0.5
+    sa, sb = _as(a ** 0.5, xt), _as((1 - a) ** 0.5, xt)
     if kind == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x_0
         return sa * output + sb * xt, sa * xt - sb * output
     if kind == "sample":
@@ -97,8 +103,8 @@ def ddim_step(x0_hat: torch.Tensor, eps: torch.Tensor, alpha_bar_prev, sigma, no
     a, s = _coef(alpha_bar_prev, x0_hat), _coef(sigma, x0_hat)
     direction = 1 - a - s ** 2
     direction = max(direction, 0.0) if not isinstance(direction, torch.Tensor) else direction.clamp(min=0)
-    out = a ** 0.5 * x0_hat + direction ** 0.5 * eps
-    return out if noise is None else out + s * noise
+    out = _as(a ** 0.5, x0_hat) * x0_hat + _as(direction ** 0.5, x0_hat) * eps
+    return out if noise is None else out + _as(s, x0_hat) * noise
 
 
 def cfg_combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale) -> torch.Tensor:
@@ -171,7 +177,7 @@ class Schedule:
     # --- the forward process q(x_t | x_0) ----------------------------------------------------
     def q_mean_var(self, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         a = _coef(self.alpha_bar(t), x0)
-        return a.sqrt() * x0, (1 - a).expand_as(x0)  # q(x_t|x_0) = N(√ᾱ_t x_0, (1−ᾱ_t) I)
+        return _as(a.sqrt(), x0) * x0, _as(1 - a, x0).expand_as(x0)  # q(x_t|x_0) = N(√ᾱ_t x_0, (1−ᾱ_t) I)
 
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         return q_sample(x0, self.alpha_bar(t), noise)  # x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
@@ -193,7 +199,8 @@ class Schedule:
         c0 = a_prev.sqrt() * beta / (1 - a)  # μ̃_t = √ᾱ_{t−1} β_t/(1−ᾱ_t) · x_0
         ct = (1 - beta).sqrt() * (1 - a_prev) / (1 - a)  # + √α_t (1−ᾱ_{t−1})/(1−ᾱ_t) · x_t
         var = (1 - a_prev) / (1 - a) * beta  # β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t) · β_t
-        return _coef(c0, x0) * x0 + _coef(ct, xt) * xt, _coef(var, xt).expand_as(xt)
+        c0, ct, var = (_as(_coef(c, xt), xt) for c in (c0, ct, var))
+        return c0 * x0 + ct * xt, var.expand_as(xt)
 
     # --- DDIM ----------------------------------------------------------------------------------
     def ddim_sigma(self, t, prev_t, eta: float, final_alpha_cumprod: float = 1.0) -> torch.Tensor:

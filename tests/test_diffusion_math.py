@@ -440,6 +440,17 @@ def test_lab_forward_process_is_q_sample_of_the_vae_encode_bit_for_bit(manager):
     assert view.alpha_bar == a and torch.equal(view.latent, q_sample(z0, a, eps))
 
 
+def test_half_precision_latents_get_coefficients_computed_in_full_precision():
+    """On a GPU the lab's latents are fp16 while ᾱ is a float32 tensor: √(1−ᾱ_0) = √0.00085 must not become
+    √(1 − fp16(0.99915)) = √0.00098 (15 % more noise variance); results stay fp16."""
+    a0 = Schedule.from_config(SD_CONFIG).alphas_cumprod[:1].float()  # ᾱ_0 = 0.99915, per sample
+    x, eps = torch.zeros(1, 4, dtype=torch.float16), torch.ones(1, 4, dtype=torch.float16)
+    noisy = q_sample(x, a0, eps)
+    assert noisy.dtype == torch.float16
+    assert torch.equal(noisy, torch.full_like(noisy, math.sqrt(1 - a0.item())))
+    assert abs(math.sqrt(1 - a0.half().item()) - math.sqrt(1 - a0.item())) > 0.05 * math.sqrt(1 - a0.item())
+
+
 def test_vae_scaling_honours_a_shift_factor_in_encode_decode_and_training_latents():
     """A VAE whose config has shift_factor (SD3/Flux-style): latents are (raw − shift)·scaling going in,
     z/scaling + shift coming out, in the app's encode, generation's decode and the training pool."""
