@@ -181,9 +181,8 @@ def test_posterior_mean_in_eps_form(config):
 
 
 def test_simplified_loss_is_squared_eps_error():
-    """The demo model's training loss: ‖ε − ε_θ‖² per element. training/stages/*.py compute it inline
-    as F.mse_loss(pred.float(), noise) inside closures (nothing importable), so this checks the shared
-    definition against that expression and against an independent ‖·‖² / d."""
+    """The demo model's training loss: ‖ε − ε_θ‖² per element, what training/stages/*.py return
+    (simplified_loss), checked against F.mse_loss and an independent ‖·‖² / d."""
     g = torch.Generator().manual_seed(0)
     eps, pred = torch.randn(8, 4, 16, 16, generator=g), torch.randn(8, 4, 16, 16, generator=g)
     expected = torch.linalg.vector_norm((eps - pred).double()) ** 2 / eps.numel()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from pipelines.diffusion_math import scale_latents
+from pipelines.diffusion_math import scale_latents, simplified_loss
 from training import data, masks, models
 from training.common import NoiseSchedule, autocast, compiled, fast_module, train_with_ema
 from training.pool import build_pool
@@ -57,7 +57,7 @@ def run(args, device) -> dict:
         with autocast(device):
             x = torch.cat([schedule.add_noise(z0, noise, t), mask_latent, masked_latent], dim=1)
             pred = net(x, t, context).sample
-        return F.mse_loss(pred.float(), noise)
+        return simplified_loss(noise, pred)  # ‖ε − ε_θ‖², per element
 
     if not compiled(loss_fn, (unet,), args, device):
         net = unet
