@@ -75,6 +75,8 @@ class Settings:
     ray_replicas: int = 1
     ray_max_replicas: int = 0  # > ray_replicas: autoscale between the two
     ray_gpus_per_replica: float = -1.0  # -1: 1 when this machine has CUDA, else 0
+    api: bool = False  # the AUTOMATIC1111-compatible REST API (/sdapi/v1/…) on the same port
+    api_auth: str = ""  # "user:pass[,user2:pass2]": HTTP Basic login for the REST API
 
     @property
     def limits(self) -> Limits:
@@ -112,6 +114,8 @@ class Settings:
             "ray_address": "'' starts a local Ray cluster; 'auto' or ray://host:10001 joins one",
             "warmup": "GPU: sizes to compile before serving, e.g. 512 or 512,768x512 (default: none; the first "
                       "request of a size runs eager while it compiles in the background)",
+            "api": "serve the AUTOMATIC1111-compatible REST API (/sdapi/v1/..., docs at /docs) on the same port",
+            "api_auth": "user:password[,user2:password2]: HTTP Basic login the REST API requires",
         }
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
