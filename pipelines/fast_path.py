@@ -2,11 +2,12 @@
 
 On an H100/H200 the SD 1.5 UNet step is launch-bound (a CUDA graph alone gives 2.3×, see
 shared/reference/MEASUREMENTS.md), so the levers are, in order of gain:
-- CUDA graphs: the UNet call (plain, or with ControlNet residuals), each ControlNet call and
-  the VAE decode are captured once per input signature and replayed (one launch instead of
-  ~1000); calls a graph cannot serve (LoRA adapters, tiling, unusual arguments) run the
-  ordinary forward;
-- torch.compile (whole module, fullgraph) under those graphs; channels_last, fused QKV.
+- CUDA graphs: the UNet call (plain, or with ControlNet residuals), each ControlNet call, the
+  VAE encode and decode and the text encoder are captured once per input signature and
+  replayed (one launch instead of ~1000); calls a graph cannot serve (LoRA adapters, tiling,
+  CLIP skip, unusual arguments) run the ordinary forward;
+- torch.compile (whole module, fullgraph) under those graphs, except the text encoder;
+  channels_last, fused QKV.
 
 No visible warm-up: a new signature (mode, size, batch) is served at once by the ordinary
 eager forward. When it repeats (the second call: inside the first request for the step loop's
@@ -29,6 +30,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -296,12 +298,16 @@ class FastPathRuntime:
                 if self._closed or key in call.fast:
                     continue
                 started = time.perf_counter()
-                call.fast[key] = (self._capture(call.fn, inputs), "eager-graph")
+                try:
+                    call.fast[key] = (self._capture(call.fn, inputs), "eager-graph")
+                except Exception:  # that signature stays eager (its compile job may still succeed)
+                    log.exception("fast path: capture of %s failed", call.name)
+                    continue
                 self._note(f"{call.name} {list(inputs[0].shape)}: eager CUDA graph in {time.perf_counter() - started:.2f}s")
 
     def _compile(self, call: FastCall, key, inputs, example) -> None:
         started = time.perf_counter()
-        with _COMPILE_LOCK, torch.no_grad(), torch.cuda.device(self.device) if self.device.type == "cuda" else _nothing():
+        with _COMPILE_LOCK, torch.no_grad(), torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
             compiled = call.compiled()
             # Requests meanwhile launch many small ops, each releasing and re-taking the GIL;
             # with the default 5 ms switch interval every re-take could wait that long.
@@ -322,14 +328,6 @@ class FastPathRuntime:
             else:
                 call.fast[key] = (compiled, "compiled")
         self._note(f"{call.name} {list(inputs[0].shape)}: compiled in {compile_s:.1f}s, installed")
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---------------------------------------------------------------------- module wrappers
