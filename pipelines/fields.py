@@ -122,6 +122,11 @@ def require_number(name: str, value, low: float, high: float, integer: bool = Fa
         raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}.")
 
 
+def require_text(name: str, value) -> None:
+    if not isinstance(value, str):
+        raise RequestError(f"{name} must be text, got {type(value).__name__}.")
+
+
 def declare(default, label: str, **spec) -> Any:
     """A dataclass field carrying its declaration (the name is filled in from the attribute)."""
     kind = spec.pop("kind", type(default))

@@ -20,7 +20,9 @@ from typing import ClassVar
 from PIL import Image
 
 from .errors import RequestError
-from .fields import check_fields, declare, nested, registry, require_number
+from .fields import check_fields, declare, nested, registry, require_number, require_text
+
+_require_number, _require_text = require_number, require_text  # the lab's requests use them
 from .schedulers import SCHEDULER_NAMES
 
 MAX_SEED = 2**32 - 1
