@@ -133,8 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     backend, app = create_app(settings)
     app.queue(max_size=settings.queue_size, default_concurrency_limit=1)  # GPU events set their own limit
     from api import launch_kwargs  # the REST API (--api) shares the server and the port
+    from ui import launch_assets
 
-    app.launch(server_name=settings.host, server_port=settings.port, show_error=True, **launch_kwargs(backend, settings))
+    app.launch(server_name=settings.host, server_port=settings.port, show_error=True,
+               **launch_assets(), **launch_kwargs(backend, settings))
 
 
 if __name__ == "__main__":

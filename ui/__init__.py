@@ -1,13 +1,20 @@
 """Gradio side of the studio: one module per tab, each with build(); never imports torch.
 
-build_app assembles the tabs around one GenerationService (manager + limits + outputs)."""
+build_app assembles the tabs around one GenerationService (manager + limits + outputs), then
+wires what spans tabs: send-to buttons, remembered settings. launch_assets() is the page's
+script and style (keyboard, title progress, phone layout), for Blocks.launch.
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import gradio as gr
 
-from . import controlnet, img2img, inpaint, lab, models, pnginfo, txt2img
+from . import controlnet, img2img, inpaint, lab, models, pnginfo, remember, send_to, txt2img
 from .common import GenerationService
 from .outputs import OutputStore
+
+HERE = Path(__file__).resolve().parent
 
 
 def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
@@ -21,13 +28,21 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
             with gr.Tab("img2img", id="img2img"):
                 i2i = img2img.build(service, size)
             with gr.Tab("Inpaint", id="inpaint"):
-                inpaint.build(service, size)
+                inp = inpaint.build(service, size)
             with gr.Tab("ControlNet", id="controlnet"):
-                controlnet.build(service, size)
+                cn = controlnet.build(service, size)
             with gr.Tab("Diffusion lab", id="lab"):
                 lab.build(service)
             with gr.Tab("PNG info", id="pnginfo"):
                 pnginfo.build(tabs, t2i, i2i)
             with gr.Tab("Models", id="models"):
                 models.build(manager, settings.allow_model_change, status, service.gpu_event)
+                generation_tabs = {"txt2img": t2i, "img2img": i2i, "inpaint": inp, "controlnet": cn}
+                remember.wire(app, generation_tabs, settings.limits, remember.HostDefaults.for_settings(settings))
+        send_to.wire_all(list(generation_tabs.values()), send_to.targets_of(i2i, inp, cn), tabs)
     return app
+
+
+def launch_assets() -> dict:
+    """launch() keyword arguments: the page script (ui/studio.js) and style (ui/studio.css)."""
+    return {"js": (HERE / "studio.js").read_text(encoding="utf-8"), "css": (HERE / "studio.css").read_text(encoding="utf-8")}
