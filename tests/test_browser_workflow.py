@@ -1,0 +1,111 @@
+"""The everyday workflow in headless Chromium: keyboard, send-to, remembered settings, the
+title's percent, the phone layout (issue 13)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from test_browser import browser, generate, page  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.browser
+
+
+def set_number(page, elem: str, value) -> None:
+    page.fill(f"#{elem} input[type=number]", str(value))
+    page.press(f"#{elem} input[type=number]", "Enter")
+
+
+def test_ctrl_enter_generates_and_the_tab_title_shows_the_percent_during_the_run(page):
+    page.fill("#txt2img_prompt textarea", "a red circle")
+    set_number(page, "txt2img_steps", 80)
+    set_number(page, "txt2img_width", 128)
+    set_number(page, "txt2img_height", 128)
+    page.fill("#txt2img_seed input", "4242")
+    page.press("#txt2img_seed input", "Tab")
+    page.focus("#txt2img_prompt textarea")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function(r"() => /^\[\d{1,3}%\] SD Studio$/.test(document.title)", timeout=120_000, polling=50)
+    page.wait_for_function("() => document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 4242')",
+                           timeout=120_000)
+    page.wait_for_function("() => document.title === 'SD Studio'", timeout=10_000)
+    assert "a red circle" in page.input_value("#txt2img_infotext textarea")
+
+
+def test_send_to_carries_the_image_and_prompt_to_img2img_inpaint_and_a_controlnet_unit(page):
+    generate(page, "txt2img", "a green triangle", 31)
+    page.wait_for_selector("#txt2img_gallery img", timeout=30_000)
+
+    page.click("#txt2img_send_img2img")
+    page.wait_for_selector("#img2img_init img", state="visible", timeout=15_000)
+    assert page.input_value("#img2img_prompt textarea") == "a green triangle"
+    assert page.input_value("#img2img_seed input") == "31"
+
+    page.click("button[role=tab]:has-text('txt2img')")
+    page.click("#txt2img_send_inpaint")
+    page.wait_for_function("() => document.querySelector('#inpaint_prompt textarea')?.value === 'a green triangle'",
+                           timeout=15_000)
+    # The editor holds the image (its empty-canvas prompt is gone).
+    page.wait_for_function("() => !(document.querySelector('#inpaint_editor')?.innerText ?? 'Upload an image').includes('Upload an image')",
+                           timeout=15_000)
+
+    page.click("button[role=tab]:has-text('txt2img')")
+    page.click("#txt2img_send_controlnet")
+    page.wait_for_selector("#controlnet_cn0_image img", state="visible", timeout=15_000)
+    assert page.input_value("#controlnet_prompt textarea") == "a green triangle"
+    assert page.is_checked("#controlnet_cn0_enabled input")
+
+
+def test_a_reload_keeps_the_prompt_and_the_sliders(page):
+    page.fill("#txt2img_prompt textarea", "remembered across reloads")
+    set_number(page, "txt2img_steps", 33)
+    set_number(page, "txt2img_cfg_scale", 4.5)
+    page.click("button[role=tab]:has-text('img2img')")
+    page.fill("#img2img_prompt textarea", "an img2img prompt")
+    page.wait_for_timeout(500)
+    page.reload()
+    page.wait_for_selector("#txt2img_generate", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea')?.value === 'remembered across reloads'",
+                           timeout=15_000)
+    assert page.input_value("#txt2img_steps input[type=number]") == "33"
+    assert page.input_value("#txt2img_cfg_scale input[type=number]") == "4.5"
+    page.click("button[role=tab]:has-text('img2img')")
+    page.wait_for_function("() => document.querySelector('#img2img_prompt textarea')?.value === 'an img2img prompt'",
+                           timeout=15_000)
+
+
+def test_on_a_phone_generate_and_interrupt_are_on_the_first_screen_and_every_tab_is_reachable(browser, app_server):  # noqa: F811
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1, is_mobile=True,
+                                  has_touch=True)
+    try:
+        page = context.new_page()
+        page.goto(app_server.url)
+        page.wait_for_selector("#txt2img_generate", timeout=60_000)
+        for button in ("#txt2img_generate", "#txt2img_interrupt"):
+            box = page.locator(button).bounding_box()
+            assert box and box["y"] >= 0 and box["y"] + box["height"] <= 844 and box["x"] + box["width"] <= 390, button
+        for name, probe in (("img2img", "#img2img_generate"), ("Inpaint", "#inpaint_generate"),
+                            ("ControlNet", "#controlnet_generate"), ("Diffusion lab", "#lab_forward_run"),
+                            ("PNG info", "#pnginfo_image"), ("Models", "#models_info")):
+            tab = page.locator(f"button[role=tab]:text-is('{name}')")
+            if not tab.is_visible():  # tabs past the screen's width sit in the "…" menu
+                page.click("button[aria-label='More tabs']")
+                tab = page.locator(f".overflow-dropdown button:text-is('{name}')")
+            tab.first.click()
+            page.wait_for_selector(probe, state="visible", timeout=10_000)
+            if name in ("img2img", "Inpaint", "ControlNet"):
+                box = page.locator(probe).bounding_box()
+                assert box["y"] + box["height"] <= 844, f"{name}: Generate below the first screen"
+    finally:
+        context.close()
+
+
+def test_the_progress_line_carries_percent_and_eta_from_measured_step_times():
+    from ui.progress import Eta
+
+    now = [100.0]
+    eta = Eta(clock=lambda: now[0])
+    assert eta.describe(0.1, "step 2/20") == "10% · step 2/20"  # no time measured yet
+    now[0] += 4.0  # 0.2 of the run took 4 s: 0.5 left takes 10 s
+    assert eta.describe(0.3, "step 6/20") == "30% · step 6/20 · ETA 10 s"
+    assert re.fullmatch(r"\d+% · .*", eta.describe(1.0, "done"))
