@@ -2,8 +2,6 @@
 title's percent, the phone layout (issue 13)."""
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from test_browser import browser, generate, page  # noqa: F401  (fixtures)
@@ -98,14 +96,3 @@ def test_on_a_phone_generate_and_interrupt_are_on_the_first_screen_and_every_tab
                 assert box["y"] + box["height"] <= 844, f"{name}: Generate below the first screen"
     finally:
         context.close()
-
-
-def test_the_progress_line_carries_percent_and_eta_from_measured_step_times():
-    from ui.progress import Eta
-
-    now = [100.0]
-    eta = Eta(clock=lambda: now[0])
-    assert eta.describe(0.1, "step 2/20") == "10% · step 2/20"  # no time measured yet
-    now[0] += 4.0  # 0.2 of the run took 4 s: 0.5 left takes 10 s
-    assert eta.describe(0.3, "step 6/20") == "30% · step 6/20 · ETA 10 s"
-    assert re.fullmatch(r"\d+% · .*", eta.describe(1.0, "done"))
