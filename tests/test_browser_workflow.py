@@ -96,3 +96,33 @@ def test_on_a_phone_generate_and_interrupt_are_on_the_first_screen_and_every_tab
                 assert box["y"] + box["height"] <= 844, f"{name}: Generate below the first screen"
     finally:
         context.close()
+
+
+def test_continue_from_an_inpaint_result_and_outpainting_extends_the_result_not_the_original(page, tmp_path):
+    from PIL import Image
+
+    from test_browser import upload_to_editor
+
+    source = tmp_path / "original.png"  # 96 px: the result is 64 px (the tiny model's size)
+    Image.new("RGB", (96, 96), (30, 120, 200)).save(source)
+    page.click("button[role=tab]:has-text('Inpaint')")
+    upload_to_editor(page, "#inpaint_editor", source)
+    box = page.wait_for_selector("#inpaint_editor canvas", timeout=30_000).bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 40, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 40, cy, steps=8)
+    page.mouse.up()
+    generate(page, "inpaint", "a white stripe", 5)
+    set_number(page, "inpaint_mask_blur", 9)
+    page.click("#inpaint_continue")
+    # The result's parameters came back with it (Mask blur: 4), and its image is the canvas.
+    page.wait_for_function("() => document.querySelector('#inpaint_mask_blur input[type=number]').value === '4'",
+                           timeout=15_000)
+    page.click("button:has-text('Outpainting')")
+    set_number(page, "outpaint_right", 32)
+    page.click("#outpaint_extend")
+    # 64 px result + 32 px on the right (the original would have given 128 × 96).
+    page.wait_for_function("() => document.querySelector('#inpaint_width input[type=number]').value === '96'",
+                           timeout=30_000)
+    assert page.input_value("#inpaint_height input[type=number]") == "64"
