@@ -11,6 +11,8 @@ from the image's colours), then inpainted (RePaint, the UI's defaults) with mask
 the others given. Per blur, mean ± std over seeds of:
 - join_gradient: mean |Δx| of luminance (0…255) across the hard mask's border column (the
   join: kept pixels on its left, generated on its right);
+- worst_column: the largest mean |Δx| of any column from 4 px before the join to 24 px
+  after it (the blur moves the transition into the mask: this catches it wherever it is);
 - seam: masks.seam_metric with the hard mask (±2 px band gradient minus the rest's mean).
 Prints one JSON line per blur; 0 = the join looks like the rest of the picture.
 """
@@ -46,6 +48,10 @@ def join_gradient(image: Image.Image, column: int) -> float:
     return float(np.abs(grey[:, column] - grey[:, column - 1]).mean())
 
 
+def worst_column(image: Image.Image, column: int) -> float:
+    return max(join_gradient(image, c) for c in range(max(1, column - 4), min(image.width, column + 25)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(ROOT / "assets" / "models" / "demo"), help="diffusers folder or 'tiny'")
@@ -67,7 +73,7 @@ def main() -> None:
     hard = np.asarray(mask) > 127
     column = int(np.argmax(hard.any(axis=0)))  # first masked column: the join
     for blur in args.blurs:
-        joins, seams = [], []
+        joins, worst, seams = [], [], []
         for seed in range(args.seeds):
             request = Limits().normalize(InpaintRequest(
                 prompt="a red disc on a light background", init_image=canvas, mask=mask, mask_blur=blur,
@@ -75,10 +81,12 @@ def main() -> None:
                 sampling=Sampling(steps=args.steps, seed=seed)))
             image = manager.run(request).images[0].image
             joins.append(join_gradient(image, column))
+            worst.append(worst_column(image, column))
             seams.append(seam_metric(image, hard)["seam"])
         print(json.dumps({"model": Path(args.model).name, "size": f"{canvas.width}x{canvas.height}", "mask_blur": blur,
                           "seeds": args.seeds, "join_column": column,
                           "join_gradient": round(statistics.mean(joins), 2), "join_gradient_std": round(statistics.pstdev(joins), 2),
+                          "worst_column": round(statistics.mean(worst), 2), "worst_column_std": round(statistics.pstdev(worst), 2),
                           "seam": round(statistics.mean(seams), 2), "seam_std": round(statistics.pstdev(seams), 2)}), flush=True)
 
 
