@@ -119,8 +119,26 @@ def main(argv: list[str] | None = None) -> None:
     configure_network(settings.allow_download)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _, app = create_app(settings)
+    launch(app, settings)
+
+
+def launch(app, settings: Settings) -> None:
+    """Queue, per-client limit, login and upload size, then serve (blocks until stopped)."""
+    from settings import check_credentials
+    from starlette.middleware import Middleware
+
+    from ui.errors import MalformedRequests
+    from ui.login import HideApiBeforeLogin
+    from ui.jobs import limit_waiting_per_client
+
     app.queue(max_size=settings.queue_size, default_concurrency_limit=1)  # GPU events set their own limit
-    app.launch(server_name=settings.host, server_port=settings.port, show_error=True)
+    limit_waiting_per_client(app, settings.max_queued_per_client)
+    login = (lambda user, password: check_credentials(settings, user, password)) if settings.auth else None
+    # show_error=False: an unexpected exception reaches the client as a generic error, never its
+    # text (paths, exception names); every message meant for users is a gr.Error.
+    app.launch(server_name=settings.host, server_port=settings.port, show_error=False, auth=login,
+               max_file_size=settings.max_file_size,
+               app_kwargs={"middleware": [Middleware(MalformedRequests), Middleware(HideApiBeforeLogin)]})
 
 
 if __name__ == "__main__":

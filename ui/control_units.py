@@ -15,6 +15,7 @@ from pipelines.preprocess_extra import PREPROCESSORS, available_preprocessors, c
 from pipelines.requests import MAX_CONTROL_UNITS, Control, ControlUnit
 
 from .common import SafeImage, open_image
+from .uploads import catalogue_key, model_choices, resolve_model
 
 POSE_PREPROCESSORS = ("pose (mediapipe)", "pose (openpose)")
 PICK_RADIUS = 24  # px: how close a click must be to a joint to pick it
@@ -59,7 +60,13 @@ class ControlPanel:
 
 
 def _default_model(preprocessor: str) -> str | None:
-    return catalog.default_controlnet("pose" if preprocessor in POSE_PREPROCESSORS else "canny")
+    entry = catalog.default_controlnet("pose" if preprocessor in POSE_PREPROCESSORS else "canny")
+    return catalogue_key(entry) if entry else None
+
+
+def _model(value) -> str:
+    """The unit's ControlNet: a catalogue entry (or, where the host allows, a path or Hub id)."""
+    return resolve_model(value, catalog.controlnets(), "ControlNet")
 
 
 def _params(preprocessor: str, low, high, min_visibility) -> tuple:
@@ -80,8 +87,8 @@ def unit_from(enabled, image_path, preprocessor, low, high, min_visibility, mode
             pose = pose_from_json(pose_json).resized(int(width), int(height))
         except ValueError as error:
             raise gr.Error(f"The pose JSON is not valid: {error}") from error
-        return ControlUnit(model=model or "", image=pose.draw(), preprocessor="none", weight=weight, start=start, end=end)
-    return ControlUnit(model=model or "", image=open_image(image_path, "control image"), preprocessor=preprocessor,
+        return ControlUnit(model=_model(model), image=pose.draw(), preprocessor="none", weight=weight, start=start, end=end)
+    return ControlUnit(model=_model(model), image=open_image(image_path, "control image"), preprocessor=preprocessor,
                        params=_params(preprocessor, low, high, min_visibility), weight=weight, start=start, end=end)
 
 
@@ -115,7 +122,7 @@ def _unit(tab: str, index: int, width: gr.Slider, height: gr.Slider) -> UnitWidg
             high = gr.Slider(0, 255, value=200, step=1, label="Canny high threshold", elem_id=f"{key}_high")
             min_visibility = gr.Slider(0, 1, value=0.5, step=0.05, label="Joint visibility threshold", visible=False,
                                        elem_id=f"{key}_min_visibility")
-        choices = catalog.controlnets()
+        choices = model_choices(catalog.controlnets())
         model = gr.Dropdown(choices, value=_default_model("canny"), allow_custom_value=True, label="ControlNet model",
                             info="a ControlNet folder, .safetensors file or Hub id", elem_id=f"{key}_model")
         with gr.Row():

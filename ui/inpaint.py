@@ -15,6 +15,7 @@ from . import xy_grid
 from .common import (GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls,
                      sampling_from, wire_common, with_session)
 from .control_units import UNIT_FIELDS, control_from, control_panel
+from .uploads import SafeImageMask, model_choices, resolve_model
 
 # Translucent, so the image stays visible under the paint; only the alpha (coverage) is used.
 MASK_BRUSH = gr.Brush(default_size="auto", colors=[("#ff00ff", 0.55)], default_color=("#ff00ff", 0.55), color_mode="fixed")
@@ -48,7 +49,7 @@ def build(service: GenerationService, native_size: int) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             prompts = prompt_box("inpaint")
-            editor = gr.ImageMask(label="Image — paint the area to regenerate", type="pil", image_mode="RGBA",
+            editor = SafeImageMask(label="Image — paint the area to regenerate", type="pil", image_mode="RGBA",
                                   brush=MASK_BRUSH, sources=["upload", "clipboard"], format="png", height=420,
                                   elem_id="inpaint_editor", transforms=())
             with gr.Row():
@@ -59,7 +60,8 @@ def build(service: GenerationService, native_size: int) -> None:
             mode = gr.Radio(list(INPAINT_MODES), value="RePaint", label="Mode", elem_id="inpaint_mode",
                             info="RePaint: any model, known region re-noised every step. "
                                  "Inpainting model: a 9-channel UNet trained for it.")
-            inpaint_model = gr.Dropdown(catalog.inpaint_models(), value=next(iter(catalog.inpaint_models()), None),
+            inpaint_choices = model_choices(catalog.inpaint_models())
+            inpaint_model = gr.Dropdown(inpaint_choices, value=next((key for _, key in inpaint_choices), None),
                                         allow_custom_value=True, label="Inpainting model (9-channel UNet)",
                                         visible=False, elem_id="inpaint_model")
             with gr.Row(visible=True) as repaint_row:
@@ -111,7 +113,7 @@ def build(service: GenerationService, native_size: int) -> None:
                 raise gr.Error("The mask is empty: paint over the area to regenerate (or upload a mask image).")
             return InpaintRequest(
                 prompt=prompt, negative_prompt=negative, width=width, height=height, init_image=image, mask=mask,
-                mode=inpaint_mode, inpaint_model=model or "", repaint_r=r, repaint_j=j, strength=denoise,
+                mode=inpaint_mode, inpaint_model=resolve_model(model, catalog.inpaint_models(), "inpainting"), repaint_r=r, repaint_j=j, strength=denoise,
                 mask_blur=blur, invert_mask=invert_mask, masked_content=content, inpaint_area=inpaint_area,
                 padding=pad, resize_mode=mode_resize, control=control_from(list(control_values), width, height),
                 sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),

@@ -1,0 +1,361 @@
+"""Hosting the app publicly, tried as an attacker would over real HTTP (issue 11): one test (or
+group) per finding — file reads through image inputs, lost images on a failed save, model
+fields on a locked host, unbounded inputs, internals in errors, queued jobs, login.
+
+Three servers per module: a laptop-like one with tight host limits, a read-only outputs
+folder, and a Space-like one with a login."""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image, PngImagePlugin
+
+from conftest import ROOT, AppServer
+from test_app_http import t2i_args, wait_until_running
+
+REFUSAL = "was not uploaded to this app"
+SECRET = "the other user's secret prompt"
+NO_GRID = ["Nothing", "", "Nothing", "", True]
+INTERNALS = ("Traceback", "Error:", "Errno", "/tmp/", str(ROOT), "PID", "pid ")
+
+
+def start(tmp_path_factory, name: str, args: list[str], env: dict | None = None) -> AppServer:
+    server = AppServer(args, env=env, log_path=tmp_path_factory.mktemp("logs") / f"{name}.log")
+    server.wait_ready()
+    return server
+
+
+@pytest.fixture(scope="module")
+def host(tiny_model_dir, tmp_path_factory):
+    """A laptop-like server (model changes allowed) with tight host limits."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    server = start(tmp_path_factory, "host", [
+        "--model", str(tiny_model_dir), "--outputs-dir", str(outputs), "--max-size", "256",
+        "--max-prompt-chars", "300", "--max-upload-megapixels", "1", "--max-upload-mb", "1",
+        "--max-grid-megapixels", "0.05"])
+    server.outputs_dir = outputs
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(host):
+    return Client(host.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def api(host) -> dict:
+    return httpx.get(host.url + "gradio_api/info").json()["named_endpoints"]
+
+
+@pytest.fixture(scope="module")
+def secret_png(tmp_path_factory) -> Path:
+    """An image on the server's disk that no client uploaded, carrying a prompt."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", f"{SECRET}\nSteps: 5, Seed: 1, Size: 64x64")
+    path = tmp_path_factory.mktemp("private") / "00000-grid.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, pnginfo=info)
+    return path
+
+
+def body(api: dict, endpoint: str, **values) -> list:
+    """Every parameter of a named endpoint: its default, else a plain value, with values set."""
+    data = []
+    for p in api[endpoint]["parameters"]:
+        name, kind = p["parameter_name"], p["python_type"]["type"]
+        default = p["parameter_default"] if p.get("parameter_has_default") else ("a" if kind == "str" else None)
+        data.append(values.get(name, default))
+    return data
+
+
+def call(server, endpoint: str, raw_json: str) -> str:
+    """POST /gradio_api/call/<endpoint> with a hand-written body, then read its event stream."""
+    url = f"{server.url}gradio_api/call/{endpoint.strip('/')}"
+    response = httpx.post(url, content=raw_json, headers={"content-type": "application/json"})
+    if response.status_code != 200:
+        return f"HTTP {response.status_code} {response.text}"
+    return httpx.get(f"{url}/{response.json()['event_id']}", timeout=120).text
+
+
+def fn_index(server, api_name: str) -> int:
+    config = httpx.get(server.url + "config").json()
+    return next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+
+
+def queue_join(server, api_name: str, raw_data: str) -> str:
+    """The browser's route: POST /gradio_api/queue/join, then the session's event stream."""
+    session = uuid.uuid4().hex
+    joined = httpx.post(f"{server.url}gradio_api/queue/join",
+                        content=f'{{"data": {raw_data}, "fn_index": {fn_index(server, api_name)}, '
+                                f'"session_hash": "{session}", "event_data": null, "trigger_id": null}}',
+                        headers={"content-type": "application/json"})
+    if joined.status_code != 200:
+        return f"HTTP {joined.status_code} {joined.text}"
+    lines = []
+    with httpx.stream("GET", f"{server.url}gradio_api/queue/data", params={"session_hash": session}, timeout=120) as r:
+        for line in r.iter_lines():
+            lines.append(line)
+            if "process_completed" in line:
+                break
+    return "\n".join(lines)
+
+
+def run(server, api_name: str, raw_data: str) -> httpx.Response:
+    return httpx.post(f"{server.url}gradio_api/run/{api_name}", content=f'{{"data": {raw_data}}}',
+                      headers={"content-type": "application/json"}, timeout=120)
+
+
+# ------------------------------------------------ 1. no file read through an image input
+IMAGE_INPUTS = [  # (endpoint, parameter, how the path is sent)
+    ("/png_info", "image_path", "plain"), ("/img2img", "image_path", "plain"), ("/lab_forward", "image_path", "plain"),
+    ("/controlnet_cn0_preview", "image_path", "plain"), ("/controlnet", "unit1_image", "plain"),
+    ("/controlnet", "init_image", "plain"), ("/inpaint", "mask_image", "plain"), ("/inpaint", "image_and_mask", "editor"),
+    ("/png_info", "image_path", "meta"),
+]
+
+
+@pytest.mark.parametrize("endpoint, parameter, form", IMAGE_INPUTS)
+def test_an_image_input_naming_a_server_file_gets_the_refusal_and_none_of_the_file(host, api, secret_png, endpoint,
+                                                                                    parameter, form):
+    file = {"path": str(secret_png)}
+    if form in ("meta", "editor"):  # (an editor payload without "meta" is refused as malformed)
+        file["meta"] = {"_type": "gradio.FileData"}
+    value = {"background": file, "layers": [], "composite": file, "id": None} if form == "editor" else file
+    extra = {"use_init_image": True} if parameter == "init_image" else {}
+    result = call(host, endpoint, json.dumps({"data": body(api, endpoint, **{parameter: value}, **extra)}))
+    assert "event: error" in result and REFUSAL in result, result
+    assert SECRET not in result and str(secret_png) not in result
+
+
+def test_the_refusal_is_the_same_whether_the_path_exists_or_not(host, api, secret_png):
+    messages = set()
+    for path in (str(secret_png), "/no/such/file.png", str(secret_png.parent), "/etc/hostname", "x" * 5000):
+        result = call(host, "/png_info", json.dumps({"data": [{"path": path}]}))
+        messages.add(result.split("data:", 1)[1].strip())
+    assert len(messages) == 1 and REFUSAL in messages.pop()
+
+
+def test_another_users_saved_output_cannot_be_read_through_the_queue_or_run_routes(host, client, api):
+    client.predict(*t2i_args(prompt=SECRET, steps=2), *NO_GRID, api_name="/txt2img")
+    saved = next(host.outputs_dir.rglob("*.png"))
+    data = json.dumps([{"path": str(saved)}])
+    for result in (queue_join(host, "png_info", data), run(host, "png_info", data).text):
+        assert REFUSAL in result and SECRET not in result
+    img2img = json.dumps(body(api, "/img2img", image_path={"path": str(saved)}, denoise=0.0))
+    assert REFUSAL in queue_join(host, "img2img", img2img)
+
+
+def test_uploaded_files_still_work(client, secret_png):
+    text, parsed = client.predict(handle_file(str(secret_png)), api_name="/png_info")
+    assert parsed["Prompt"] == SECRET  # the user's own upload: read as before
+
+
+# ------------------------------------------------ 4. bounded inputs, refused before any model call
+def test_an_over_long_prompt_is_refused_with_the_limit_and_nothing_is_generated(client, host):
+    before = set(host.outputs_dir.rglob("*.png"))
+    with pytest.raises(AppError, match="has 10,000 characters; this host accepts up to 300"):
+        client.predict(*t2i_args(prompt="x" * 10_000), *NO_GRID, api_name="/txt2img")
+    args = t2i_args(prompt="ok")
+    args[1] = "n" * 301  # the negative prompt too
+    with pytest.raises(AppError, match="negative prompt has 301 characters"):
+        client.predict(*args, *NO_GRID, api_name="/txt2img")
+    assert set(host.outputs_dir.rglob("*.png")) == before
+
+
+def test_an_image_over_the_megapixel_limit_is_refused_from_its_header(client, tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("1", (3000, 3000)).save(big, optimize=True)  # 9 MP in a few KB: decoding it is what costs
+    assert big.stat().st_size < 100_000
+    args = ["a", "", handle_file(str(big)), "just resize", 0.5, "Euler a", 2, True, 7, 0, 1, 1, 1, 64, 64, *NO_GRID]
+    with pytest.raises(AppError, match=r"3000×3000 \(9.0 megapixels\); this host accepts up to 1 megapixels"):
+        client.predict(*args, api_name="/img2img")
+
+
+def test_an_upload_over_the_file_size_limit_is_refused(host):
+    response = httpx.post(host.url + "gradio_api/upload", files={"files": ("big.png", os.urandom(2 * 1024 * 1024))})
+    assert response.status_code == 413
+
+
+def test_a_grid_image_over_the_megapixel_limit_is_refused(client):
+    with pytest.raises(AppError, match="grid image would be .* this host draws grids up to 0.05 megapixels"):
+        client.predict(*t2i_args(steps=2), "Seed", "1-16", "Nothing", "", True, api_name="/txt2img")
+
+
+# ------------------------------------------------ 5. no internals in what a client sees
+def numeric_nan_body(api: dict, endpoint: str) -> str | None:
+    parts = []
+    for p in api[endpoint]["parameters"]:
+        kind = p["python_type"]["type"]
+        default = p["parameter_default"] if p.get("parameter_has_default") else ("a" if kind == "str" else None)
+        parts.append("NaN" if kind in ("float", "int") else json.dumps(default))
+    return "[" + ", ".join(parts) + "]" if "NaN" in parts else None
+
+
+def test_nan_and_infinity_over_every_raw_route_get_a_message(host, api):
+    checked = 0
+    for endpoint in api:
+        data = numeric_nan_body(api, endpoint)
+        if data is None:
+            continue
+        name = endpoint.strip("/")
+        for result in (call(host, endpoint, f'{{"data": {data}}}'), queue_join(host, name, data),
+                       run(host, name, data).text, call(host, endpoint, f'{{"data": {data.replace("NaN", "Infinity")}}}')):
+            assert "must be a finite number" in result, (endpoint, result)
+            assert not any(part in result for part in INTERNALS), (endpoint, result)
+        checked += 1
+    assert checked >= 8  # txt2img, img2img, inpaint, controlnet, previews, lab…
+    malformed = httpx.post(host.url + "gradio_api/call/v2/txt2img", content='{"data": [NaN]}',
+                           headers={"content-type": "application/json"})
+    assert malformed.status_code == 400 and "could not be read" in malformed.json()["error"]
+
+
+def test_result_notes_and_config_show_no_server_paths_or_process_ids(client, host):
+    notes = client.predict(*t2i_args(steps=2), *NO_GRID, api_name="/txt2img")[2]
+    assert "Saved to the outputs folder: `txt2img/" in notes
+    assert str(host.outputs_dir) not in notes and "/" != notes.split("`")[1][0]
+    assert not any(part in notes for part in INTERNALS)
+    config = httpx.get(host.url + "config").text
+    assert str(ROOT) not in config and str(host.outputs_dir) not in config
+
+
+def test_a_png_with_a_broken_text_chunk_gets_a_sentence(client, tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8)).save(good)
+    raw = good.read_bytes()
+    chunk = b"zTXt" + b"parameters\x00\x00" + b"not zlib at all"  # compressed text that is not compressed
+    import zlib
+    crafted = raw[:33] + len(chunk[4:]).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big") + raw[33:]
+    (tmp_path / "crafted.png").write_bytes(crafted)
+    try:
+        result = client.predict(handle_file(str(tmp_path / "crafted.png")), api_name="/png_info")
+        text = str(result)
+    except AppError as error:
+        text = str(error)
+    assert not any(part in text for part in INTERNALS + ("zlib", "Exception", "SyntaxError", "ValueError")), text
+
+
+# ------------------------------------------------ 6. Interrupt reaches queued jobs
+def test_interrupt_also_cancels_the_sessions_queued_job(host):
+    alice = Client(host.url, verbose=False)
+    running = alice.submit(*t2i_args(steps=150, scheduler="Euler"), *NO_GRID, api_name="/txt2img")
+    wait_until_running(running)
+    waiting = alice.submit(*t2i_args(steps=2, seed=77), *NO_GRID, api_name="/txt2img")
+    deadline = time.time() + 30
+    while waiting.status().code.name not in ("IN_QUEUE",) and time.time() < deadline:
+        time.sleep(0.05)
+    assert "queued job(s) cancelled" in alice.predict(api_name="/interrupt")
+    with pytest.raises(AppError, match="Interrupted before it started"):
+        waiting.result(timeout=120)
+    assert "interrupted" in running.result(timeout=120)[2]
+
+
+# ------------------------------------------------ 2. a failed save keeps the images
+@pytest.fixture(scope="module")
+def unwritable_host(tiny_model_dir, tmp_path_factory):
+    """Outputs in a folder no one may create (sysfs refuses even root)."""
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("needs Linux sysfs for a folder that root cannot write")
+    server = start(tmp_path_factory, "readonly", ["--model", str(tiny_model_dir), "--outputs-dir",
+                                                  "/sys/kernel/sd-studio-outputs"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_read_only_outputs_folder_still_returns_the_images_with_a_note(unwritable_host):
+    client = Client(unwritable_host.url, verbose=False)
+    status = next(c for c in client.config["components"] if c.get("props", {}).get("elem_id") == "status")
+    assert "Images will not be saved: the outputs folder is not writable" in status["props"]["value"]
+    _, gallery, notes, infotext = client.predict(*t2i_args(steps=2, batch_size=2), *NO_GRID, api_name="/txt2img")
+    assert len(gallery) == 2 and "Seed: 5" in infotext
+    assert "Not saved: the outputs folder is not writable" in notes and "/sys/" not in notes
+    assert Image.open(gallery[0]["image"]).size == (64, 64)
+    assert unwritable_host.output().count("outputs folder /sys/kernel/sd-studio-outputs") == 1  # reported once
+
+
+# ------------------------------------------------ 3, 6 and 7 on a Space-like host with a login
+LOGIN = ("alice", "correct horse:battery")
+
+
+@pytest.fixture(scope="module")
+def space(tiny_model_dir, tmp_path_factory):
+    env = {"SPACE_ID": "someone/sd-studio", "SD_STUDIO_MODEL": str(tiny_model_dir),
+           "SD_STUDIO_AUTH": f"{LOGIN[0]}:{LOGIN[1]}"}
+    server = start(tmp_path_factory, "space", [], env=env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def space_client(space):
+    return Client(space.url, verbose=False, auth=LOGIN)
+
+
+def test_without_the_login_every_route_is_refused(space):
+    for method, path in [("GET", ""), ("GET", "config"), ("GET", "gradio_api/info"), ("POST", "gradio_api/call/txt2img"),
+                         ("POST", "gradio_api/queue/join"), ("POST", "gradio_api/run/txt2img"),
+                         ("POST", "gradio_api/upload"), ("GET", "gradio_api/queue/data?session_hash=x")]:
+        response = httpx.request(method, space.url + path, json={"data": t2i_args() + NO_GRID}, timeout=30)
+        # The page itself is the login form's shell: none of the app's components are in it.
+        assert response.status_code in (401, 403) or (path == "" and "txt2img" not in response.text), (path, response)
+    wrong = httpx.post(space.url + "login/", data={"username": LOGIN[0], "password": "guess"})
+    assert wrong.status_code == 400
+
+
+def test_with_the_login_the_api_works(space_client):
+    assert len(space_client.predict(*t2i_args(steps=2), *NO_GRID, api_name="/txt2img")[1]) == 1
+
+
+@pytest.mark.parametrize("model", ["{tiny_cn}", "/no/such/controlnet", "../../etc"])
+def test_a_space_refuses_controlnet_models_outside_its_catalogue(space_client, tiny_controlnet_dir, model, tmp_path):
+    control = tmp_path / "control.png"
+    Image.new("RGB", (64, 64), "white").save(control)
+    unit = [True, handle_file(str(control)), "canny", 50, 150, 0.5, model.format(tiny_cn=tiny_controlnet_dir), 1.0, 0.0,
+            1.0, False, ""]
+    off = [False, None, "canny", 100, 200, 0.5, "", 1.0, 0.0, 1.0, False, ""]
+    args = ["a", "", False, None, "crop and resize", 0.6, "Euler", 2, True, 7, 0, 9, 1, 1, 64, 64, *unit, *off, *off,
+            False, *NO_GRID]
+    with pytest.raises(AppError, match=r"accepts only the ControlNet models in its list \(demo-controlnet"):
+        space_client.predict(*args, api_name="/controlnet")
+
+
+def test_a_space_refuses_an_inpainting_model_outside_its_catalogue(space_client, tiny_model_dir, tmp_path):
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), "white").save(image)
+    Image.new("L", (64, 64), 255).save(mask)
+    editor = {"background": handle_file(str(image)), "layers": [], "composite": handle_file(str(image)), "id": None}
+    off = [False, None, "canny", 100, 200, 0.5, "", 1.0, 0.0, 1.0, False, ""]
+    args = ["a", "", editor, handle_file(str(mask)), False, "inpainting model", str(tiny_model_dir), 1, 1, 1.0, 4,
+            "original", "whole picture", 32, "just resize", "Euler", 2, True, 7, 0, 1, 1, 1, 64, 64, *off, *off, *off,
+            False, *NO_GRID]
+    with pytest.raises(AppError, match="accepts only the inpainting models in its list"):
+        space_client.predict(*args, api_name="/inpaint")
+
+
+def test_one_client_cannot_fill_the_queue(space, space_client):
+    long_job = t2i_args(steps=50, scheduler="Euler", width=256, height=256, batch_size=4, batch_count=4)  # the Space's caps
+    running = space_client.submit(*long_job, *NO_GRID, api_name="/txt2img")
+    wait_until_running(running)
+    waiting = [space_client.submit(*t2i_args(steps=2), *NO_GRID, api_name="/txt2img") for _ in range(2)]
+    deadline = time.time() + 30
+    while any(job.status().code.name != "IN_QUEUE" for job in waiting) and time.time() < deadline:
+        time.sleep(0.05)
+    login = httpx.post(space.url + "login/", data={"username": LOGIN[0], "password": LOGIN[1]})
+    refused = httpx.post(space.url + "gradio_api/call/txt2img", json={"data": t2i_args(steps=2) + NO_GRID},
+                         cookies=login.cookies)
+    assert refused.status_code == 503 and "this host queues up to 2 per user" in refused.text
+    space_client.predict(api_name="/interrupt")  # the queued ones are cancelled, the running one stops
