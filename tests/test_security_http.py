@@ -21,6 +21,7 @@ from PIL import Image, PngImagePlugin
 
 from conftest import ROOT, AppServer
 from test_app_http import t2i_args, wait_until_running
+from test_browser import browser  # noqa: F401 — fixture
 
 REFUSAL = "was not uploaded to this app"
 SECRET = "the other user's secret prompt"
@@ -154,6 +155,12 @@ def test_another_users_saved_output_cannot_be_read_through_the_queue_or_run_rout
         assert REFUSAL in result and SECRET not in result
     img2img = json.dumps(body(api, "/img2img", image_path={"path": str(saved)}, denoise=0.0))
     assert REFUSAL in queue_join(host, "img2img", img2img)
+
+
+def test_the_file_route_serves_no_server_file(host, secret_png):
+    for path in (secret_png, ROOT / "app.py", host.outputs_dir):
+        response = httpx.get(f"{host.url}gradio_api/file={path}")
+        assert response.status_code in (403, 404) and SECRET not in response.text and "import" not in response.text
 
 
 def test_uploaded_files_still_work(client, secret_png):
@@ -359,3 +366,19 @@ def test_one_client_cannot_fill_the_queue(space, space_client):
                          cookies=login.cookies)
     assert refused.status_code == 503 and "this host queues up to 2 per user" in refused.text
     space_client.predict(api_name="/interrupt")  # the queued ones are cancelled, the running one stops
+
+
+@pytest.mark.browser
+def test_the_browser_gets_the_login_form_then_the_app(space, browser):  # noqa: F811 — browser: fixture
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(space.url)
+        page.wait_for_selector("input[type=password]", timeout=60_000)
+        assert page.locator("#txt2img_generate").count() == 0
+        page.fill("input[type=text]", LOGIN[0])
+        page.fill("input[type=password]", LOGIN[1])
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#txt2img_generate", timeout=60_000)
+    finally:
+        context.close()

@@ -113,7 +113,9 @@ def build(service: GenerationService, native_size: int) -> None:
                 raise gr.Error("The mask is empty: paint over the area to regenerate (or upload a mask image).")
             return InpaintRequest(
                 prompt=prompt, negative_prompt=negative, width=width, height=height, init_image=image, mask=mask,
-                mode=inpaint_mode, inpaint_model=resolve_model(model, catalog.inpaint_models(), "inpainting"), repaint_r=r, repaint_j=j, strength=denoise,
+                mode=inpaint_mode, repaint_r=r, repaint_j=j, strength=denoise,
+                inpaint_model=resolve_model(model, catalog.inpaint_models(), "inpainting")
+                if inpaint_mode == "inpainting model" else "",  # only that mode loads it
                 mask_blur=blur, invert_mask=invert_mask, masked_content=content, inpaint_area=inpaint_area,
                 padding=pad, resize_mode=mode_resize, control=control_from(list(control_values), width, height),
                 sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
