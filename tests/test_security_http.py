@@ -122,21 +122,22 @@ IMAGE_INPUTS = [  # (endpoint, parameter, how the path is sent)
     ("/png_info", "image_path", "plain"), ("/img2img", "image_path", "plain"), ("/lab_forward", "image_path", "plain"),
     ("/controlnet_cn0_preview", "image_path", "plain"), ("/controlnet", "unit1_image", "plain"),
     ("/controlnet", "init_image", "plain"), ("/inpaint", "mask_image", "plain"), ("/inpaint", "image_and_mask", "editor"),
-    ("/png_info", "image_path", "meta"),
+    ("/png_info", "image_path", "meta"), ("/png_info", "image_path", "url"),
 ]
 
 
 @pytest.mark.parametrize("endpoint, parameter, form", IMAGE_INPUTS)
 def test_an_image_input_naming_a_server_file_gets_the_refusal_and_none_of_the_file(host, api, secret_png, endpoint,
                                                                                     parameter, form):
-    file = {"path": str(secret_png)}
-    if form in ("meta", "editor"):  # (an editor payload without "meta" is refused as malformed)
+    file = {"path": str(secret_png) if form != "url" else f"{host.url}never-fetched.png"}
+    if form in ("meta", "editor", "url"):  # (an editor payload without "meta" is refused as malformed)
         file["meta"] = {"_type": "gradio.FileData"}
     value = {"background": file, "layers": [], "composite": file, "id": None} if form == "editor" else file
     extra = {"use_init_image": True} if parameter == "init_image" else {}
     result = call(host, endpoint, json.dumps({"data": body(api, endpoint, **{parameter: value}, **extra)}))
     assert "event: error" in result and REFUSAL in result, result
     assert SECRET not in result and str(secret_png) not in result
+    assert "never-fetched" not in host.output()  # a URL is refused before Gradio would download it
 
 
 def test_the_refusal_is_the_same_whether_the_path_exists_or_not(host, api, secret_png):
@@ -316,9 +317,11 @@ def test_without_the_login_every_route_is_refused(space):
     for method, path in [("GET", ""), ("GET", "config"), ("GET", "gradio_api/info"), ("POST", "gradio_api/call/txt2img"),
                          ("POST", "gradio_api/queue/join"), ("POST", "gradio_api/run/txt2img"),
                          ("POST", "gradio_api/upload"), ("GET", "gradio_api/queue/data?session_hash=x")]:
-        response = httpx.request(method, space.url + path, json={"data": t2i_args() + NO_GRID}, timeout=30)
+        # Streamed: without a login, /queue/data would be an event stream that never ends.
+        with httpx.stream(method, space.url + path, json={"data": t2i_args() + NO_GRID}, timeout=30) as response:
+            text = response.read().decode() if path == "" else ""
         # The page itself is the login form's shell: none of the app's components are in it.
-        assert response.status_code in (401, 403) or (path == "" and "txt2img" not in response.text), (path, response)
+        assert response.status_code in (401, 403) or (path == "" and "txt2img" not in text), (path, response)
     wrong = httpx.post(space.url + "login/", data={"username": LOGIN[0], "password": "guess"})
     assert wrong.status_code == 400
 
@@ -356,16 +359,18 @@ def test_a_space_refuses_an_inpainting_model_outside_its_catalogue(space_client,
 def test_one_client_cannot_fill_the_queue(space, space_client):
     long_job = t2i_args(steps=50, scheduler="Euler", width=256, height=256, batch_size=4, batch_count=4)  # the Space's caps
     running = space_client.submit(*long_job, *NO_GRID, api_name="/txt2img")
-    wait_until_running(running)
-    waiting = [space_client.submit(*t2i_args(steps=2), *NO_GRID, api_name="/txt2img") for _ in range(2)]
-    deadline = time.time() + 30
-    while any(job.status().code.name != "IN_QUEUE" for job in waiting) and time.time() < deadline:
-        time.sleep(0.05)
-    login = httpx.post(space.url + "login/", data={"username": LOGIN[0], "password": LOGIN[1]})
-    refused = httpx.post(space.url + "gradio_api/call/txt2img", json={"data": t2i_args(steps=2) + NO_GRID},
-                         cookies=login.cookies)
-    assert refused.status_code == 503 and "this host queues up to 2 per user" in refused.text
-    space_client.predict(api_name="/interrupt")  # the queued ones are cancelled, the running one stops
+    try:
+        wait_until_running(running)
+        waiting = [space_client.submit(*t2i_args(steps=2), *NO_GRID, api_name="/txt2img") for _ in range(2)]
+        deadline = time.time() + 30
+        while any(job.status().code.name != "IN_QUEUE" for job in waiting) and time.time() < deadline:
+            time.sleep(0.05)
+        login = httpx.post(space.url + "login/", data={"username": LOGIN[0], "password": LOGIN[1]})
+        refused = httpx.post(space.url + "gradio_api/call/txt2img", json={"data": t2i_args(steps=2) + NO_GRID},
+                             cookies=login.cookies)
+        assert refused.status_code == 503 and "this host queues up to 2 per user" in refused.text
+    finally:
+        space_client.predict(api_name="/interrupt")  # the queued ones are cancelled, the running one stops
 
 
 @pytest.mark.browser
@@ -382,3 +387,20 @@ def test_the_browser_gets_the_login_form_then_the_app(space, browser):  # noqa: 
         page.wait_for_selector("#txt2img_generate", timeout=60_000)
     finally:
         context.close()
+
+
+def test_logins_come_from_flags_the_environment_and_a_file(monkeypatch, tmp_path):
+    from settings import Settings, check_credentials
+
+    monkeypatch.setenv("SD_STUDIO_AUTH", "env:one, env2:two")
+    assert Settings.from_args([]).auth == (("env", "one"), ("env2", "two"))
+    logins = tmp_path / "logins.txt"
+    logins.write_text("# who may log in\nfile:pass:with:colons\n")
+    settings = Settings.from_args(["--auth", "flag:pw", "--auth-file", str(logins)])
+    assert settings.auth == (("flag", "pw"), ("file", "pass:with:colons"))  # flags replace the variable
+    assert check_credentials(settings, "file", "pass:with:colons") and not check_credentials(settings, "file", "pass")
+    assert not check_credentials(Settings.from_args(["--auth", "a:b"]), "a", "")
+    monkeypatch.delenv("SD_STUDIO_AUTH")
+    assert Settings.from_args([]).auth == () and not check_credentials(Settings.from_args([]), "", "")
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--auth", "no-password"])

@@ -44,6 +44,19 @@ def refuse_non_finite(block_fn, inputs) -> None:
             raise gr.Error(f"{label} must be a finite number, got {found}.")
 
 
+def names_remote_file(value) -> bool:
+    """A FileData anywhere in a JSON value whose path is a URL: Gradio would download it before
+    any component sees it (the app never fetches anything a client names)."""
+    if isinstance(value, dict):
+        path = value.get("path")
+        if isinstance(path, str) and "://" in path:
+            return True
+        return any(names_remote_file(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(names_remote_file(item) for item in value)
+    return False
+
+
 class StudioBlocks(gr.Blocks):
     """gr.Blocks whose events never pass an exception's own text to the client."""
 
@@ -51,6 +64,8 @@ class StudioBlocks(gr.Blocks):
         try:
             fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
             refuse_non_finite(fn, inputs)
+            if names_remote_file(inputs):
+                raise gr.Error(REFUSED)
             return await super().process_api(block_fn, inputs, *args, **kwargs)
         except gr.Error as error:
             error.print_exception = False  # a user's error: one line below, no traceback
