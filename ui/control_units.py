@@ -15,9 +15,10 @@ from pipelines.preprocess_extra import PREPROCESSORS, available_preprocessors, c
 from pipelines.requests import MAX_CONTROL_UNITS, Control, ControlUnit
 
 from .common import SafeImage, open_image
-from .uploads import catalogue_key, model_choices, resolve_model
+from .uploads import MODELS, catalogue_key, model_choices, resolve_model
 
 POSE_PREPROCESSORS = ("pose (mediapipe)", "pose (openpose)")
+MODEL_INFO = {False: "a ControlNet folder, .safetensors file or Hub id", True: "one of this host's ControlNets"}
 PICK_RADIUS = 24  # px: how close a click must be to a joint to pick it
 
 
@@ -124,7 +125,7 @@ def _unit(tab: str, index: int, width: gr.Slider, height: gr.Slider) -> UnitWidg
                                        elem_id=f"{key}_min_visibility")
         choices = model_choices(catalog.controlnets())
         model = gr.Dropdown(choices, value=_default_model("canny"), allow_custom_value=True, label="ControlNet model",
-                            info="a ControlNet folder, .safetensors file or Hub id", elem_id=f"{key}_model")
+                            info=MODEL_INFO[MODELS.catalogue_only], elem_id=f"{key}_model")
         with gr.Row():
             weight = gr.Slider(0, 2, value=1, step=0.05, label="Control weight", elem_id=f"{key}_weight")
             start = gr.Slider(0, 1, value=0, step=0.01, label="Guidance start", elem_id=f"{key}_start")
