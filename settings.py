@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipelines.requests import Limits
@@ -89,7 +89,7 @@ class Settings:
     cache_max_age_s: int = 86400  # Gradio's upload/result cache: files older than this are deleted
     max_queued_per_client: int = 0  # jobs one client address may have waiting in the queue
     # Optional login for the UI, the Gradio API and every other route: (user, password) pairs.
-    auth: tuple[tuple[str, str], ...] = ()
+    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # never printed with the settings
     auth_file: str = ""  # a file of user:password lines, added to auth
 
     @property
