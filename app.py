@@ -99,6 +99,15 @@ def create_backend(settings: Settings):
             backend.load_base(source)
         except ModelLoadError as error:
             message = f"**Model not loaded.** {error}"
+        if not message and settings.warmup and not on_zerogpu():
+            from pipelines.errors import RequestError
+            from pipelines.warmup import parse_sizes, warm_up
+
+            try:
+                for manager in getattr(backend, "managers", [backend]):
+                    warm_up(manager, parse_sizes(settings.warmup))
+            except (ValueError, RequestError) as error:
+                raise SystemExit(f"Warm-up not done: {error}") from None
     if on_zerogpu():
         backend = ZeroGPUBackend(backend)
     return backend, message
@@ -108,7 +117,10 @@ def create_app(settings: Settings):
     """The backend with its initial model, and the Gradio app around it."""
     from ui import build_app
 
+    from serving.fair import FairGate
+
     backend, message = create_backend(settings)
+    backend = FairGate(backend)  # browser tabs and the REST API take turns, first come first served
     if message:
         logging.getLogger("sd-studio").warning(message)
     return backend, build_app(backend, settings, message)
@@ -118,27 +130,29 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_args(argv)
     configure_network(settings.allow_download)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _, app = create_app(settings)
-    launch(app, settings)
+    backend, app = create_app(settings)
+    launch(app, backend, settings)
 
 
-def launch(app, settings: Settings) -> None:
-    """Queue, per-client limit, login and upload size, then serve (blocks until stopped)."""
-    from settings import check_credentials
+def launch(app, backend, settings: Settings) -> None:
+    """Queue, per-client limit, login, upload size and the REST API (--api), then serve."""
     from starlette.middleware import Middleware
 
+    from api import launch_kwargs  # the REST API (--api) shares the server and the port
+    from settings import check_credentials
     from ui.errors import MalformedRequests
-    from ui.login import HideApiBeforeLogin
     from ui.jobs import limit_waiting_per_client
+    from ui.login import HideApiBeforeLogin
 
     app.queue(max_size=settings.queue_size, default_concurrency_limit=1)  # GPU events set their own limit
     limit_waiting_per_client(app, settings.max_queued_per_client)
     login = (lambda user, password: check_credentials(settings, user, password)) if settings.auth else None
+    kwargs = launch_kwargs(backend, settings)
+    kwargs.setdefault("app_kwargs", {})["middleware"] = [Middleware(MalformedRequests), Middleware(HideApiBeforeLogin)]
     # show_error=False: an unexpected exception reaches the client as a generic error, never its
     # text (paths, exception names); every message meant for users is a gr.Error.
     app.launch(server_name=settings.host, server_port=settings.port, show_error=False, auth=login,
-               max_file_size=settings.max_file_size,
-               app_kwargs={"middleware": [Middleware(MalformedRequests), Middleware(HideApiBeforeLogin)]})
+               max_file_size=settings.max_file_size, **kwargs)
 
 
 if __name__ == "__main__":

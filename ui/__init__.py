@@ -3,9 +3,9 @@
 build_app assembles the tabs around one GenerationService (manager + limits + outputs)."""
 from __future__ import annotations
 
-import gradio as gr
-
 import os
+
+import gradio as gr
 
 from . import controlnet, img2img, inpaint, lab, models, pnginfo, txt2img, uploads
 from .common import GenerationService

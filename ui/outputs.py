@@ -57,10 +57,13 @@ class Saved:
 
 
 class OutputStore:
+    # One lock for every store of the process: the tabs and the REST API number files in the
+    # same folders.
+    _lock = threading.Lock()
+
     def __init__(self, root: str | Path, enabled: bool = True):
         self.root = Path(root).resolve()
         self.enabled = enabled
-        self._lock = threading.Lock()
         self._reported: set[str] = set()
 
     def folder(self, task: str) -> Path:
