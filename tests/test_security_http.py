@@ -301,7 +301,7 @@ LOGIN = ("alice", "correct horse:battery")
 def space(tiny_model_dir, tmp_path_factory):
     env = {"SPACE_ID": "someone/sd-studio", "SD_STUDIO_MODEL": str(tiny_model_dir),
            "SD_STUDIO_AUTH": f"{LOGIN[0]}:{LOGIN[1]}"}
-    server = start(tmp_path_factory, "space", [], env=env)
+    server = start(tmp_path_factory, "space", ["--api"], env=env)  # with the REST API on the same port
     try:
         yield server
     finally:
@@ -316,7 +316,8 @@ def space_client(space):
 def test_without_the_login_every_route_is_refused(space):
     for method, path in [("GET", ""), ("GET", "config"), ("GET", "gradio_api/info"), ("POST", "gradio_api/call/txt2img"),
                          ("POST", "gradio_api/queue/join"), ("POST", "gradio_api/run/txt2img"),
-                         ("POST", "gradio_api/upload"), ("GET", "gradio_api/queue/data?session_hash=x")]:
+                         ("POST", "gradio_api/upload"), ("GET", "gradio_api/queue/data?session_hash=x"),
+                         ("GET", "sdapi/v1/samplers"), ("POST", "sdapi/v1/txt2img")]:
         # Streamed: without a login, /queue/data would be an event stream that never ends.
         with httpx.stream(method, space.url + path, json={"data": t2i_args() + NO_GRID}, timeout=30) as response:
             text = response.read().decode() if path == "" else ""
@@ -327,8 +328,10 @@ def test_without_the_login_every_route_is_refused(space):
     assert wrong.status_code == 400
 
 
-def test_with_the_login_the_api_works(space_client):
+def test_with_the_login_the_api_works(space, space_client):
     assert len(space_client.predict(*t2i_args(steps=2), *NO_GRID, api_name="/txt2img")[1]) == 1
+    samplers = httpx.get(space.url + "sdapi/v1/samplers", auth=LOGIN)  # the REST API: same login, HTTP Basic
+    assert samplers.status_code == 200 and samplers.json()
 
 
 @pytest.mark.parametrize("model", ["{tiny_cn}", "/no/such/controlnet", "../../etc"])
