@@ -21,12 +21,16 @@ from gradio_client.exceptions import AppError
 from PIL import Image, PngImagePlugin
 
 from conftest import ROOT, AppServer
-from test_app_http import t2i_args, wait_until_running
+from test_app_http import wait_until_running
 from test_browser import browser  # noqa: F401 — fixture
 
 REFUSAL = "was not uploaded to this app"
 SECRET = "the other user's secret prompt"
-NO_GRID = ["Nothing", "", "Nothing", "", True]
+
+
+def t2i(prompt="a red circle", steps=4, seed=5, **more) -> dict:
+    """txt2img inputs by name (the rest at their defaults)."""
+    return dict(prompt=prompt, scheduler="Euler a", steps=steps, seed=seed, width=64, height=64) | more
 INTERNALS = ("Traceback", "Error:", "Errno", "/tmp/", str(ROOT), "PID", "pid ")
 
 
@@ -120,8 +124,8 @@ def run(server, api_name: str, raw_data: str) -> httpx.Response:
 
 # ------------------------------------------------ 1. no file read through an image input
 IMAGE_INPUTS = [  # (endpoint, parameter, how the path is sent)
-    ("/png_info", "image_path", "plain"), ("/img2img", "image_path", "plain"), ("/lab_forward", "image_path", "plain"),
-    ("/controlnet_cn0_preview", "image_path", "plain"), ("/controlnet", "unit1_image", "plain"),
+    ("/png_info", "image_path", "plain"), ("/img2img", "init_image", "plain"), ("/lab_forward", "image_path", "plain"),
+    ("/controlnet_cn0_preview", "image", "plain"), ("/controlnet", "unit1_image", "plain"),
     ("/controlnet", "init_image", "plain"), ("/inpaint", "mask_image", "plain"), ("/inpaint", "image_and_mask", "editor"),
     ("/png_info", "image_path", "meta"), ("/png_info", "image_path", "url"),
 ]
@@ -150,12 +154,12 @@ def test_the_refusal_is_the_same_whether_the_path_exists_or_not(host, api, secre
 
 
 def test_another_users_saved_output_cannot_be_read_through_the_queue_or_run_routes(host, client, api):
-    client.predict(*t2i_args(prompt=SECRET, steps=2), *NO_GRID, api_name="/txt2img")
+    client.predict(**t2i(prompt=SECRET, steps=2), api_name="/txt2img")
     saved = next(host.outputs_dir.rglob("*.png"))
     data = json.dumps([{"path": str(saved)}])
     for result in (queue_join(host, "png_info", data), run(host, "png_info", data).text):
         assert REFUSAL in result and SECRET not in result
-    img2img = json.dumps(body(api, "/img2img", image_path={"path": str(saved)}, denoise=0.0))
+    img2img = json.dumps(body(api, "/img2img", init_image={"path": str(saved)}, strength=0.0))
     assert REFUSAL in queue_join(host, "img2img", img2img)
 
 
@@ -174,11 +178,9 @@ def test_uploaded_files_still_work(client, secret_png):
 def test_an_over_long_prompt_is_refused_with_the_limit_and_nothing_is_generated(client, host):
     before = set(host.outputs_dir.rglob("*.png"))
     with pytest.raises(AppError, match="has 10,000 characters; this host accepts up to 300"):
-        client.predict(*t2i_args(prompt="x" * 10_000), *NO_GRID, api_name="/txt2img")
-    args = t2i_args(prompt="ok")
-    args[1] = "n" * 301  # the negative prompt too
-    with pytest.raises(AppError, match="negative prompt has 301 characters"):
-        client.predict(*args, *NO_GRID, api_name="/txt2img")
+        client.predict(**t2i(prompt="x" * 10_000), api_name="/txt2img")
+    with pytest.raises(AppError, match="negative prompt has 301 characters"):  # the negative prompt too
+        client.predict(**t2i(prompt="ok", negative_prompt="n" * 301), api_name="/txt2img")
     assert set(host.outputs_dir.rglob("*.png")) == before
 
 
@@ -186,9 +188,8 @@ def test_an_image_over_the_megapixel_limit_is_refused_from_its_header(client, tm
     big = tmp_path / "big.png"
     Image.new("1", (3000, 3000)).save(big, optimize=True)  # 9 MP in a few KB: decoding it is what costs
     assert big.stat().st_size < 100_000
-    args = ["a", "", handle_file(str(big)), "just resize", 0.5, "Euler a", 2, True, 7, 0, 1, 1, 1, 64, 64, *NO_GRID]
     with pytest.raises(AppError, match=r"3000×3000 \(9.0 megapixels\); this host accepts up to 1 megapixels"):
-        client.predict(*args, api_name="/img2img")
+        client.predict(**t2i(steps=2), init_image=handle_file(str(big)), strength=0.5, api_name="/img2img")
 
 
 def test_an_upload_over_the_file_size_limit_is_refused(host):
@@ -198,7 +199,7 @@ def test_an_upload_over_the_file_size_limit_is_refused(host):
 
 def test_a_grid_image_over_the_megapixel_limit_is_refused(client):
     with pytest.raises(AppError, match="grid image would be .* this host draws grids up to 0.05 megapixels"):
-        client.predict(*t2i_args(steps=2), "Seed", "1-16", "Nothing", "", True, api_name="/txt2img")
+        client.predict(**t2i(steps=2), x_type="Seed", x_values="1-16", api_name="/txt2img")
 
 
 # ------------------------------------------------ 5. no internals in what a client sees
@@ -230,7 +231,7 @@ def test_nan_and_infinity_over_every_raw_route_get_a_message(host, api):
 
 
 def test_result_notes_and_config_show_no_server_paths_or_process_ids(client, host):
-    notes = client.predict(*t2i_args(steps=2), *NO_GRID, api_name="/txt2img")[2]
+    notes = client.predict(**t2i(steps=2), api_name="/txt2img")[2]
     assert "Saved to the outputs folder: `txt2img/" in notes
     assert str(host.outputs_dir) not in notes and "/" != notes.split("`")[1][0]
     assert not any(part in notes for part in INTERNALS)
@@ -256,9 +257,9 @@ def test_a_png_with_an_oversized_text_chunk_gets_a_sentence(client, tmp_path):
 # ------------------------------------------------ 6. Interrupt reaches queued jobs
 def test_interrupt_also_cancels_the_sessions_queued_job(host):
     alice = Client(host.url, verbose=False)
-    running = alice.submit(*t2i_args(steps=150, scheduler="Euler"), *NO_GRID, api_name="/txt2img")
+    running = alice.submit(**t2i(steps=150, scheduler="Euler"), api_name="/txt2img")
     wait_until_running(running)
-    waiting = alice.submit(*t2i_args(steps=2, seed=77), *NO_GRID, api_name="/txt2img")
+    waiting = alice.submit(**t2i(steps=2, seed=77), api_name="/txt2img")
     deadline = time.time() + 30
     while waiting.status().code.name not in ("IN_QUEUE",) and time.time() < deadline:
         time.sleep(0.05)
@@ -286,7 +287,7 @@ def test_a_read_only_outputs_folder_still_returns_the_images_with_a_note(unwrita
     client = Client(unwritable_host.url, verbose=False)
     status = next(c for c in client.config["components"] if c.get("props", {}).get("elem_id") == "status")
     assert "Images will not be saved: the outputs folder is not writable" in status["props"]["value"]
-    _, gallery, notes, infotext = client.predict(*t2i_args(steps=2, batch_size=2), *NO_GRID, api_name="/txt2img")
+    _, gallery, notes, infotext = client.predict(**t2i(steps=2, batch_size=2), api_name="/txt2img")
     assert len(gallery) == 2 and "Seed: 5" in infotext
     assert "Not saved: the outputs folder is not writable" in notes and "/sys/" not in notes
     assert Image.open(gallery[0]["image"]).size == (64, 64)
@@ -319,7 +320,7 @@ def test_without_the_login_every_route_is_refused(space):
                          ("POST", "gradio_api/upload"), ("GET", "gradio_api/queue/data?session_hash=x"),
                          ("GET", "sdapi/v1/samplers"), ("POST", "sdapi/v1/txt2img")]:
         # Streamed: without a login, /queue/data would be an event stream that never ends.
-        with httpx.stream(method, space.url + path, json={"data": t2i_args() + NO_GRID}, timeout=30) as response:
+        with httpx.stream(method, space.url + path, json={"data": ["a"]}, timeout=30) as response:
             text = response.read().decode() if path == "" else ""
         # The page itself is the login form's shell: none of the app's components are in it.
         shows_the_app = "txt2img" in text  # (a bool: pytest's diff of a whole page would take minutes)
@@ -329,7 +330,7 @@ def test_without_the_login_every_route_is_refused(space):
 
 
 def test_with_the_login_the_api_works(space, space_client):
-    assert len(space_client.predict(*t2i_args(steps=2), *NO_GRID, api_name="/txt2img")[1]) == 1
+    assert len(space_client.predict(**t2i(steps=2), api_name="/txt2img")[1]) == 1
     samplers = httpx.get(space.url + "sdapi/v1/samplers", auth=LOGIN)  # the REST API: same login, HTTP Basic
     assert samplers.status_code == 200 and samplers.json()
 
@@ -338,13 +339,12 @@ def test_with_the_login_the_api_works(space, space_client):
 def test_a_space_refuses_controlnet_models_outside_its_catalogue(space_client, tiny_controlnet_dir, model, tmp_path):
     control = tmp_path / "control.png"
     Image.new("RGB", (64, 64), "white").save(control)
-    unit = [True, handle_file(str(control)), "canny", 50, 150, 0.5, model.format(tiny_cn=tiny_controlnet_dir), 1.0, 0.0,
-            1.0, False, ""]
-    off = [False, None, "canny", 100, 200, 0.5, "", 1.0, 0.0, 1.0, False, ""]
-    args = ["a", "", False, None, "crop and resize", 0.6, "Euler", 2, True, 7, 0, 9, 1, 1, 64, 64, *unit, *off, *off,
-            False, *NO_GRID]
+    unit = dict(enabled=True, image=handle_file(str(control)), preprocessor="canny",
+                model=model.format(tiny_cn=tiny_controlnet_dir))
+    args = (t2i(steps=2) | {f"unit1_{name}": value for name, value in unit.items()}
+            | {"unit2_image": None, "unit3_image": None, "init_image": None})
     with pytest.raises(AppError, match=r"accepts only the ControlNet models in its list \(demo-controlnet"):
-        space_client.predict(*args, api_name="/controlnet")
+        space_client.predict(**args, api_name="/controlnet")
 
 
 def test_a_space_refuses_an_inpainting_model_outside_its_catalogue(space_client, tiny_model_dir, tmp_path):
@@ -352,25 +352,24 @@ def test_a_space_refuses_an_inpainting_model_outside_its_catalogue(space_client,
     Image.new("RGB", (64, 64), "white").save(image)
     Image.new("L", (64, 64), 255).save(mask)
     editor = {"background": handle_file(str(image)), "layers": [], "composite": handle_file(str(image)), "id": None}
-    off = [False, None, "canny", 100, 200, 0.5, "", 1.0, 0.0, 1.0, False, ""]
-    args = ["a", "", editor, handle_file(str(mask)), False, "inpainting model", str(tiny_model_dir), 1, 1, 1.0, 4,
-            "original", "whole picture", 32, "just resize", "Euler", 2, True, 7, 0, 1, 1, 1, 64, 64, *off, *off, *off,
-            False, *NO_GRID]
+    args = t2i(steps=2) | dict(image_and_mask=editor, mask_image=handle_file(str(mask)), mode="inpainting model",
+                               inpaint_model=str(tiny_model_dir)) | {f"unit{n}_image": None for n in (1, 2, 3)}
     with pytest.raises(AppError, match="accepts only the inpainting models in its list"):
-        space_client.predict(*args, api_name="/inpaint")
+        space_client.predict(**args, api_name="/inpaint")
 
 
 def test_one_client_cannot_fill_the_queue(space, space_client):
-    long_job = t2i_args(steps=50, scheduler="Euler", width=256, height=256, batch_size=4, batch_count=4)  # the Space's caps
-    running = space_client.submit(*long_job, *NO_GRID, api_name="/txt2img")
+    long_job = t2i(steps=50, scheduler="Euler", width=256, height=256, batch_size=4, batch_count=4)  # the Space's caps
+    running = space_client.submit(**long_job, api_name="/txt2img")
     try:
         wait_until_running(running)
-        waiting = [space_client.submit(*t2i_args(steps=2), *NO_GRID, api_name="/txt2img") for _ in range(2)]
+        waiting = [space_client.submit(**t2i(steps=2), api_name="/txt2img") for _ in range(2)]
         deadline = time.time() + 30
         while any(job.status().code.name != "IN_QUEUE" for job in waiting) and time.time() < deadline:
             time.sleep(0.05)
         login = httpx.post(space.url + "login/", data={"username": LOGIN[0], "password": LOGIN[1]})
-        refused = httpx.post(space.url + "gradio_api/call/txt2img", json={"data": t2i_args(steps=2) + NO_GRID},
+        api = httpx.get(space.url + "gradio_api/info", cookies=login.cookies).json()["named_endpoints"]
+        refused = httpx.post(space.url + "gradio_api/call/txt2img", json={"data": body(api, "/txt2img", steps=2)},
                              cookies=login.cookies)
         assert refused.status_code == 503 and "this host queues up to 2 per user" in refused.text
     finally:
