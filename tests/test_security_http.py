@@ -36,8 +36,11 @@ INTERNALS = ("Traceback", "Error:", "Errno", "/tmp/", str(ROOT), "PID", "pid ")
 
 def start(tmp_path_factory, name: str, args: list[str], env: dict | None = None) -> AppServer:
     server = AppServer(args, env=env, log_path=tmp_path_factory.mktemp("logs") / f"{name}.log")
-    server.wait_ready()
-    return server
+    try:
+        return server.wait_ready()
+    except BaseException:
+        server.stop()  # never leave a half-started server behind
+        raise
 
 
 @pytest.fixture(scope="module")
