@@ -30,6 +30,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from . import quiet_logs
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
@@ -46,6 +47,7 @@ from .preview import fit_latent_to_rgb
 from .requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
+quiet_logs.install()
 
 NO_MODEL = (
     "No model is loaded. Start the app with --model PATH_OR_HUB_ID (a diffusers folder, a "

@@ -6,22 +6,31 @@ script and style (keyboard, title progress, phone layout), for Blocks.launch.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gradio as gr
 
-from . import controlnet, img2img, inpaint, lab, models, pnginfo, remember, send_to, txt2img
+from . import controlnet, img2img, inpaint, lab, models, pnginfo, remember, send_to, txt2img, uploads
 from .common import GenerationService
+from .errors import StudioBlocks
+from .limits import HostLimits
 from .outputs import OutputStore
 
 HERE = Path(__file__).resolve().parent
 
 
 def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
-    service = GenerationService(manager, settings.limits, OutputStore(settings.outputs_dir, settings.save_outputs))
+    # What a host trusts and accepts (see docs/security.md): uploads, model fields, limits.
+    uploads.POLICY.max_megapixels = settings.max_upload_megapixels
+    uploads.MODELS.catalogue_only = bool(os.environ.get("SPACE_ID")) or not settings.allow_model_change
+    store = OutputStore(settings.outputs_dir, settings.save_outputs)
+    host = HostLimits(settings.max_prompt_chars, settings.max_grid_megapixels)
+    service = GenerationService(manager, settings.limits, store, host)
+    status_text = " ".join(filter(None, [startup_message or manager.describe(), store.startup_problem()]))
     size = manager.native_size
-    with gr.Blocks(title="SD Studio", analytics_enabled=False) as app:
-        status = gr.Markdown(startup_message or manager.describe(), elem_id="status")
+    with StudioBlocks(title="SD Studio", analytics_enabled=False, delete_cache=settings.delete_cache) as app:
+        status = gr.Markdown(status_text, elem_id="status")
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 t2i = txt2img.build(service, size)
@@ -40,6 +49,7 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
                 generation_tabs = {"txt2img": t2i, "img2img": i2i, "inpaint": inp, "controlnet": cn}
                 remember.wire(app, generation_tabs, settings.limits, remember.HostDefaults.for_settings(settings))
         send_to.wire_all(list(generation_tabs.values()), send_to.targets_of(i2i, inp, cn), tabs)
+    service.blocks = app
     return app
 
 
