@@ -126,3 +126,29 @@ def test_continue_from_an_inpaint_result_and_outpainting_extends_the_result_not_
     page.wait_for_function("() => document.querySelector('#inpaint_width input[type=number]').value === '96'",
                            timeout=30_000)
     assert page.input_value("#inpaint_height input[type=number]") == "64"
+
+
+def test_save_as_defaults_writes_the_host_config_and_a_new_browser_opens_with_it(browser, app_server):  # noqa: F811
+    import json
+
+    config = app_server.outputs_dir.resolve().parent / "ui-config.json"  # beside the outputs folder
+    first, second = browser.new_context(), browser.new_context()  # two browsers: no shared localStorage
+    try:
+        page = first.new_page()
+        page.goto(app_server.url)
+        page.wait_for_selector("#txt2img_generate", timeout=60_000)
+        set_number(page, "txt2img_steps", 27)
+        page.click("button[role=tab]:has-text('Models')")
+        page.click("#ui_defaults_save")
+        page.wait_for_function("() => (document.querySelector('#ui_defaults_message')?.innerText || '').includes('Saved')",
+                               timeout=15_000)
+        assert json.loads(config.read_text())["txt2img"]["steps"] == 27
+        other = second.new_page()
+        other.goto(app_server.url)
+        other.wait_for_selector("#txt2img_generate", timeout=60_000)
+        other.wait_for_function("() => document.querySelector('#txt2img_steps input[type=number]')?.value === '27'",
+                                timeout=15_000)
+    finally:
+        config.unlink(missing_ok=True)  # other tests expect the declared defaults
+        first.close()
+        second.close()
