@@ -13,6 +13,7 @@ from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
 from pipelines.requests import FIELDS
 
 from .fields import Form
+from .uploads import require_received
 
 # target → button label; a tab shows the targets other than itself (Inpaint: "Continue").
 TARGETS = {"img2img": "→ img2img", "inpaint": "→ Inpaint", "controlnet": "→ ControlNet unit 1",
@@ -71,7 +72,9 @@ def chosen_image(gallery, index) -> str:
         raise gr.Error("There is no result to send yet: generate an image first.")
     index = index if isinstance(index, int) and 0 <= index < len(gallery) else 0
     item = gallery[index]
-    return item[0] if isinstance(item, (tuple, list)) else item
+    # The gallery value comes from the client: a path it names must be a file this server
+    # gave out or received, before it is read or sent on to another tab (which would serve it).
+    return require_received(item[0] if isinstance(item, (tuple, list)) else item)
 
 
 def image_fields(path: str) -> dict:
