@@ -152,3 +152,36 @@ def test_save_as_defaults_writes_the_host_config_and_a_new_browser_opens_with_it
         config.unlink(missing_ok=True)  # other tests expect the declared defaults
         first.close()
         second.close()
+
+
+def start_long_run(page, batch_count: int = 1) -> None:
+    """A txt2img run long enough to act on while it goes (the tiny model, 128 px, 150 steps).
+    Every text the notes show is logged in window.notesSeen: the final notes and the
+    Interrupt/Skip button's own answer land in the same box, in either order."""
+    page.fill("#txt2img_prompt textarea", "a long run")
+    set_number(page, "txt2img_steps", 150)
+    set_number(page, "txt2img_width", 128)
+    set_number(page, "txt2img_height", 128)
+    set_number(page, "txt2img_batch_count", batch_count)
+    page.evaluate("""() => { window.notesSeen = []; const notes = document.querySelector('#txt2img_notes');
+        new MutationObserver(() => window.notesSeen.push(notes.innerText)).observe(notes, {subtree: true, childList: true, characterData: true}); }""")
+    page.click("#txt2img_generate")
+    page.wait_for_function(r"() => /^\[\d{1,3}%\] SD Studio$/.test(document.title)", timeout=120_000, polling=50)
+
+
+def notes_seen(page, text: str) -> str:
+    page.wait_for_function(f"() => window.notesSeen.some((t) => t.includes({text!r}))", timeout=120_000)
+    return next(t for t in page.evaluate("() => window.notesSeen") if text in t)
+
+
+def test_esc_interrupts_the_run(page):
+    start_long_run(page)
+    page.keyboard.press("Escape")
+    assert "interrupted" in notes_seen(page, "Interrupted at step")
+
+
+def test_skip_finishes_the_current_image_and_the_batch_goes_on(page):
+    start_long_run(page, batch_count=2)
+    page.click("#txt2img_skip")
+    notes = notes_seen(page, "image(s) in")
+    assert "2 image(s)" in notes and "Skipped at step" in notes and "interrupted" not in notes
