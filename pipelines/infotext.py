@@ -45,6 +45,7 @@ def request_infotext(request, seed: int, model_name: str | None, extra: dict | N
         "Denoising strength": getattr(request, "strength", None),
         "Resize mode": getattr(request, "resize_mode", None),
         "Eta": s.eta if s.scheduler in ETA_SCHEDULERS else None,
+        "Clip skip": request.clip_skip if getattr(request, "clip_skip", 1) != 1 else None,  # A1111 omits the default
         **(extra or {}),
         **control_params(request),
         "Version": VERSION,

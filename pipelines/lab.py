@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from .diffusion_math import Schedule, make_betas
 from .grid import compose_grid
 from .images import fit
+from .prompt_encoding import encode_prompts
 from .schedulers import build_scheduler
 
 # The two β schedules the seed compares: DDPM's linear betas (pixels) and LDM/SD's scaled-linear.
@@ -220,7 +221,8 @@ class DiffusionLab:
     # --- sampling parts -------------------------------------------------------------------------
     def _embeddings(self, prompt: str, negative: str) -> torch.Tensor:
         """[uncond, cond] text embeddings, as the pipeline batches them for CFG."""
-        cond, uncond = self.pipe.encode_prompt(prompt, self.device, 1, True, negative or None)
+        embeddings = encode_prompts(self.pipe, prompt, negative, device=self.device)  # chunks, emphasis: as generation
+        cond, uncond = embeddings.cond, embeddings.uncond
         return torch.cat([uncond, cond])
 
     def _eps(self, latents: torch.Tensor, t, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,7 +112,7 @@ def _number(text: str | None, cast):
 def infotext_to_fields(parsed: dict, scheduler_names) -> tuple[dict, list[str]]:
     """Parsed infotext → request field values the app understands, plus notes on what it
     could not take over (an unknown sampler, say). Keys: prompt, negative_prompt, steps,
-    scheduler, cfg, cfg_scale, eta, seed, width, height, strength."""
+    scheduler, cfg, cfg_scale, eta, seed, width, height, strength, clip_skip."""
     notes: list[str] = []
     fields: dict = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
     for key, name, cast in (
@@ -121,10 +121,13 @@ def infotext_to_fields(parsed: dict, scheduler_names) -> tuple[dict, list[str]]:
         ("Seed", "seed", int),
         ("Eta", "eta", float),
         ("Denoising strength", "strength", float),
+        ("Clip skip", "clip_skip", int),
     ):
         value = _number(parsed.get(key), cast)
         if value is not None:
             fields[name] = value
+    if "Steps" in parsed and "clip_skip" not in fields:
+        fields["clip_skip"] = 1  # A1111 writes Clip skip only when it is not 1
     if "CFG" in parsed:
         fields["cfg"] = parsed["CFG"].strip().lower() != "off"
     size = parsed.get("Size", "")

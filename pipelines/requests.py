@@ -22,6 +22,7 @@ from .schedulers import SCHEDULER_NAMES
 
 MAX_SEED = 2**32 - 1
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
+MAX_CLIP_SKIP = 12  # A1111's slider range (CLIP ViT-L has 12 layers)
 
 
 def _require_number(name: str, value, low: float, high: float, integer: bool = False) -> None:
@@ -148,12 +149,15 @@ class Txt2ImgRequest:
     sampling: Sampling = field(default_factory=Sampling)
     control: Control | None = None  # ControlNet units, if any
     notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
+    clip_skip: int = 1  # A1111 "Clip skip": 1 = the text encoder's last layer, 2 = the one before, …
 
     task: ClassVar[str] = "txt2img"
 
     def __post_init__(self):
         _require_text("Prompt", self.prompt)
         _require_text("Negative prompt", self.negative_prompt)
+        _require_number("Clip skip", self.clip_skip, 1, MAX_CLIP_SKIP, integer=True)
+        object.__setattr__(self, "clip_skip", int(self.clip_skip))
         for name in ("width", "height"):
             value = getattr(self, name)
             _require_number(name.capitalize(), value, 1, 16384, integer=True)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FLAGS_ACTOR = "sd-studio-cancelled-jobs"
 APP_NAME = "sd-studio"
 POLL_S = 0.1
+COUNT_TIMEOUT_S = 0.5
 
 
 @ray.remote(num_cpus=0)
@@ -85,6 +86,9 @@ class GenerationWorker:
     def load_base(self, source: str):
         return self.manager.load_base(source)
 
+    def count_tokens(self, text: str):
+        return self.manager.count_tokens(text)
+
 
 class RayBackend:
     """The front end's side: serves like a PipelineManager, runs on Ray Serve replicas."""
@@ -132,6 +136,14 @@ class RayBackend:
             if on_step is not None:
                 on_step(event)
         raise RuntimeError("the worker ended without a result")
+
+    def count_tokens(self, text: str):
+        """The live token counter, asked of a replica. A replica runs one request at a time, so
+        while all are busy generating the counter stays blank (None) instead of waiting."""
+        try:
+            return self.handle.count_tokens.remote(text).result(timeout_s=COUNT_TIMEOUT_S)
+        except Exception:  # a timeout (replicas busy) or a replica restarting
+            return None
 
     def load_base(self, source: str):
         raise ModelLoadError("With the Ray backend every replica loads the model given at start (--model); "

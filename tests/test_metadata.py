@@ -23,6 +23,7 @@ def test_infotext_round_trips_through_a_png():
     assert fields == {
         "prompt": "a red circle, centred\nsecond line", "negative_prompt": "blurry", "steps": 20, "cfg_scale": 7.5,
         "seed": 4294967295, "strength": 0.35, "width": 128, "height": 96, "scheduler": "DPM++ 2M Karras",
+        "clip_skip": 1,  # absent = 1: A1111 writes Clip skip only when it is not 1
     }
     assert notes == []
 

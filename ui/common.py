@@ -16,7 +16,7 @@ from pipelines.errors import StudioError
 from pipelines.grid import CELLS_KEY, cells_chunk, grid_infotext
 from pipelines.jobs import StepInfo
 from pipelines.metadata import PNG_KEY
-from pipelines.requests import Limits, Sampling
+from pipelines.requests import MAX_CLIP_SKIP, Limits, Sampling
 from pipelines.schedulers import ETA_SCHEDULERS, SCHEDULER_NAMES
 
 from .jobs import SessionJobs
@@ -79,9 +79,23 @@ class PromptBox:
     negative: gr.Textbox
 
 
-def prompt_box(tab: str) -> PromptBox:
+def token_counter(box: gr.Textbox, count: Callable[[str], str], elem_id: str) -> gr.HTML:
+    """A1111's live 'n/75' under a prompt box (75 tokens per chunk; 150, 225, … past that)."""
+    counter = gr.HTML("", elem_id=elem_id, padding=False)
+    box.change(count, box, counter, queue=False, show_progress="hidden", trigger_mode="always_last",
+               api_visibility="private")
+    return counter
+
+
+def prompt_box(tab: str, count_tokens: Callable[[str], str] | None = None) -> PromptBox:
+    """Prompt and negative prompt; with count_tokens (GenerationService.count_tokens), each
+    gets a live token counter."""
     prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a large red circle on a white background", elem_id=f"{tab}_prompt")
+    if count_tokens:
+        token_counter(prompt, count_tokens, f"{tab}_prompt_token_count")
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_negative")
+    if count_tokens:
+        token_counter(negative, count_tokens, f"{tab}_negative_token_count")
     return PromptBox(prompt, negative)
 
 
@@ -99,6 +113,7 @@ class SamplerControls:
     seed: gr.Number
     random_seed: gr.Button
     reuse_seed: gr.Button
+    clip_skip: gr.Slider  # sent after the grid's values (last input): older API calls keep their positions
 
     def inputs(self) -> list:
         """Order matches sampling_from()'s leading parameters plus width/height."""
@@ -110,6 +125,8 @@ def sampler_controls(tab: str, limits: Limits, native_size: int) -> SamplerContr
     with gr.Row():
         scheduler = gr.Dropdown(list(SCHEDULER_NAMES), value="Euler a", label="Scheduler", elem_id=f"{tab}_scheduler")
         steps = gr.Slider(1, limits.max_steps, value=min(20, limits.max_steps), step=1, label="Steps", elem_id=f"{tab}_steps")
+        clip_skip = gr.Slider(1, MAX_CLIP_SKIP, value=1, step=1, label="Clip skip", elem_id=f"{tab}_clip_skip",
+                              info="1 = last text-encoder layer")
     with gr.Row():
         cfg = gr.Checkbox(value=True, label="CFG", info="classifier-free guidance; off = one UNet pass per step", elem_id=f"{tab}_cfg")
         cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
@@ -127,7 +144,8 @@ def sampler_controls(tab: str, limits: Limits, native_size: int) -> SamplerContr
     scheduler.change(lambda name: gr.update(visible=name in ETA_SCHEDULERS), scheduler, eta, queue=False, api_visibility="private")
     cfg.change(lambda on: gr.update(interactive=on), cfg, cfg_scale, queue=False, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
-    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed, reuse_seed)
+    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed,
+                           reuse_seed, clip_skip)
 
 
 def sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count) -> Sampling:
@@ -187,6 +205,18 @@ class GenerationService:
         self.jobs = SessionJobs()
         # As many GPU jobs at once as the backend has devices (a pool) or replicas (Ray).
         self.gpu_event = {"concurrency_id": GPU, "concurrency_limit": getattr(backend, "concurrency", 1)}
+
+    def count_tokens(self, text: str | None) -> str:
+        """The token counter's text, e.g. '12/75' ('' when the backend cannot count now)."""
+        try:
+            counted = self.backend.count_tokens(text or "")
+        except Exception as error:  # a counter must never break typing
+            log.debug("token count failed: %s", error)
+            counted = None
+        if not counted:
+            return ""
+        tokens, limit = counted
+        return f"<div style='text-align:right;font-size:0.8em;opacity:0.75'>{int(tokens)}/{int(limit)}</div>"
 
     @contextmanager
     def _session_job(self, session: str):

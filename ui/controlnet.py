@@ -14,7 +14,7 @@ from .control_units import UNIT_FIELDS, control_from, control_panel
 def build(service: GenerationService, native_size: int) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box("controlnet")
+            prompts = prompt_box("controlnet", service.count_tokens)
             sampler = sampler_controls("controlnet", service.limits, native_size)
             panel_units = control_panel("controlnet", sampler.width, sampler.height)
             with gr.Accordion("Start from an image (img2img)", open=False):
@@ -29,6 +29,7 @@ def build(service: GenerationService, native_size: int) -> None:
 
     def generate(prompt, negative, use_init_image, init_path, mode, denoise, scheduler, steps, cfg, cfg_scale, eta, seed,
                  batch_size, batch_count, width, height, *control_and_grid, request: gr.Request, progress=gr.Progress()):
+        *control_and_grid, clip_skip = control_and_grid  # clip skip comes last
         control_values, grid_values = xy_grid.split_values(control_and_grid)  # X/Y grid hook
 
         def build_request():
@@ -36,6 +37,7 @@ def build(service: GenerationService, native_size: int) -> None:
             if control is None:
                 raise gr.Error("Enable at least one ControlNet unit (or use the txt2img tab).")
             common = dict(prompt=prompt, negative_prompt=negative, width=width, height=height, control=control,
+                          clip_skip=clip_skip,
                           sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count))
             if use_init_image:
                 return Img2ImgRequest(init_image=open_image(init_path, "init image"), strength=denoise,
@@ -45,10 +47,10 @@ def build(service: GenerationService, native_size: int) -> None:
         yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
 
     inputs = [prompts.prompt, prompts.negative, use_init, init_image, resize_mode, strength, *sampler.inputs(),
-              *panel_units.inputs(), *grid.inputs()]
+              *panel_units.inputs(), *grid.inputs(), sampler.clip_skip]
     names = ["prompt", "negative_prompt", "use_init_image", "init_image", "resize_mode", "strength", "scheduler", "steps",
              "cfg", "cfg_scale", "eta", "seed", "batch_size", "batch_count", "width", "height"]
     names += [f"unit{u + 1}_{field}" for u in range(len(panel_units.units)) for field in UNIT_FIELDS] + ["guess_mode"]
-    names += list(xy_grid.GRID_FIELDS)
+    names += list(xy_grid.GRID_FIELDS) + ["clip_skip"]
     panel.generate.click(with_session(generate, names), inputs, panel.outputs(), api_name="controlnet", **service.gpu_event)
     wire_common(panel, sampler, service, interrupt_api=None)

@@ -24,7 +24,7 @@ class Img2ImgTab:
 def build(service: GenerationService, native_size: int) -> Img2ImgTab:
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box("img2img")
+            prompts = prompt_box("img2img", service.count_tokens)
             init_image = SafeImage(label="Init image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                    height=320, elem_id="img2img_init")
             with gr.Row():
@@ -39,11 +39,11 @@ def build(service: GenerationService, native_size: int) -> Img2ImgTab:
             panel = result_panel("img2img")
 
     def generate(prompt, negative, image_path, mode, denoise, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size,
-                 batch_count, width, height, x_type, x_values, y_type, y_values, draw_legend, request: gr.Request,
-                 progress=gr.Progress()):
+                 batch_count, width, height, x_type, x_values, y_type, y_values, draw_legend, clip_skip,
+                 request: gr.Request, progress=gr.Progress()):
         def build_request():
             return Img2ImgRequest(
-                prompt=prompt, negative_prompt=negative, width=width, height=height,
+                prompt=prompt, negative_prompt=negative, width=width, height=height, clip_skip=clip_skip,
                 init_image=open_image(image_path, "init image"), strength=denoise, resize_mode=mode,
                 sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
             )
@@ -58,7 +58,7 @@ def build(service: GenerationService, native_size: int) -> Img2ImgTab:
         limits = service.limits
         return (min(limits.max_width, max(64, image.width // 8 * 8)), min(limits.max_height, max(64, image.height // 8 * 8)))
 
-    inputs = [prompts.prompt, prompts.negative, init_image, resize_mode, strength, *sampler.inputs(), *grid.inputs()]
+    inputs = [prompts.prompt, prompts.negative, init_image, resize_mode, strength, *sampler.inputs(), *grid.inputs(), sampler.clip_skip]
     panel.generate.click(generate, inputs, panel.outputs(), api_name="img2img", **service.gpu_event)
     use_size.click(image_size, init_image, [sampler.width, sampler.height], queue=False, api_visibility="private")
     wire_common(panel, sampler, service, interrupt_api=None)

@@ -47,7 +47,7 @@ def mask_outline(image: Image.Image, mask: Image.Image) -> Image.Image:
 def build(service: GenerationService, native_size: int) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box("inpaint")
+            prompts = prompt_box("inpaint", service.count_tokens)
             editor = gr.ImageMask(label="Image — paint the area to regenerate", type="pil", image_mode="RGBA",
                                   brush=MASK_BRUSH, sources=["upload", "clipboard"], format="png", height=420,
                                   elem_id="inpaint_editor", transforms=())
@@ -100,6 +100,7 @@ def build(service: GenerationService, native_size: int) -> None:
     def generate(prompt, negative, editor_value, mask_path, invert_mask, inpaint_mode, model, r, j, denoise, blur,
                  content, inpaint_area, pad, mode_resize, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size,
                  batch_count, width, height, *control_and_grid, request: gr.Request, progress=gr.Progress()):
+        *control_and_grid, clip_skip = control_and_grid  # clip skip comes last
         control_values, grid_values = xy_grid.split_values(control_and_grid)  # X/Y grid hook
 
         def build_request():
@@ -111,6 +112,7 @@ def build(service: GenerationService, native_size: int) -> None:
                 raise gr.Error("The mask is empty: paint over the area to regenerate (or upload a mask image).")
             return InpaintRequest(
                 prompt=prompt, negative_prompt=negative, width=width, height=height, init_image=image, mask=mask,
+                clip_skip=clip_skip,
                 mode=inpaint_mode, inpaint_model=model or "", repaint_r=r, repaint_j=j, strength=denoise,
                 mask_blur=blur, invert_mask=invert_mask, masked_content=content, inpaint_area=inpaint_area,
                 padding=pad, resize_mode=mode_resize, control=control_from(list(control_values), width, height),
@@ -124,10 +126,10 @@ def build(service: GenerationService, native_size: int) -> None:
              "resize_mode", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "batch_size", "batch_count",
              "width", "height"]
     names += [f"unit{u + 1}_{field}" for u in range(len(panel_units.units)) for field in UNIT_FIELDS] + ["guess_mode"]
-    names += list(xy_grid.GRID_FIELDS)
+    names += list(xy_grid.GRID_FIELDS) + ["clip_skip"]
     inputs = [prompts.prompt, prompts.negative, editor, mask_upload, invert, mode, inpaint_model, repaint_r, repaint_j,
               strength, mask_blur, masked_content, area, padding, resize_mode, *sampler.inputs(), *panel_units.inputs(),
-              *grid.inputs()]
+              *grid.inputs(), sampler.clip_skip]
     event = panel.generate.click(with_session(generate, names), inputs, panel.outputs(), api_name="inpaint",
                                  **service.gpu_event)
 

@@ -35,11 +35,13 @@ def build(tabs: gr.Tabs, txt2img, img2img) -> None:
 
     def targets(tab) -> list:
         s = tab.sampler
-        return [tab.prompts.prompt, tab.prompts.negative, s.scheduler, s.steps, s.cfg, s.cfg_scale, s.eta, s.seed, s.width, s.height]
+        return [tab.prompts.prompt, tab.prompts.negative, s.scheduler, s.steps, s.cfg, s.cfg_scale, s.eta, s.seed, s.width, s.height,
+                s.clip_skip]
 
     def values(parameters: dict) -> tuple[list, list[str]]:
         fields, notes = infotext_to_fields(parameters or {}, SCHEDULER_NAMES)
-        keys = ["prompt", "negative_prompt", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "width", "height"]
+        keys = ["prompt", "negative_prompt", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "width", "height",
+                "clip_skip"]
         return [fields.get(k, gr.skip()) for k in keys], notes
 
     def send_txt2img(parameters):

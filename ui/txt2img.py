@@ -21,24 +21,25 @@ class Txt2ImgTab:
 def build(service: GenerationService, native_size: int) -> Txt2ImgTab:
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box("txt2img")
+            prompts = prompt_box("txt2img", service.count_tokens)
             sampler = sampler_controls("txt2img", service.limits, native_size)
             grid = xy_grid.grid_controls("txt2img", xy_grid.TXT2IMG_AXES)  # X/Y grid hook
         with gr.Column(scale=1):
             panel = result_panel("txt2img")
 
     def generate(prompt, negative, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count, width, height,
-                 x_type, x_values, y_type, y_values, draw_legend, request: gr.Request, progress=gr.Progress()):
+                 x_type, x_values, y_type, y_values, draw_legend, clip_skip, request: gr.Request, progress=gr.Progress()):
         def build_request():
             return Txt2ImgRequest(
-                prompt=prompt, negative_prompt=negative, width=width, height=height,
+                prompt=prompt, negative_prompt=negative, width=width, height=height, clip_skip=clip_skip,
                 sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
             )
 
         grid_values = (x_type, x_values, y_type, y_values, draw_legend)  # X/Y grid hook: a grid when an axis is set
         yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
 
-    event = dict(fn=generate, inputs=[prompts.prompt, prompts.negative, *sampler.inputs(), *grid.inputs()], outputs=panel.outputs(),
+    event = dict(fn=generate, inputs=[prompts.prompt, prompts.negative, *sampler.inputs(), *grid.inputs(),
+                               sampler.clip_skip], outputs=panel.outputs(),
                  **service.gpu_event)
     panel.generate.click(api_name="txt2img", **event)
     prompts.prompt.submit(api_visibility="private", **event)
