@@ -83,6 +83,7 @@ AXES: dict[str, Axis] = {axis.name: axis for axis in (
     Axis("Seed", int, _sampling("seed")),
     Axis("Control weight", float, _set_control_weight),
     Axis("RePaint r", int, _set_repaint_r),
+    Axis("Clip skip", int, lambda request, value: replace(request, clip_skip=value)),
 )}
 
 

@@ -81,7 +81,7 @@ class PromptBox:
 
 def token_counter(box: gr.Textbox, count: Callable[[str], str], elem_id: str) -> gr.HTML:
     """A1111's live 'n/75' under a prompt box (75 tokens per chunk; 150, 225, … past that)."""
-    counter = gr.HTML("", elem_id=elem_id, padding=False)
+    counter = gr.HTML(count(box.value or ""), elem_id=elem_id, padding=False, min_height=0)
     box.change(count, box, counter, queue=False, show_progress="hidden", trigger_mode="always_last",
                api_visibility="private")
     return counter
@@ -90,12 +90,15 @@ def token_counter(box: gr.Textbox, count: Callable[[str], str], elem_id: str) ->
 def prompt_box(tab: str, count_tokens: Callable[[str], str] | None = None) -> PromptBox:
     """Prompt and negative prompt; with count_tokens (GenerationService.count_tokens), each
     gets a live token counter."""
-    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a large red circle on a white background", elem_id=f"{tab}_prompt")
-    if count_tokens:
-        token_counter(prompt, count_tokens, f"{tab}_prompt_token_count")
-    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_negative")
-    if count_tokens:
-        token_counter(negative, count_tokens, f"{tab}_negative_token_count")
+    with gr.Group():  # the counter sits in the box's frame, at its lower right corner
+        prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a large red circle on a white background",
+                            elem_id=f"{tab}_prompt")
+        if count_tokens:
+            token_counter(prompt, count_tokens, f"{tab}_prompt_token_count")
+    with gr.Group():
+        negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_negative")
+        if count_tokens:
+            token_counter(negative, count_tokens, f"{tab}_negative_token_count")
     return PromptBox(prompt, negative)
 
 
@@ -125,8 +128,8 @@ def sampler_controls(tab: str, limits: Limits, native_size: int) -> SamplerContr
     with gr.Row():
         scheduler = gr.Dropdown(list(SCHEDULER_NAMES), value="Euler a", label="Scheduler", elem_id=f"{tab}_scheduler")
         steps = gr.Slider(1, limits.max_steps, value=min(20, limits.max_steps), step=1, label="Steps", elem_id=f"{tab}_steps")
-        clip_skip = gr.Slider(1, MAX_CLIP_SKIP, value=1, step=1, label="Clip skip", elem_id=f"{tab}_clip_skip",
-                              info="1 = last text-encoder layer")
+        clip_skip = gr.Slider(1, MAX_CLIP_SKIP, value=1, step=1, label="Clip skip", elem_id=f"{tab}_clip_skip", scale=0,
+                              min_width=200)  # 1 = the text encoder's last layer (A1111)
     with gr.Row():
         cfg = gr.Checkbox(value=True, label="CFG", info="classifier-free guidance; off = one UNet pass per step", elem_id=f"{tab}_cfg")
         cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
@@ -216,7 +219,8 @@ class GenerationService:
         if not counted:
             return ""
         tokens, limit = counted
-        return f"<div style='text-align:right;font-size:0.8em;opacity:0.75'>{int(tokens)}/{int(limit)}</div>"
+        return (f"<div style='text-align:right;font-size:0.8em;opacity:0.75;padding:0 8px 2px'>"
+                f"{int(tokens)}/{int(limit)}</div>")
 
     @contextmanager
     def _session_job(self, session: str):
