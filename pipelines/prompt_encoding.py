@@ -17,7 +17,7 @@ the features, so a model with two encoders (SDXL) reuses it; SD 1.x/2.x have one
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -36,7 +36,10 @@ def converter(pipe, tokenizer):
     """Textual-inversion words as the tokenizer knows them: diffusers expands a k-vector
     embedding's word into k added tokens (maybe_convert_prompt)."""
     convert = getattr(pipe, "maybe_convert_prompt", None)
-    return (lambda text: convert(text, tokenizer)) if convert else (lambda text: text)
+    added = getattr(tokenizer, "added_tokens_encoder", {}) or {}
+    # It only rewrites a word whose "word_1" was added too; skip the extra tokenising otherwise.
+    multi_vector = any(f"{token}_1" in added for token in added)
+    return (lambda text: convert(text, tokenizer)) if convert and multi_vector else (lambda text: text)
 
 
 def tokenize(pipe, parsed: ParsedPrompt, tokenizer=None) -> TokenizedPrompt:
@@ -83,43 +86,36 @@ def encode_tokenized(tokenized: TokenizedPrompt, text_encoder, clip_skip: int, d
     return torch.cat(chunks, dim=1).to(text_encoder.dtype)
 
 
-def encode_parsed(pipe, parsed: ParsedPrompt, clip_skip: int, device, min_chunks: int = 0) -> torch.Tensor:
-    """One prompt through every encoder (features concatenated), padded to min_chunks chunks
-    with the empty prompt's encoding."""
-    outputs = []
-    for tokenizer, text_encoder in encoders_of(pipe):
-        tokenized = tokenize(pipe, parsed, tokenizer)
-        z = encode_tokenized(tokenized, text_encoder, clip_skip, device)
-        missing = min_chunks - len(tokenized.chunks)
-        if missing > 0:
-            empty = encode_tokenized(tokenize(pipe, parse_prompt(""), tokenizer), text_encoder, clip_skip, device)
-            z = torch.cat([z, empty.repeat(1, missing, 1)], dim=1)
-        outputs.append(z)
-    return torch.cat(outputs, dim=-1)
-
-
 @dataclass
 class PromptEmbeddings:
     cond: torch.Tensor  # (1, 77·k, D)
     uncond: torch.Tensor | None  # same shape; None when CFG is off (no unconditional pass)
-    notes: list[str] = field(default_factory=list)
 
 
-def chunk_count(pipe, parsed: ParsedPrompt) -> int:
-    return len(tokenize(pipe, parsed).chunks)
+def _pad(z: torch.Tensor, chunks: int, empty) -> torch.Tensor:
+    """z (1, 77·k, D) padded to `chunks` chunks with the empty prompt's chunk."""
+    missing = chunks - z.shape[1] // CHUNK_TOKENS
+    return torch.cat([z, empty().repeat(1, missing, 1)], dim=1) if missing > 0 else z
 
 
 def encode_prompts(pipe, prompt: str, negative: str = "", clip_skip: int = 1, cfg: bool = True,
                    device=None) -> PromptEmbeddings:
-    """The request's prompt and negative prompt as embeddings of equal length."""
+    """The request's prompt and negative prompt as embeddings of equal length (the negative
+    only with CFG on), through every encoder of the pipeline (features concatenated)."""
     device = device if device is not None else pipe._execution_device
-    cond_parsed = parse_prompt(prompt)
-    if not cfg:
-        return PromptEmbeddings(encode_parsed(pipe, cond_parsed, clip_skip, device), None)
-    uncond_parsed = parse_prompt(negative or "")
-    chunks = max(chunk_count(pipe, cond_parsed), chunk_count(pipe, uncond_parsed))
-    return PromptEmbeddings(encode_parsed(pipe, cond_parsed, clip_skip, device, chunks),
-                            encode_parsed(pipe, uncond_parsed, clip_skip, device, chunks))
+    parsed = [parse_prompt(prompt)] + ([parse_prompt(negative or "")] if cfg else [])
+    outputs: list[list[torch.Tensor]] = [[] for _ in parsed]
+    for tokenizer, text_encoder in encoders_of(pipe):
+        tokenized = [tokenize(pipe, p, tokenizer) for p in parsed]
+        chunks = max(len(t.chunks) for t in tokenized)
+
+        def empty() -> torch.Tensor:
+            return encode_tokenized(tokenize(pipe, parse_prompt(""), tokenizer), text_encoder, clip_skip, device)
+
+        for output, t in zip(outputs, tokenized):
+            output.append(_pad(encode_tokenized(t, text_encoder, clip_skip, device), chunks, empty))
+    cond, *uncond = [torch.cat(output, dim=-1) for output in outputs]
+    return PromptEmbeddings(cond, uncond[0] if uncond else None)
 
 
 def count_tokens(pipe, text: str) -> tuple[int, int]:

@@ -63,7 +63,8 @@ def tokenize_prompt(parsed: ParsedPrompt, tokenizer, convert: Callable[[str], st
     tokenising (the pipeline's maybe_convert_prompt: multi-vector embeddings expand)."""
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = tokenizer.convert_tokens_to_ids(",</w>")  # (get_vocab() would copy all 49408 entries)
+    comma = None if comma == tokenizer.unk_token_id else comma
     texts = [convert(s.text) if not s.is_break else "" for s in parsed.segments]
     tokenized = tokenizer(texts, truncation=False, add_special_tokens=False, verbose=False).input_ids
 

@@ -58,3 +58,8 @@ def test_image_without_parameters_reads_as_none():
 
 def test_prompt_only_infotext_keeps_the_prompt():
     assert parse_infotext("just a prompt")["Prompt"] == "just a prompt"
+
+
+def test_clip_skip_is_read_back_from_a1111_infotext():
+    fields, _ = infotext_to_fields(parse_infotext("a cat\nSteps: 20, Sampler: Euler a, Clip skip: 2, Seed: 1"), SCHEDULER_NAMES)
+    assert fields["clip_skip"] == 2
