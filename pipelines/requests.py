@@ -18,11 +18,13 @@ from typing import ClassVar
 from PIL import Image
 
 from .errors import RequestError
+from .prompt_syntax import parse_prompt
 from .schedulers import SCHEDULER_NAMES
 
 MAX_SEED = 2**32 - 1
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
 MAX_CLIP_SKIP = 12  # A1111's slider range (CLIP ViT-L has 12 layers)
+MAX_PROMPT_CHARS = 20_000  # ~4000 tokens, ~50 chunks of 75: far past any real prompt
 
 
 def _require_number(name: str, value, low: float, high: float, integer: bool = False) -> None:
@@ -39,6 +41,18 @@ def _require_number(name: str, value, low: float, high: float, integer: bool = F
 def _require_text(name: str, value) -> None:
     if not isinstance(value, str):
         raise RequestError(f"{name} must be text, got {type(value).__name__}.")
+
+
+def _require_prompt(name: str, value) -> None:
+    """Text of bounded length (each 75 tokens is one more text-encoder pass) whose A1111
+    syntax parses (a LoRA weight must be a number)."""
+    _require_text(name, value)
+    if len(value) > MAX_PROMPT_CHARS:
+        raise RequestError(f"{name} is {len(value)} characters; at most {MAX_PROMPT_CHARS} are accepted.")
+    try:
+        parse_prompt(value)
+    except ValueError as error:
+        raise RequestError(f"{name}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -154,8 +168,8 @@ class Txt2ImgRequest:
     task: ClassVar[str] = "txt2img"
 
     def __post_init__(self):
-        _require_text("Prompt", self.prompt)
-        _require_text("Negative prompt", self.negative_prompt)
+        for label, text in (("Prompt", self.prompt), ("Negative prompt", self.negative_prompt)):
+            _require_prompt(label, text)
         _require_number("Clip skip", self.clip_skip, 1, MAX_CLIP_SKIP, integer=True)
         object.__setattr__(self, "clip_skip", int(self.clip_skip))
         for name in ("width", "height"):
