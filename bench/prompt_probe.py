@@ -5,8 +5,8 @@
 Held-out single-object captions (training/evaluate.py's base probe: colour/shape/background
 triples never drawn in training), read back from pixels, CFG 5, 20 DDIM steps, the same
 seeds for every row. Rows rewrite each caption's colour word: as written, emphasised
-`(red:1.3)`, de-emphasised `(red:0.5)`, and the plain caption with clip skip 2 (the demo
-model was trained on the last layer, so skipping one is expected to cost accuracy).
+`(red:1.3)`, de-emphasised `(red:0.5)` and `(red:0)`, and the plain caption with clip skip
+2 and 4 (the demo text encoder has 4 layers and was trained on the last one).
 Prints one JSON line per row: colour/shape/background/position accuracy.
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rows", nargs="*", help="only these rows (names as printed)")
     args = parser.parse_args()
     pipe = load_pipeline(ROOT / "assets" / "models", args.device)
     probes = heldout_probes(args.n)
@@ -57,8 +58,11 @@ def main() -> None:
         return out
 
     rows = {"as written": (captions, 1), "colour (w:1.3)": (with_colour("({}:1.3)"), 1),
-            "colour (w:0.5)": (with_colour("({}:0.5)"), 1), "clip skip 2": (captions, 2)}
+            "colour (w:0.5)": (with_colour("({}:0.5)"), 1), "colour (w:0)": (with_colour("({}:0)"), 1),
+            "clip skip 2": (captions, 2), "clip skip 4": (captions, 4)}
     for name, (prompts, skip) in rows.items():
+        if args.rows and name not in args.rows:
+            continue
         print(json.dumps({"row": name, "n": args.n, **score_objects(generate(pipe, prompts, skip), truths)}), flush=True)
 
 
