@@ -99,6 +99,15 @@ def create_backend(settings: Settings):
             backend.load_base(source)
         except ModelLoadError as error:
             message = f"**Model not loaded.** {error}"
+        if not message and settings.warmup and not on_zerogpu():
+            from pipelines.errors import RequestError
+            from pipelines.warmup import parse_sizes, warm_up
+
+            try:
+                for manager in getattr(backend, "managers", [backend]):
+                    warm_up(manager, parse_sizes(settings.warmup))
+            except (ValueError, RequestError) as error:
+                raise SystemExit(f"Warm-up not done: {error}") from None
     if on_zerogpu():
         backend = ZeroGPUBackend(backend)
     return backend, message
@@ -108,7 +117,10 @@ def create_app(settings: Settings):
     """The backend with its initial model, and the Gradio app around it."""
     from ui import build_app
 
+    from serving.fair import FairGate
+
     backend, message = create_backend(settings)
+    backend = FairGate(backend)  # browser tabs and the REST API take turns, first come first served
     if message:
         logging.getLogger("sd-studio").warning(message)
     return backend, build_app(backend, settings, message)
@@ -118,9 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_args(argv)
     configure_network(settings.allow_download)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _, app = create_app(settings)
+    backend, app = create_app(settings)
     app.queue(max_size=settings.queue_size, default_concurrency_limit=1)  # GPU events set their own limit
-    app.launch(server_name=settings.host, server_port=settings.port, show_error=True)
+    from api import launch_kwargs  # the REST API (--api) shares the server and the port
+
+    app.launch(server_name=settings.host, server_port=settings.port, show_error=True, **launch_kwargs(backend, settings))
 
 
 if __name__ == "__main__":

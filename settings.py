@@ -68,12 +68,15 @@ class Settings:
     queue_size: int = 64
     preview_every: int = 0  # 0: every step on CPU, every 5th on a GPU
     fast_path: str = "auto"  # auto (on for CUDA), off, or a compile mode: regional, full, none
+    warmup: str = ""  # sizes compiled before serving, e.g. "512" or "512,768x512"; "" = compile in the background
     backend: str = "local"  # "local": managers in this process; "ray": Ray Serve workers
     devices: str = ""  # local: "" one (auto), "all" every CUDA device, or "cuda:0,cuda:1"
     ray_address: str = ""  # "" starts a local Ray cluster; "auto" or ray://host:10001 joins one
     ray_replicas: int = 1
     ray_max_replicas: int = 0  # > ray_replicas: autoscale between the two
     ray_gpus_per_replica: float = -1.0  # -1: 1 when this machine has CUDA, else 0
+    api: bool = False  # the AUTOMATIC1111-compatible REST API (/sdapi/v1/…) on the same port
+    api_auth: str = ""  # "user:pass[,user2:pass2]": HTTP Basic login for the REST API
 
     @property
     def limits(self) -> Limits:
@@ -109,6 +112,10 @@ class Settings:
             "backend": "local (managers in this process) or ray (Ray Serve workers)",
             "devices": "local backend: '' one device, 'all' every CUDA device, or e.g. cuda:0,cuda:1",
             "ray_address": "'' starts a local Ray cluster; 'auto' or ray://host:10001 joins one",
+            "warmup": "GPU: sizes to compile before serving, e.g. 512 or 512,768x512 (default: none; the first "
+                      "request of a size runs eager while it compiles in the background)",
+            "api": "serve the AUTOMATIC1111-compatible REST API (/sdapi/v1/..., docs at /docs) on the same port",
+            "api_auth": "user:password[,user2:password2]: HTTP Basic login the REST API requires",
         }
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
