@@ -60,3 +60,12 @@ def test_the_manager_counts_tokens_as_a1111_shows_them(manager):
     assert manager.count_tokens("(a red circle:1.3) <lora:x:1>") == (3, 75)  # syntax and tags are not tokens
     assert manager.count_tokens(" ".join(["cat"] * 80)) == (80, 150)
     assert manager.count_tokens("<lora:x:nope>") is None  # the request will say what is wrong
+
+
+def test_every_backend_counts_tokens_without_a_job(manager):
+    from serving.fair import FairGate
+    from serving.pool import ManagerPool
+    from serving.zerogpu import ZeroGPUBackend
+
+    for backend in (ManagerPool([manager]), ZeroGPUBackend(manager), FairGate(manager)):
+        assert backend.count_tokens("a (red:1.2) circle BREAK blue") == (76, 150)
