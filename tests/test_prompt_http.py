@@ -7,20 +7,14 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from test_app_http import t2i_args
-
-GRID_OFF = ["Nothing", "", "Nothing", "", True]  # the X/Y grid's inputs, no axis
-
-
 @pytest.fixture(scope="module")
 def client(app_server):
     return Client(app_server.url, verbose=False)
 
 
 def txt2img(client, prompt, clip_skip=1, negative=""):
-    args = t2i_args(prompt=prompt, seed=7, steps=4)
-    args[1] = negative
-    _, gallery, notes, infotext = client.predict(*args, *GRID_OFF, clip_skip, api_name="/txt2img")
+    _, gallery, notes, infotext = client.predict(prompt=prompt, negative_prompt=negative, seed=7, steps=4, width=64,
+                                                 height=64, clip_skip=clip_skip, api_name="/txt2img")
     return np.asarray(Image.open(gallery[0]["image"])), notes, infotext, gallery[0]["image"]
 
 
@@ -52,7 +46,7 @@ def test_an_out_of_range_clip_skip_gets_a_clear_message(client):
 
     # Gradio's slider checks its range first; the request object says the same for other callers
     with pytest.raises(AppError, match="(Clip skip must be between 1 and 12|greater than maximum value 12)"):
-        client.predict(*t2i_args(), *GRID_OFF, 13, api_name="/txt2img")
+        client.predict(prompt="a", steps=2, width=64, height=64, clip_skip=13, api_name="/txt2img")
 
 
 def test_the_manager_counts_tokens_as_a1111_shows_them(manager):

@@ -5,43 +5,37 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from pipelines.fields import assemble
 from pipelines.requests import Txt2ImgRequest
 
 from . import xy_grid
-from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, sampling_from, wire_common
+from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, wire_common
+from .fields import Form
 
 
 @dataclass
 class Txt2ImgTab:
+    form: Form
     prompts: PromptBox
     sampler: SamplerControls
     panel: ResultPanel
 
 
 def build(service: GenerationService, native_size: int) -> Txt2ImgTab:
+    form = Form("txt2img", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box("txt2img", service.count_tokens)
-            sampler = sampler_controls("txt2img", service.limits, native_size)
-            grid = xy_grid.grid_controls("txt2img", xy_grid.TXT2IMG_AXES)  # X/Y grid hook
+            prompts = prompt_box(form, service.count_tokens)
+            sampler = sampler_controls(form, native_size)
+            xy_grid.grid_controls(form, Txt2ImgRequest)
         with gr.Column(scale=1):
             panel = result_panel("txt2img")
 
-    def generate(prompt, negative, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count, width, height,
-                 x_type, x_values, y_type, y_values, draw_legend, clip_skip, request: gr.Request, progress=gr.Progress()):
-        def build_request():
-            return Txt2ImgRequest(
-                prompt=prompt, negative_prompt=negative, width=width, height=height, clip_skip=clip_skip,
-                sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
-            )
+    def generate(request: gr.Request, progress=gr.Progress(), **values):
+        yield from xy_grid.generate(service, lambda: assemble(Txt2ImgRequest, values), values, request.session_hash, progress)
 
-        grid_values = (x_type, x_values, y_type, y_values, draw_legend)  # X/Y grid hook: a grid when an axis is set
-        yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
-
-    event = dict(fn=generate, inputs=[prompts.prompt, prompts.negative, *sampler.inputs(), *grid.inputs(),
-                               sampler.clip_skip], outputs=panel.outputs(),
-                 **service.gpu_event)
+    event = dict(fn=generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), **service.gpu_event)
     panel.generate.click(api_name="txt2img", **event)
     prompts.prompt.submit(api_visibility="private", **event)
     wire_common(panel, sampler, service, interrupt_api="interrupt")
-    return Txt2ImgTab(prompts, sampler, panel)
+    return Txt2ImgTab(form, prompts, sampler, panel)
