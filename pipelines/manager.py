@@ -30,6 +30,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from . import quiet_logs
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
@@ -47,6 +48,7 @@ from .prompt_encoding import count_tokens
 from .requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
+quiet_logs.install()
 
 NO_MODEL = (
     "No model is loaded. Start the app with --model PATH_OR_HUB_ID (a diffusers folder, a "
