@@ -106,8 +106,10 @@ def create_backend(settings: Settings):
 
 def create_app(settings: Settings):
     """The backend with its initial model, and the Gradio app around it."""
+    from pipelines import catalog
     from ui import build_app
 
+    catalog.configure(settings.models_dir)  # the one catalogue every dropdown and loader uses
     backend, message = create_backend(settings)
     if message:
         logging.getLogger("sd-studio").warning(message)

@@ -46,6 +46,7 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
     """A diffusers pipeline as a sampler: a fresh scheduler per batch (schedulers hold state),
     one CPU generator per image (image k is reproducible from its own seed on any device)."""
     s = request.sampling
+    prompt, negative = request.encoder_prompts  # <lora:…> tags act on the weights, not as words
 
     def sample(seeds: list[int], report) -> torch.Tensor:
         scheduler = build_scheduler(s.scheduler, scheduler_config)
@@ -58,8 +59,8 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
             return {}
 
         return pipe(
-            prompt=[request.prompt] * len(seeds),
-            negative_prompt=[request.negative_prompt] * len(seeds) if s.cfg and request.negative_prompt else None,
+            prompt=[prompt] * len(seeds),
+            negative_prompt=[negative] * len(seeds) if s.cfg and negative else None,
             height=request.height,
             width=request.width,
             num_inference_steps=s.steps,
@@ -121,7 +122,7 @@ def prompt_notes(tokenizer, request) -> list[str]:
     a negative prompt that cannot act."""
     notes = []
     limit = tokenizer.model_max_length
-    for label, text in (("Prompt", request.prompt), ("Negative prompt", request.negative_prompt)):
+    for label, text in zip(("Prompt", "Negative prompt"), request.encoder_prompts):
         ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
         if len(ids) > limit:
             dropped = tokenizer.decode(ids[limit - 1 : -1])

@@ -22,7 +22,8 @@ def repaint_sampler(pipe, request, plan: InpaintPlan, scheduler_config: dict):
     device = pipe.unet.device
     init = encode_image(pipe, plan.init_image).float()
     mask = torch.from_numpy(plan.latent_mask(pipe.vae_scale_factor))[None, None].to(device)
-    cond, uncond = pipe.encode_prompt(request.prompt, device, 1, s.cfg, request.negative_prompt or None)
+    prompt, negative = request.encoder_prompts
+    cond, uncond = pipe.encode_prompt(prompt, device, 1, s.cfg, negative or None)
 
     def sample(seeds: list[int], report) -> torch.Tensor:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]

@@ -112,7 +112,7 @@ def _number(text: str | None, cast):
 def infotext_to_fields(parsed: dict, scheduler_names) -> tuple[dict, list[str]]:
     """Parsed infotext → request field values the app understands, plus notes on what it
     could not take over (an unknown sampler, say). Keys: prompt, negative_prompt, steps,
-    scheduler, cfg, cfg_scale, eta, seed, width, height, strength."""
+    scheduler, cfg, cfg_scale, eta, seed, width, height, strength, vae."""
     notes: list[str] = []
     fields: dict = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
     for key, name, cast in (
@@ -130,6 +130,8 @@ def infotext_to_fields(parsed: dict, scheduler_names) -> tuple[dict, list[str]]:
     size = parsed.get("Size", "")
     if re.fullmatch(r"\d+x\d+", size):
         fields["width"], fields["height"] = (int(v) for v in size.split("x"))
+    if parsed.get("VAE"):
+        fields["vae"] = parsed["VAE"]  # the name; the tab checks it against its list
     sampler = parsed.get("Sampler")
     if sampler:
         # A1111 ≥ 1.9 writes the schedule separately: "Sampler: DPM++ 2M, Schedule type: Karras".

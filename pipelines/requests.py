@@ -18,6 +18,7 @@ from typing import ClassVar
 from PIL import Image
 
 from .errors import RequestError
+from .prompt_syntax import LoraTag, extract_loras
 from .schedulers import SCHEDULER_NAMES
 
 MAX_SEED = 2**32 - 1
@@ -148,12 +149,20 @@ class Txt2ImgRequest:
     sampling: Sampling = field(default_factory=Sampling)
     control: Control | None = None  # ControlNet units, if any
     notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
+    vae: str = "Automatic"  # the model's own VAE, or a name from the catalogue's VAE/ list
 
     task: ClassVar[str] = "txt2img"
 
     def __post_init__(self):
         _require_text("Prompt", self.prompt)
         _require_text("Negative prompt", self.negative_prompt)
+        _require_text("VAE", self.vae)
+        if len(self.vae) > 256:
+            raise RequestError("The VAE name is too long.")
+        try:
+            _ = self.loras
+        except ValueError as error:
+            raise RequestError(str(error)) from None
         for name in ("width", "height"):
             value = getattr(self, name)
             _require_number(name.capitalize(), value, 1, 16384, integer=True)
@@ -162,6 +171,21 @@ class Txt2ImgRequest:
             raise RequestError("sampling must be a Sampling object.")
         if self.control is not None and not isinstance(self.control, Control):
             raise RequestError("control must be a Control object.")
+
+    @property
+    def loras(self) -> tuple[LoraTag, ...]:
+        """<lora:name:weight> tags of the prompt and the negative prompt (A1111 applies both to
+        the whole network; one name in both adds up its weights)."""
+        weights: dict[str, float] = {}
+        for text in (self.prompt, self.negative_prompt):
+            for tag in extract_loras(text)[1]:
+                weights[tag.name] = weights.get(tag.name, 0.0) + tag.weight
+        return tuple(LoraTag(name, weight) for name, weight in weights.items())
+
+    @property
+    def encoder_prompts(self) -> tuple[str, str]:
+        """(prompt, negative prompt) as the text encoder reads them: without the LoRA tags."""
+        return extract_loras(self.prompt)[0], extract_loras(self.negative_prompt)[0]
 
     @property
     def is_normalized(self) -> bool:

@@ -12,6 +12,7 @@ from typing import Callable
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
+from pipelines import catalog
 from pipelines.errors import StudioError
 from pipelines.grid import CELLS_KEY, cells_chunk, grid_infotext
 from pipelines.jobs import StepInfo
@@ -82,7 +83,45 @@ class PromptBox:
 def prompt_box(tab: str) -> PromptBox:
     prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a large red circle on a white background", elem_id=f"{tab}_prompt")
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_negative")
+    extra_networks(tab, prompt)
     return PromptBox(prompt, negative)
+
+
+def insert_tag(prompt: str | None, tag: str) -> str:
+    """Append a LoRA tag / embedding word to the prompt (A1111's extra-networks click)."""
+    prompt = (prompt or "").rstrip()
+    return f"{prompt} {tag}".strip() if prompt else tag
+
+
+def extra_networks(tab: str, prompt: gr.Textbox) -> None:
+    """LoRA and embedding browser: clicking a name writes <lora:name:1> (or the embedding's
+    word) into the prompt. The lists come from the model catalogue (Refresh rescans it)."""
+    def samples(kind):
+        return [[name] for name in catalog.names(kind)] or [["(none)"]]
+
+    with gr.Accordion("LoRA & embeddings", open=False, elem_id=f"{tab}_extra_networks"):
+        loras = gr.Dataset(components=["textbox"], samples=samples("lora"), label="LoRA (click: add <lora:name:1>)",
+                           type="values", elem_id=f"{tab}_lora_list", samples_per_page=24)
+        words = gr.Dataset(components=["textbox"], samples=samples("embedding"), label="Embeddings (click: add the word)",
+                           type="values", elem_id=f"{tab}_embedding_list", samples_per_page=24)
+        refresh = gr.Button("Refresh lists", size="sm", elem_id=f"{tab}_extra_refresh")
+
+    def add(sample, text, lora: bool):
+        name = (sample or [""])[0]
+        if not name or name == "(none)":
+            return gr.skip()
+        return insert_tag(text, f"<lora:{name}:1>" if lora else name)
+
+    loras.click(lambda s, t: add(s, t, True), [loras, prompt], prompt, queue=False, api_visibility="private")
+    words.click(lambda s, t: add(s, t, False), [words, prompt], prompt, queue=False, api_visibility="private")
+    refresh.click(lambda: (gr.Dataset(samples=samples("lora")), gr.Dataset(samples=samples("embedding"))),
+                  None, [loras, words], queue=False, api_visibility="private")
+
+
+def vae_dropdown(tab: str) -> gr.Dropdown:
+    """The request's VAE: the model's own ("Automatic") or one from the models folder's VAE/."""
+    return gr.Dropdown(["Automatic", *catalog.names("vae")], value="Automatic", label="VAE", allow_custom_value=True,
+                       info="Automatic = the model's own; others from the models folder's VAE/", elem_id=f"{tab}_vae")
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pipelines.requests import RESIZE_MODES, Img2ImgRequest
 
 from . import xy_grid
 from .common import (GenerationService, PromptBox, ResultPanel, SafeImage, SamplerControls, open_image, prompt_box,
-                     result_panel, sampler_controls, sampling_from, wire_common)
+                     result_panel, sampler_controls, sampling_from, vae_dropdown, wire_common)
 
 
 @dataclass
@@ -17,6 +17,7 @@ class Img2ImgTab:
     prompts: PromptBox
     init_image: gr.Image
     sampler: SamplerControls
+    vae: gr.Dropdown
     strength: gr.Slider
     panel: ResultPanel
 
@@ -34,16 +35,17 @@ def build(service: GenerationService, native_size: int) -> Img2ImgTab:
                                  info="fraction of the noise schedule re-run: 0 returns the input, 1 ignores it",
                                  elem_id="img2img_strength")
             sampler = sampler_controls("img2img", service.limits, native_size)
+            vae = vae_dropdown("img2img")
             grid = xy_grid.grid_controls("img2img", xy_grid.IMG2IMG_AXES)  # X/Y grid hook
         with gr.Column(scale=1):
             panel = result_panel("img2img")
 
     def generate(prompt, negative, image_path, mode, denoise, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size,
-                 batch_count, width, height, x_type, x_values, y_type, y_values, draw_legend, request: gr.Request,
+                 batch_count, width, height, x_type, x_values, y_type, y_values, draw_legend, vae_name, request: gr.Request,
                  progress=gr.Progress()):
         def build_request():
             return Img2ImgRequest(
-                prompt=prompt, negative_prompt=negative, width=width, height=height,
+                prompt=prompt, negative_prompt=negative, width=width, height=height, vae=vae_name or "Automatic",
                 init_image=open_image(image_path, "init image"), strength=denoise, resize_mode=mode,
                 sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
             )
@@ -58,8 +60,8 @@ def build(service: GenerationService, native_size: int) -> Img2ImgTab:
         limits = service.limits
         return (min(limits.max_width, max(64, image.width // 8 * 8)), min(limits.max_height, max(64, image.height // 8 * 8)))
 
-    inputs = [prompts.prompt, prompts.negative, init_image, resize_mode, strength, *sampler.inputs(), *grid.inputs()]
+    inputs = [prompts.prompt, prompts.negative, init_image, resize_mode, strength, *sampler.inputs(), *grid.inputs(), vae]
     panel.generate.click(generate, inputs, panel.outputs(), api_name="img2img", **service.gpu_event)
     use_size.click(image_size, init_image, [sampler.width, sampler.height], queue=False, api_visibility="private")
     wire_common(panel, sampler, service, interrupt_api=None)
-    return Img2ImgTab(prompts, init_image, sampler, strength, panel)
+    return Img2ImgTab(prompts, init_image, sampler, vae, strength, panel)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from pipelines import catalog
 from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
 from pipelines.schedulers import SCHEDULER_NAMES
 
@@ -35,11 +36,16 @@ def build(tabs: gr.Tabs, txt2img, img2img) -> None:
 
     def targets(tab) -> list:
         s = tab.sampler
-        return [tab.prompts.prompt, tab.prompts.negative, s.scheduler, s.steps, s.cfg, s.cfg_scale, s.eta, s.seed, s.width, s.height]
+        return [tab.prompts.prompt, tab.prompts.negative, s.scheduler, s.steps, s.cfg, s.cfg_scale, s.eta, s.seed, s.width, s.height,
+                tab.vae]
 
     def values(parameters: dict) -> tuple[list, list[str]]:
         fields, notes = infotext_to_fields(parameters or {}, SCHEDULER_NAMES)
-        keys = ["prompt", "negative_prompt", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "width", "height"]
+        keys = ["prompt", "negative_prompt", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "width", "height", "vae"]
+        vae = fields.get("vae")
+        if vae and vae not in catalog.names("vae"):
+            notes.append(f"VAE “{vae}” is not in this app's VAE folder: the VAE was set to Automatic.")
+        fields["vae"] = vae if vae in catalog.names("vae") else "Automatic"
         return [fields.get(k, gr.skip()) for k in keys], notes
 
     def send_txt2img(parameters):

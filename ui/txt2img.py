@@ -8,13 +8,14 @@ import gradio as gr
 from pipelines.requests import Txt2ImgRequest
 
 from . import xy_grid
-from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, sampling_from, wire_common
+from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, sampling_from, vae_dropdown, wire_common
 
 
 @dataclass
 class Txt2ImgTab:
     prompts: PromptBox
     sampler: SamplerControls
+    vae: gr.Dropdown
     panel: ResultPanel
 
 
@@ -23,24 +24,25 @@ def build(service: GenerationService, native_size: int) -> Txt2ImgTab:
         with gr.Column(scale=1):
             prompts = prompt_box("txt2img")
             sampler = sampler_controls("txt2img", service.limits, native_size)
+            vae = vae_dropdown("txt2img")
             grid = xy_grid.grid_controls("txt2img", xy_grid.TXT2IMG_AXES)  # X/Y grid hook
         with gr.Column(scale=1):
             panel = result_panel("txt2img")
 
     def generate(prompt, negative, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count, width, height,
-                 x_type, x_values, y_type, y_values, draw_legend, request: gr.Request, progress=gr.Progress()):
+                 x_type, x_values, y_type, y_values, draw_legend, vae_name, request: gr.Request, progress=gr.Progress()):
         def build_request():
             return Txt2ImgRequest(
-                prompt=prompt, negative_prompt=negative, width=width, height=height,
+                prompt=prompt, negative_prompt=negative, width=width, height=height, vae=vae_name or "Automatic",
                 sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
             )
 
         grid_values = (x_type, x_values, y_type, y_values, draw_legend)  # X/Y grid hook: a grid when an axis is set
         yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
 
-    event = dict(fn=generate, inputs=[prompts.prompt, prompts.negative, *sampler.inputs(), *grid.inputs()], outputs=panel.outputs(),
+    event = dict(fn=generate, inputs=[prompts.prompt, prompts.negative, *sampler.inputs(), *grid.inputs(), vae], outputs=panel.outputs(),
                  **service.gpu_event)
     panel.generate.click(api_name="txt2img", **event)
     prompts.prompt.submit(api_visibility="private", **event)
     wire_common(panel, sampler, service, interrupt_api="interrupt")
-    return Txt2ImgTab(prompts, sampler, panel)
+    return Txt2ImgTab(prompts, sampler, vae, panel)
