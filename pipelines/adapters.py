@@ -112,8 +112,11 @@ class LoraSlot:
 class LoraSet:
     """Loaded LoRAs of one base pipeline and which of them are active."""
 
-    def __init__(self, capacity: int = 8):
+    def __init__(self, capacity: int = 8, fuse_always: bool = False):
         self.capacity = max(1, capacity)
+        # With the GPU fast path the UNet's kernels are compiled and captured as CUDA graphs:
+        # LoRA must then change weight *values* in place (fusing), never which code runs.
+        self.fuse_always = fuse_always
         self.slots: OrderedDict[str, LoraSlot] = OrderedDict()
         self._counter = 0
         self.active: tuple = ()
@@ -125,12 +128,16 @@ class LoraSet:
         if name in self.slots:
             self.slots.move_to_end(name)
             return self.slots[name]
-        source = catalog.resolve("lora", name)
+        source = catalog.resolve("lora", name) or catalog.refresh_if_stale().resolve("lora", name)  # dropped in since the last scan?
         if source is None:
             known = ", ".join(catalog.names("lora")[:12]) or "none: put .safetensors files in the models folder's Lora/"
             raise RequestError(f"Unknown LoRA “{name}” in the prompt. LoRAs here: {known}.")
         self._counter += 1
         adapter = f"lora{self._counter}"
+        if getattr(pipe.unet, "original_attn_processors", None) is not None:
+            # fused QKV (fast path) reads to_qkv, not the to_q/to_k/to_v layers LoRAs patch
+            pipe.unet.unfuse_qkv_projections()
+            log.info("QKV projections unfused: LoRAs patch to_q/to_k/to_v")
         try:
             parts = load_lora_into(pipe, source, adapter)
         except Exception as error:
@@ -170,12 +177,13 @@ class LoraSet:
                 continue
             set_adapter_layers(module, enabled=True)
             set_weights_and_activate_adapters(module, [a for a, _ in present], [w for _, w in present])
-        if key and device.type == "cuda" and self._repeats >= FUSE_AFTER:
+        if key and device.type == "cuda" and (self.fuse_always or self._repeats >= FUSE_AFTER):
             self._fuse(pipe, key)
 
     def _fuse(self, pipe, key) -> None:
-        """Merge the active adapters into the base weights (backing the touched weights up on
-        the host first), then switch the adapter layers off: the UNet runs at base speed."""
+        """Merge the active adapters into the base weights in place (the touched weights backed
+        up on the host first): merged layers run base_layer(x) only, at base speed, and
+        compiled code / CUDA graphs that read those weights see the new values."""
         for module in _lora_modules(pipe):
             for layer in _tuner_layers(module):
                 if any(a in layer.lora_A for a, _ in key):
@@ -283,16 +291,17 @@ def load_embeddings(pipe, report: EmbeddingReport) -> EmbeddingReport:
 class Adapters:
     """LoRAs, VAEs and embeddings of one manager's base pipeline."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, max_loras: int = 8, max_vaes: int = 2):
+    def __init__(self, device: torch.device, dtype: torch.dtype, max_loras: int = 8, max_vaes: int = 2,
+                 fuse_always: bool = False):
         self.device, self.dtype = device, dtype
-        self.loras = LoraSet(max_loras)
+        self.loras = LoraSet(max_loras, fuse_always)
         self.max_vaes = max_vaes
         self.vaes: OrderedDict[str, object] = OrderedDict()
         self.embeddings = EmbeddingReport()
 
     def reset(self) -> None:
         """A new base model: nothing loaded into the old one carries over."""
-        self.loras = LoraSet(self.loras.capacity)
+        self.loras = LoraSet(self.loras.capacity, self.loras.fuse_always)
         self.vaes.clear()
         self.embeddings = EmbeddingReport()
 

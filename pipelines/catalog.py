@@ -270,6 +270,10 @@ def configure(models_dir: str | Path | None) -> Catalog:
     """Set the models folder (app start) and scan it."""
     global _dir
     _dir = str(models_dir) if models_dir else None
+    if _dir:  # worker processes (Ray, a pool's subprocesses) read the same folder
+        os.environ["SD_STUDIO_MODELS_DIR"] = str(Path(_dir).expanduser().resolve())
+    else:
+        os.environ.pop("SD_STUDIO_MODELS_DIR", None)
     return refresh()
 
 
@@ -279,6 +283,21 @@ def refresh() -> Catalog:
     with _lock:
         _current = cat
     return cat
+
+
+_last_scan = 0.0
+
+
+def refresh_if_stale(seconds: float = 10.0) -> Catalog:
+    """A rescan at most every `seconds` (a name missing from the catalogue may just be new;
+    a stream of unknown names must not turn into a stream of folder scans)."""
+    import time
+
+    global _last_scan
+    if time.monotonic() - _last_scan < seconds and _current is not None:
+        return _current
+    _last_scan = time.monotonic()
+    return refresh()
 
 
 def current() -> Catalog:

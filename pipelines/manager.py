@@ -137,7 +137,8 @@ class PipelineManager:
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
         self._lock = threading.Lock()  # one job per device at a time
-        self.adapters = Adapters(self.device, self.dtype)  # LoRAs, embeddings, VAEs (pipelines/adapters.py)
+        # LoRAs, embeddings, VAEs (pipelines/adapters.py); with the fast path LoRAs are always fused
+        self.adapters = Adapters(self.device, self.dtype, fuse_always=self.fast_path is not None)
 
     # ----------------------------------------------------------------- model loading
     def load_base(self, source_text: str) -> ModelInfo:

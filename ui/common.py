@@ -114,8 +114,11 @@ def extra_networks(tab: str, prompt: gr.Textbox) -> None:
 
     loras.click(lambda s, t: add(s, t, True), [loras, prompt], prompt, queue=False, api_visibility="private")
     words.click(lambda s, t: add(s, t, False), [words, prompt], prompt, queue=False, api_visibility="private")
-    refresh.click(lambda: (gr.Dataset(samples=samples("lora")), gr.Dataset(samples=samples("embedding"))),
-                  None, [loras, words], queue=False, api_visibility="private")
+    def rescan():
+        catalog.refresh()  # new LoRAs work at once; new embeddings load with the Models tab's Refresh
+        return gr.Dataset(samples=samples("lora")), gr.Dataset(samples=samples("embedding"))
+
+    refresh.click(rescan, None, [loras, words], queue=False, api_visibility="private")
 
 
 def vae_dropdown(tab: str) -> gr.Dropdown:
