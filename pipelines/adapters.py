@@ -306,7 +306,8 @@ class Adapters:
         self.embeddings = EmbeddingReport()
 
     def attach(self, base) -> None:
-        """At model load and on Refresh: load new embeddings from the catalogue."""
+        """At model load and after a Refresh: load new embeddings from the catalogue."""
+        self._generation = catalog.current().generation
         load_embeddings(base, self.embeddings)
 
     def vae(self, name: str, base):
@@ -331,6 +332,8 @@ class Adapters:
         """The request's LoRA set and VAE in the shared modules while it runs; afterwards the
         model's own VAE is back in every pipeline (the LoRA set stays until the next request
         sets its own, which costs nothing when it is the same)."""
+        if getattr(self, "_generation", None) != catalog.current().generation:
+            self.attach(base)  # the catalogue was rescanned (Refresh): new embeddings become words
         tags = [t for t in request.loras if t.weight != 0.0]
         if len(tags) > MAX_LORAS_PER_REQUEST:
             raise RequestError(f"At most {MAX_LORAS_PER_REQUEST} LoRAs per request, got {len(tags)}.")
@@ -367,4 +370,5 @@ class Adapters:
     def memory(self, base) -> dict:
         vae_bytes = sum(p.numel() * p.element_size() for v in self.vaes.values() for p in v.parameters())
         return {"lora_bytes": self.loras.count_bytes(base) if base is not None else 0, "vae_bytes": vae_bytes,
-                "loras": list(self.loras.slots), "vaes": list(self.vaes), "fused": self.loras.fused is not None}
+                "loras": list(self.loras.slots), "vaes": list(self.vaes), "fused": self.loras.fused is not None,
+                "embeddings_loaded": list(self.embeddings.loaded), "embeddings_failed": dict(self.embeddings.failed)}

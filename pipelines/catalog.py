@@ -53,6 +53,7 @@ class Entry:
 @dataclass
 class Catalog:
     models_dir: Path
+    generation: int = 0  # which scan of this process this is (adapters reload embeddings when it moves)
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
     def add(self, kind: str, name: str, source: str, origin: str) -> None:
@@ -281,6 +282,7 @@ def refresh() -> Catalog:
     global _current
     cat = scan()
     with _lock:
+        cat.generation = (_current.generation + 1) if _current is not None else 1
         _current = cat
     return cat
 
@@ -340,3 +342,8 @@ def inpaint_models() -> list[str]:
 def default_controlnet(kind: str) -> str | None:
     """The shipped ControlNet whose name mentions kind ("canny", "pose"), if any."""
     return next((n for n in controlnets() if kind in n), None)
+
+
+def base_models() -> list[str]:
+    """Base (txt2img) checkpoints, by catalogue name."""
+    return names("checkpoint")

@@ -64,9 +64,9 @@ def test_demo_lora_draws_hearts_its_weight_zero_and_absence_are_the_plain_model(
             params = parse_infotext(info)
             assert params["Prompt"].endswith(f"<lora:{demo.LORA_NAME}:1>")
             assert params["Lora hashes"].startswith(f"{demo.LORA_NAME}: ") and "Lora hashes" not in plain_info
-        # the next request has no tag: the plain image again, with no LoRA left behind
-        again, _, _ = txt2img(client, caption, seed=index)
-        assert np.array_equal(again, plain)
+            # the next request has no tag: the plain image again, with no LoRA left behind
+            again, _, _ = txt2img(client, caption, seed=index)
+            assert np.array_equal(again, plain)
     assert np.mean(with_lora) - np.mean(without) >= MARGIN, (with_lora, without)
 
 

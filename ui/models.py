@@ -27,11 +27,10 @@ def _details(manager) -> str:
         vaes = ", ".join(report["vaes"]) or "none"
         text += (f"\n\nLoRA loaded: {loras} ({report['lora_bytes'] / mib:.2f} MiB, inside the shared UNet/text encoder"
                  f"{'; fused' if report.get('fused') else ''}). VAEs cached: {vaes} ({report['vae_bytes'] / mib:.1f} MiB).")
-    embeddings = getattr(getattr(manager, "adapters", None), "embeddings", None)
-    if embeddings is not None:
-        text += f"\n\nEmbeddings loaded (write the word in a prompt): {', '.join(embeddings.loaded) or 'none'}."
-        if embeddings.failed:
-            text += " Failed: " + "; ".join(f"{word} ({why})" for word, why in embeddings.failed.items())
+    if "embeddings_loaded" in report:
+        text += f"\n\nEmbeddings loaded (write the word in a prompt): {', '.join(report['embeddings_loaded']) or 'none'}."
+        if report["embeddings_failed"]:
+            text += " Failed: " + "; ".join(f"{word} ({why})" for word, why in report["embeddings_failed"].items())
     return text
 
 
@@ -75,10 +74,7 @@ def build(manager, allow_change: bool, status: gr.Markdown, gpu_event: dict) -> 
         return _details(manager), manager.describe()
 
     def refresh():
-        if hasattr(manager, "refresh_models"):
-            manager.refresh_models()  # rescans the folders and loads new embeddings
-        else:
-            catalog.refresh()
+        catalog.refresh()  # the next generation on each device loads embeddings that are new
         return _details(manager), catalogue_text(catalog.current()), gr.Dropdown(choices=catalog.names("checkpoint"))
 
     refresh_button = gr.Button("Refresh", elem_id="models_refresh", size="sm")
