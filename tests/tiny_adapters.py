@@ -80,7 +80,7 @@ def save_vae_folder(folder: Path, model_dir: Path) -> Path:
 
 def save_vae_file(path: Path, model_dir: Path) -> Path:
     """An A1111 VAE file: the LDM layout (encoder.down.0.block.0…), as vae-ft-mse files are."""
-    from pipelines.ldm_checkpoint import vae_to_ldm
+    from ldm_checkpoint import vae_to_ldm  # tests/ldm_checkpoint.py
 
     state = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(changed_vae(model_dir, seed=4)).items()}
     path.parent.mkdir(parents=True, exist_ok=True)
