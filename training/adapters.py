@@ -325,7 +325,7 @@ def score(images, truths) -> dict:
     return {k: round(float(np.mean(v)), 3) for k, v in hits.items()}
 
 
-def probe(out: Path, n: int, cfg: float = 5.0, steps: int = 20) -> dict:
+def probe(out: Path, n: int, cfg: float = 5.0, steps: int = 20, parts: str = "heart,base,sun") -> dict:
     """Heart probe with vs without the LoRA; sun probe with vs without the embedding; and the
     base's own held-out probe with the LoRA loaded (what it costs the rest of the world)."""
     from diffusers import StableDiffusionPipeline
@@ -348,16 +348,20 @@ def probe(out: Path, n: int, cfg: float = 5.0, steps: int = 20) -> dict:
     hp = heart_probes(n)
     base = heldout_probes(max(1, n // 2))  # what the LoRA costs the seven known shapes
     base_truths = [dict(t, shape=t["shape"]) for _, t in base]  # same indices: the 7 shapes come first
-    result = {"heart_without": score(gen([p for p, _ in hp]), [t for _, t in hp]),
-              "base_without": score(gen([p for p, _ in base]), base_truths)}
+    parts = parts.split(",")
+    result = {}
+    if "heart" in parts:
+        result["heart_without"] = score(gen([p for p, _ in hp]), [t for _, t in hp])
+    if "base" in parts:
+        result["base_without"] = score(gen([p for p, _ in base]), base_truths)
     sun_truth = dict(colour=data.COLOUR_NAMES.index("yellow"), shape=READ_NAMES.index("circle"),
                      position=[p[0] for p in data.POSITIONS].index(SUN[3]))
     _, _, sun_words = sun_scenes(n, seed + 5 if (seed := 11) else 0, heldout=True)
     sun_backgrounds = [data.COLOUR_NAMES.index(w.split(" on ")[1].split()[1]) for w in sun_words]
     sun_t = [dict(sun_truth, background=b) for b in sun_backgrounds]
-    result["sun_without"] = score(gen(sun_words), sun_t)
     emb = out / "embeddings" / f"{EMBEDDING_NAME}.safetensors"
-    if emb.is_file():
+    if "sun" in parts and emb.is_file():
+        result["sun_without"] = score(gen(sun_words), sun_t)
         pipe.load_textual_inversion(str(emb), token=EMBEDDING_NAME)
         result["sun_with"] = score(gen(sun_words), sun_t)
     lora = out / "Lora" / f"{LORA_NAME}.safetensors"
@@ -365,8 +369,10 @@ def probe(out: Path, n: int, cfg: float = 5.0, steps: int = 20) -> dict:
         from pipelines.adapters import load_lora_into
 
         load_lora_into(pipe, str(lora), LORA_NAME)
-        result["heart_with"] = score(gen([p for p, _ in hp]), [t for _, t in hp])
-        result["base_with"] = score(gen([p for p, _ in base]), base_truths)
+        if "heart" in parts:
+            result["heart_with"] = score(gen([p for p, _ in hp]), [t for _, t in hp])
+        if "base" in parts:
+            result["base_with"] = score(gen([p for p, _ in base]), base_truths)
     result["n"], result["cfg"], result["steps"] = n, cfg, steps
     print(json.dumps(result), flush=True)
     return result
@@ -382,6 +388,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=60)
     p.add_argument("--json", type=Path)
+    p.add_argument("--parts", default="heart,base,sun", help="probe: which probes")
     p.add_argument("--resume", action="store_true", help="lora: continue from the file in --out")
     p.add_argument("--lr", type=float)
     p.add_argument("--t-min", type=int, default=0, help="lora: train on timesteps ≥ this only")
@@ -392,7 +399,7 @@ def main(argv=None):
     elif args.what == "embedding":
         result = train_embedding(args.out, args.minutes, min(args.pool, 512), args.batch, args.seed, args.lr or 5e-3, args.t_min)
     else:
-        result = probe(args.out, args.n)
+        result = probe(args.out, args.n, parts=args.parts)
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(result) + "\n")

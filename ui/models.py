@@ -78,5 +78,5 @@ def build(manager, allow_change: bool, status: gr.Markdown, gpu_event: dict) -> 
         return _details(manager), catalogue_text(catalog.current()), gr.Dropdown(choices=catalog.names("checkpoint"))
 
     refresh_button = gr.Button("Refresh", elem_id="models_refresh", size="sm")
-    refresh_button.click(refresh, None, [info, listing, source], api_visibility="private", **gpu_event)
+    refresh_button.click(refresh, None, [info, listing, source], api_visibility="private", queue=False)
     load.click(load_model, source, [info, status], api_name="load_model", **gpu_event)
