@@ -17,10 +17,10 @@ from training import adapters as demo, data, models
 pytestmark = pytest.mark.skipif(not (models.MODELS_DIR / "Lora" / f"{demo.LORA_NAME}.safetensors").is_file(),
                                 reason="demo LoRA not present")
 STEPS, CFG = 20, 5.0  # what docs/models.md measured with
-# docs/models.md: on these 8 held-out captions × this seed the LoRA lifts the heart read-back
-# from HEART_WITHOUT to HEART_WITH; the test asks for at least MARGIN of that lift.
+# docs/models.md: on 24 held-out heart captions (these 8 first, same seeds) the LoRA lifts the
+# heart read-back from 0.00 to 1.00; the test asks for a lift of at least 0.75 (6 of 8).
 HEART_CASES = 8
-MARGIN = 0.5
+MARGIN = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_demo_lora_draws_hearts_its_weight_zero_and_absence_are_the_plain_model(
         without.append(demo.read(plain).shape == hearts)
         with_lora.append(demo.read(lora).shape == hearts)
         if index == 0:
-            assert np.abs(lora.astype(int) - plain).mean() > 2
+            assert (np.abs(lora.astype(int) - plain).max(-1) > 40).sum() > 30  # the object's outline moved
             zero, _, _ = txt2img(client, f"{caption} <lora:{demo.LORA_NAME}:0>", seed=index)
             assert np.array_equal(zero, plain), "<lora:demo-heart:0> must be the plain prompt bit for bit"
             params = parse_infotext(info)

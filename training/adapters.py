@@ -1,14 +1,15 @@
 """The demo LoRA and the demo textual-inversion embedding: small files that teach the shipped
 demo model (assets/models/demo) something it cannot do today, trained on the CPU in minutes.
 
-    OMP_NUM_THREADS=2 python -m training.adapters --what lora --minutes 9
-    OMP_NUM_THREADS=2 python -m training.adapters --what embedding --minutes 5
-    OMP_NUM_THREADS=2 python -m training.adapters --what probe --n 60
+    OMP_NUM_THREADS=1 python -m training.adapters --what lora --minutes 15 --pool 1024 --batch 12 --t-min 150 --lr 3e-3
+    OMP_NUM_THREADS=1 python -m training.adapters --what embedding --minutes 12 --pool 128 --batch 8 --t-min 150 --lr 1e-2
+    OMP_NUM_THREADS=1 python -m training.adapters --what probe --n 24 --parts heart,sun   (docs/models.md)
 
 - **demo-heart** (Lora/demo-heart.safetensors, kohya/A1111 format): a new shape word, "heart".
   The base world has seven shapes; hearts are drawn here by one more signed-distance function.
-  LoRA (rank 8) on the UNet's attention + feed-forward layers and the text encoder's attention,
-  trained on half heart scenes, half ordinary scenes (so the rest of the world is kept).
+  LoRA (rank 8) on the UNet's mid/up-block attention + feed-forward layers and the text
+  encoder's attention, trained on single-object scenes, half hearts, half the seven known shapes
+  (so the rest of the world is kept).
   (colour, background) pairs where (c + 3b) mod 7 = 0 never carry a heart in training: the probe
   asks for those.
 - **demo-sun** (embeddings/demo-sun.safetensors, A1111 format, 4 vectors): a new *word* for a
