@@ -363,8 +363,7 @@ class Adapters:
             params["TI hashes"] = ", ".join(f"{w}: {self.embeddings.loaded[w]}" for w in words)
         vae_name = getattr(request, "vae", AUTOMATIC_VAE) or AUTOMATIC_VAE
         if vae_name != AUTOMATIC_VAE:
-            params["VAE hash"] = model_hash(catalog.resolve("vae", vae_name) or "", 10)
-            params["VAE"] = vae_name
+            params["VAE hash"] = model_hash(catalog.resolve("vae", vae_name) or "", 10)  # "VAE" itself: the declared field
         return params
 
     def memory(self, base) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -36,7 +35,7 @@ from .adapters import Adapters
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
-from .fast_path import FastPath, apply_fast_path
+from .fast_path import FastPath, FastPathRuntime, FifoLock, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
 from .infotext import request_infotext
@@ -135,6 +134,7 @@ class PipelineManager:
             fast_path = FastPath() if self.device.type == "cuda" and not self.cpu_offload else None
         self.fast_path: FastPath | None = fast_path
         self.fast_path_applied: list[str] = []
+        self.fast_runtime: FastPathRuntime | None = None  # background compile + graphs (fast_path.py)
         self.model: ModelInfo | None = None
         self.controlnets = ControlNetCache(max_controlnets)
         self._inpaint_unet = None  # (source text, 9-channel UNet): one at a time
@@ -142,7 +142,7 @@ class PipelineManager:
         self._pipelines: dict[str, DiffusionPipeline] = {}
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
-        self._lock = threading.Lock()  # one job per device at a time
+        self._lock = FifoLock()  # one job per device at a time, in arrival order
         # LoRAs, embeddings, VAEs (pipelines/adapters.py); with the fast path LoRAs are always fused
         self.adapters = Adapters(self.device, self.dtype, fuse_always=self.fast_path is not None)
 
@@ -160,8 +160,10 @@ class PipelineManager:
                 pipe.enable_model_cpu_offload(device=self.device)
             else:
                 pipe.to(self.device)
-            self.fast_path_applied = apply_fast_path(pipe, self.fast_path) if self.fast_path else []
+            runtime = apply_fast_path(pipe, self.fast_path, self.device, self._lock) if self.fast_path else None
             self._release()
+            self.fast_runtime = runtime
+            self.fast_path_applied = runtime.applied if runtime else []
             self._base = pipe
             # Kept apart: the pipelines' scheduler slot is overwritten per request.
             self._scheduler_config = dict(pipe.scheduler.config)
@@ -175,6 +177,9 @@ class PipelineManager:
         self._base, self._pipelines, self._latent_rgb, self.model = None, {}, None, None
         self.controlnets.clear()  # they were checked against the old base
         self._inpaint_unet = None
+        if self.fast_runtime is not None:
+            self.fast_runtime.close()
+            self.fast_runtime = None
         self.adapters.reset()
         self._free_memory()
 
@@ -184,6 +189,10 @@ class PipelineManager:
         with self._lock:
             if self._base is not None:
                 self.adapters.attach(self._base)
+
+    def _fast(self, module):
+        """A module loaded after the base (ControlNet, 9-channel UNet) onto the fast path."""
+        return self.fast_runtime.adopt(module) if self.fast_runtime is not None else module
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -292,8 +301,8 @@ class PipelineManager:
     def _control_kwargs(self, request) -> tuple[dict, list[str]]:
         """The ControlNet module(s) and call arguments for a request with control units."""
         units = request.control.units
-        models = [self.controlnets.get(catalog.source_for("controlnet", u.model), self._base.unet, self.device, self.dtype, self.allow_download, self.variant)
-                  for u in units]
+        models = [self._fast(self.controlnets.get(catalog.source_for("controlnet", u.model), self._base.unet, self.device, self.dtype, self.allow_download,
+                                                  self.variant)) for u in units]
         maps, notes = control_maps(units, request.width, request.height)
         single = len(units) == 1
         return {
@@ -350,7 +359,7 @@ class PipelineManager:
             self._free_memory()
             unet, _ = load_inpaint_unet(catalog.source_for("inpaint", source_text), self._base.unet, self.device, self.dtype, self.allow_download,
                                         self.single_file_config, self.variant)
-            self._inpaint_unet = (source_text, unet)
+            self._inpaint_unet = (source_text, self._fast(unet))
         return self._inpaint_unet[1]
 
     def _inpaint(self, request: InpaintRequest, on_step, job) -> GenerationResult:
@@ -361,7 +370,8 @@ class PipelineManager:
         notes = list(plan.notes)
         extra = {"Inpaint mode": request.mode, "Mask blur": request.mask_blur, "Masked content": request.masked_content,
                  "Inpaint area": request.inpaint_area,
-                 "Only masked padding": request.padding if request.inpaint_area == "only masked" else None}
+                 "Only masked padding": request.padding if request.inpaint_area == "only masked" else None,
+                 "RePaint r": None, "RePaint j": None, "Inpainting model": None}  # set below where they act
         finish = lambda images, seeds: [plan.finish(image) for image in images]  # noqa: E731 — paste back
         if int(request.sampling.steps * request.strength) == 0:
             images = [GeneratedImage(plan.original.copy(), seed, self._infotext(request, seed, extra))
@@ -412,7 +422,7 @@ class PipelineManager:
         return self._latent_rgb
 
     def _infotext(self, request, seed: int, extra: dict | None = None) -> str:
-        extra = {**self.adapters.infotext(request), **(extra or {})}  # Lora hashes, TI hashes, VAE
+        extra = {**self.adapters.infotext(request), **(extra or {})}  # Lora hashes, TI hashes, VAE hash
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
 
     # ----------------------------------------------------------------- diffusion lab (issue 8)

@@ -43,8 +43,9 @@ def client(server):
 
 
 def txt2img(client, prompt: str, seed: int = 0, vae: str = "Automatic", negative: str = ""):
-    _, gallery, _, infotext = client.predict(prompt, negative, "DDIM", STEPS, True, CFG, 0, seed, 1, 1, 128, 128,
-                                             vae_name=vae, api_name="/txt2img")
+    _, gallery, _, infotext = client.predict(prompt=prompt, negative_prompt=negative, scheduler="DDIM", steps=STEPS,
+                                             cfg=True, cfg_scale=CFG, seed=seed, width=128, height=128, vae=vae,
+                                             api_name="/txt2img")
     path = gallery[0]["image"]
     return np.asarray(Image.open(path).convert("RGB")), infotext, path
 

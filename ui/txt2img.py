@@ -5,44 +5,38 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from pipelines.fields import assemble
 from pipelines.requests import Txt2ImgRequest
 
 from . import xy_grid
-from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, sampling_from, vae_dropdown, wire_common
+from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, vae_field, wire_common
+from .fields import Form
 
 
 @dataclass
 class Txt2ImgTab:
+    form: Form
     prompts: PromptBox
     sampler: SamplerControls
-    vae: gr.Dropdown
     panel: ResultPanel
 
 
 def build(service: GenerationService, native_size: int) -> Txt2ImgTab:
+    form = Form("txt2img", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box("txt2img")
-            sampler = sampler_controls("txt2img", service.limits, native_size)
-            vae = vae_dropdown("txt2img")
-            grid = xy_grid.grid_controls("txt2img", xy_grid.TXT2IMG_AXES)  # X/Y grid hook
+            prompts = prompt_box(form)
+            sampler = sampler_controls(form, native_size)
+            vae_field(form)
+            xy_grid.grid_controls(form, Txt2ImgRequest)
         with gr.Column(scale=1):
             panel = result_panel("txt2img")
 
-    def generate(prompt, negative, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count, width, height,
-                 x_type, x_values, y_type, y_values, draw_legend, vae_name, request: gr.Request, progress=gr.Progress()):
-        def build_request():
-            return Txt2ImgRequest(
-                prompt=prompt, negative_prompt=negative, width=width, height=height, vae=vae_name or "Automatic",
-                sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
-            )
+    def generate(request: gr.Request, progress=gr.Progress(), **values):
+        yield from xy_grid.generate(service, lambda: assemble(Txt2ImgRequest, values), values, request.session_hash, progress)
 
-        grid_values = (x_type, x_values, y_type, y_values, draw_legend)  # X/Y grid hook: a grid when an axis is set
-        yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
-
-    event = dict(fn=generate, inputs=[prompts.prompt, prompts.negative, *sampler.inputs(), *grid.inputs(), vae], outputs=panel.outputs(),
-                 **service.gpu_event)
+    event = dict(fn=generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), **service.gpu_event)
     panel.generate.click(api_name="txt2img", **event)
     prompts.prompt.submit(api_visibility="private", **event)
     wire_common(panel, sampler, service, interrupt_api="interrupt")
-    return Txt2ImgTab(prompts, sampler, vae, panel)
+    return Txt2ImgTab(form, prompts, sampler, panel)
