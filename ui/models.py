@@ -56,7 +56,7 @@ def catalogue_text(cat: catalog.Catalog) -> str:
 
 def build(manager, allow_change: bool, status: gr.Markdown, gpu_event: dict) -> None:
     info = gr.Markdown(_details(manager), elem_id="models_info")
-    source = gr.Dropdown(catalog.names("checkpoint"), value=None, allow_custom_value=allow_change, label="Base model",
+    source = gr.Dropdown(catalog.names("checkpoint"), value=None, allow_custom_value=True, label="Base model",
                          info="a checkpoint from the catalogue" + (", or a path / Hub id" if allow_change else ""),
                          interactive=allow_change, elem_id="models_source")
     load = gr.Button("Load", variant="primary", interactive=allow_change, elem_id="models_load")
