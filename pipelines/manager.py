@@ -30,7 +30,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from . import catalog
+from . import catalog, quiet_logs
 from .adapters import Adapters
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
@@ -48,6 +48,7 @@ from .preview import fit_latent_to_rgb
 from .requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
+quiet_logs.install()
 
 NO_MODEL = (
     "No model is loaded. Start the app with --model PATH_OR_HUB_ID (a diffusers folder, a "
