@@ -30,7 +30,8 @@ from diffusers import (
 )
 from PIL import Image
 
-from . import quiet_logs
+from . import catalog, quiet_logs
+from .adapters import Adapters
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
@@ -44,6 +45,7 @@ from .lab_requests import LabRequest
 from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
+from .prompt_encoding import count_tokens
 from .requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ NO_MODEL = (
     "No model is loaded. Start the app with --model PATH_OR_HUB_ID (a diffusers folder, a "
     ".safetensors/.ckpt file, or a Hub id with --allow-download), or load one in the Models tab."
 )
+
+MAX_COUNTED_CHARS = 20_000  # the live token counter reads at most this much of a prompt box
 
 # Task name → diffusers class derived from the base pipeline (ControlNet variants get the
 # ControlNet module passed in).
@@ -143,11 +147,13 @@ class PipelineManager:
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
         self._lock = FifoLock()  # one job per device at a time, in arrival order
+        # LoRAs, embeddings, VAEs (pipelines/adapters.py); with the fast path LoRAs are always fused
+        self.adapters = Adapters(self.device, self.dtype, fuse_always=self.fast_path is not None)
 
     # ----------------------------------------------------------------- model loading
     def load_base(self, source_text: str) -> ModelInfo:
         """Load a base model; on failure the previously loaded model stays in place."""
-        source = resolve_source(source_text)
+        source = resolve_source(catalog.source_for("checkpoint", source_text))
         with self._lock:
             started = time.perf_counter()
             pipe = load_pipeline(source, self.dtype, self.allow_download, self.single_file_config, self.variant)
@@ -166,6 +172,7 @@ class PipelineManager:
             # Kept apart: the pipelines' scheduler slot is overwritten per request.
             self._scheduler_config = dict(pipe.scheduler.config)
             self._pipelines = {"txt2img": pipe}
+            self.adapters.attach(pipe)  # embeddings/ words into its tokenizer + text encoder
             self.model = ModelInfo(source.name, source, time.perf_counter() - started)
             log.info("loaded %s (%s) in %.1fs on %s/%s", source.name, source.kind, self.model.seconds, self.device, self.dtype)
             return self.model
@@ -177,7 +184,15 @@ class PipelineManager:
         if self.fast_runtime is not None:
             self.fast_runtime.close()
             self.fast_runtime = None
+        self.adapters.reset()
         self._free_memory()
+
+    def refresh_models(self) -> None:
+        """Rescan the model folders; new embeddings become words of the loaded model."""
+        catalog.refresh()
+        with self._lock:
+            if self._base is not None:
+                self.adapters.attach(self._base)
 
     def _fast(self, module):
         """A module loaded after the base (ControlNet, 9-channel UNet) onto the fast path."""
@@ -239,6 +254,7 @@ class PipelineManager:
             "shared_bytes": sum(shared.values()),
             "extra_bytes": sum(extra.values()),
             "all_modes_bytes": sum({**shared, **extra}.values()),
+            **self.adapters.memory(self._base),  # LoRA weights (inside the base modules) and cached VAEs
         }
 
     # ----------------------------------------------------------------- generation
@@ -260,7 +276,8 @@ class PipelineManager:
                 raise GenerationError(NO_MODEL)
             started = time.perf_counter()
             try:
-                result = self._dispatch(request, on_step, job)
+                with self.adapters.applied(self._base, self._pipelines, request):  # LoRA set + VAE
+                    result = self._dispatch(request, on_step, job)
             except torch.OutOfMemoryError as error:
                 self._free_memory()
                 raise GenerationError(
@@ -288,7 +305,7 @@ class PipelineManager:
     def _control_kwargs(self, request) -> tuple[dict, list[str]]:
         """The ControlNet module(s) and call arguments for a request with control units."""
         units = request.control.units
-        models = [self._fast(self.controlnets.get(u.model, self._base.unet, self.device, self.dtype, self.allow_download,
+        models = [self._fast(self.controlnets.get(catalog.source_for("controlnet", u.model), self._base.unet, self.device, self.dtype, self.allow_download,
                                                   self.variant)) for u in units]
         maps, notes = control_maps(units, request.width, request.height)
         single = len(units) == 1
@@ -344,7 +361,7 @@ class PipelineManager:
         if self._inpaint_unet is None or self._inpaint_unet[0] != source_text:
             self._inpaint_unet = None
             self._free_memory()
-            unet, _ = load_inpaint_unet(source_text, self._base.unet, self.device, self.dtype, self.allow_download,
+            unet, _ = load_inpaint_unet(catalog.source_for("inpaint", source_text), self._base.unet, self.device, self.dtype, self.allow_download,
                                         self.single_file_config, self.variant)
             self._inpaint_unet = (source_text, self._fast(unet))
         return self._inpaint_unet[1]
@@ -395,7 +412,7 @@ class PipelineManager:
         return self._run_sampler(pipe, request, sampler, on_step, job, notes, extra_infotext, finish)
 
     def _run_sampler(self, pipe, request, sampler, on_step, job, notes=None, extra_infotext=None, finish=None):
-        all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe.tokenizer, request)
+        all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe, request)
         kwargs = {"finish": finish} if finish else {}
         return run_batches(
             request, sampler, lambda latents: decode(pipe, latents),
@@ -409,7 +426,20 @@ class PipelineManager:
         return self._latent_rgb
 
     def _infotext(self, request, seed: int, extra: dict | None = None) -> str:
+        extra = {**self.adapters.infotext(request), **(extra or {})}  # Lora hashes, TI hashes, VAE hash
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
+
+    def count_tokens(self, text: str) -> tuple[int, int] | None:
+        """(tokens, limit) of a prompt as A1111's counter shows them ('80/150'); tokenizer only,
+        no lock (a running job holds it for long). None without a model or for text the
+        prompt syntax rejects (the request will say why)."""
+        pipe = self._base
+        if pipe is None or not isinstance(text, str):
+            return None
+        try:
+            return count_tokens(pipe, text[:MAX_COUNTED_CHARS])
+        except ValueError:
+            return None
 
     # ----------------------------------------------------------------- diffusion lab (issue 8)
     def _run_lab(self, request: LabRequest, on_step, job: Job):

@@ -20,12 +20,14 @@ from typing import ClassVar
 from PIL import Image
 
 from .errors import RequestError
-from .fields import check_fields, declare, nested, registry, require_number, require_text
+from .fields import check_fields, declare, fields_of, nested, registry, require_number, require_text
+from .prompt_syntax import LoraTag, extract_loras, parse_prompt
 
 _require_number, _require_text = require_number, require_text  # the lab's requests use them
 from .schedulers import SCHEDULER_NAMES
 
 MAX_SEED = 2**32 - 1
+MAX_CLIP_SKIP = 12  # A1111's slider range (CLIP ViT-L has 12 layers)
 # Choice lists, each once. Orders are A1111's where A1111 sends an index over its REST API
 # (resize_mode 0–2, inpaint_full_res 0–1); MASKED_CONTENT's A1111 index is fill 0, original 1.
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
@@ -39,6 +41,16 @@ def _require_image(value, missing: str, what: str) -> None:
         raise RequestError(missing)
     if not isinstance(value, Image.Image):
         raise RequestError(f"{what} must be an image, got {type(value).__name__}.")
+
+
+def _require_prompt(name: str, value: str) -> None:
+    """Text whose A1111 syntax parses (a LoRA weight must be a number). Its length is the
+    host's to cap (--max-prompt-chars, ui/limits.py and the REST API): each 75 tokens is one
+    more text-encoder pass."""
+    try:
+        parse_prompt(value)
+    except ValueError as error:
+        raise RequestError(f"{name}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -146,17 +158,41 @@ class Txt2ImgRequest:
                          infotext="Size-1", a1111="width")
     height: int = declare(512, "Height", minimum=1, maximum=16384, step=8, slider=(64, 16384), limit="max_height",
                           infotext="Size-2", a1111="height")
+    # A1111's Clip skip: 1 = the text encoder's last layer, 2 = the one before (through its final norm), …
+    clip_skip: int = declare(1, "Clip skip", minimum=1, maximum=MAX_CLIP_SKIP, step=1, infotext="Clip skip", axis=True)
     control: Control | None = None  # ControlNet units, if any
     notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
+    # the model's own VAE, or a name from the catalogue's VAE/ list (pipelines/adapters.py)
+    vae: str = declare("Automatic", "VAE", info="Automatic = the model's own; others from the models folder's VAE/",
+                       infotext="VAE")
 
     task: ClassVar[str] = "txt2img"
 
     def __post_init__(self):
         check_fields(self)
+        for name in ("prompt", "negative_prompt"):
+            _require_prompt(fields_of(Txt2ImgRequest)[name].label, getattr(self, name))
+        if len(self.vae) > 256:
+            raise RequestError("The VAE name is too long.")
         if not isinstance(self.sampling, Sampling):
             raise RequestError("sampling must be a Sampling object.")
         if self.control is not None and not isinstance(self.control, Control):
             raise RequestError("control must be a Control object.")
+
+    @property
+    def loras(self) -> tuple[LoraTag, ...]:
+        """<lora:name:weight> tags of the prompt and the negative prompt (A1111 applies both to
+        the whole network; one name in both adds up its weights)."""
+        weights: dict[str, float] = {}
+        for text in (self.prompt, self.negative_prompt):
+            for tag in extract_loras(text)[1]:
+                weights[tag.name] = weights.get(tag.name, 0.0) + tag.weight
+        return tuple(LoraTag(name, weight) for name, weight in weights.items())
+
+    @property
+    def encoder_prompts(self) -> tuple[str, str]:
+        """(prompt, negative prompt) as the text encoder reads them: without the LoRA tags."""
+        return extract_loras(self.prompt)[0], extract_loras(self.negative_prompt)[0]
 
     @property
     def is_normalized(self) -> bool:

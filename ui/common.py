@@ -12,6 +12,7 @@ from typing import Callable
 import gradio as gr
 from PIL import Image
 
+from pipelines import catalog
 from pipelines.backend import Backend
 from pipelines.errors import StudioError
 from pipelines.grid import CELLS_KEY, cells_chunk, grid_infotext
@@ -49,10 +50,66 @@ class PromptBox:
     negative: gr.Textbox
 
 
-def prompt_box(form: Form) -> PromptBox:
-    prompt = form.field("prompt", lines=3, placeholder="a large red circle on a white background")
-    negative = form.field("negative_prompt", elem="negative", lines=2)
+def token_counter(box: gr.Textbox, count: Callable[[str], str], elem_id: str) -> gr.HTML:
+    """A1111's live 'n/75' under a prompt box (75 tokens per chunk; 150, 225, … past that)."""
+    counter = gr.HTML(count(box.value or ""), elem_id=elem_id, padding=False, min_height=0)
+    box.change(count, box, counter, queue=False, show_progress="hidden", trigger_mode="always_last",
+               api_visibility="private")
+    return counter
+
+
+def prompt_box(form: Form, count_tokens: Callable[[str], str] | None = None) -> PromptBox:
+    """Prompt and negative prompt; with count_tokens (GenerationService.count_tokens), each
+    gets a live token counter in its frame, at the lower right corner."""
+    with gr.Group():
+        prompt = form.field("prompt", lines=3, placeholder="a large red circle on a white background")
+        if count_tokens:
+            token_counter(prompt, count_tokens, f"{form.tab}_prompt_token_count")
+    with gr.Group():
+        negative = form.field("negative_prompt", elem="negative", lines=2)
+        if count_tokens:
+            token_counter(negative, count_tokens, f"{form.tab}_negative_token_count")
+    extra_networks(form.tab, prompt)
     return PromptBox(prompt, negative)
+
+
+def insert_tag(prompt: str | None, tag: str) -> str:
+    """Append a LoRA tag / embedding word to the prompt (A1111's extra-networks click)."""
+    prompt = (prompt or "").rstrip()
+    return f"{prompt} {tag}".strip() if prompt else tag
+
+
+def extra_networks(tab: str, prompt: gr.Textbox) -> None:
+    """LoRA and embedding browser: clicking a name writes <lora:name:1> (or the embedding's
+    word) into the prompt. The lists come from the model catalogue (Refresh rescans it)."""
+    def samples(kind):
+        return [[name] for name in catalog.names(kind)] or [["(none)"]]
+
+    with gr.Accordion("LoRA & embeddings", open=False, elem_id=f"{tab}_extra_networks"):
+        loras = gr.Dataset(components=["textbox"], samples=samples("lora"), label="LoRA (click: add <lora:name:1>)",
+                           type="values", elem_id=f"{tab}_lora_list", samples_per_page=24)
+        words = gr.Dataset(components=["textbox"], samples=samples("embedding"), label="Embeddings (click: add the word)",
+                           type="values", elem_id=f"{tab}_embedding_list", samples_per_page=24)
+        refresh = gr.Button("Refresh lists", size="sm", elem_id=f"{tab}_extra_refresh")
+
+    def add(sample, text, lora: bool):
+        name = (sample or [""])[0]
+        if not name or name == "(none)":
+            return gr.skip()
+        return insert_tag(text, f"<lora:{name}:1>" if lora else name)
+
+    def rescan():
+        catalog.refresh()  # new LoRAs work at once; new embeddings load with the next generation
+        return gr.Dataset(samples=samples("lora")), gr.Dataset(samples=samples("embedding"))
+
+    loras.click(lambda s, t: add(s, t, True), [loras, prompt], prompt, queue=False, api_visibility="private")
+    words.click(lambda s, t: add(s, t, False), [words, prompt], prompt, queue=False, api_visibility="private")
+    refresh.click(rescan, None, [loras, words], queue=False, api_visibility="private")
+
+
+def vae_field(form: Form) -> gr.Dropdown:
+    """The request's VAE: the model's own ("Automatic") or one from the models folder's VAE/."""
+    return form.field("vae", component=gr.Dropdown, choices=["Automatic", *catalog.names("vae")], allow_custom_value=True)
 
 
 @dataclass
@@ -69,6 +126,7 @@ class SamplerControls:
     seed: gr.Number
     random_seed: gr.Button
     reuse_seed: gr.Button
+    clip_skip: gr.Slider
 
 
 def sampler_controls(form: Form, native_size: int) -> SamplerControls:
@@ -76,6 +134,7 @@ def sampler_controls(form: Form, native_size: int) -> SamplerControls:
     with gr.Row():
         scheduler = form.field("scheduler")
         steps = form.field("steps")
+        clip_skip = form.field("clip_skip", scale=0, min_width=200)
     with gr.Row():
         cfg = form.field("cfg")
         cfg_scale = form.field("cfg_scale")
@@ -93,7 +152,8 @@ def sampler_controls(form: Form, native_size: int) -> SamplerControls:
     scheduler.change(lambda name: gr.update(visible=name in ETA_SCHEDULERS), scheduler, eta, queue=False, api_visibility="private")
     cfg.change(lambda on: gr.update(interactive=on), cfg, cfg_scale, queue=False, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
-    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed, reuse_seed)
+    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed,
+                           reuse_seed, clip_skip)
 
 
 @dataclass
@@ -163,6 +223,19 @@ class GenerationService:
         self._workers: dict[str, int] = {}  # worker id (host:pid:device) → a number shown to users
         # As many GPU jobs at once as the backend has devices (a pool) or replicas (Ray).
         self.gpu_event = {"concurrency_id": GPU, "concurrency_limit": backend.concurrency}
+
+    def count_tokens(self, text: str | None) -> str:
+        """The token counter's text, e.g. '12/75' ('' when the backend cannot count now)."""
+        try:
+            counted = self.backend.count_tokens(text or "")
+        except Exception as error:  # a counter must never break typing
+            log.debug("token count failed: %s", error)
+            counted = None
+        if not counted:
+            return ""
+        tokens, limit = counted
+        return (f"<div style='text-align:right;font-size:0.8em;opacity:0.75;padding:0 8px 2px'>"
+                f"{int(tokens)}/{int(limit)}</div>")
 
     def worker_label(self, worker: str) -> str:
         """Which worker made an image, without its host name or process id."""
