@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .families import unet_conditioning
 from .masks import InpaintPlan
 from .repaint import masked_content_latents, repaint
 
@@ -22,7 +23,7 @@ def repaint_sampler(pipe, request, plan: InpaintPlan, scheduler_config: dict):
     device = pipe.unet.device
     init = encode_image(pipe, plan.init_image).float()
     mask = torch.from_numpy(plan.latent_mask(pipe.vae_scale_factor))[None, None].to(device)
-    cond, uncond = pipe.encode_prompt(request.prompt, device, 1, s.cfg, request.negative_prompt or None)
+    cond, uncond, added, added_uncond = unet_conditioning(pipe, request, device, s.cfg)
 
     def sample(seeds: list[int], report) -> torch.Tensor:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -35,6 +36,7 @@ def repaint_sampler(pipe, request, plan: InpaintPlan, scheduler_config: dict):
 
         return repaint(pipe.unet, scheduler_config, batch, mask, cond, uncond, s.steps, s.guidance_scale, s.eta,
                        request.strength, request.repaint_r, request.repaint_j, generators, start_latents=start,
-                       on_step=on_step, should_stop=lambda: stop[0]).latents
+                       on_step=on_step, should_stop=lambda: stop[0], added_cond=added,
+                       added_uncond=added_uncond).latents
 
     return sample

@@ -19,21 +19,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import (
-    DiffusionPipeline,
-    MultiControlNetModel,
-    StableDiffusionControlNetImg2ImgPipeline,
-    StableDiffusionControlNetInpaintPipeline,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-)
+from diffusers import DiffusionPipeline, MultiControlNetModel
 from PIL import Image
 
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
+from .families import SD, Family, family_of_pipeline, single_file_config as config_for
+from .families import call_kwargs as call_kwargs_of
 from .fast_path import FastPath, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
@@ -53,15 +46,9 @@ NO_MODEL = (
 )
 
 # Task name → diffusers class derived from the base pipeline (ControlNet variants get the
-# ControlNet module passed in).
-TASK_PIPELINES: dict[str, type[DiffusionPipeline]] = {
-    "txt2img": StableDiffusionPipeline,
-    "img2img": StableDiffusionImg2ImgPipeline,
-    "controlnet": StableDiffusionControlNetPipeline,
-    "controlnet-img2img": StableDiffusionControlNetImg2ImgPipeline,
-    "inpaint": StableDiffusionInpaintPipeline,  # with the 9-channel UNet
-    "controlnet-inpaint": StableDiffusionControlNetInpaintPipeline,
-}
+# ControlNet module passed in). These are SD 1.x/2.x's; the loaded model's family has its own
+# (families.py: SDXL's StableDiffusionXL* classes), derived the same way.
+TASK_PIPELINES: dict[str, type[DiffusionPipeline]] = SD.pipelines
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -86,6 +73,8 @@ class ModelInfo:
     name: str
     source: ModelSource
     seconds: float
+    family: str = "SD"  # "SD" | "SDXL"
+    weight_bytes: int = 0  # the base's weights, each storage counted once
 
 
 def _weight_storages(modules) -> dict[int, int]:
@@ -130,7 +119,9 @@ class PipelineManager:
         self.model: ModelInfo | None = None
         self.controlnets = ControlNetCache(max_controlnets)
         self._inpaint_unet = None  # (source text, 9-channel UNet): one at a time
-        self._base: StableDiffusionPipeline | None = None
+        self._refiner = None  # (source text, SDXL refiner pipeline sharing the base's VAE): one at a time
+        self._base: DiffusionPipeline | None = None
+        self.family: Family = SD  # of the loaded model (families.py)
         self._pipelines: dict[str, DiffusionPipeline] = {}
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
@@ -153,17 +144,22 @@ class PipelineManager:
             self.fast_path_applied = apply_fast_path(pipe, self.fast_path) if self.fast_path else []
             self._release()
             self._base = pipe
+            self.family = family_of_pipeline(pipe)
             # Kept apart: the pipelines' scheduler slot is overwritten per request.
             self._scheduler_config = dict(pipe.scheduler.config)
             self._pipelines = {"txt2img": pipe}
-            self.model = ModelInfo(source.name, source, time.perf_counter() - started)
-            log.info("loaded %s (%s) in %.1fs on %s/%s", source.name, source.kind, self.model.seconds, self.device, self.dtype)
+            self.model = ModelInfo(source.name, source, time.perf_counter() - started, self.family.name,
+                                   sum(_weight_storages(pipe.components.values()).values()))
+            log.info("loaded %s (%s, %s, %.0f MiB) in %.1fs on %s/%s", source.name, self.family.name, source.kind,
+                     self.model.weight_bytes / 2**20, self.model.seconds, self.device, self.dtype)
             return self.model
 
     def _release(self) -> None:
         self._base, self._pipelines, self._latent_rgb, self.model = None, {}, None, None
         self.controlnets.clear()  # they were checked against the old base
         self._inpaint_unet = None
+        self._refiner = None
+        self.family = SD
         self._free_memory()
 
     def _free_memory(self) -> None:
@@ -173,15 +169,15 @@ class PipelineManager:
 
     @property
     def native_size(self) -> int:
-        """The resolution the model was trained at (SD 1.5: 512, the demo model: 128)."""
+        """The resolution the model was trained at (SD 1.5: 512, SDXL: 1024, the demo model: 128)."""
         if self._base is None:
-            return 512
+            return self.family.native_size
         return int(self._base.unet.config.sample_size) * self._base.vae_scale_factor
 
     def describe(self) -> str:
         if self.model is None:
             return NO_MODEL
-        return (f"Model **{self.model.name}** ({self.model.source.kind}) on {self.device.type} "
+        return (f"Model **{self.model.name}** ({self.family.name}, {self.model.source.kind}) on {self.device.type} "
                 f"{str(self.dtype).replace('torch.', '')}, native size {self.native_size}².")
 
     def pipeline(self, task: str, **modules) -> DiffusionPipeline:
@@ -192,12 +188,12 @@ class PipelineManager:
             raise GenerationError(NO_MODEL)
         # dtype= always: from_pipe otherwise casts every (shared!) module to float32 in place.
         if modules:
-            pipe = TASK_PIPELINES[task].from_pipe(self._base, dtype=self.dtype, **modules)
+            pipe = self.family.pipelines[task].from_pipe(self._base, dtype=self.dtype, **modules)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[task] = pipe  # the latest one, for memory reports
             return pipe
         if task not in self._pipelines:
-            self._pipelines[task] = TASK_PIPELINES[task].from_pipe(self._base, dtype=self.dtype)
+            self._pipelines[task] = self.family.pipelines[task].from_pipe(self._base, dtype=self.dtype)
             self._pipelines[task].set_progress_bar_config(disable=True)
         return self._pipelines[task]
 
@@ -319,7 +315,7 @@ class PipelineManager:
             self._inpaint_unet = None
             self._free_memory()
             unet, _ = load_inpaint_unet(source_text, self._base.unet, self.device, self.dtype, self.allow_download,
-                                        self.single_file_config, self.variant)
+                                        config_for(self.family, self.single_file_config), self.variant)
             self._inpaint_unet = (source_text, unet)
         return self._inpaint_unet[1]
 
@@ -364,6 +360,7 @@ class PipelineManager:
 
     def _generate(self, pipe, request, call_kwargs: dict, on_step, job: Job, notes: list[str] | None = None,
                   extra_infotext: dict | None = None, finish=None) -> GenerationResult:
+        call_kwargs = {**call_kwargs, **call_kwargs_of(self.family, request)}
         sampler = diffusers_sampler(pipe, request, call_kwargs, self._scheduler_config)
         return self._run_sampler(pipe, request, sampler, on_step, job, notes, extra_infotext, finish)
 

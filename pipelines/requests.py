@@ -142,6 +142,9 @@ class Control:
             raise RequestError("Guess mode must be true or false.")
 
 
+SDXL_SIZE_FIELDS = ("original_width", "original_height", "target_width", "target_height", "crop_left", "crop_top")
+
+
 @dataclass(frozen=True)
 class Txt2ImgRequest:
     prompt: str = ""
@@ -151,6 +154,16 @@ class Txt2ImgRequest:
     sampling: Sampling = field(default_factory=Sampling)
     control: Control | None = None  # ControlNet units, if any
     notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
+    # SDXL size/crop conditioning (other families ignore them); 0 = the generation size, as A1111.
+    original_width: int = 0
+    original_height: int = 0
+    target_width: int = 0
+    target_height: int = 0
+    crop_left: int = 0
+    crop_top: int = 0
+    # SDXL refiner hand-off: the base denoises up to refiner_switch of the schedule, the refiner the rest.
+    refiner: str = ""  # a refiner model (catalogue entry, folder or single file); "" = none
+    refiner_switch: float = 0.8
 
     task: ClassVar[str] = "txt2img"
 
@@ -161,6 +174,14 @@ class Txt2ImgRequest:
             value = getattr(self, name)
             _require_number(name.capitalize(), value, 1, 16384, integer=True)
             object.__setattr__(self, name, int(value))
+        for name in SDXL_SIZE_FIELDS:
+            _require_number(name.replace("_", " ").capitalize(), getattr(self, name), 0, 16384, integer=True)
+            object.__setattr__(self, name, int(getattr(self, name)))
+        _require_text("Refiner", self.refiner)
+        if len(self.refiner) > 4096:
+            raise RequestError("The refiner name is too long.")
+        _require_number("Refiner switch at", self.refiner_switch, 0.01, 1.0)
+        object.__setattr__(self, "refiner_switch", float(self.refiner_switch))
         if not isinstance(self.sampling, Sampling):
             raise RequestError("sampling must be a Sampling object.")
         if self.control is not None and not isinstance(self.control, Control):
