@@ -17,6 +17,7 @@ second text encoder; SD 1.x holds ``cond_stage_model.*``); a loaded pipeline by 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +179,20 @@ def unet_conditioning(pipe, request, device, cfg: bool):
     added = {"text_embeds": pooled, "time_ids": time_ids}
     added_uncond = {"text_embeds": negative_pooled, "time_ids": time_ids} if cfg else None
     return cond, uncond, added, added_uncond
+
+
+@contextmanager
+def vae_precision(pipe):
+    """SDXL's VAE overflows in fp16 (its config says force_upcast): run it in fp32 for the
+    call, as diffusers' SDXL pipelines do. SD 1.x and fp16-fixed SDXL VAEs stay as they are."""
+    vae = pipe.vae
+    upcast = (vae.dtype == torch.float16 and family_of_pipeline(pipe).is_xl
+              and bool(getattr(vae.config, "force_upcast", False)))
+    if not upcast:
+        yield vae
+        return
+    vae.to(torch.float32)
+    try:
+        yield vae
+    finally:
+        vae.to(torch.float16)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .families import unet_conditioning
+from .families import unet_conditioning, vae_precision
 from .masks import InpaintPlan
 from .repaint import masked_content_latents, repaint
 
@@ -12,9 +12,9 @@ from .repaint import masked_content_latents, repaint
 @torch.no_grad()
 def encode_image(pipe, image) -> torch.Tensor:
     """Scaled VAE latents of a PIL image (the distribution's mean: deterministic)."""
-    vae = pipe.vae
-    pixels = pipe.image_processor.preprocess(image).to(pipe.unet.device, vae.dtype)
-    return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    with vae_precision(pipe) as vae:
+        pixels = pipe.image_processor.preprocess(image).to(pipe.unet.device, vae.dtype)
+        return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
 
 
 @torch.no_grad()

@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -36,6 +37,7 @@ from .jobs import GeneratedImage, GenerationResult, Job, StepInfo, stream_run
 from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
+from .refiner import load_refiner, refined_sampler
 from .requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
@@ -204,7 +206,8 @@ class PipelineManager:
         if self._base is None:
             return {"modes": [], "base_bytes": 0, "shared_bytes": 0, "extra_bytes": 0, "all_modes_bytes": 0}
         base = _weight_storages(self._base.components.values())
-        extra = _weight_storages(self.controlnets.loaded() + ([self._inpaint_unet[1]] if self._inpaint_unet else []))
+        refiner = [m for m in self._refiner[1].components.values() if m is not self._base.vae] if self._refiner else []
+        extra = _weight_storages(self.controlnets.loaded() + ([self._inpaint_unet[1]] if self._inpaint_unet else []) + refiner)
         pipelines = _weight_storages([m for p in self._pipelines.values() for m in p.components.values()])
         shared = {k: v for k, v in pipelines.items() if k not in extra}
         return {
@@ -274,6 +277,11 @@ class PipelineManager:
         }, notes
 
     def _txt2img(self, request, on_step, job) -> GenerationResult:
+        if request.refiner.strip():
+            if self.family.is_xl and request.control is None:
+                return self._refined_txt2img(request, on_step, job)
+            why = "the loaded model is not SDXL" if not self.family.is_xl else "ControlNet units are on"
+            request = replace(request, notes=request.notes + (f"The refiner was not used: {why}.",))
         if request.control is None:
             return self._generate(self.pipeline("txt2img"), request, {}, on_step, job)
         control, notes = self._control_kwargs(request)
@@ -307,6 +315,26 @@ class PipelineManager:
         control, notes = self._control_kwargs(request)
         pipe = self.pipeline("controlnet-img2img", controlnet=control["controlnet"])
         return self._generate(pipe, request, {**call, "control_image": control["maps"], **control["call"]}, on_step, job, notes)
+
+    def refiner(self, source_text: str):
+        """The SDXL refiner pipeline (sharing the base's VAE), kept until another is asked for."""
+        if self._refiner is None or self._refiner[0] != source_text:
+            self._refiner = None
+            self._free_memory()
+            self._refiner = (source_text, load_refiner(source_text, self._base, self.device, self.dtype,
+                                                       self.allow_download, self.variant))
+        return self._refiner[1]
+
+    def _refined_txt2img(self, request, on_step, job) -> GenerationResult:
+        """SDXL txt2img with the refiner hand-off (refiner.py)."""
+        pipe = self.pipeline("txt2img")
+        refiner = self.refiner(request.refiner)
+        conditioning = call_kwargs_of(self.family, request)
+        sampler = refined_sampler(
+            lambda extra: diffusers_sampler(pipe, request, {**conditioning, **extra}, self._scheduler_config),
+            refiner, request, self._scheduler_config)
+        extra = {"Refiner": Path(request.refiner.strip()).name, "Refiner switch at": request.refiner_switch}
+        return self._run_sampler(pipe, request, sampler, on_step, job, [], extra)
 
     def inpaint_unet(self, source_text: str):
         """The 9-channel UNet for 'inpainting model' mode, loaded once and kept until another
