@@ -72,10 +72,12 @@ def explain(error: Exception, source: ModelSource, allow_download: bool, config:
             f"(`huggingface-cli download {source.location}`), or start with --allow-download."
         )
     missing_config = type(error).__name__ == "LocalEntryNotFoundError" or "config" in first_line.lower()
+    # Weights whose shapes differ from the config's: another architecture than the config describes.
+    missing_config = missing_config or "expected shape" in first_line or "size mismatch" in first_line
     if source.kind == "single_file" and missing_config:
         return ModelLoadError(
             f"Could not build {source.location!r}: its architecture's configuration is not available "
-            f"offline (tried: {config or 'none'}). Pass --single-file-config with a diffusers folder of "
+            f"offline (tried: {Path(config).name if config else 'none'}). Pass --single-file-config with a diffusers folder of "
             "the same architecture (assets/configs/sd15 serves SD 1.x, assets/configs/sdxl SDXL)."
         )
     return ModelLoadError(
