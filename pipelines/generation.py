@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from .diffusion_math import vae_decode
 from .families import vae_precision
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
 from .preview import DenoisedTap, latent_to_image
@@ -78,8 +79,7 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
     with vae_precision(pipe) as vae:
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(decoded, output_type="pil")
+        return pipe.image_processor.postprocess(vae_decode(vae, latents), output_type="pil")
 
 
 def run_batches(

@@ -101,3 +101,15 @@ def stream_run(run, request, job: Job):
     finally:
         if not finished:
             job.cancel()
+
+
+def result_of(events, on_step=None):
+    """stream_run's inverse: the result at the end of a stream of StepInfo events, each step
+    handed to on_step on the way (how a streaming backend offers run())."""
+    for event in events:
+        if isinstance(event, StepInfo):
+            if on_step is not None:
+                on_step(event)
+            continue
+        return event
+    raise RuntimeError("the stream ended without a result")

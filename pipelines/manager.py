@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,12 +27,13 @@ from .control import control_maps
 from .errors import GenerationError, RequestError
 from .families import SD, Family, family_of_pipeline, single_file_config as config_for
 from .families import call_kwargs as call_kwargs_of
-from .fast_path import FastPath, apply_fast_path
+from .fast_path import FastPath, FastPathRuntime, FifoLock, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
 from .infotext import request_infotext
 from .inpainting import repaint_sampler
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo, stream_run
+from .lab_requests import LabRequest
 from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
@@ -90,6 +90,11 @@ def _weight_storages(modules) -> dict[int, int]:
 
 
 class PipelineManager:
+    """Implements pipelines.backend.Backend on one device."""
+
+    concurrency = 1  # one job at a time on this device
+    model: ModelInfo | None = None  # the loaded base model
+
     def __init__(
         self,
         device: str | None = None,
@@ -118,6 +123,7 @@ class PipelineManager:
             fast_path = FastPath() if self.device.type == "cuda" and not self.cpu_offload else None
         self.fast_path: FastPath | None = fast_path
         self.fast_path_applied: list[str] = []
+        self.fast_runtime: FastPathRuntime | None = None  # background compile + graphs (fast_path.py)
         self.model: ModelInfo | None = None
         self.controlnets = ControlNetCache(max_controlnets)
         self._inpaint_unet = None  # (source text, 9-channel UNet): one at a time
@@ -127,7 +133,7 @@ class PipelineManager:
         self._pipelines: dict[str, DiffusionPipeline] = {}
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
-        self._lock = threading.Lock()  # one job per device at a time
+        self._lock = FifoLock()  # one job per device at a time, in arrival order
 
     # ----------------------------------------------------------------- model loading
     def load_base(self, source_text: str) -> ModelInfo:
@@ -143,8 +149,10 @@ class PipelineManager:
                 pipe.enable_model_cpu_offload(device=self.device)
             else:
                 pipe.to(self.device)
-            self.fast_path_applied = apply_fast_path(pipe, self.fast_path) if self.fast_path else []
+            runtime = apply_fast_path(pipe, self.fast_path, self.device, self._lock) if self.fast_path else None
             self._release()
+            self.fast_runtime = runtime
+            self.fast_path_applied = runtime.applied if runtime else []
             self._base = pipe
             self.family = family_of_pipeline(pipe)
             # Kept apart: the pipelines' scheduler slot is overwritten per request.
@@ -162,7 +170,14 @@ class PipelineManager:
         self._inpaint_unet = None
         self._refiner = None
         self.family = SD
+        if self.fast_runtime is not None:
+            self.fast_runtime.close()
+            self.fast_runtime = None
         self._free_memory()
+
+    def _fast(self, module):
+        """A module loaded after the base (ControlNet, 9-channel UNet) onto the fast path."""
+        return self.fast_runtime.adopt(module) if self.fast_runtime is not None else module
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -175,6 +190,11 @@ class PipelineManager:
         if self._base is None:
             return self.family.native_size
         return int(self._base.unet.config.sample_size) * self._base.vae_scale_factor
+
+    @property
+    def train_steps(self) -> int:
+        """T of the model's training schedule (1000 before a model is loaded)."""
+        return int(self._scheduler_config.get("num_train_timesteps", 1000))
 
     def describe(self) -> str:
         if self.model is None:
@@ -225,6 +245,10 @@ class PipelineManager:
         on_step: Callable[[StepInfo], None] | None = None,
         job: Job | None = None,
     ) -> GenerationResult:
+        """One request to its result: a GenerationResult, or for a Diffusion-lab request
+        (lab_requests.py) what pipelines/lab.py makes of it."""
+        if isinstance(request, LabRequest):
+            return self._run_lab(request, on_step, job or Job())
         if not request.is_normalized:
             raise RequestError("The request was not normalized (sizes must be multiples of 8, seed drawn): call Limits.normalize first.")
         job = job or Job()
@@ -261,8 +285,8 @@ class PipelineManager:
     def _control_kwargs(self, request) -> tuple[dict, list[str]]:
         """The ControlNet module(s) and call arguments for a request with control units."""
         units = request.control.units
-        models = [self.controlnets.get(u.model, self._base.unet, self.device, self.dtype, self.allow_download, self.variant)
-                  for u in units]
+        models = [self._fast(self.controlnets.get(u.model, self._base.unet, self.device, self.dtype, self.allow_download,
+                                                  self.variant)) for u in units]
         maps, notes = control_maps(units, request.width, request.height)
         single = len(units) == 1
         return {
@@ -344,7 +368,7 @@ class PipelineManager:
             self._free_memory()
             unet, _ = load_inpaint_unet(source_text, self._base.unet, self.device, self.dtype, self.allow_download,
                                         config_for(self.family, self.single_file_config), self.variant)
-            self._inpaint_unet = (source_text, unet)
+            self._inpaint_unet = (source_text, self._fast(unet))
         return self._inpaint_unet[1]
 
     def _inpaint(self, request: InpaintRequest, on_step, job) -> GenerationResult:
@@ -410,11 +434,21 @@ class PipelineManager:
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
 
     # ----------------------------------------------------------------- diffusion lab (issue 8)
-    def lab(self):
-        """The Diffusion lab's view of the loaded model: the same modules (nothing copied) and
-        its training schedule, used under this manager's device lock."""
-        from .lab import DiffusionLab
+    def _run_lab(self, request: LabRequest, on_step, job: Job):
+        """A lab experiment on the loaded model's modules (nothing copied) and its training
+        schedule, holding the device like a generation; the schedules need only the config."""
+        from .lab import run_lab
 
-        if self._base is None:
-            raise GenerationError(NO_MODEL)
-        return DiffusionLab(self._base, self._scheduler_config, self._lock)
+        if not request.needs_device:
+            if self._base is None:
+                raise GenerationError(NO_MODEL)
+            return run_lab(None, self._scheduler_config, request)
+        with self._lock:
+            if self._base is None:
+                raise GenerationError(NO_MODEL)
+            try:
+                return run_lab(self._base, self._scheduler_config, request, on_step, job)
+            except torch.OutOfMemoryError as error:
+                self._free_memory()
+                raise GenerationError("Out of GPU memory in the Diffusion lab: use fewer steps or scales. "
+                                      "The memory was freed; the app keeps serving.") from error

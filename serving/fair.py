@@ -80,5 +80,25 @@ class FairGate:
         with self.turn():
             return self.backend.load_base(source)
 
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
+    # The rest of the Backend protocol (pipelines/backend.py), passed through as it is.
+    @property
+    def concurrency(self) -> int:
+        return self.slots
+
+    @property
+    def model(self):
+        return self.backend.model
+
+    @property
+    def native_size(self) -> int:
+        return self.backend.native_size
+
+    @property
+    def train_steps(self) -> int:
+        return self.backend.train_steps
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+    def memory_report(self) -> dict:
+        return self.backend.memory_report()

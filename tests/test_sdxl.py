@@ -154,7 +154,7 @@ def test_sdxl_refiner_hand_off(xl, tmp_path):
 
 
 def test_an_sdxl_single_file_loads_with_the_same_weights(xl, xl_dir, tmp_path):
-    from pipelines.ldm_checkpoint_xl import save_xl_single_file
+    from ldm_checkpoint_xl import save_xl_single_file
 
     path = save_xl_single_file(xl._base, tmp_path / "tiny-sdxl.safetensors", dtype=None)
     assert family_of_single_file(path) is SDXL

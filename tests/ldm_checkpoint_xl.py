@@ -9,8 +9,8 @@ single ``.safetensors`` file A1111/ComfyUI load and ``StableDiffusionXLPipeline.
                                             ln_final, positional_embedding, text_projection (transposed)
 
 The inverse of diffusers' convert_ldm_unet_checkpoint / convert_ldm_clip_checkpoint /
-convert_open_clip_checkpoint. Used by the tests (a tiny SDXL single file) and for people who
-want one file of their SDXL folder. Never imports gradio.
+convert_open_clip_checkpoint. Test-only, as ldm_checkpoint.py: it writes the tiny SDXL single
+file that test_sdxl.py loads.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .ldm_checkpoint import UNET_PREFIX, _apply_rules, _unet_rules, text_encoder_to_ldm, vae_to_ldm, CLIP_PREFIX
+from ldm_checkpoint import UNET_PREFIX, _apply_rules, _unet_rules, text_encoder_to_ldm, vae_to_ldm, CLIP_PREFIX
 
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 BIGG_PREFIX = "conditioner.embedders.1.model."
