@@ -167,13 +167,21 @@ def unet_conditioning(pipe, request, device, cfg: bool):
     themselves (RePaint): (cond, uncond, added_cond, added_uncond); the added ones are None
     for SD. SDXL: added = {text_embeds: pooled bigG output, time_ids: original_size +
     crops_coords_top_left + target_size}."""
+    return text_conditioning(pipe, request.prompt, request.negative_prompt, request.width, request.height, device,
+                             cfg, size_conditioning(request))
+
+
+@torch.no_grad()
+def text_conditioning(pipe, prompt: str, negative: str, width: int, height: int, device, cfg: bool,
+                      sizes: dict | None = None):
+    """As unet_conditioning, from plain values (the Diffusion lab); sizes default to width × height."""
     if family_of_pipeline(pipe) is SD:
-        cond, uncond = pipe.encode_prompt(request.prompt, device, 1, cfg, request.negative_prompt or None)
+        cond, uncond = pipe.encode_prompt(prompt, device, 1, cfg, negative or None)
         return cond, uncond, None, None
     cond, uncond, pooled, negative_pooled = pipe.encode_prompt(
-        request.prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-        negative_prompt=request.negative_prompt or None)
-    c = size_conditioning(request)
+        prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+        negative_prompt=negative or None)
+    c = sizes or {"original_size": (height, width), "crops_coords_top_left": (0, 0), "target_size": (height, width)}
     time_ids = torch.tensor([list(c["original_size"]) + list(c["crops_coords_top_left"]) + list(c["target_size"])],
                             device=device, dtype=cond.dtype)
     added = {"text_embeds": pooled, "time_ids": time_ids}

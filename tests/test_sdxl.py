@@ -209,3 +209,16 @@ def test_a_refiner_single_file_as_base_is_a_clear_error(tmp_path):
     save_file({"conditioner.embedders.0.model.ln_final.weight": torch.ones(2)}, str(path))
     with pytest.raises(ModelLoadError, match="refiner"):
         PipelineManager(device="cpu").load_base(str(path))
+
+
+def test_the_lab_trajectory_on_sdxl_is_the_apps_own_ddim(xl):
+    from pipelines.lab_requests import LabCfgRequest, LabTrajectoryRequest
+
+    size = xl.native_size
+    result = xl.run(LabTrajectoryRequest("a red circle", steps=4, every=2, cfg_scale=5.0, seed=11))
+    request = ready(Txt2ImgRequest(prompt="a red circle", width=size, height=size,
+                                   sampling=Sampling(scheduler="DDIM", steps=4, cfg_scale=5.0, seed=11)))
+    app_image = np.asarray(xl.run(request).images[0].image, dtype=np.int16)
+    assert np.abs(np.asarray(result.runs[0.0][-1].x_t, dtype=np.int16) - app_image).max() <= 1
+    anatomy = xl.run(LabCfgRequest("a blue square", steps=4, step=2, scale=5.0, seed=4, scales=(1.0, 3.0)))
+    assert not torch.equal(anatomy.eps["cond"], anatomy.eps["uncond"])
