@@ -63,7 +63,17 @@ def base_models() -> list[str]:
     """Base (txt2img) models: shipped diffusers folders, then cached Hub SD pipelines."""
     def base_pipeline(folder: Path) -> bool:
         name = _class_name(folder / "model_index.json")
-        return name.startswith("StableDiffusion") and "Inpaint" not in name
+        # Img2Img-only pipelines (the SDXL refiner) cannot start from noise on their own.
+        return name.startswith("StableDiffusion") and "Inpaint" not in name and "Img2Img" not in name
 
     local = [str(p) for p in sorted(ASSET_MODELS.glob("*")) if base_pipeline(p)]
     return local + _cached_repos(base_pipeline)
+
+
+def refiners() -> list[str]:
+    """SDXL refiners (an SDXL img2img pipeline folder): shipped, then cached Hub ones."""
+    def refiner(folder: Path) -> bool:
+        return _class_name(folder / "model_index.json") == "StableDiffusionXLImg2ImgPipeline"
+
+    local = [str(p) for p in sorted(ASSET_MODELS.glob("*")) if refiner(p)]
+    return local + _cached_repos(refiner)

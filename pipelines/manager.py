@@ -196,6 +196,11 @@ class PipelineManager:
         """T of the model's training schedule (1000 before a model is loaded)."""
         return int(self._scheduler_config.get("num_train_timesteps", 1000))
 
+    @property
+    def family_name(self) -> str:
+        """"SD" or "SDXL": what the UI shows SDXL-only fields for (ui/ never sees torch objects)."""
+        return self.family.name
+
     def describe(self) -> str:
         if self.model is None:
             return NO_MODEL

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import controlnet, img2img, inpaint, lab, models, pnginfo, txt2img
+from . import controlnet, img2img, inpaint, lab, models, pnginfo, sdxl, txt2img
 from .common import GenerationService
 from .outputs import OutputStore
 
@@ -29,5 +29,11 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
             with gr.Tab("PNG info", id="pnginfo"):
                 pnginfo.build(tabs, t2i, i2i)
             with gr.Tab("Models", id="models"):
-                models.build(manager, settings.allow_model_change, status, service.gpu_event)
+                loaded = models.build(manager, settings.allow_model_change, status, service.gpu_event)
+        # The loaded model's family decides the native size and whether SDXL fields show.
+        refresh = sdxl.refresh(manager, [t2i.sdxl.group], [t2i.sampler.width, t2i.sampler.height,
+                                                           i2i.sampler.width, i2i.sampler.height])
+        targets = [t2i.sdxl.group, t2i.sampler.width, t2i.sampler.height, i2i.sampler.width, i2i.sampler.height]
+        app.load(refresh, None, targets, queue=False, api_visibility="private")
+        loaded.then(refresh, None, targets, queue=False, api_visibility="private")
     return app

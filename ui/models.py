@@ -37,4 +37,4 @@ def build(manager, allow_change: bool, status: gr.Markdown, gpu_event: dict) -> 
 
     refresh = gr.Button("Refresh", elem_id="models_refresh", size="sm")
     refresh.click(lambda: _details(manager), None, info, queue=False, api_visibility="private")
-    load.click(load_model, source, [info, status], api_name="load_model", **gpu_event)
+    return load.click(load_model, source, [info, status], api_name="load_model", **gpu_event)

@@ -1,0 +1,67 @@
+"""SDXL in the running app (`python app.py` over HTTP): a tiny SDXL folder via --model, an SDXL
+single file and an SD folder via the Models tab, each generating at the requested size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from conftest import AppServer
+from pipelines.metadata import parse_infotext, read_infotext
+
+pytestmark = pytest.mark.slow  # builds two tiny SDXLs and starts an app
+
+
+@pytest.fixture(scope="module")
+def xl_files(tmp_path_factory):
+    from ldm_checkpoint_xl import save_xl_single_file
+    from tiny_sdxl import save_tiny_xl_model, tiny_xl_pipeline
+
+    root = tmp_path_factory.mktemp("xl-http")
+    folder = save_tiny_xl_model(root / "tiny-sdxl")
+    single = save_xl_single_file(tiny_xl_pipeline(seed=5), root / "tiny-sdxl-file.safetensors")
+    return folder, single
+
+
+@pytest.fixture(scope="module")
+def xl_server(xl_files, tmp_path_factory):
+    folder, _ = xl_files
+    # The tiny architecture's configs for single files come from its folder (as for SD tests).
+    server = AppServer(["--model", str(folder), "--single-file-config", str(folder), "--max-size", "256",
+                        "--outputs-dir", str(tmp_path_factory.mktemp("xl-out"))],
+                       log_path=tmp_path_factory.mktemp("xl-logs") / "app.log")
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def txt2img(client, **kw):
+    args = dict(prompt="a red circle", negative="", steps=3, seed=4, width=64, height=96)
+    args.update(kw)
+    _, gallery, notes, infotext = client.predict(**args, api_name="/txt2img")
+    return Image.open(gallery[0]["image"]), infotext
+
+
+def test_an_sdxl_folder_via_model_generates_and_switches_through_the_models_tab(xl_server, xl_files, tiny_model_dir,
+                                                                                 tmp_path):
+    client = Client(xl_server.url, verbose=False)
+    image, infotext = txt2img(client)
+    assert image.size == (64, 96) and parse_infotext(read_infotext(image))["Size"] == "64x96"
+    conditioned, _ = txt2img(client, original_width=16, original_height=16)
+    assert not np.array_equal(np.asarray(image), np.asarray(conditioned))  # the SDXL fields reach the UNet
+
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "init.png")
+    _, gallery, _, _ = client.predict(prompt="x", negative="", image_path=handle_file(str(tmp_path / "init.png")), denoise=0.5,
+                                      steps=4, width=64, height=64, api_name="/img2img")
+    assert Image.open(gallery[0]["image"]).size == (64, 64)
+
+    _, single = xl_files
+    info, status = client.predict(str(single), api_name="/load_model")
+    assert "SDXL" in status and "single_file" in status and "MiB" in info
+    assert txt2img(client, width=80, height=64)[0].size == (80, 64)
+
+    info, status = client.predict(str(tiny_model_dir), api_name="/load_model")
+    assert "(SD," in status
+    assert txt2img(client, width=64, height=64)[0].size == (64, 64)
