@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .fields import fields_of
 from .metadata import build_infotext
+from .requests import Sampling
 from .schedulers import ETA_SCHEDULERS
 
 VERSION = "sd-studio 0.1"
@@ -33,6 +35,9 @@ def control_params(request) -> dict:
 
 
 def request_infotext(request, seed: int, model_name: str | None, extra: dict | None = None) -> str:
+    """The sampling head in A1111's order, then what the engine reports (extra: a key set to
+    None is deliberately left out), then every other declared field that has an infotext key
+    and differs from its default (pipelines/requests.py: a new field needs no line here)."""
     s = request.sampling
     params = {
         "Steps": s.steps,
@@ -42,11 +47,22 @@ def request_infotext(request, seed: int, model_name: str | None, extra: dict | N
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model": model_name,
+        "Batch size": s.batch_size if s.batch_size > 1 else None,  # A1111 writes it from 2 on
         "Denoising strength": getattr(request, "strength", None),
         "Resize mode": getattr(request, "resize_mode", None),
         "Eta": s.eta if s.scheduler in ETA_SCHEDULERS else None,
         **(extra or {}),
-        **control_params(request),
-        "Version": VERSION,
     }
+    sampling = fields_of(Sampling)
+    for name, declared in fields_of(type(request)).items():
+        key = declared.infotext
+        if key and key not in params and key not in WRITTEN_APART:
+            value = getattr(s if name in sampling else request, name)
+            if value != declared.default:
+                params[key] = ("on" if value else "off") if isinstance(value, bool) else value
+    params.update(control_params(request))
+    params["Version"] = VERSION
     return build_infotext(request.prompt, request.negative_prompt, params)
+
+
+WRITTEN_APART = {"Prompt", "Negative prompt", "Size-1", "Size-2"}  # the prompt lines and "Size: WxH"

@@ -38,7 +38,7 @@ from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
 from .refiner import load_refiner, refined_sampler
-from .requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from .requests import FIELDS, SDXL_SIZE_FIELDS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class PipelineManager:
         }, notes
 
     def _txt2img(self, request, on_step, job) -> GenerationResult:
-        if request.refiner.strip():
+        if request.refiner.strip() not in ("", "None"):
             if self.family.is_xl and request.control is None:
                 return self._refined_txt2img(request, on_step, job)
             why = "the loaded model is not SDXL" if not self.family.is_xl else "ControlNet units are on"
@@ -384,7 +384,8 @@ class PipelineManager:
         notes = list(plan.notes)
         extra = {"Inpaint mode": request.mode, "Mask blur": request.mask_blur, "Masked content": request.masked_content,
                  "Inpaint area": request.inpaint_area,
-                 "Only masked padding": request.padding if request.inpaint_area == "only masked" else None}
+                 "Only masked padding": request.padding if request.inpaint_area == "only masked" else None,
+                 "RePaint r": None, "RePaint j": None, "Inpainting model": None}  # set below where they act
         finish = lambda images, seeds: [plan.finish(image) for image in images]  # noqa: E731 — paste back
         if int(request.sampling.steps * request.strength) == 0:
             images = [GeneratedImage(plan.original.copy(), seed, self._infotext(request, seed, extra))
@@ -436,7 +437,12 @@ class PipelineManager:
         return self._latent_rgb
 
     def _infotext(self, request, seed: int, extra: dict | None = None) -> str:
-        return request_infotext(request, seed, self.model.name if self.model else None, extra)
+        # The refiner writes its own keys where it ran (its name, never a path); SDXL's size
+        # fields did not act on another family's model.
+        acted = {"Refiner": None, "Refiner switch at": None}
+        if not self.family.is_xl:
+            acted.update({FIELDS[name].infotext: None for name in SDXL_SIZE_FIELDS})
+        return request_infotext(request, seed, self.model.name if self.model else None, {**acted, **(extra or {})})
 
     # ----------------------------------------------------------------- diffusion lab (issue 8)
     def _run_lab(self, request: LabRequest, on_step, job: Job):

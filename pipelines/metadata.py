@@ -16,6 +16,9 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from .requests import FIELDS
+from .schedulers import SCHEDULER_NAMES
+
 PNG_KEY = "parameters"
 # key: value pairs of the last line; a value is either JSON-quoted or runs to the next comma.
 _PAIR = re.compile(r'\s*([\w][\w \-/()+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -102,34 +105,21 @@ def read_infotext(image: Image.Image) -> str | None:
     return None
 
 
-def _number(text: str | None, cast):
-    try:
-        return cast(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def infotext_to_fields(parsed: dict, scheduler_names) -> tuple[dict, list[str]]:
-    """Parsed infotext → request field values the app understands, plus notes on what it
-    could not take over (an unknown sampler, say). Keys: prompt, negative_prompt, steps,
-    scheduler, cfg, cfg_scale, eta, seed, width, height, strength."""
+def infotext_to_fields(parsed: dict, scheduler_names=SCHEDULER_NAMES) -> tuple[dict, list[str]]:
+    """Parsed infotext → request field values by name (every declared field with an
+    infotext key, pipelines/requests.py), plus notes on what could not be taken over (an
+    unknown sampler, say). "Size: WxH" gives width and height (A1111's Size-1, Size-2)."""
     notes: list[str] = []
-    fields: dict = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
-    for key, name, cast in (
-        ("Steps", "steps", int),
-        ("CFG scale", "cfg_scale", float),
-        ("Seed", "seed", int),
-        ("Eta", "eta", float),
-        ("Denoising strength", "strength", float),
-    ):
-        value = _number(parsed.get(key), cast)
-        if value is not None:
-            fields[name] = value
-    if "CFG" in parsed:
-        fields["cfg"] = parsed["CFG"].strip().lower() != "off"
+    parsed = dict(parsed)
     size = parsed.get("Size", "")
     if re.fullmatch(r"\d+x\d+", size):
-        fields["width"], fields["height"] = (int(v) for v in size.split("x"))
+        parsed["Size-1"], parsed["Size-2"] = size.split("x")
+    fields: dict = {}
+    for name, declared in FIELDS.items():
+        if declared.infotext in parsed and name != "scheduler":
+            value = declared.parse(parsed[declared.infotext])
+            if value is not None:
+                fields[name] = value
     sampler = parsed.get("Sampler")
     if sampler:
         # A1111 ≥ 1.9 writes the schedule separately: "Sampler: DPM++ 2M, Schedule type: Karras".

@@ -22,6 +22,8 @@ REFINER_WHAT_TO_PASS = ("Pass an SDXL refiner as a diffusers folder (containing 
 
 
 def load_refiner(source_text: str, base, device, dtype, allow_download: bool, variant: str | None = None):
+    if len(source_text) > 4096:
+        raise ModelLoadError("The refiner name is too long. " + REFINER_WHAT_TO_PASS)
     source = resolve_source(source_text, "model_index.json", "an SDXL refiner", REFINER_WHAT_TO_PASS)
     if source.kind == "single_file":
         raise ModelLoadError(f"{source.name!r} is a single file: the refiner loads from a diffusers folder or a "

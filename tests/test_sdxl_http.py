@@ -38,7 +38,7 @@ def xl_server(xl_files, tmp_path_factory):
 
 
 def txt2img(client, **kw):
-    args = dict(prompt="a red circle", negative="", steps=3, seed=4, width=64, height=96)
+    args = dict(prompt="a red circle", steps=3, seed=4, width=64, height=96)
     args.update(kw)
     _, gallery, notes, infotext = client.predict(**args, api_name="/txt2img")
     return Image.open(gallery[0]["image"]), infotext
@@ -53,7 +53,7 @@ def test_an_sdxl_folder_via_model_generates_and_switches_through_the_models_tab(
     assert not np.array_equal(np.asarray(image), np.asarray(conditioned))  # the SDXL fields reach the UNet
 
     Image.new("RGB", (64, 64), "white").save(tmp_path / "init.png")
-    _, gallery, _, _ = client.predict(prompt="x", negative="", image_path=handle_file(str(tmp_path / "init.png")), denoise=0.5,
+    _, gallery, _, _ = client.predict(prompt="x", init_image=handle_file(str(tmp_path / "init.png")), strength=0.5,
                                       steps=4, width=64, height=64, api_name="/img2img")
     assert Image.open(gallery[0]["image"]).size == (64, 64)
 

@@ -31,9 +31,9 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
             with gr.Tab("Models", id="models"):
                 loaded = models.build(manager, settings.allow_model_change, status, service.gpu_event)
         # The loaded model's family decides the native size and whether SDXL fields show.
-        refresh = sdxl.refresh(manager, [t2i.sdxl.group], [t2i.sampler.width, t2i.sampler.height,
+        refresh = sdxl.refresh(manager, [t2i.sdxl], [t2i.sampler.width, t2i.sampler.height,
                                                            i2i.sampler.width, i2i.sampler.height])
-        targets = [t2i.sdxl.group, t2i.sampler.width, t2i.sampler.height, i2i.sampler.width, i2i.sampler.height]
+        targets = [t2i.sdxl, t2i.sampler.width, t2i.sampler.height, i2i.sampler.width, i2i.sampler.height]
         app.load(refresh, None, targets, queue=False, api_visibility="private")
         loaded.then(refresh, None, targets, queue=False, api_visibility="private")
     return app
