@@ -8,7 +8,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from conftest import AppServer
-from pipelines.metadata import parse_infotext, read_infotext
+from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
 
 pytestmark = pytest.mark.slow  # builds two tiny SDXLs and starts an app
 
@@ -49,8 +49,11 @@ def test_an_sdxl_folder_via_model_generates_and_switches_through_the_models_tab(
     client = Client(xl_server.url, verbose=False)
     image, infotext = txt2img(client)
     assert image.size == (64, 96) and parse_infotext(read_infotext(image))["Size"] == "64x96"
-    conditioned, _ = txt2img(client, original_width=16, original_height=16)
+    sent = dict(original_width=16, original_height=24, target_width=64, target_height=88, crop_left=8, crop_top=16)
+    conditioned, _ = txt2img(client, **sent)
     assert not np.array_equal(np.asarray(image), np.asarray(conditioned))  # the SDXL fields reach the UNet
+    fields, notes = infotext_to_fields(parse_infotext(read_infotext(conditioned)))
+    assert {name: fields.get(name) for name in sent} == sent and notes == []  # PNG info reads them back
 
     Image.new("RGB", (64, 64), "white").save(tmp_path / "init.png")
     _, gallery, _, _ = client.predict(prompt="x", init_image=handle_file(str(tmp_path / "init.png")), strength=0.5,
@@ -64,4 +67,5 @@ def test_an_sdxl_folder_via_model_generates_and_switches_through_the_models_tab(
 
     info, status = client.predict(str(tiny_model_dir), api_name="/load_model")
     assert "(SD," in status
-    assert txt2img(client, width=64, height=64)[0].size == (64, 64)
+    image, infotext = txt2img(client, width=64, height=64, original_width=16)
+    assert image.size == (64, 64) and "Original width" not in infotext  # SD has no size conditioning
