@@ -222,3 +222,16 @@ def test_the_lab_trajectory_on_sdxl_is_the_apps_own_ddim(xl):
     assert np.abs(np.asarray(result.runs[0.0][-1].x_t, dtype=np.int16) - app_image).max() <= 1
     anatomy = xl.run(LabCfgRequest("a blue square", steps=4, step=2, scale=5.0, seed=4, scales=(1.0, 3.0)))
     assert not torch.equal(anatomy.eps["cond"], anatomy.eps["uncond"])
+
+
+def test_sdxl_controlnet_with_inpainting(xl, scene, tmp_path):
+    from diffusers import ControlNetModel
+
+    init, mask = scene
+    folder = tmp_path / "xl-controlnet"
+    ControlNetModel.from_unet(xl._base.unet).save_pretrained(folder)
+    control = Control(units=(ControlUnit(model=str(folder), image=init),))
+    result = xl.run(ready(InpaintRequest(prompt="x", width=64, height=64, init_image=init, mask=mask, control=control,
+                                         sampling=Sampling(steps=3, seed=1))))
+    assert result.images[0].image.size == (64, 64)
+    assert type(xl._pipelines["controlnet-inpaint"]).__name__ == "StableDiffusionXLControlNetInpaintPipeline"

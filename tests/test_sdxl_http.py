@@ -69,3 +69,15 @@ def test_an_sdxl_folder_via_model_generates_and_switches_through_the_models_tab(
     assert "(SD," in status
     image, infotext = txt2img(client, width=64, height=64, original_width=16)
     assert image.size == (64, 64) and "Original width" not in infotext  # SD has no size conditioning
+
+
+def test_the_sdxl_fields_show_only_with_an_sdxl_model(xl_server, app_server):
+    import httpx
+
+    def components(server):
+        config = httpx.get(server.url + "config", timeout=30).json()
+        return {c["props"].get("elem_id"): c["props"] for c in config["components"] if c["props"].get("elem_id")}
+
+    xl, sd = components(xl_server), components(app_server)
+    assert xl["txt2img_sdxl"]["visible"] is True and sd["txt2img_sdxl"]["visible"] is False
+    assert xl["txt2img_width"]["value"] == 64  # the tiny SDXL's native size (its UNet's sample size × 8)
