@@ -168,25 +168,25 @@ def unet_conditioning(pipe, request, device, cfg: bool):
     for SD. SDXL: added = {text_embeds: pooled bigG output, time_ids: original_size +
     crops_coords_top_left + target_size}."""
     return text_conditioning(pipe, request.prompt, request.negative_prompt, request.width, request.height, device,
-                             cfg, size_conditioning(request))
+                             cfg, size_conditioning(request), request.clip_skip)
 
 
 @torch.no_grad()
 def text_conditioning(pipe, prompt: str, negative: str, width: int, height: int, device, cfg: bool,
-                      sizes: dict | None = None):
-    """As unet_conditioning, from plain values (the Diffusion lab); sizes default to width × height."""
-    if family_of_pipeline(pipe) is SD:
-        cond, uncond = pipe.encode_prompt(prompt, device, 1, cfg, negative or None)
-        return cond, uncond, None, None
-    cond, uncond, pooled, negative_pooled = pipe.encode_prompt(
-        prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-        negative_prompt=negative or None)
+                      sizes: dict | None = None, clip_skip: int = 1):
+    """As unet_conditioning, from plain values (the Diffusion lab); sizes default to width × height.
+    The prompt goes through the A1111 prompt encoding (prompt_encoding.py: both encoders for SDXL)."""
+    from .prompt_encoding import encode_prompts
+
+    e = encode_prompts(pipe, prompt, negative, clip_skip, cfg, device)
+    if e.pooled is None:
+        return e.cond, e.uncond, None, None
     c = sizes or {"original_size": (height, width), "crops_coords_top_left": (0, 0), "target_size": (height, width)}
     time_ids = torch.tensor([list(c["original_size"]) + list(c["crops_coords_top_left"]) + list(c["target_size"])],
-                            device=device, dtype=cond.dtype)
-    added = {"text_embeds": pooled, "time_ids": time_ids}
-    added_uncond = {"text_embeds": negative_pooled, "time_ids": time_ids} if cfg else None
-    return cond, uncond, added, added_uncond
+                            device=device, dtype=e.cond.dtype)
+    added = {"text_embeds": e.pooled, "time_ids": time_ids}
+    added_uncond = {"text_embeds": e.uncond_pooled, "time_ids": time_ids} if cfg else None
+    return e.cond, e.uncond, added, added_uncond
 
 
 @contextmanager

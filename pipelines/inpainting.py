@@ -7,6 +7,7 @@ import torch
 from .diffusion_math import vae_encode
 from .families import unet_conditioning, vae_precision
 from .masks import InpaintPlan
+from .prompt_encoding import encode_prompts
 from .repaint import masked_content_latents, repaint
 
 

@@ -34,6 +34,7 @@ from .grid import compose_grid
 from .images import fit
 from .jobs import Job, StepInfo
 from .lab_requests import LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
+from .prompt_encoding import encode_prompts
 from .schedulers import build_scheduler
 
 # The two β schedules the seed compares: DDPM's linear betas (pixels) and LDM/SD's scaled-linear.

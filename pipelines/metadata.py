@@ -120,6 +120,8 @@ def infotext_to_fields(parsed: dict, scheduler_names=SCHEDULER_NAMES) -> tuple[d
             value = declared.parse(parsed[declared.infotext])
             if value is not None:
                 fields[name] = value
+    if "Steps" in parsed and "Clip skip" not in parsed:
+        fields["clip_skip"] = 1  # A1111 writes Clip skip only when it is not 1
     sampler = parsed.get("Sampler")
     if sampler:
         # A1111 ≥ 1.9 writes the schedule separately: "Sampler: DPM++ 2M, Schedule type: Karras".

@@ -354,3 +354,17 @@ def test_api_flags_and_environment(monkeypatch):
     assert Settings.from_args(["--no-api"]).api is False
     with pytest.raises(ValueError):
         parse_accounts("no-colon")
+
+
+def test_clip_skip_from_override_settings_and_options_reaches_the_image(api):
+    plain, plain_info = txt2img(api, steps=2)
+    skipped, info = txt2img(api, steps=2, override_settings={"CLIP_stop_at_last_layers": 2})
+    assert "Clip skip: 2" in info["infotexts"][0] and info["clip_skip"] == 2 and plain_info["clip_skip"] == 1
+    assert not np.array_equal(pixels(unb64(skipped["images"][0])), pixels(unb64(plain["images"][0])))
+    assert api.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
+    try:
+        assert api.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+        assert "Clip skip: 2" in txt2img(api, steps=2)[1]["infotexts"][0]
+    finally:
+        api.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
+    assert api.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 13}).status_code == 422

@@ -96,7 +96,7 @@ def raw_call(app_server, endpoint: str, body: str) -> str:
 
 
 NO_GRID = ', "Nothing", "", "Nothing", "", true'  # the X/Y grid's inputs, off (a raw call sends every input)
-NO_SDXL = ', 0, 0, 0, 0, 0, 0, "", 0.8'  # txt2img's SDXL conditioning and refiner (declared after the size), at their defaults
+NO_SDXL = ', 1, 0, 0, 0, 0, 0, 0, "", 0.8'  # clip skip, then txt2img's SDXL conditioning and refiner, at their defaults
 
 
 def test_nan_and_out_of_range_slider_values_from_the_api_get_clear_messages(app_server):

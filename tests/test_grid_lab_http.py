@@ -17,7 +17,8 @@ from test_app_http import cn_args, control_image, t2i_args, wait_until_running  
 
 
 def grid_args(x_type="CFG scale", x_values="3, 9", y_type="Steps", y_values="2, 3", legend=True, **t2i):
-    return [*t2i_args(**{"seed": 8, "scheduler": "DDIM", **t2i}), x_type, x_values, y_type, y_values, legend]
+    clip_skip = 1  # the last declared field; the grid's own inputs follow the declared ones
+    return [*t2i_args(**{"seed": 8, "scheduler": "DDIM", **t2i}), clip_skip, x_type, x_values, y_type, y_values, legend]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def ready(request):
 
 def t2i(**kw):
     kw.setdefault("sampling", Sampling(steps=3, seed=7))
-    return ready(Txt2ImgRequest(prompt="a red circle", width=kw.pop("width", 64), height=kw.pop("height", 64), **kw))
+    return ready(Txt2ImgRequest(prompt=kw.pop("prompt", "a red circle"), width=kw.pop("width", 64), height=kw.pop("height", 64), **kw))
 
 
 def pixels(result) -> np.ndarray:
@@ -235,3 +235,21 @@ def test_sdxl_controlnet_with_inpainting(xl, scene, tmp_path):
                                          sampling=Sampling(steps=3, seed=1))))
     assert result.images[0].image.size == (64, 64)
     assert type(xl._pipelines["controlnet-inpaint"]).__name__ == "StableDiffusionXLControlNetInpaintPipeline"
+
+
+def test_sdxl_prompts_go_through_both_encoders_with_a1111_syntax(xl):
+    from pipelines.prompt_encoding import encode_prompts
+
+    pipe, cpu = xl._base, torch.device("cpu")
+    ours = encode_prompts(pipe, "a red circle", "blurry", 1, True, cpu)
+    theirs = pipe.encode_prompt("a red circle", device=cpu, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                                negative_prompt="blurry")
+    # A short plain prompt: exactly diffusers' SDXL encoding (penultimate layers concatenated, pooled bigG).
+    for mine, reference in zip((ours.cond, ours.uncond, ours.pooled, ours.uncond_pooled), theirs):
+        assert torch.equal(mine, reference)
+    long = encode_prompts(pipe, " ".join(["red circle"] * 60), "", 1, True, cpu)
+    assert long.cond.shape[1] == 2 * 77 and long.uncond.shape == long.cond.shape  # chunked, nothing cut
+    assert long.cond.shape[2] == pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    emphasised = encode_prompts(pipe, "a (red:1.5) circle", "", 1, False, cpu)
+    assert not torch.equal(emphasised.cond, encode_prompts(pipe, "a red circle", "", 1, False, cpu).cond)
+    assert xl.run(t2i(prompt=" ".join(["red circle"] * 60))).images[0].image.size == (64, 64)

@@ -29,7 +29,7 @@ def build(service: GenerationService, native_size: int) -> Img2ImgTab:
     form = Form("img2img", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box(form)
+            prompts = prompt_box(form, service.count_tokens)
             init_image = form.add("init_image", SafeImage(label="Init image", type="filepath", image_mode=None,
                                                           sources=["upload", "clipboard"], height=320, elem_id="img2img_init"))
             with gr.Row():

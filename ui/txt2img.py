@@ -26,7 +26,7 @@ def build(service: GenerationService, native_size: int) -> Txt2ImgTab:
     form = Form("txt2img", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box(form)
+            prompts = prompt_box(form, service.count_tokens)
             sampler = sampler_controls(form, native_size)
             xl = sdxl.sdxl_controls(form, service.backend)
             xy_grid.grid_controls(form, Txt2ImgRequest)
