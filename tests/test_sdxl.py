@@ -253,3 +253,22 @@ def test_sdxl_prompts_go_through_both_encoders_with_a1111_syntax(xl):
     emphasised = encode_prompts(pipe, "a (red:1.5) circle", "", 1, False, cpu)
     assert not torch.equal(emphasised.cond, encode_prompts(pipe, "a red circle", "", 1, False, cpu).cond)
     assert xl.run(t2i(prompt=" ".join(["red circle"] * 60))).images[0].image.size == (64, 64)
+def test_an_sdxl_nine_channel_single_file(xl_dir, scene, tmp_path):
+    """An SDXL inpainting checkpoint as one file (UNet keys only): built from the SDXL UNet
+    config with 9 input channels."""
+    from ldm_checkpoint_xl import xl_unet_to_ldm
+    from safetensors.torch import save_file
+    from tiny_sdxl import tiny_xl_unet
+
+    unet = tiny_xl_unet(in_channels=9, seed=3)
+    path = tmp_path / "xl-inpainting.safetensors"
+    save_file({k: v.contiguous() for k, v in xl_unet_to_ldm(unet).items()}, str(path))
+    m = PipelineManager(device="cpu", single_file_config=str(xl_dir))
+    m.load_base(str(xl_dir))
+    init, mask = scene
+    result = m.run(ready(InpaintRequest(prompt="x", width=64, height=64, init_image=init, mask=mask,
+                                        mode="inpainting model", inpaint_model=str(path),
+                                        sampling=Sampling(steps=3, seed=1))))
+    assert result.images[0].image.size == (64, 64)
+    loaded = m._inpaint_unet[1].state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in unet.state_dict().items())
