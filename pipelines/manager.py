@@ -22,6 +22,7 @@ import torch
 from diffusers import DiffusionPipeline, MultiControlNetModel
 from PIL import Image
 
+from . import quiet_logs
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
@@ -42,6 +43,7 @@ from .refiner import load_refiner, refined_sampler
 from .requests import FIELDS, SDXL_SIZE_FIELDS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 
 log = logging.getLogger(__name__)
+quiet_logs.install()
 
 NO_MODEL = (
     "No model is loaded. Start the app with --model PATH_OR_HUB_ID (a diffusers folder, a "

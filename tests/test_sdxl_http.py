@@ -60,6 +60,12 @@ def test_an_sdxl_folder_via_model_generates_and_switches_through_the_models_tab(
                                       steps=4, width=64, height=64, api_name="/img2img")
     assert Image.open(gallery[0]["image"]).size == (64, 64)
 
+    from tiny_sdxl import save_tiny_xl_refiner
+
+    refiner = save_tiny_xl_refiner(tmp_path / "tiny-refiner")
+    refined, infotext = txt2img(client, refiner=str(refiner), refiner_switch=0.5, height=64)
+    assert refined.size == (64, 64) and "Refiner: tiny-refiner" in infotext and str(tmp_path) not in infotext
+
     _, single = xl_files
     info, status = client.predict(str(single), api_name="/load_model")
     assert "SDXL" in status and "single_file" in status and "MiB" in info

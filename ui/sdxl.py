@@ -11,6 +11,7 @@ from pipelines import catalog
 from pipelines.requests import SDXL_SIZE_FIELDS
 
 from .fields import Form
+from .uploads import model_choices, resolve_model
 
 
 def family_of(backend) -> str:
@@ -28,10 +29,19 @@ def sdxl_controls(form: Form, backend, refiner: bool = True) -> gr.Accordion:
                     form.field(name)
         if refiner:
             with gr.Row():
-                form.field("refiner", component=gr.Dropdown, choices=["", *catalog.refiners()],
+                # Catalogue refiners, shown relative to the app folder; a typed path only where
+                # the host allows model changes (resolve_refiner).
+                form.field("refiner", component=gr.Dropdown, choices=[("None", ""), *model_choices(catalog.refiners())],
                            allow_custom_value=True)
                 form.field("refiner_switch")
     return group
+
+
+def resolve_refiner(values: dict) -> dict:
+    """The refiner a txt2img request names: a catalogue entry, or the text where the host allows it."""
+    if values.get("refiner"):
+        values["refiner"] = resolve_model(values["refiner"], catalog.refiners(), "refiner")
+    return values
 
 
 def refresh(backend, groups: list, sizes: list):

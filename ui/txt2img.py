@@ -34,7 +34,7 @@ def build(service: GenerationService, native_size: int) -> Txt2ImgTab:
             panel = result_panel("txt2img")
 
     def generate(request: gr.Request, progress=gr.Progress(), **values):
-        yield from xy_grid.generate(service, lambda: assemble(Txt2ImgRequest, values), values, request.session_hash, progress)
+        yield from xy_grid.generate(service, lambda: assemble(Txt2ImgRequest, sdxl.resolve_refiner(values)), values, request.session_hash, progress)
 
     event = dict(fn=generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), **service.gpu_event)
     panel.generate.click(api_name="txt2img", **event)
