@@ -28,7 +28,6 @@ from .schedulers import SCHEDULER_NAMES
 
 MAX_SEED = 2**32 - 1
 MAX_CLIP_SKIP = 12  # A1111's slider range (CLIP ViT-L has 12 layers)
-MAX_PROMPT_CHARS = 20_000  # ~4000 tokens, ~50 chunks of 75: far past any real prompt
 # Choice lists, each once. Orders are A1111's where A1111 sends an index over its REST API
 # (resize_mode 0–2, inpaint_full_res 0–1); MASKED_CONTENT's A1111 index is fill 0, original 1.
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
@@ -45,10 +44,9 @@ def _require_image(value, missing: str, what: str) -> None:
 
 
 def _require_prompt(name: str, value: str) -> None:
-    """Text of bounded length (each 75 tokens is one more text-encoder pass) whose A1111
-    syntax parses (a LoRA weight must be a number)."""
-    if len(value) > MAX_PROMPT_CHARS:
-        raise RequestError(f"{name} is {len(value)} characters; at most {MAX_PROMPT_CHARS} are accepted.")
+    """Text whose A1111 syntax parses (a LoRA weight must be a number). Its length is the
+    host's to cap (--max-prompt-chars, ui/limits.py and the REST API): each 75 tokens is one
+    more text-encoder pass."""
     try:
         parse_prompt(value)
     except ValueError as error:
