@@ -95,16 +95,15 @@ def raw_call(app_server, endpoint: str, body: str) -> str:
     return httpx.get(f"{url}/{event}", timeout=60).text
 
 
-NO_GRID = ', "Nothing", "", "Nothing", "", true'  # the X/Y grid's inputs, off (a raw call sends every input)
-NO_SDXL = ', 1, 0, 0, 0, 0, 0, 0, "", 0.8'  # clip skip, then txt2img's SDXL conditioning and refiner, at their defaults
+NO_GRID = ', 1, "Automatic", 0, 0, 0, 0, 0, 0, "", 0.8, "Nothing", "", "Nothing", "", true'  # clip skip, the VAE, SDXL's fields, then the X/Y grid's inputs, off (a raw call sends every input)
 
 
 def test_nan_and_out_of_range_slider_values_from_the_api_get_clear_messages(app_server):
-    nan_steps = raw_call(app_server, "txt2img", '{"data": ["a", "", "Euler a", NaN, true, 7, 0, 5, 1, 1, 64, 64' + NO_SDXL + NO_GRID + ']}')
+    nan_steps = raw_call(app_server, "txt2img", '{"data": ["a", "", "Euler a", NaN, true, 7, 0, 5, 1, 1, 64, 64' + NO_GRID + ']}')
     assert "event: error" in nan_steps and "Steps must be a finite number" in nan_steps
-    huge_cfg = raw_call(app_server, "txt2img", '{"data": ["a", "", "Euler a", 5, true, 99, 0, 5, 1, 1, 64, 64' + NO_SDXL + NO_GRID + ']}')
+    huge_cfg = raw_call(app_server, "txt2img", '{"data": ["a", "", "Euler a", 5, true, 99, 0, 5, 1, 1, 64, 64' + NO_GRID + ']}')
     assert "event: error" in huge_cfg and "greater than maximum value 30" in huge_cfg
-    bad_scheduler = raw_call(app_server, "txt2img", '{"data": ["a", "", "Karras 9000", 5, true, 7, 0, 5, 1, 1, 64, 64' + NO_SDXL + NO_GRID + ']}')
+    bad_scheduler = raw_call(app_server, "txt2img", '{"data": ["a", "", "Karras 9000", 5, true, 7, 0, 5, 1, 1, 64, 64' + NO_GRID + ']}')
     assert "event: error" in bad_scheduler
 
 

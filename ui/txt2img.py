@@ -9,7 +9,7 @@ from pipelines.fields import assemble
 from pipelines.requests import Txt2ImgRequest
 
 from . import sdxl, xy_grid
-from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, wire_common
+from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, vae_field, wire_common
 from .fields import Form
 
 
@@ -28,6 +28,7 @@ def build(service: GenerationService, native_size: int) -> Txt2ImgTab:
         with gr.Column(scale=1):
             prompts = prompt_box(form, service.count_tokens)
             sampler = sampler_controls(form, native_size)
+            vae_field(form)
             xl = sdxl.sdxl_controls(form, service.backend)
             xy_grid.grid_controls(form, Txt2ImgRequest)
         with gr.Column(scale=1):
