@@ -85,8 +85,9 @@ COMMON: dict[str, Field | Unsupported] = {
     "seed_resize_from_h": Unsupported("seed resize", (None, -1, 0)),
     "seed_resize_from_w": Unsupported("seed resize", (None, -1, 0)),
     "styles": Unsupported("prompt styles"),
-    "refiner_checkpoint": Unsupported("a refiner model", (None, "", "None")),
-    "refiner_switch_at": Unsupported("a refiner model", (None, 0, 0.0, 1, 1.0)),
+    # SDXL refiner hand-off (a catalogue name; "None" = none, as A1111 sends it).
+    "refiner_checkpoint": Field("refiner", lambda v: "" if v in (None, "None") else v),
+    "refiner_switch_at": Field("refiner_switch"),
     # Issue: hires fix. Becomes Field("hires.enabled") & co. when the backend has it.
     "enable_hr": Unsupported("hires fix"),
 }

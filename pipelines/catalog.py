@@ -347,3 +347,13 @@ def default_controlnet(kind: str) -> str | None:
 def base_models() -> list[str]:
     """Base (txt2img) checkpoints, by catalogue name."""
     return names("checkpoint")
+
+
+def refiners() -> list[str]:
+    """SDXL refiners: checkpoint folders holding an SDXL img2img pipeline (A1111 keeps them
+    beside the base models); they are not bases, but the catalogue lists them there too."""
+    def refiner(name: str) -> bool:
+        source = resolve("checkpoint", name) or ""
+        return _class_name(Path(source) / "model_index.json") == "StableDiffusionXLImg2ImgPipeline"
+
+    return [name for name in names("checkpoint") if refiner(name)]

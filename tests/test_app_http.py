@@ -95,7 +95,7 @@ def raw_call(app_server, endpoint: str, body: str) -> str:
     return httpx.get(f"{url}/{event}", timeout=60).text
 
 
-NO_GRID = ', 1, "Automatic", "Nothing", "", "Nothing", "", true'  # clip skip, the VAE, then the X/Y grid's inputs, off (a raw call sends every input)
+NO_GRID = ', 1, "Automatic", 0, 0, 0, 0, 0, 0, "", 0.8, "Nothing", "", "Nothing", "", true'  # clip skip, the VAE, SDXL's fields, then the X/Y grid's inputs, off (a raw call sends every input)
 
 
 def test_nan_and_out_of_range_slider_values_from_the_api_get_clear_messages(app_server):

@@ -58,6 +58,7 @@ def test_a_reload_keeps_the_prompt_and_the_sliders(page):
     page.fill("#txt2img_prompt textarea", "remembered across reloads")
     set_number(page, "txt2img_steps", 33)
     set_number(page, "txt2img_cfg_scale", 4.5)
+    set_number(page, "txt2img_width", 128)  # the page load also sets the model's native size: this comes after
     page.click("button[role=tab]:has-text('img2img')")
     page.fill("#img2img_prompt textarea", "an img2img prompt")
     page.wait_for_timeout(500)
@@ -67,6 +68,8 @@ def test_a_reload_keeps_the_prompt_and_the_sliders(page):
                            timeout=15_000)
     assert page.input_value("#txt2img_steps input[type=number]") == "33"
     assert page.input_value("#txt2img_cfg_scale input[type=number]") == "4.5"
+    page.wait_for_timeout(500)  # the native-size load event has run by now: the remembered width stays
+    assert page.input_value("#txt2img_width input[type=number]") == "128"
     page.click("button[role=tab]:has-text('img2img')")
     page.wait_for_function("() => document.querySelector('#img2img_prompt textarea')?.value === 'an img2img prompt'",
                            timeout=15_000)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import controlnet, img2img, inpaint, lab, models, pnginfo, remember, send_to, txt2img, uploads
+from . import controlnet, img2img, inpaint, lab, models, pnginfo, remember, sdxl, send_to, txt2img, uploads
 from .common import GenerationService
 from .errors import StudioBlocks
 from .limits import HostLimits
@@ -45,9 +45,19 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
             with gr.Tab("PNG info", id="pnginfo"):
                 pnginfo.build(tabs, t2i, i2i)
             with gr.Tab("Models", id="models"):
-                models.build(manager, settings.allow_model_change, status, service.gpu_event)
+                loaded = models.build(manager, settings.allow_model_change, status, service.gpu_event)
                 generation_tabs = {"txt2img": t2i, "img2img": i2i, "inpaint": inp, "controlnet": cn}
-                remember.wire(app, generation_tabs, settings.limits, remember.HostDefaults.for_settings(settings))
+                remembered = remember.widget_list(generation_tabs)
+                host_defaults = remember.HostDefaults.for_settings(settings)
+                remember.defaults_panel(remembered, host_defaults)
+        # The loaded model's family decides the native size and whether SDXL fields show.
+        refresh = sdxl.refresh(manager, [t2i.sdxl], [t2i.sampler.width, t2i.sampler.height,
+                                                           i2i.sampler.width, i2i.sampler.height])
+        targets = [t2i.sdxl, t2i.sampler.width, t2i.sampler.height, i2i.sampler.width, i2i.sampler.height]
+        page_load = app.load(refresh, None, targets, queue=False, api_visibility="private")
+        loaded.then(refresh, None, targets, queue=False, api_visibility="private")
+        # Remembered values come after the native size: what the user chose wins.
+        remember.wire(remembered, settings.limits, host_defaults, page_load)
         send_to.wire_all(list(generation_tabs.values()), send_to.targets_of(i2i, inp, cn), tabs)
     service.blocks = app
     return app

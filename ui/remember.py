@@ -89,10 +89,15 @@ def _stored(text) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def wire(app: gr.Blocks, tabs: dict, limits, host: HostDefaults) -> None:
-    """tabs: tab id → the tab's parts (with .form). Browser memory for every tab; host
-    defaults applied on load."""
-    widgets = [(tab, name, w) for tab, parts in tabs.items() for name, w in remembered_widgets(parts.form).items()]
+def widget_list(tabs: dict) -> list:
+    """(tab, name, widget) of every remembered widget; tabs: tab id → the tab's parts (.form)."""
+    return [(tab, name, w) for tab, parts in tabs.items() for name, w in remembered_widgets(parts.form).items()]
+
+
+def wire(widgets: list, limits, host: HostDefaults, page_load) -> None:
+    """Browser memory for every widget, and the values put back on page load: run after
+    page_load (the load event that sets model-dependent values such as the native size),
+    so what the user chose comes last."""
     for tab, name, w in widgets:
         w.change(None, [w], None, js=f"(v) => window.sdStudio && window.sdStudio.remember({json.dumps(tab)}, {json.dumps(name)}, v)")
     stored = gr.Textbox(visible=False, elem_id="remembered_store")
@@ -111,9 +116,8 @@ def wire(app: gr.Blocks, tabs: dict, limits, host: HostDefaults) -> None:
             updates.append(gr.skip() if value is None else value)
         return updates
 
-    app.load(restore, stored, [w for _, _, w in widgets], queue=False, api_visibility="private",
-             js=f"() => localStorage.getItem({json.dumps(STORAGE_KEY)}) || '{{}}'")
-    defaults_panel(widgets, host)
+    page_load.then(restore, stored, [w for _, _, w in widgets], queue=False, api_visibility="private",
+                   js=f"() => localStorage.getItem({json.dumps(STORAGE_KEY)}) || '{{}}'")
 
 
 def defaults_panel(widgets: list, host: HostDefaults) -> None:
