@@ -16,9 +16,12 @@ from pipelines.metadata import parse_infotext, read_infotext
 from test_app_http import cn_args, control_image, t2i_args, wait_until_running  # noqa: F401 — control_image: fixture
 
 
-def grid_args(x_type="CFG scale", x_values="3, 9", y_type="Steps", y_values="2, 3", legend=True, **t2i):
-    clip_skip = 1  # the last declared field; the grid's own inputs follow the declared ones
-    return [*t2i_args(**{"seed": 8, "scheduler": "DDIM", **t2i}), clip_skip, x_type, x_values, y_type, y_values, legend]
+def grid_args(x_type="CFG scale", x_values="3, 9", y_type="Steps", y_values="2, 3", legend=True, **t2i) -> dict:
+    """/txt2img's inputs by name (gradio_client fills every other input with its default)."""
+    names = ("prompt", "negative_prompt", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "batch_size",
+             "batch_count", "width", "height")
+    values = dict(zip(names, t2i_args(**{"seed": 8, "scheduler": "DDIM", **t2i})))
+    return {**values, "x_type": x_type, "x_values": x_values, "y_type": y_type, "y_values": y_values, "draw_legend": legend}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def client(app_server):
 
 
 def test_txt2img_grid_returns_the_grid_then_every_cell_with_its_infotext(client, app_server):
-    preview, gallery, notes, infotext = client.predict(*grid_args(), api_name="/txt2img")
+    preview, gallery, notes, infotext = client.predict(**grid_args(), api_name="/txt2img")
     assert len(gallery) == 1 + 4 and "X/Y grid: 4 of 4 cells" in notes
     grid = Image.open(gallery[0]["image"])
     assert grid.format == "PNG" and grid.width > 2 * 64 and grid.height > 2 * 64  # two columns, two rows, labels
@@ -46,7 +49,7 @@ def test_txt2img_grid_returns_the_grid_then_every_cell_with_its_infotext(client,
 
 
 def test_a_grid_cell_is_the_image_the_same_single_request_makes(client):
-    gallery = client.predict(*grid_args(x_values="3", y_type="Nothing", y_values=""), api_name="/txt2img")[1]
+    gallery = client.predict(**grid_args(x_values="3", y_type="Nothing", y_values=""), api_name="/txt2img")[1]
     args = t2i_args(seed=8, scheduler="DDIM")
     args[5] = 3  # CFG scale
     single = client.predict(*args, api_name="/txt2img")[1]
@@ -74,12 +77,12 @@ def test_controlnet_grid_over_control_weight(client, control_image, tiny_control
 ])
 def test_bad_grids_get_clear_messages(client, change, message):
     with pytest.raises(AppError, match=message):
-        client.predict(*grid_args(**change), api_name="/txt2img")
+        client.predict(**grid_args(**change), api_name="/txt2img")
 
 
 def test_interrupting_a_grid_keeps_the_finished_cells(app_server):
     client = Client(app_server.url, verbose=False)
-    job = client.submit(*grid_args(x_type="Steps", x_values="2, 150, 150", y_type="Nothing", y_values="",
+    job = client.submit(**grid_args(x_type="Steps", x_values="2, 150, 150", y_type="Nothing", y_values="",
                                    scheduler="Euler"), api_name="/txt2img")
     wait_until_running(job)
     deadline = time.time() + 60
