@@ -32,6 +32,31 @@ def control_params(request) -> dict:
     return params
 
 
+def variation_params(sampling, seed: int) -> dict:
+    """A1111's variation-seed keys; the subseed of image k follows its seed (+k)."""
+    params = {}
+    if sampling.subseed_strength > 0:
+        params["Variation seed"] = (seed - sampling.seed + sampling.subseed) % 2**32
+        params["Variation seed strength"] = sampling.subseed_strength
+    if sampling.seed_resize is not None:
+        params["Seed resize from"] = "{}x{}".format(*sampling.seed_resize)
+    return params
+
+
+def hires_params(request) -> dict:
+    """A1111's hires fix keys (Size stays the first pass's, as A1111 writes it)."""
+    if not getattr(request, "enable_hr", False):
+        return {}
+    resized = request.hr_resize_x or request.hr_resize_y
+    return {
+        "Denoising strength": request.denoising_strength,
+        "Hires upscale": None if resized else request.hr_scale,
+        "Hires resize": f"{request.hr_resize_x}x{request.hr_resize_y}" if resized else None,
+        "Hires steps": request.hr_second_pass_steps or None,
+        "Hires upscaler": request.hr_upscaler,
+    }
+
+
 def request_infotext(request, seed: int, model_name: str | None, extra: dict | None = None) -> str:
     s = request.sampling
     params = {
@@ -42,9 +67,11 @@ def request_infotext(request, seed: int, model_name: str | None, extra: dict | N
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model": model_name,
+        **variation_params(s, seed),
         "Denoising strength": getattr(request, "strength", None),
         "Resize mode": getattr(request, "resize_mode", None),
         "Eta": s.eta if s.scheduler in ETA_SCHEDULERS else None,
+        **hires_params(request),
         **(extra or {}),
         **control_params(request),
         "Version": VERSION,

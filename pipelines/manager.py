@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -37,7 +37,8 @@ from .errors import GenerationError, RequestError
 from .fast_path import FastPath, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
-from .infotext import request_infotext
+from .hires import hires_sampler
+from .infotext import model_name, request_infotext
 from .inpainting import repaint_sampler
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo, stream_run
 from .loading import ModelSource, load_pipeline, resolve_source
@@ -278,11 +279,29 @@ class PipelineManager:
         }, notes
 
     def _txt2img(self, request, on_step, job) -> GenerationResult:
+        if request.enable_hr:
+            return self._hires(request, on_step, job)
         if request.control is None:
             return self._generate(self.pipeline("txt2img"), request, {}, on_step, job)
         control, notes = self._control_kwargs(request)
         pipe = self.pipeline("controlnet", controlnet=control["controlnet"])
         return self._generate(pipe, request, {"image": control["maps"], **control["call"]}, on_step, job, notes)
+
+    def _hires(self, request, on_step, job) -> GenerationResult:
+        """txt2img with the hires fix (hires.py): ControlNet maps made again at the final size."""
+        notes: list[str] = []
+        if request.control is None:
+            first, first_call, second, second_call = self.pipeline("txt2img"), {}, self.pipeline("img2img"), {}
+        else:
+            control, notes = self._control_kwargs(request)
+            first = self.pipeline("controlnet", controlnet=control["controlnet"])
+            first_call = {"image": control["maps"], **control["call"]}
+            width, height = request.hires_size
+            big, _ = self._control_kwargs(replace(request, width=width, height=height))
+            second = self.pipeline("controlnet-img2img", controlnet=big["controlnet"])
+            second_call = {"control_image": big["maps"], **big["call"]}
+        sampler = hires_sampler(request, first, first_call, second, second_call, self._scheduler_config)
+        return self._run_sampler(second, request, sampler, on_step, job, notes)
 
     def _img2img(self, request: Img2ImgRequest, on_step, job) -> GenerationResult:
         init = fit(request.init_image, request.width, request.height, request.resize_mode)
@@ -339,7 +358,10 @@ class PipelineManager:
             return GenerationResult("inpaint", images, list(request.notes) + notes +
                                     ["Denoising strength × steps rounds to 0 denoising steps: the input is returned unchanged."])
         if request.mode == "RePaint" and request.control is None:
-            extra.update({"RePaint r": request.repaint_r, "RePaint j": request.repaint_j})
+            # RePaint's own update is DDIM's with η (η = 1: DDPM's posterior): record that, not
+            # the scheduler dropdown it ignores, so PNG info brings back what ran.
+            extra.update({"Sampler": "DDIM", "Eta": request.sampling.eta,
+                          "RePaint r": request.repaint_r, "RePaint j": request.repaint_j})
             pipe = self.pipeline("txt2img")
             sampler = repaint_sampler(pipe, request, plan, self._scheduler_config)
             if request.sampling.scheduler not in ("DDIM", "DDPM"):
@@ -351,7 +373,7 @@ class PipelineManager:
         modules = {}
         if request.mode == "inpainting model":
             modules["unet"] = self.inpaint_unet(request.inpaint_model)
-            extra["Inpainting model"] = request.inpaint_model
+            extra["Inpainting model"] = model_name(request.inpaint_model)
         elif request.repaint_r > 1:
             notes.append("With ControlNet, inpainting blends the known region every step without RePaint resampling (r = 1).")
         if request.control is None:

@@ -22,6 +22,12 @@ from .schedulers import SCHEDULER_NAMES
 
 MAX_SEED = 2**32 - 1
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
+# Hires fix upscalers, named as A1111 names them: latent ones resize the first pass's latents
+# (interpolation mode in pipelines/hires.py); pixel ones decode, resize the image, re-encode.
+LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                    "Latent (nearest)", "Latent (nearest-exact)")
+PIXEL_UPSCALERS = ("Lanczos", "Nearest")
+HIRES_UPSCALERS = LATENT_UPSCALERS + PIXEL_UPSCALERS  # model upscalers join when a loader and weights exist
 
 
 def _require_number(name: str, value, low: float, high: float, integer: bool = False) -> None:
@@ -32,7 +38,12 @@ def _require_number(name: str, value, low: float, high: float, integer: bool = F
     if integer and value != int(value):
         raise RequestError(f"{name} must be a whole number, got {value}.")
     if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}.")
+        raise RequestError(f"{name} must be between {_plain(low)} and {_plain(high)}, got {_plain(value)}.")
+
+
+def _plain(value) -> str:
+    """A number as a person writes it: 4294967295, not 4.29497e+09; 0.5 stays 0.5."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
 
 
 def _require_text(name: str, value) -> None:
@@ -52,6 +63,13 @@ class Sampling:
     seed: int = -1  # −1 = random, resolved by Limits.normalize
     batch_size: int = 1
     batch_count: int = 1
+    # Variation seed (A1111's "Extra" seed options): the initial noise is slerp'd from the
+    # seed's towards the subseed's by subseed_strength (0 = the seed's own image, 1 = the
+    # subseed's noise); seed_resize_from_w/h draw the seed's noise at that size, centred.
+    subseed: int = -1  # −1 = random, resolved by Limits.normalize (only drawn when strength > 0)
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0  # 0 = off
+    seed_resize_from_h: int = 0
 
     def __post_init__(self):
         if self.scheduler not in SCHEDULER_NAMES:
@@ -64,11 +82,15 @@ class Sampling:
         _require_number("Seed", self.seed, -1, MAX_SEED, integer=True)
         _require_number("Batch size", self.batch_size, 1, 64, integer=True)
         _require_number("Batch count", self.batch_count, 1, 1000, integer=True)
+        _require_number("Variation seed", self.subseed, -1, MAX_SEED, integer=True)
+        _require_number("Variation strength", self.subseed_strength, 0.0, 1.0)
+        _require_number("Resize seed from width", self.seed_resize_from_w, 0, 16384, integer=True)
+        _require_number("Resize seed from height", self.seed_resize_from_h, 0, 16384, integer=True)
         # Coerce integral floats coming from JSON (e.g. 20.0) to int.
-        for name in ("steps", "seed", "batch_size", "batch_count"):
+        for name in ("steps", "seed", "batch_size", "batch_count", "subseed", "seed_resize_from_w", "seed_resize_from_h"):
             object.__setattr__(self, name, int(getattr(self, name)))
-        object.__setattr__(self, "cfg_scale", float(self.cfg_scale))
-        object.__setattr__(self, "eta", float(self.eta))
+        for name in ("cfg_scale", "eta", "subseed_strength"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     @property
     def guidance_scale(self) -> float:
@@ -83,6 +105,24 @@ class Sampling:
             [(self.seed + b * self.batch_size + i) % (MAX_SEED + 1) for i in range(self.batch_size)]
             for b in range(self.batch_count)
         ]
+
+    def image_subseeds(self) -> list[list[int]]:
+        """Variation seed of every image, batch by batch: image k gets subseed + k (as A1111)."""
+        if self.subseed < 0:
+            raise RequestError("Variation seed −1 must be resolved before generation (Limits.normalize does it).")
+        return [[(s - self.seed + self.subseed) % (MAX_SEED + 1) for s in seeds] for seeds in self.image_seeds()]
+
+    @property
+    def seed_resize(self) -> tuple[int, int] | None:
+        """(width, height) the seed's noise is drawn at, or None when off (either one 0)."""
+        if self.seed_resize_from_w <= 0 or self.seed_resize_from_h <= 0:
+            return None
+        return self.seed_resize_from_w, self.seed_resize_from_h
+
+    @property
+    def varies_noise(self) -> bool:
+        """Whether the initial noise differs from the seed's plain draw."""
+        return self.subseed_strength > 0 or self.seed_resize is not None
 
 
 MAX_CONTROL_UNITS = 3
@@ -148,6 +188,15 @@ class Txt2ImgRequest:
     sampling: Sampling = field(default_factory=Sampling)
     control: Control | None = None  # ControlNet units, if any
     notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
+    # Hires fix (txt2img only; A1111's REST names): first pass at width×height, upscale,
+    # then an img2img pass at the final size (pipelines/hires.py).
+    enable_hr: bool = False
+    hr_scale: float = 2.0  # final size = base size × hr_scale, unless hr_resize_x/y are set
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0  # 0 = as many as the first pass
+    hr_resize_x: int = 0  # resize to this width/height instead (0 = from the other / the scale)
+    hr_resize_y: int = 0
+    denoising_strength: float = 0.7  # of the second pass
 
     task: ClassVar[str] = "txt2img"
 
@@ -162,6 +211,40 @@ class Txt2ImgRequest:
             raise RequestError("sampling must be a Sampling object.")
         if self.control is not None and not isinstance(self.control, Control):
             raise RequestError("control must be a Control object.")
+        self._check_hires()
+
+    def _check_hires(self) -> None:
+        if not isinstance(self.enable_hr, bool):
+            raise RequestError(f"Hires fix on/off must be true or false, got {self.enable_hr!r}.")
+        if self.enable_hr and self.task != "txt2img":
+            raise RequestError("Hires fix is a txt2img option: for an init image, raise the size and use img2img.")
+        _require_number("Hires upscale by", self.hr_scale, 1.0, 8.0)
+        _require_text("Hires upscaler", self.hr_upscaler)
+        if self.hr_upscaler not in HIRES_UPSCALERS:
+            raise RequestError(f"Unknown hires upscaler {self.hr_upscaler[:80]!r}. Choose one of: {', '.join(HIRES_UPSCALERS)}.")
+        _require_number("Hires steps", self.hr_second_pass_steps, 0, 1000, integer=True)
+        _require_number("Hires resize width", self.hr_resize_x, 0, 16384, integer=True)
+        _require_number("Hires resize height", self.hr_resize_y, 0, 16384, integer=True)
+        _require_number("Hires denoising strength", self.denoising_strength, 0.0, 1.0)
+        for name in ("hr_second_pass_steps", "hr_resize_x", "hr_resize_y"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "hr_scale", float(self.hr_scale))
+        object.__setattr__(self, "denoising_strength", float(self.denoising_strength))
+
+    @property
+    def hires_size(self) -> tuple[int, int]:
+        """The hires fix's final (width, height), multiples of 8: base × hr_scale, or the
+        resize target (one side 0: kept in proportion), as A1111."""
+        x, y = self.hr_resize_x, self.hr_resize_y
+        if x == 0 and y == 0:
+            w, h = self.width * self.hr_scale, self.height * self.hr_scale
+        elif y == 0:
+            w, h = x, x * self.height / self.width
+        elif x == 0:
+            w, h = y * self.width / self.height, y
+        else:
+            w, h = x, y
+        return max(8, int(w) // 8 * 8), max(8, int(h) // 8 * 8)
 
     @property
     def is_normalized(self) -> bool:
@@ -275,5 +358,25 @@ class Limits:
                 changes[name] = limit
         if s.seed < 0:
             changes["seed"] = random.randint(0, MAX_SEED)
+        if s.subseed < 0:
+            changes["subseed"] = random.randint(0, MAX_SEED)
         sampling = replace(s, **changes) if changes else s
-        return replace(request, sampling=sampling, notes=tuple(notes), **size)
+        hires = self._fit_hires(replace(request, **size), notes) if request.enable_hr else {}
+        return replace(request, sampling=sampling, notes=tuple(notes), **size, **hires)
+
+    def _fit_hires(self, request: Txt2ImgRequest, notes: list[str]) -> dict:
+        """The host's limits apply to the hires fix's final size: shrink the factor (or the
+        resize target) in proportion, and say so."""
+        w, h = request.hires_size
+        if w <= self.max_width and h <= self.max_height:
+            return {}
+        shrink = min(self.max_width / w, self.max_height / h)
+        if request.hr_resize_x == 0 and request.hr_resize_y == 0:
+            scale = math.floor(request.hr_scale * shrink * 100) / 100
+            notes.append(f"Hires fix to {w}x{h} is over this host's limit of {self.max_width}x{self.max_height}: "
+                         f"upscale by {scale:g} instead of {request.hr_scale:g}.")
+            return {"hr_scale": max(1.0, scale)}
+        x, y = int(request.hr_resize_x * shrink) // 8 * 8, int(request.hr_resize_y * shrink) // 8 * 8
+        notes.append(f"Hires fix to {w}x{h} is over this host's limit of {self.max_width}x{self.max_height}: "
+                     f"resized to {x or 'auto'}x{y or 'auto'} instead.")
+        return {"hr_resize_x": x, "hr_resize_y": y}
