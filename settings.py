@@ -29,6 +29,8 @@ SPACE_DEFAULTS = {
     "max_batch_count": 4,
     "max_grid_cells": 25,
     "queue_size": 20,
+    "grid_for_batches": False,
+    "styles_file": "",  # styles stay in each visitor's session
 }
 
 
@@ -66,6 +68,8 @@ class Settings:
     max_batch_count: int = 16
     max_grid_cells: int = 100
     queue_size: int = 64
+    grid_for_batches: bool = True  # a batch of >1 images also yields a labelled grid image (A1111's "grid")
+    styles_file: str = "styles.csv"  # A1111's prompt styles file; "" = styles live only in each session
     preview_every: int = 0  # 0: every step on CPU, every 5th on a GPU
     fast_path: str = "auto"  # auto (on for CUDA), off, or a compile mode: regional, full, none
     backend: str = "local"  # "local": managers in this process; "ray": Ray Serve workers
@@ -109,6 +113,8 @@ class Settings:
             "backend": "local (managers in this process) or ray (Ray Serve workers)",
             "devices": "local backend: '' one device, 'all' every CUDA device, or e.g. cuda:0,cuda:1",
             "ray_address": "'' starts a local Ray cluster; 'auto' or ray://host:10001 joins one",
+            "grid_for_batches": "also save and show a labelled grid of every batch of more than one image",
+            "styles_file": "A1111 styles.csv the Styles menus read and save to ('' = per session only)",
         }
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")

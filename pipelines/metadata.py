@@ -109,10 +109,40 @@ def _number(text: str | None, cast):
         return None
 
 
+def _size(text: str | None) -> tuple[int, int] | None:
+    match = re.fullmatch(r"\s*(\d+)x(\d+)\s*", text or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _variation_fields(parsed: dict) -> dict:
+    """A1111's "Variation seed", "Variation seed strength", "Seed resize from" (absent = off)."""
+    fields = {"subseed": _number(parsed.get("Variation seed"), int),
+              "subseed_strength": _number(parsed.get("Variation seed strength"), float) or 0.0}
+    fields["seed_resize_from_w"], fields["seed_resize_from_h"] = _size(parsed.get("Seed resize from")) or (0, 0)
+    if fields["subseed"] is None:
+        fields["subseed"] = -1
+    return fields
+
+
+def _hires_fields(parsed: dict, strength: float | None) -> dict:
+    """A1111's hires fix keys → the txt2img request's fields; enable_hr False without them."""
+    if not any(key in parsed for key in ("Hires upscale", "Hires resize", "Hires upscaler", "Hires steps")):
+        return {"enable_hr": False}
+    fields = {"enable_hr": True, "hr_scale": _number(parsed.get("Hires upscale"), float) or 2.0,
+              "hr_upscaler": parsed.get("Hires upscaler") or "Latent",
+              "hr_second_pass_steps": _number(parsed.get("Hires steps"), int) or 0}
+    fields["hr_resize_x"], fields["hr_resize_y"] = _size(parsed.get("Hires resize")) or (0, 0)
+    if strength is not None:
+        fields["denoising_strength"] = strength
+    return fields
+
+
 def infotext_to_fields(parsed: dict, scheduler_names) -> tuple[dict, list[str]]:
     """Parsed infotext → request field values the app understands, plus notes on what it
     could not take over (an unknown sampler, say). Keys: prompt, negative_prompt, steps,
-    scheduler, cfg, cfg_scale, eta, seed, width, height, strength."""
+    scheduler, cfg, cfg_scale, eta, seed, width, height, strength; the variation seed's
+    subseed, subseed_strength, seed_resize_from_w/h; and, for a hires fix image, enable_hr,
+    hr_scale, hr_upscaler, hr_second_pass_steps, hr_resize_x/y, denoising_strength."""
     notes: list[str] = []
     fields: dict = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
     for key, name, cast in (
@@ -127,6 +157,8 @@ def infotext_to_fields(parsed: dict, scheduler_names) -> tuple[dict, list[str]]:
             fields[name] = value
     if "CFG" in parsed:
         fields["cfg"] = parsed["CFG"].strip().lower() != "off"
+    fields.update(_variation_fields(parsed))
+    fields.update(_hires_fields(parsed, fields.get("strength")))
     size = parsed.get("Size", "")
     if re.fullmatch(r"\d+x\d+", size):
         fields["width"], fields["height"] = (int(v) for v in size.split("x"))

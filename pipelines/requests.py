@@ -244,7 +244,7 @@ class Txt2ImgRequest:
             w, h = y * self.width / self.height, y
         else:
             w, h = x, y
-        return max(8, int(w) // 8 * 8), max(8, int(h) // 8 * 8)
+        return max(8, int(w + 1e-6) // 8 * 8), max(8, int(h + 1e-6) // 8 * 8)  # ε: 96 × (256/96) is 256
 
     @property
     def is_normalized(self) -> bool:
@@ -372,9 +372,9 @@ class Limits:
             return {}
         shrink = min(self.max_width / w, self.max_height / h)
         if request.hr_resize_x == 0 and request.hr_resize_y == 0:
-            scale = math.floor(request.hr_scale * shrink * 100) / 100
+            scale = min(self.max_width / request.width, self.max_height / request.height)
             notes.append(f"Hires fix to {w}x{h} is over this host's limit of {self.max_width}x{self.max_height}: "
-                         f"upscale by {scale:g} instead of {request.hr_scale:g}.")
+                         f"upscale by {scale:.3g} instead of {request.hr_scale:g}.")
             return {"hr_scale": max(1.0, scale)}
         x, y = int(request.hr_resize_x * shrink) // 8 * 8, int(request.hr_resize_y * shrink) // 8 * 8
         notes.append(f"Hires fix to {w}x{h} is over this host's limit of {self.max_width}x{self.max_height}: "

@@ -11,15 +11,16 @@ from .outputs import OutputStore
 
 
 def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
-    service = GenerationService(manager, settings.limits, OutputStore(settings.outputs_dir, settings.save_outputs))
+    service = GenerationService(manager, settings.limits, OutputStore(settings.outputs_dir, settings.save_outputs),
+                                grid_for_batches=settings.grid_for_batches)
     size = manager.native_size
     with gr.Blocks(title="SD Studio", analytics_enabled=False) as app:
         status = gr.Markdown(startup_message or manager.describe(), elem_id="status")
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                t2i = txt2img.build(service, size)
+                t2i = txt2img.build(service, size, settings.styles_file)
             with gr.Tab("img2img", id="img2img"):
-                i2i = img2img.build(service, size)
+                i2i = img2img.build(service, size, settings.styles_file)
             with gr.Tab("Inpaint", id="inpaint"):
                 inpaint.build(service, size)
             with gr.Tab("ControlNet", id="controlnet"):

@@ -13,6 +13,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.errors import StudioError
+from pipelines.batch_grid import batch_grid
 from pipelines.grid import CELLS_KEY, cells_chunk, grid_infotext
 from pipelines.jobs import StepInfo
 from pipelines.metadata import PNG_KEY
@@ -100,13 +101,51 @@ class SamplerControls:
     random_seed: gr.Button
     reuse_seed: gr.Button
 
+    extra: "SeedExtras | None" = None  # variation seed widgets, on tabs that offer them
+
     def inputs(self) -> list:
         """Order matches sampling_from()'s leading parameters plus width/height."""
         return [self.scheduler, self.steps, self.cfg, self.cfg_scale, self.eta, self.seed,
                 self.batch_size, self.batch_count, self.width, self.height]
 
 
-def sampler_controls(tab: str, limits: Limits, native_size: int) -> SamplerControls:
+@dataclass
+class SeedExtras:
+    """A1111's "Extra" seed options: variation seed + strength, resize seed from width/height."""
+
+    subseed: gr.Number
+    strength: gr.Slider
+    resize_w: gr.Slider
+    resize_h: gr.Slider
+
+    FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")  # API names, in order
+
+    def inputs(self) -> list:
+        return [self.subseed, self.strength, self.resize_w, self.resize_h]
+
+
+def seed_extras(tab: str, limits: Limits) -> SeedExtras:
+    with gr.Accordion("Extra seed options (variation seed)", open=False, elem_id=f"{tab}_seed_extra"):
+        with gr.Row():
+            subseed = gr.Number(value=-1, precision=0, label="Variation seed", info="−1 = random", elem_id=f"{tab}_subseed")
+            strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                 info="0: the seed's image; 1: the variation seed's noise", elem_id=f"{tab}_subseed_strength")
+        with gr.Row():
+            resize_w = gr.Slider(0, limits.max_width, value=0, step=8, label="Resize seed from width",
+                                 info="0 = off", elem_id=f"{tab}_seed_resize_w")
+            resize_h = gr.Slider(0, limits.max_height, value=0, step=8, label="Resize seed from height",
+                                 elem_id=f"{tab}_seed_resize_h")
+    return SeedExtras(subseed, strength, resize_w, resize_h)
+
+
+def with_seed_extras(sampling: Sampling, subseed, strength, resize_w, resize_h) -> Sampling:
+    from dataclasses import replace
+
+    return replace(sampling, subseed=-1 if subseed is None else subseed, subseed_strength=strength or 0.0,
+                   seed_resize_from_w=resize_w or 0, seed_resize_from_h=resize_h or 0)
+
+
+def sampler_controls(tab: str, limits: Limits, native_size: int, extras: bool = False) -> SamplerControls:
     with gr.Row():
         scheduler = gr.Dropdown(list(SCHEDULER_NAMES), value="Euler a", label="Scheduler", elem_id=f"{tab}_scheduler")
         steps = gr.Slider(1, limits.max_steps, value=min(20, limits.max_steps), step=1, label="Steps", elem_id=f"{tab}_steps")
@@ -124,10 +163,12 @@ def sampler_controls(tab: str, limits: Limits, native_size: int) -> SamplerContr
         seed = gr.Number(value=-1, precision=0, label="Seed", info="−1 = random", elem_id=f"{tab}_seed", scale=4)
         random_seed = gr.Button("Random", elem_id=f"{tab}_random_seed", scale=0, min_width=80, size="sm")
         reuse_seed = gr.Button("Last seed", elem_id=f"{tab}_reuse_seed", scale=0, min_width=80, size="sm")
+    extra = seed_extras(tab, limits) if extras else None
     scheduler.change(lambda name: gr.update(visible=name in ETA_SCHEDULERS), scheduler, eta, queue=False, api_visibility="private")
     cfg.change(lambda on: gr.update(interactive=on), cfg, cfg_scale, queue=False, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
-    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed, reuse_seed)
+    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed,
+                           reuse_seed, extra)
 
 
 def sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count) -> Sampling:
@@ -180,8 +221,9 @@ class GenerationService:
     """Runs requests for every tab: the backend (one manager, a pool of them, Ray Serve
     workers) streams per-step progress and previews back to the session that asked."""
 
-    def __init__(self, backend, limits: Limits, store: OutputStore):
+    def __init__(self, backend, limits: Limits, store: OutputStore, grid_for_batches: bool = False):
         self.backend = backend
+        self.grid_for_batches = grid_for_batches
         self.limits = limits
         self.store = store
         self.jobs = SessionJobs()
@@ -228,15 +270,33 @@ class GenerationService:
         paths = self.store.save(result.task, result.images)
         items = [str(p) for p in paths] if paths else [with_infotext(item) for item in result.images]
         gallery = [(item, f"seed {image.seed}") for item, image in zip(items, result.images)]
-        lines = [f"{len(result.images)} image(s) in {result.seconds:.1f} s" + (f" on {result.worker}" if result.worker else "")
-                 + (" — interrupted" if result.interrupted else "")]
-        lines += [f"- {note}" for note in result.notes]
+        # Paragraphs apart: Markdown joins single-newline lines into one (the worker ran into the path).
+        paragraphs = [f"{len(result.images)} image(s) in {result.seconds:.1f} s" + (f" on {result.worker}" if result.worker else "")
+                      + (" — interrupted" if result.interrupted else "")]
+        if result.notes:
+            paragraphs.append("\n".join(f"- {note}" for note in result.notes))
         if paths:
-            lines.append(f"Saved to `{paths[0].parent}`")
+            paragraphs.append(f"Saved to `{paths[0].parent}`")
+        if self.grid_for_batches and len(result.images) > 1:
+            grid_item, grid_note = self._batch_grid(result)
+            gallery.append((grid_item, "grid"))
+            paragraphs += [grid_note] if grid_note else []
         infotext = result.images[0].infotext if result.images else ""
         seed = result.images[0].seed if result.images else gr.skip()
         preview = result.images[0].image if result.images else gr.skip()
-        return preview, gallery, "\n".join(lines), infotext, seed
+        return preview, gallery, "\n\n".join(paragraphs), infotext, seed
+
+    def _batch_grid(self, result):
+        """A1111's batch grid: every image of the job in one labelled picture, saved with the
+        first image's infotext (PNG info reads it like any image's). Last in the gallery, so
+        the images keep their places."""
+        grid = batch_grid([image.image for image in result.images], [f"seed {image.seed}" for image in result.images])
+        infotext = result.images[0].infotext
+        path = self.store.save_grid(result.task, grid, infotext, {})
+        if path:
+            return str(path), f"Grid saved to `{path.parent}`"
+        grid.info[PNG_KEY] = infotext
+        return grid, ""
 
     # ----------------------------------------------------------------- X/Y grids (issue 8)
     def stream_grid(self, build_plan: Callable[[], object], compose: Callable, session: str, progress: gr.Progress):

@@ -19,7 +19,9 @@ def _details(manager) -> str:
 
 
 def build(manager, allow_change: bool, status: gr.Markdown, gpu_event: dict) -> None:
-    info = gr.Markdown(_details(manager), elem_id="models_info")
+    # A callable value is computed on every page load: the text follows what is loaded now
+    # (modes derived, ControlNets cached), not what was loaded when the app started.
+    info = gr.Markdown(lambda: _details(manager), elem_id="models_info")
     source = gr.Textbox(label="Base model", placeholder="path/to/diffusers-folder, model.safetensors, or user/repo",
                         interactive=allow_change, elem_id="models_source")
     load = gr.Button("Load", variant="primary", interactive=allow_change, elem_id="models_load")

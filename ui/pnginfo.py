@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
+from pipelines.requests import HIRES_UPSCALERS
 from pipelines.schedulers import SCHEDULER_NAMES
 
 from .common import SafeImage, open_image
@@ -33,17 +34,24 @@ def build(tabs: gr.Tabs, txt2img, img2img) -> None:
             notes = gr.Markdown(elem_id="pnginfo_notes")
     image.change(read, image, [raw, parsed], api_name="png_info")
 
+    keys = ["prompt", "negative_prompt", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "width", "height",
+            "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"]
+    hires_keys = ["enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps", "denoising_strength", "hr_resize_x",
+                  "hr_resize_y"]
+
     def targets(tab) -> list:
         s = tab.sampler
-        return [tab.prompts.prompt, tab.prompts.negative, s.scheduler, s.steps, s.cfg, s.cfg_scale, s.eta, s.seed, s.width, s.height]
+        return [tab.prompts.prompt, tab.prompts.negative, s.scheduler, s.steps, s.cfg, s.cfg_scale, s.eta, s.seed, s.width,
+                s.height, *s.extra.inputs()]
 
-    def values(parameters: dict) -> tuple[list, list[str]]:
+    def values(parameters: dict, keys=keys) -> tuple[list, list[str]]:
         fields, notes = infotext_to_fields(parameters or {}, SCHEDULER_NAMES)
-        keys = ["prompt", "negative_prompt", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "width", "height"]
+        if fields.get("hr_upscaler", HIRES_UPSCALERS[0]) not in HIRES_UPSCALERS:
+            notes.append(f"Hires upscaler {fields.pop('hr_upscaler')!r} is not offered here; the upscaler was left as it was.")
         return [fields.get(k, gr.skip()) for k in keys], notes
 
     def send_txt2img(parameters):
-        updates, notes = values(parameters)
+        updates, notes = values(parameters, keys + hires_keys)
         return [*updates, "\n".join(notes), gr.Tabs(selected="txt2img")]
 
     def send_img2img(parameters, image_path):
@@ -51,6 +59,6 @@ def build(tabs: gr.Tabs, txt2img, img2img) -> None:
         strength = (parameters and infotext_to_fields(parameters, SCHEDULER_NAMES)[0].get("strength")) or gr.skip()
         return [*updates, image_path or gr.skip(), strength, "\n".join(notes), gr.Tabs(selected="img2img")]
 
-    to_txt2img.click(send_txt2img, parsed, [*targets(txt2img), notes, tabs], api_visibility="private")
+    to_txt2img.click(send_txt2img, parsed, [*targets(txt2img), *txt2img.hires.inputs(), notes, tabs], api_visibility="private")
     to_img2img.click(send_img2img, [parsed, image],
                      [*targets(img2img), img2img.init_image, img2img.strength, notes, tabs], api_visibility="private")
