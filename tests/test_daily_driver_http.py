@@ -116,6 +116,7 @@ def test_mask_outline_is_drawn_on_the_result_preview(client, tmp_path):
     # the live-preview image is the input: Gradio hands it over as a numpy array (the bug)
     shown = client.predict(True, None, handle_file(str(tmp_path / "mask.png")), False,
                            handle_file(str(tmp_path / "result.png")), api_name="/inpaint_outline")
-    outlined = np.asarray(Image.open(shown).convert("RGB"))
+    assert shown["visible"] is True  # an update: shown, with the picture
+    outlined = np.asarray(Image.open(shown["value"]).convert("RGB"))
     magenta = np.all(outlined == (255, 0, 255), axis=-1)
     assert magenta[14:50, 14:50].any() and not magenta[:10].any() and not magenta[24:40, 24:40].any()
