@@ -35,7 +35,7 @@ def test_every_tab_has_a_named_api_endpoint(client):
 def test_txt2img_over_http_returns_a_png_with_its_parameters_and_saves_it(client, app_server):
     # outputs: live preview, gallery, notes, infotext (the last-seed state stays server side)
     preview, gallery, notes, infotext = client.predict(*t2i_args(seed=11, batch_size=2), api_name="/txt2img")
-    assert len(gallery) == 2 and "Seed: 11," in infotext
+    assert len(gallery) == 3 and gallery[2]["caption"] == "grid" and "Seed: 11," in infotext  # 2 images + the batch grid
     image = Image.open(gallery[1]["image"])
     assert image.format == "PNG" and image.size == (64, 64)
     params = parse_infotext(read_infotext(image))
@@ -94,7 +94,9 @@ def raw_call(app_server, endpoint: str, body: str) -> str:
     return httpx.get(f"{url}/{event}", timeout=60).text
 
 
-NO_GRID = ', "Nothing", "", "Nothing", "", true'  # the X/Y grid's inputs, off (a raw call sends every input)
+# The inputs after the tab's own, at their defaults (a raw call sends every input): the X/Y
+# grid's (off), the extra seed options' (no variation) and the hires fix's (off).
+NO_GRID = ', "Nothing", "", "Nothing", "", true, -1, 0, 0, 0, false, "Latent", 2, 0, 0.7, 0, 0'
 
 
 def test_nan_and_out_of_range_slider_values_from_the_api_get_clear_messages(app_server):
