@@ -66,7 +66,7 @@ class Sampling:
     # Variation seed (A1111's "Extra" seed options): the initial noise is slerp'd from the
     # seed's towards the subseed's by subseed_strength (0 = the seed's own image, 1 = the
     # subseed's noise); seed_resize_from_w/h draw the seed's noise at that size, centred.
-    subseed: int = -1  # −1 = random, resolved by Limits.normalize (only drawn when strength > 0)
+    subseed: int = -1  # −1 = random, drawn by Limits.normalize when subseed_strength > 0
     subseed_strength: float = 0.0
     seed_resize_from_w: int = 0  # 0 = off
     seed_resize_from_h: int = 0
@@ -358,7 +358,7 @@ class Limits:
                 changes[name] = limit
         if s.seed < 0:
             changes["seed"] = random.randint(0, MAX_SEED)
-        if s.subseed < 0:
+        if s.subseed < 0 and s.subseed_strength > 0:  # drawn only when it acts (no random field otherwise)
             changes["subseed"] = random.randint(0, MAX_SEED)
         sampling = replace(s, **changes) if changes else s
         hires = self._fit_hires(replace(request, **size), notes) if request.enable_hr else {}
