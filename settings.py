@@ -69,6 +69,7 @@ class Settings:
     max_grid_cells: int = 100
     queue_size: int = 64
     grid_for_batches: bool = True  # a batch of >1 images also yields a labelled grid image (A1111's "grid")
+    upscaler_dir: str = "models/ESRGAN"  # model upscalers for the hires fix (.pth/.safetensors), A1111's layout
     styles_file: str = "styles.csv"  # A1111's prompt styles file; "" = styles live only in each session
     preview_every: int = 0  # 0: every step on CPU, every 5th on a GPU
     fast_path: str = "auto"  # auto (on for CUDA), off, or a compile mode: regional, full, none
@@ -114,6 +115,7 @@ class Settings:
             "devices": "local backend: '' one device, 'all' every CUDA device, or e.g. cuda:0,cuda:1",
             "ray_address": "'' starts a local Ray cluster; 'auto' or ray://host:10001 joins one",
             "grid_for_batches": "also save and show a labelled grid of every batch of more than one image",
+            "upscaler_dir": "folder of model upscalers (ESRGAN & co.) the hires fix offers",
             "styles_file": "A1111 styles.csv the Styles menus read and save to ('' = per session only)",
         }
         for f in fields(cls):

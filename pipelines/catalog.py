@@ -57,3 +57,16 @@ def inpaint_models() -> list[str]:
 def default_controlnet(kind: str) -> str | None:
     """The shipped ControlNet whose name mentions kind ("canny", "pose"), if any."""
     return next((c for c in controlnets() if kind in Path(c).name), None)
+
+
+UPSCALER_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def upscaler_models(folder: str | Path) -> dict[str, Path]:
+    """Model upscalers (ESRGAN & co., A1111's models/ESRGAN layout) on disk: file stem → path.
+    Only names from here reach the loader, never a path from a request."""
+    folder = Path(folder) if folder else None
+    if folder is None or not folder.is_dir():
+        return {}
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in UPSCALER_SUFFIXES)
+    return {p.stem: p for p in files}

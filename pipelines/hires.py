@@ -65,9 +65,10 @@ def second_pass_steps(request) -> int:
 
 
 def hires_sampler(request, first_pipe, first_call: dict, second_pipe, second_call: dict,
-                  scheduler_config: dict) -> Sampler:
+                  scheduler_config: dict, model_upscale: Callable | None = None) -> Sampler:
     """Both passes as one sampler. first_call / second_call: the pipelines' extra arguments
-    (ControlNet maps at the base size / at the final size)."""
+    (ControlNet maps at the base size / at the final size). model_upscale(image, W, H): the
+    model upscaler the request names, when it names one (upscalers.py)."""
     width, height = request.hires_size
     s = request.sampling
     second_request = replace(request, width=width, height=height, enable_hr=False,
@@ -90,7 +91,8 @@ def hires_sampler(request, first_pipe, first_call: dict, second_pipe, second_cal
         if latent:
             init = upscale_latents(latents, width, height, request.hr_upscaler)
         else:
-            init = [upscale_image(image, width, height, request.hr_upscaler) for image in decode(first_pipe, latents)]
+            upscale = model_upscale or (lambda image, w, h: upscale_image(image, w, h, request.hr_upscaler))
+            init = [upscale(image, width, height) for image in decode(first_pipe, latents)]
         if planned_second == 0:  # strength × steps rounds to 0: the upscale is the result
             return init if latent else _encode(second_pipe, init)
         offset = state["first_total"]

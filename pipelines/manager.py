@@ -44,7 +44,9 @@ from .jobs import GeneratedImage, GenerationResult, Job, StepInfo, stream_run
 from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
-from .requests import Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from .catalog import upscaler_models
+from .requests import HIRES_UPSCALERS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from .upscalers import UpscalerCache, upscale_with_model
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class PipelineManager:
         max_controlnets: int = 4,
         variant: str | None = None,
         fast_path: FastPath | None | str = "auto",
+        upscaler_dir: str = "",
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -130,6 +133,8 @@ class PipelineManager:
         self.fast_path_applied: list[str] = []
         self.model: ModelInfo | None = None
         self.controlnets = ControlNetCache(max_controlnets)
+        self.upscaler_dir = upscaler_dir  # model upscalers for the hires fix (A1111's models/ESRGAN)
+        self._upscalers = UpscalerCache()
         self._inpaint_unet = None  # (source text, 9-channel UNet): one at a time
         self._base: StableDiffusionPipeline | None = None
         self._pipelines: dict[str, DiffusionPipeline] = {}
@@ -300,8 +305,20 @@ class PipelineManager:
             big, _ = self._control_kwargs(replace(request, width=width, height=height))
             second = self.pipeline("controlnet-img2img", controlnet=big["controlnet"])
             second_call = {"control_image": big["maps"], **big["call"]}
-        sampler = hires_sampler(request, first, first_call, second, second_call, self._scheduler_config)
+        sampler = hires_sampler(request, first, first_call, second, second_call, self._scheduler_config,
+                                self._model_upscale(request.hr_upscaler))
         return self._run_sampler(second, request, sampler, on_step, job, notes)
+
+    def _model_upscale(self, name: str):
+        """upscale(image, W, H) for a model upscaler on this host's disk; None for the built-in ones."""
+        if name in HIRES_UPSCALERS:
+            return None
+        path = upscaler_models(self.upscaler_dir).get(name)
+        if path is None:
+            raise RequestError(f"The hires upscaler {name[:80]!r} is not on this host. Choose one of: "
+                               f"{', '.join([*HIRES_UPSCALERS, *upscaler_models(self.upscaler_dir)])}.")
+        model = self._upscalers.get(path, self.device)
+        return lambda image, width, height: upscale_with_model(model, image, width, height)
 
     def _img2img(self, request: Img2ImgRequest, on_step, job) -> GenerationResult:
         init = fit(request.init_image, request.width, request.height, request.resize_mode)

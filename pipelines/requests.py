@@ -27,7 +27,7 @@ RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
 LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
                     "Latent (nearest)", "Latent (nearest-exact)")
 PIXEL_UPSCALERS = ("Lanczos", "Nearest")
-HIRES_UPSCALERS = LATENT_UPSCALERS + PIXEL_UPSCALERS  # model upscalers join when a loader and weights exist
+HIRES_UPSCALERS = LATENT_UPSCALERS + PIXEL_UPSCALERS  # + model upscalers on disk (catalog.upscaler_models), by name
 
 
 def _require_number(name: str, value, low: float, high: float, integer: bool = False) -> None:
@@ -44,6 +44,11 @@ def _require_number(name: str, value, low: float, high: float, integer: bool = F
 def _plain(value) -> str:
     """A number as a person writes it: 4294967295, not 4.29497e+09; 0.5 stays 0.5."""
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
+
+
+def _is_model_name(text: str) -> bool:
+    """A catalogue name (a file stem), never a path: the manager looks it up on its own disk."""
+    return 0 < len(text.strip()) <= 200 and not any(c in text for c in "/\\\0") and text.strip() not in (".", "..")
 
 
 def _require_text(name: str, value) -> None:
@@ -220,8 +225,9 @@ class Txt2ImgRequest:
             raise RequestError("Hires fix is a txt2img option: for an init image, raise the size and use img2img.")
         _require_number("Hires upscale by", self.hr_scale, 1.0, 8.0)
         _require_text("Hires upscaler", self.hr_upscaler)
-        if self.hr_upscaler not in HIRES_UPSCALERS:
-            raise RequestError(f"Unknown hires upscaler {self.hr_upscaler[:80]!r}. Choose one of: {', '.join(HIRES_UPSCALERS)}.")
+        if self.hr_upscaler not in HIRES_UPSCALERS and not _is_model_name(self.hr_upscaler):
+            raise RequestError(f"Unknown hires upscaler {self.hr_upscaler[:80]!r}. Choose one of: {', '.join(HIRES_UPSCALERS)}, "
+                               "or a model upscaler of this host by its name.")
         _require_number("Hires steps", self.hr_second_pass_steps, 0, 1000, integer=True)
         _require_number("Hires resize width", self.hr_resize_x, 0, 16384, integer=True)
         _require_number("Hires resize height", self.hr_resize_y, 0, 16384, integer=True)

@@ -181,11 +181,40 @@ def test_hires_with_controlnet_and_a_batch(manager, tiny_controlnet_dir):
     assert np.abs(pixels(result, 1).astype(int) - pixels(alone)).max() <= 1
 
 
-def test_hires_fix_is_refused_outside_txt2img_and_unknown_upscalers_are_named():
+def test_hires_fix_is_refused_outside_txt2img_and_upscalers_are_names_not_paths(manager):
     with pytest.raises(RequestError, match="Hires fix is a txt2img option"):
         Img2ImgRequest(init_image=Image.new("RGB", (8, 8)), enable_hr=True)
-    with pytest.raises(RequestError, match="Unknown hires upscaler 'R-ESRGAN 4x\\+'"):
-        Txt2ImgRequest(enable_hr=True, hr_upscaler="R-ESRGAN 4x+")
+    for path in ("../../etc/passwd", "/tmp/x.pth", "", ".."):
+        with pytest.raises(RequestError, match="Unknown hires upscaler"):
+            Txt2ImgRequest(enable_hr=True, hr_upscaler=path)
+    with pytest.raises(RequestError, match="'R-ESRGAN 4x\\+' is not on this host. Choose one of: Latent"):
+        manager.run(hires(hr_upscaler="R-ESRGAN 4x+"))
+
+
+@pytest.fixture(scope="module")
+def upscaler_dir(tmp_path_factory):
+    """A tiny ×2 ESRGAN (random weights) saved as a .safetensors, as one from A1111's models/ESRGAN."""
+    from safetensors.torch import save_file
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("ESRGAN")
+    save_file(ESRGAN(num_filters=8, num_blocks=1, scale=2).state_dict(), str(folder / "tiny-esrgan-x2.safetensors"))
+    (folder / "notes.txt").write_text("not a model")
+    return folder
+
+
+def test_a_model_upscaler_on_disk_is_offered_and_used_by_name(tiny_model_dir, upscaler_dir):
+    from pipelines.catalog import upscaler_models
+    from pipelines.manager import PipelineManager
+
+    assert list(upscaler_models(upscaler_dir)) == ["tiny-esrgan-x2"] and upscaler_models("/no/such/dir") == {}
+    m = PipelineManager(device="cpu", upscaler_dir=str(upscaler_dir))
+    m.load_base(str(tiny_model_dir))
+    result = m.run(hires(hr_upscaler="tiny-esrgan-x2", hr_scale=3))  # ×2 twice, then Lanczos to 192
+    assert result.images[0].image.size == (192, 192)
+    assert "Hires upscaler: tiny-esrgan-x2," in result.images[0].infotext
+    assert m._upscalers._loaded[0].name == "tiny-esrgan-x2.safetensors"  # the model ran, not a fallback
 
 
 def test_png_info_turns_hires_and_variation_keys_back_into_fields(manager):

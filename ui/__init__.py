@@ -6,6 +6,8 @@ from __future__ import annotations
 import gradio as gr
 
 from . import controlnet, img2img, inpaint, lab, models, pnginfo, txt2img
+from pipelines.catalog import upscaler_models
+
 from .common import GenerationService
 from .outputs import OutputStore
 
@@ -18,7 +20,7 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
         status = gr.Markdown(startup_message or manager.describe(), elem_id="status")
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                t2i = txt2img.build(service, size, settings.styles_file)
+                t2i = txt2img.build(service, size, settings.styles_file, list(upscaler_models(settings.upscaler_dir)))
             with gr.Tab("img2img", id="img2img"):
                 i2i = img2img.build(service, size, settings.styles_file)
             with gr.Tab("Inpaint", id="inpaint"):

@@ -46,7 +46,8 @@ def build(tabs: gr.Tabs, txt2img, img2img) -> None:
 
     def values(parameters: dict, keys=keys) -> tuple[list, list[str]]:
         fields, notes = infotext_to_fields(parameters or {}, SCHEDULER_NAMES)
-        if fields.get("hr_upscaler", HIRES_UPSCALERS[0]) not in HIRES_UPSCALERS:
+        offered = [choice[1] if isinstance(choice, tuple) else choice for choice in txt2img.hires.upscaler.choices]
+        if fields.get("hr_upscaler", HIRES_UPSCALERS[0]) not in offered:
             notes.append(f"Hires upscaler {fields.pop('hr_upscaler')!r} is not offered here; the upscaler was left as it was.")
         return [fields.get(k, gr.skip()) for k in keys], notes
 

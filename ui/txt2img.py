@@ -30,12 +30,12 @@ class HiresControls:
         return [self.enable, self.upscaler, self.scale, self.steps, self.strength, self.resize_x, self.resize_y]
 
 
-def hires_controls(limits) -> HiresControls:
+def hires_controls(limits, model_upscalers: list[str]) -> HiresControls:
     with gr.Accordion("Hires fix", open=False, elem_id="txt2img_hires"):
         enable = gr.Checkbox(value=False, label="Hires fix", elem_id="txt2img_enable_hr",
                              info="first pass at the size above, then upscale and refine at the final size")
         with gr.Row():
-            upscaler = gr.Dropdown(list(HIRES_UPSCALERS), value="Latent", label="Upscaler", elem_id="txt2img_hr_upscaler")
+            upscaler = gr.Dropdown([*HIRES_UPSCALERS, *model_upscalers], value="Latent", label="Upscaler", elem_id="txt2img_hr_upscaler")
             scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
         with gr.Row():
             steps = gr.Slider(0, limits.max_steps, value=0, step=1, label="Hires steps", info="0 = same as the first pass",
@@ -56,13 +56,13 @@ class Txt2ImgTab:
     hires: HiresControls | None = None
 
 
-def build(service: GenerationService, native_size: int, styles_file: str = "") -> Txt2ImgTab:
+def build(service: GenerationService, native_size: int, styles_file: str = "", model_upscalers: list[str] = ()) -> Txt2ImgTab:
     with gr.Row():
         with gr.Column(scale=1):
             prompts = prompt_box("txt2img")
             style_controls("txt2img", prompts, styles_file)
             sampler = sampler_controls("txt2img", service.limits, native_size, extras=True)
-            hires = hires_controls(service.limits)
+            hires = hires_controls(service.limits, list(model_upscalers))
             grid = xy_grid.grid_controls("txt2img", xy_grid.TXT2IMG_AXES)  # X/Y grid hook
         with gr.Column(scale=1):
             panel = result_panel("txt2img")
