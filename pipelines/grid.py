@@ -42,10 +42,18 @@ def _set_cfg_scale(request, value):
 
 
 def _set_strength(request, value):
+    if getattr(request, "enable_hr", False):  # txt2img's hires pass
+        return replace(request, denoising_strength=value)
     if not isinstance(request, Img2ImgRequest):
-        raise RequestError("Denoising strength needs an init image: use it on img2img, inpaint, "
-                           "or ControlNet with an init image.")
+        raise RequestError("Denoising strength needs an init image or the hires fix: use it on img2img, inpaint, "
+                           "ControlNet with an init image, or txt2img with Hires fix on.")
     return replace(request, strength=value)
+
+
+def _set_hires_steps(request, value):
+    if not getattr(request, "enable_hr", False):
+        raise RequestError("Hires steps needs txt2img with Hires fix on.")
+    return replace(request, hr_second_pass_steps=value)
 
 
 def _set_control_weight(request, value):
@@ -81,6 +89,9 @@ AXES: dict[str, Axis] = {axis.name: axis for axis in (
     Axis("Scheduler", str, _sampling("scheduler")),
     Axis("DDIM η", float, _sampling("eta")),
     Axis("Seed", int, _sampling("seed")),
+    Axis("Var. seed", int, _sampling("subseed")),  # A1111's names for the variation seed axes
+    Axis("Var. strength", float, _sampling("subseed_strength")),
+    Axis("Hires steps", int, _set_hires_steps),
     Axis("Control weight", float, _set_control_weight),
     Axis("RePaint r", int, _set_repaint_r),
 )}

@@ -231,3 +231,16 @@ def test_png_info_turns_hires_and_variation_keys_back_into_fields(manager):
     again = replace(hires(hr_resize_x=96), sampling=replace(hires().sampling, subseed=7, subseed_strength=0.25,
                                                              seed_resize_from_w=32, seed_resize_from_h=48))
     assert np.array_equal(pixels(result), pixels(manager.run(again)))
+
+
+def test_xy_grid_varies_variation_strength_and_the_hires_pass(manager):
+    from pipelines.grid import axis_values, plan_grid
+
+    plan = plan_grid(hires(sampling={"subseed": 9}), axis_values("Var. strength", "0, 1"), axis_values("Hires steps", "2, 4"))
+    assert [(c.sampling.subseed_strength, c.hr_second_pass_steps) for c in plan.cells] == [(0, 2), (1, 2), (0, 4), (1, 4)]
+    strength = plan_grid(hires(), axis_values("Denoising strength", "0.3, 0.6"), None)
+    assert [c.denoising_strength for c in strength.cells] == [0.3, 0.6]
+    with pytest.raises(RequestError, match="Hires steps needs txt2img with Hires fix on"):
+        plan_grid(txt2img(), axis_values("Hires steps", "2"), None)
+    images = [pixels(manager.run(cell)) for cell in plan.cells[:2]]
+    assert not np.array_equal(*images)  # the variation acts in a grid cell

@@ -14,15 +14,18 @@ from .common import GenerationService
 GRID_FIELDS = ("x_type", "x_values", "y_type", "y_values", "draw_legend")  # API parameter names, in order
 
 # Axes each tab offers (the ones its requests have).
-TXT2IMG_AXES = ("CFG scale", "Steps", "Scheduler", "DDIM η", "Seed")
-IMG2IMG_AXES = ("CFG scale", "Steps", "Denoising strength", "Scheduler", "DDIM η", "Seed")
+TXT2IMG_AXES = ("CFG scale", "Steps", "Scheduler", "DDIM η", "Seed", "Var. seed", "Var. strength", "Hires steps",
+                "Denoising strength")
+IMG2IMG_AXES = ("CFG scale", "Steps", "Denoising strength", "Scheduler", "DDIM η", "Seed", "Var. seed", "Var. strength")
 INPAINT_AXES = (*IMG2IMG_AXES, "RePaint r", "Control weight")
-CONTROLNET_AXES = (*TXT2IMG_AXES, "Control weight", "Denoising strength")
+CONTROLNET_AXES = ("CFG scale", "Steps", "Scheduler", "DDIM η", "Seed", "Var. seed", "Var. strength", "Control weight",
+                   "Denoising strength")
 
 EXAMPLES = {
     "CFG scale": "3, 7.5, 12", "Steps": "10-40 [4]", "Denoising strength": "0.3-0.9 (+0.2)",
     "Scheduler": "Euler a, DDIM, DPM++ 2M", "DDIM η": "0, 0.5, 1", "Seed": "1-4",
-    "Control weight": "0-1.5 [4]", "RePaint r": "1-4",
+    "Control weight": "0-1.5 [4]", "RePaint r": "1-4", "Var. seed": "1-4", "Var. strength": "0-1 [5]",
+    "Hires steps": "5-20 [4]",
 }
 
 
