@@ -79,6 +79,8 @@ class Settings:
     ray_replicas: int = 1
     ray_max_replicas: int = 0  # > ray_replicas: autoscale between the two
     ray_gpus_per_replica: float = -1.0  # -1: 1 when this machine has CUDA, else 0
+    api: bool = False  # the AUTOMATIC1111-compatible REST API (/sdapi/v1/…) on the same port
+    api_auth: str = ""  # "user:pass[,user2:pass2]": HTTP Basic login for the REST API
 
     @property
     def limits(self) -> Limits:
@@ -114,6 +116,8 @@ class Settings:
             "backend": "local (managers in this process) or ray (Ray Serve workers)",
             "devices": "local backend: '' one device, 'all' every CUDA device, or e.g. cuda:0,cuda:1",
             "ray_address": "'' starts a local Ray cluster; 'auto' or ray://host:10001 joins one",
+            "api": "serve the AUTOMATIC1111-compatible REST API (/sdapi/v1/..., docs at /docs) on the same port",
+            "api_auth": "user:password[,user2:password2]: HTTP Basic login the REST API requires",
             "grid_for_batches": "also save and show a labelled grid of every batch of more than one image",
             "upscaler_dir": "folder of model upscalers (ESRGAN & co.) the hires fix offers",
             "styles_file": "A1111 styles.csv the Styles menus read and save to ('' = per session only)",

@@ -31,6 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from pipelines.generation import decode  # noqa: E402
+from pipelines.inpainting import encode_image  # noqa: E402
 from pipelines.masks import prepare_inpaint, seam_metric  # noqa: E402
 from pipelines.repaint import masked_content_latents, repaint  # noqa: E402
 
@@ -96,9 +98,7 @@ def main() -> None:
     plan = prepare_inpaint(image, mask, size, size, mask_blur=0)
     device = torch.device(args.device)
 
-    vae = pipe.vae
-    pixels = pipe.image_processor.preprocess(plan.init_image).to(device, vae.dtype)
-    init_latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    init_latents = encode_image(pipe, plan.init_image)  # the posterior mean (= its mode), scaled
     m = torch.from_numpy(plan.latent_mask(pipe.vae_scale_factor))[None, None].to(device)
     cond, uncond = pipe.encode_prompt(prompt, device, 1, args.cfg > 1, args.negative)
 
@@ -111,8 +111,7 @@ def main() -> None:
             began = time.perf_counter()
             out = repaint(pipe.unet, pipe.scheduler.config, init_latents, m, cond, uncond, args.steps, args.cfg,
                           args.eta, args.strength, r, args.j, generators, start_latents=start)
-            decoded = vae.decode(out.latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-            generated = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+            generated = decode(pipe, out.latents)[0]
             seconds.append(time.perf_counter() - began)
             final = plan.finish(generated)
             seams.append(seam_metric(final, plan.mask, args.band)["seam"])

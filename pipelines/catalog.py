@@ -59,6 +59,16 @@ def default_controlnet(kind: str) -> str | None:
     return next((c for c in controlnets() if kind in Path(c).name), None)
 
 
+def base_models() -> list[str]:
+    """Base (txt2img) models: shipped diffusers folders, then cached Hub SD pipelines."""
+    def base_pipeline(folder: Path) -> bool:
+        name = _class_name(folder / "model_index.json")
+        return name.startswith("StableDiffusion") and "Inpaint" not in name
+
+    local = [str(p) for p in sorted(ASSET_MODELS.glob("*")) if base_pipeline(p)]
+    return local + _cached_repos(base_pipeline)
+
+
 UPSCALER_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 

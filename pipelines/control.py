@@ -14,7 +14,7 @@ def control_maps(units: tuple[ControlUnit, ...], width: int, height: int) -> tup
 
     maps, notes = [], []
     for index, unit in enumerate(units):
-        result = control_map(unit.preprocessor, unit.image, width, height, **dict(unit.params))
+        result = control_map(unit.preprocessor, unit.image, width, height, unit.resize_mode, **dict(unit.params))
         if result.message:
             notes.append(f"ControlNet unit {index + 1} ({unit.preprocessor}): {result.message}")
         maps.append(result.image)

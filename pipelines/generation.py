@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from .diffusion_math import vae_decode
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
 from .noise import NoiseSpec, sampler_noise
 from .preview import DenoisedTap, latent_to_image
@@ -40,7 +41,7 @@ class StepReporter:
                 # x̂_0 looks like the final image long before x_t does.
                 preview = latent_to_image((x0 if x0 is not None else latents)[0], self.preview_weights())
             self.on_step(StepInfo(self.steps_done, total, self.batch, self.batch_count, preview))
-        return self.job.cancelled
+        return self.job.cancelled or self.job.skipping
 
 
 def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) -> Sampler:
@@ -81,9 +82,7 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
 
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
-    vae = pipe.vae
-    decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return pipe.image_processor.postprocess(decoded, output_type="pil")
+    return pipe.image_processor.postprocess(vae_decode(pipe.vae, latents), output_type="pil")
 
 
 def run_batches(
@@ -107,13 +106,19 @@ def run_batches(
         if job.cancelled:
             interrupted = True
             break
+        job.take_skip()  # a skip that arrived between batches does not carry over (as A1111)
         report = StepReporter(job, on_step, preview_weights, preview_every, batch, len(seed_batches))
         latents = sample(seeds, report)
+        cut_short = report.steps_done < report.total
         if job.cancelled:
             interrupted = True
-            if report.latest_x0 is not None:
-                latents = report.latest_x0  # the denoised estimate is the image "so far"
             notes.append(f"Interrupted at step {report.steps_done}/{report.total} of batch {batch + 1}.")
+        elif job.take_skip() and cut_short:
+            notes.append(f"Skipped at step {report.steps_done}/{report.total} of batch {batch + 1}; the next batch went on.")
+        else:
+            cut_short = False
+        if cut_short and report.latest_x0 is not None:
+            latents = report.latest_x0  # the denoised estimate is the image "so far"
         for image, seed in zip(finish(decode_latents(latents), seeds), seeds):
             images.append(GeneratedImage(image, seed, infotext(seed)))
         if interrupted:

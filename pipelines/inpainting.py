@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .diffusion_math import vae_encode
 from .masks import InpaintPlan
 from .noise import NoiseSpec
 from .repaint import masked_content_latents, repaint
@@ -14,7 +15,7 @@ def encode_image(pipe, image) -> torch.Tensor:
     """Scaled VAE latents of a PIL image (the distribution's mean: deterministic)."""
     vae = pipe.vae
     pixels = pipe.image_processor.preprocess(image).to(pipe.unet.device, vae.dtype)
-    return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    return vae_encode(vae, pixels)
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ class StepInfo:
 @dataclass
 class Job:
     _cancel: threading.Event = field(default_factory=threading.Event)
+    _skip: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -34,6 +35,22 @@ class Job:
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    def skip(self) -> None:
+        """End the batch being sampled now (its images are kept as they are) and go on with
+        the next batch: A1111's Skip."""
+        self._skip.set()
+
+    @property
+    def skipping(self) -> bool:
+        return self._skip.is_set()
+
+    def take_skip(self) -> bool:
+        """True once per skip request: the batch loop consumes it."""
+        if self._skip.is_set():
+            self._skip.clear()
+            return True
+        return False
 
 
 @dataclass
@@ -84,3 +101,15 @@ def stream_run(run, request, job: Job):
     finally:
         if not finished:
             job.cancel()
+
+
+def result_of(events, on_step=None):
+    """stream_run's inverse: the result at the end of a stream of StepInfo events, each step
+    handed to on_step on the way (how a streaming backend offers run())."""
+    for event in events:
+        if isinstance(event, StepInfo):
+            if on_step is not None:
+                on_step(event)
+            continue
+        return event
+    raise RuntimeError("the stream ended without a result")

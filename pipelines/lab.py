@@ -9,8 +9,11 @@
   and the finished image at several scales.
 
 The sampling loop is written out here (not hidden in a pipeline call) because seeing its
-parts is the point; it is the same DDIM loop diffusers runs, on the manager's shared modules
-(nothing is copied), under the manager's device lock.
+parts is the point; it is the same DDIM loop diffusers runs (diffusers' DDIMScheduler, as
+generation), on the manager's shared modules (nothing is copied). The formulas it applies
+itself (q_sample, x̂_0, CFG, VAE scaling) are diffusion_math's. Each experiment is a request
+(lab_requests.py) that the manager runs under its device lock as a Job: per-step progress,
+interruptible between steps (run_lab below).
 
 Slider convention: t = 0 … T, t = 0 is x_0 itself (ᾱ = 1) and t ≥ 1 is diffusers' index t−1
 (see diffusion_math: index 0 is already one step of noise).
@@ -24,9 +27,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .diffusion_math import Schedule, make_betas
+from .diffusion_math import Schedule, cfg_combine, make_betas, q_sample, vae_decode, vae_encode, x0_from_eps
+from .errors import RequestError, StudioError
 from .grid import compose_grid
 from .images import fit
+from .jobs import Job, StepInfo
+from .lab_requests import LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
 from .schedulers import build_scheduler
 
 # The two β schedules the seed compares: DDPM's linear betas (pixels) and LDM/SD's scaled-linear.
@@ -144,12 +150,35 @@ class CfgAnatomy:
         return float((self.eps["cond"] - self.eps["uncond"]).norm() / self.eps["uncond"].norm())
 
 
+# ----------------------------------------------------------------- progress and interrupt
+class LabInterrupted(StudioError):
+    """The lab run's Job was cancelled between two UNet steps."""
+
+
+class StepReport:
+    """A lab run's per-step report: StepInfo to on_step, and a stop when the Job is cancelled."""
+
+    def __init__(self, job: Job | None, on_step, total: int, batch_count: int = 1):
+        self.job, self.on_step, self.total, self.batch_count = job or Job(), on_step, total, batch_count
+
+    def __call__(self, done: int, batch: int = 0) -> None:
+        if self.on_step is not None:
+            self.on_step(StepInfo(done, self.total, batch, self.batch_count))
+        if self.job.cancelled:
+            raise LabInterrupted(f"Interrupted at step {done} of {self.total}: the lab run stopped, nothing to show.")
+
+    def check(self) -> None:
+        if self.job.cancelled:
+            raise LabInterrupted("Interrupted before the lab run started.")
+
+
 # ----------------------------------------------------------------- the lab on a model
 class DiffusionLab:
-    """Lab experiments on a loaded pipeline's modules (read only) and its scheduler config."""
+    """Lab experiments on a loaded pipeline's modules (read only) and its scheduler config.
+    The caller holds the device (the manager's lock: see run_lab)."""
 
-    def __init__(self, pipe, scheduler_config: dict, lock):
-        self.pipe, self.config, self.lock = pipe, dict(scheduler_config), lock
+    def __init__(self, pipe, scheduler_config: dict):
+        self.pipe, self.config = pipe, dict(scheduler_config)
         self.schedule = Schedule.from_config(self.config) if self.config.get("beta_schedule", "linear") in (
             "linear", "scaled_linear") and not self.config.get("trained_betas") else None
         self._own = None
@@ -187,13 +216,10 @@ class DiffusionLab:
     # --- VAE ----------------------------------------------------------------------------------
     def encode(self, image: Image.Image) -> torch.Tensor:
         vae = self.pipe.vae
-        x = to_tensor(image).to(vae.device, vae.dtype)
-        return vae.encode(x).latent_dist.mean * vae.config.scaling_factor  # the mean: no sampling noise
+        return vae_encode(vae, to_tensor(image).to(vae.device, vae.dtype))  # the mean: no sampling noise
 
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        vae = self.pipe.vae
-        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        return [to_image(p) for p in pixels]
+        return [to_image(p) for p in vae_decode(self.pipe.vae, latents.to(self.pipe.vae.device))]
 
     # --- forward process ----------------------------------------------------------------------
     @torch.no_grad()
@@ -201,21 +227,18 @@ class DiffusionLab:
         """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, in latent space (then decoded) and in pixel space, with
         the same seed's ε (one draw per space)."""
         if not 0 <= t <= self.T:
-            raise ValueError(f"t must be between 0 and {self.T}, got {t}")
+            raise RequestError(f"t must be between 0 and {self.T}, got {t}.")
         image = fit(image if image is not None else demo_image(self.size), self.size, self.size, "crop and resize")
         a = self.alpha_bar(t)
-        signal, noise = math.sqrt(a), math.sqrt(1 - a)
         generator = torch.Generator().manual_seed(seed)
-        with self.lock:
-            z0 = self.encode(image)
-            eps_latent = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(z0.device, z0.dtype)
-            zt = signal * z0 + noise * eps_latent  # x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
-            latent_decoded = self.decode(zt)[0]
+        z0 = self.encode(image)
+        eps_latent = torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(z0.device, z0.dtype)
+        zt = q_sample(z0, a, eps_latent)
+        latent_decoded = self.decode(zt)[0]
         x0 = to_tensor(image)
-        eps_pixel = torch.randn(x0.shape, generator=generator)
-        pixel = to_image((signal * x0 + noise * eps_pixel)[0])
+        pixel = to_image(q_sample(x0, a, torch.randn(x0.shape, generator=generator))[0])
         snr = math.inf if a >= 1 else a / (1 - a)
-        return ForwardView(t, self.T, a, signal, noise, snr, latent_decoded, pixel, zt.cpu())
+        return ForwardView(t, self.T, a, a ** 0.5, (1 - a) ** 0.5, snr, latent_decoded, pixel, zt.cpu())
 
     # --- sampling parts -------------------------------------------------------------------------
     def _embeddings(self, prompt: str, negative: str) -> torch.Tensor:
@@ -247,35 +270,35 @@ class DiffusionLab:
     # --- denoising trajectory -------------------------------------------------------------------
     @torch.no_grad()
     def trajectory(self, prompt: str, negative: str = "", steps: int = 20, every: int = 5, cfg_scale: float = 7.0,
-                   seed: int = 0, etas: tuple[float, ...] = (0.0, 1.0)) -> Trajectory:
+                   seed: int = 0, etas: tuple[float, ...] = (0.0, 1.0), report: StepReport | None = None) -> Trajectory:
         """DDIM from one x_T with each η: x_t and x̂_0 after every `every` steps (and the last).
 
         x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t;  x_prev = √ᾱ_prev x̂_0 + √(1−ᾱ_prev−σ²) ε̂ + σ z,
         σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev): η = 0 adds no noise, η = 1 is DDPM's σ."""
         if steps < 1 or every < 1:
-            raise ValueError("steps and every must be ≥ 1")
+            raise RequestError("Steps and show-every must be at least 1.")
+        report = report or StepReport(None, None, steps, len(etas))
         keep = [i for i in range(steps) if (i + 1) % every == 0 or i == steps - 1]
         runs: dict[float, list[Frame]] = {}
-        with self.lock:
-            embeddings = self._embeddings(prompt, negative)
-            for eta in etas:
-                x, generator = self._noise(seed)  # the same x_T for every η
-                scheduler = self._scheduler(steps)
-                kept_xt, kept_x0, levels = [], [], []
-                timesteps = [int(t) for t in scheduler.timesteps] + [0]  # the run ends at x_0
-                for i, t in enumerate(scheduler.timesteps):
-                    uncond, cond = self._eps(x, t, embeddings)
-                    eps = uncond + cfg_scale * (cond - uncond)  # ε = ε_u + s·(ε_c − ε_u)
-                    out = scheduler.step(eps, t, x, eta=eta, generator=generator)
-                    x = out.prev_sample
-                    if i in keep:
-                        kept_xt.append(x)
-                        kept_x0.append(out.pred_original_sample)
-                        levels.append((timesteps[i], timesteps[i + 1]))
-                decoded = self.decode(torch.cat(kept_xt + kept_x0))
-                n = len(keep)
-                runs[float(eta)] = [Frame(i + 1, start, end, decoded[j], decoded[n + j])
-                                    for j, (i, (start, end)) in enumerate(zip(keep, levels))]
+        embeddings = self._embeddings(prompt, negative)
+        for run_index, eta in enumerate(etas):
+            x, generator = self._noise(seed)  # the same x_T for every η
+            scheduler = self._scheduler(steps)
+            kept_xt, kept_x0, levels = [], [], []
+            timesteps = [int(t) for t in scheduler.timesteps] + [0]  # the run ends at x_0
+            for i, t in enumerate(scheduler.timesteps):
+                eps = cfg_combine(*self._eps(x, t, embeddings), cfg_scale)  # ε = ε_u + s·(ε_c − ε_u)
+                out = scheduler.step(eps, t, x, eta=eta, generator=generator)
+                x = out.prev_sample
+                if i in keep:
+                    kept_xt.append(x)
+                    kept_x0.append(out.pred_original_sample)
+                    levels.append((timesteps[i], timesteps[i + 1]))
+                report(i + 1, run_index)
+            decoded = self.decode(torch.cat(kept_xt + kept_x0))
+            n = len(keep)
+            runs[float(eta)] = [Frame(i + 1, start, end, decoded[j], decoded[n + j])
+                                for j, (i, (start, end)) in enumerate(zip(keep, levels))]
         images, row_labels = [], []
         for eta, frames in runs.items():
             images += [f.x_t for f in frames] + [f.x0 for f in frames]
@@ -287,28 +310,30 @@ class DiffusionLab:
     # --- CFG anatomy --------------------------------------------------------------------------
     @torch.no_grad()
     def cfg_anatomy(self, prompt: str, negative: str = "", steps: int = 20, step: int = 0, scale: float = 7.0,
-                    seed: int = 0, scales: tuple[float, ...] = (1.0, 3.0, 7.0, 12.0, 20.0)) -> CfgAnatomy:
+                    seed: int = 0, scales: tuple[float, ...] = (1.0, 3.0, 7.0, 12.0, 20.0),
+                    report: StepReport | None = None) -> CfgAnatomy:
         """At DDIM step `step` (0-based, reached by guided η=0 sampling at `scale`): the unconditional,
         conditional and guided ε, each as x̂_0; then the finished image at every scale in
         `scales`, all from the same x_T."""
         if not 0 <= step < steps:
-            raise ValueError(f"step must be between 0 and {steps - 1}, got {step}")
-        with self.lock:
-            embeddings = self._embeddings(prompt, negative)
-            x, _ = self._noise(seed)
-            scheduler = self._scheduler(steps)
-            for i, t in enumerate(scheduler.timesteps):
-                uncond, cond = self._eps(x, t, embeddings)
-                guided = uncond + scale * (cond - uncond)
-                if i == step:
-                    break
-                x = scheduler.step(guided, t, x, eta=0.0).prev_sample
-            a = scheduler.alphas_cumprod[int(t)].to(x.device, x.dtype)
-            eps = {"uncond": uncond, "cond": cond, "guided": guided}
-            x0 = {k: (x - (1 - a).sqrt() * e) / a.sqrt() for k, e in eps.items()}  # x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t
-            decoded = self.decode(torch.cat(list(x0.values())))
-            predictions = dict(zip(x0, decoded))
-            finals = self._finished(embeddings, seed, steps, scales)
+            raise RequestError(f"Inspect step must be between 1 and the {steps} steps of the run.")
+        report = report or StepReport(None, None, step + 1 + steps)
+        embeddings = self._embeddings(prompt, negative)
+        x, _ = self._noise(seed)
+        scheduler = self._scheduler(steps)
+        for i, t in enumerate(scheduler.timesteps):
+            uncond, cond = self._eps(x, t, embeddings)
+            guided = cfg_combine(uncond, cond, scale)
+            report(i + 1)
+            if i == step:
+                break
+            x = scheduler.step(guided, t, x, eta=0.0).prev_sample
+        a = scheduler.alphas_cumprod[int(t)].to(x.device, x.dtype)
+        eps = {"uncond": uncond, "cond": cond, "guided": guided}
+        x0 = {k: x0_from_eps(x, a, e) for k, e in eps.items()}  # x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t
+        decoded = self.decode(torch.cat(list(x0.values())))
+        predictions = dict(zip(x0, decoded))
+        finals = self._finished(embeddings, seed, steps, scales, lambda done: report(step + 1 + done))
         predictions_strip = compose_grid(list(predictions.values()), 3,
                                          ["uncond ε → x̂_0", "cond ε → x̂_0", f"guided ε (s={scale:g}) → x̂_0"],
                                          [f"step {step + 1}/{steps}, t={int(t)}"])
@@ -317,12 +342,37 @@ class DiffusionLab:
         return CfgAnatomy(step, int(t), scale, {k: v.cpu() for k, v in eps.items()},
                           {k: v.cpu() for k, v in x0.items()}, predictions, finals, predictions_strip, finals_strip)
 
-    def _finished(self, embeddings, seed: int, steps: int, scales) -> list[tuple[float, Image.Image]]:
+    def _finished(self, embeddings, seed: int, steps: int, scales, report=lambda done: None) -> list[tuple[float, Image.Image]]:
         """The finished image at every CFG scale: one batch, the same x_T, DDIM η = 0."""
         x, _ = self._noise(seed, len(scales))
         s = torch.tensor(scales, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
         scheduler = self._scheduler(steps)
-        for t in scheduler.timesteps:
-            uncond, cond = self._eps(x, t, embeddings)
-            x = scheduler.step(uncond + s * (cond - uncond), t, x, eta=0.0).prev_sample
+        for i, t in enumerate(scheduler.timesteps):
+            x = scheduler.step(cfg_combine(*self._eps(x, t, embeddings), s), t, x, eta=0.0).prev_sample
+            report(i + 1)
         return list(zip(scales, self.decode(x)))
+
+
+# ----------------------------------------------------------------- a lab request, run
+def run_lab(pipe, scheduler_config: dict, request, on_step=None, job: Job | None = None):
+    """One lab request on a loaded pipeline (the caller holds the device): ForwardView,
+    list[ScheduleCurve], Trajectory or CfgAnatomy. on_step gets StepInfo per UNet step;
+    a cancelled job stops the run between steps (LabInterrupted)."""
+    if isinstance(request, LabSchedulesRequest):
+        return schedule_curves(scheduler_config)
+    lab = DiffusionLab(pipe, scheduler_config)
+    if isinstance(request, LabForwardRequest):
+        StepReport(job, None, 1).check()
+        return lab.forward(request.image, request.t, request.seed)
+    if isinstance(request, LabTrajectoryRequest):
+        etas = (0.0, 1.0)
+        report = StepReport(job, on_step, request.steps, len(etas))
+        report.check()
+        return lab.trajectory(request.prompt, request.negative, request.steps, request.every, request.cfg_scale,
+                              request.seed, etas, report)
+    if isinstance(request, LabCfgRequest):
+        report = StepReport(job, on_step, request.step + request.steps)
+        report.check()
+        return lab.cfg_anatomy(request.prompt, request.negative, request.steps, request.step - 1, request.scale,
+                               request.seed, request.scales, report)
+    raise RequestError(f"Unknown lab request {type(request).__name__}.")

@@ -41,6 +41,7 @@ from .hires import hires_sampler
 from .infotext import model_name, request_infotext
 from .inpainting import repaint_sampler
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo, stream_run
+from .lab_requests import LabRequest
 from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
@@ -102,6 +103,11 @@ def _weight_storages(modules) -> dict[int, int]:
 
 
 class PipelineManager:
+    """Implements pipelines.backend.Backend on one device."""
+
+    concurrency = 1  # one job at a time on this device
+    model: ModelInfo | None = None  # the loaded base model
+
     def __init__(
         self,
         device: str | None = None,
@@ -184,6 +190,11 @@ class PipelineManager:
             return 512
         return int(self._base.unet.config.sample_size) * self._base.vae_scale_factor
 
+    @property
+    def train_steps(self) -> int:
+        """T of the model's training schedule (1000 before a model is loaded)."""
+        return int(self._scheduler_config.get("num_train_timesteps", 1000))
+
     def describe(self) -> str:
         if self.model is None:
             return NO_MODEL
@@ -232,6 +243,10 @@ class PipelineManager:
         on_step: Callable[[StepInfo], None] | None = None,
         job: Job | None = None,
     ) -> GenerationResult:
+        """One request to its result: a GenerationResult, or for a Diffusion-lab request
+        (lab_requests.py) what pipelines/lab.py makes of it."""
+        if isinstance(request, LabRequest):
+            return self._run_lab(request, on_step, job or Job())
         if not request.is_normalized:
             raise RequestError("The request was not normalized (sizes must be multiples of 8, seed drawn): call Limits.normalize first.")
         job = job or Job()
@@ -424,11 +439,21 @@ class PipelineManager:
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
 
     # ----------------------------------------------------------------- diffusion lab (issue 8)
-    def lab(self):
-        """The Diffusion lab's view of the loaded model: the same modules (nothing copied) and
-        its training schedule, used under this manager's device lock."""
-        from .lab import DiffusionLab
+    def _run_lab(self, request: LabRequest, on_step, job: Job):
+        """A lab experiment on the loaded model's modules (nothing copied) and its training
+        schedule, holding the device like a generation; the schedules need only the config."""
+        from .lab import run_lab
 
-        if self._base is None:
-            raise GenerationError(NO_MODEL)
-        return DiffusionLab(self._base, self._scheduler_config, self._lock)
+        if not request.needs_device:
+            if self._base is None:
+                raise GenerationError(NO_MODEL)
+            return run_lab(None, self._scheduler_config, request)
+        with self._lock:
+            if self._base is None:
+                raise GenerationError(NO_MODEL)
+            try:
+                return run_lab(self._base, self._scheduler_config, request, on_step, job)
+            except torch.OutOfMemoryError as error:
+                self._free_memory()
+                raise GenerationError("Out of GPU memory in the Diffusion lab: use fewer steps or scales. "
+                                      "The memory was freed; the app keeps serving.") from error

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .diffusion_math import vae_encode
+
 
 def _calibration_images(size: int = 64) -> torch.Tensor:
     """Solid colours, gradients and colour blocks in [-1, 1]: enough to pin an affine map."""
@@ -33,7 +35,7 @@ def _calibration_images(size: int = 64) -> torch.Tensor:
 def fit_latent_to_rgb(vae) -> torch.Tensor:
     """(5, 3) matrix W such that [z, 1] @ W ≈ RGB in [-1, 1], z being scaled latents."""
     images = _calibration_images().to(vae.device, vae.dtype)
-    latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+    latents = vae_encode(vae, images)
     factor = images.shape[-1] // latents.shape[-1]
     targets = F.avg_pool2d(images.float(), factor)
     z = latents.float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])

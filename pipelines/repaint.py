@@ -33,7 +33,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from .diffusion_math import cfg_combine, ddim_sigma, ddim_step, prediction_to_eps_x0, q_sample
 from .requests import MASKED_CONTENT
+
 CLEAN = -1  # the "timestep" of the clean end of the chain, ᾱ = 1
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -96,18 +98,6 @@ def masked_content_latents(init_latents: torch.Tensor, mask_latent: torch.Tensor
     if content == "latent nothing":
         return (1 - m) * init_latents
     raise ValueError(f"Unknown masked content {content!r}. Choose one of: {', '.join(MASKED_CONTENT)}.")
-
-
-def _prediction_to_eps_x0(output: torch.Tensor, x: torch.Tensor, a: float, kind: str):
-    """ε̂ and x̂_0 from the model output, whatever the model was trained to predict."""
-    sa, sb = a ** 0.5, (1 - a) ** 0.5
-    if kind == "epsilon":
-        return output, (x - sb * output) / sa
-    if kind == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x_0
-        return sa * output + sb * x, sa * x - sb * output
-    if kind == "sample":
-        return (x - sa * output) / sb, output
-    raise ValueError(f"Unsupported prediction_type {kind!r}")
 
 
 @torch.no_grad()
@@ -191,8 +181,7 @@ def repaint(
             model_in = torch.cat([model_in, model_in])
         out = unet(model_in, torch.tensor(t, device=device), encoder_hidden_states=context, return_dict=False)[0].float()
         if do_cfg:
-            uncond, text = out.chunk(2)
-            out = uncond + guidance_scale * (text - uncond)  # ε_u + w·(ε_c − ε_u)
+            out = cfg_combine(*out.chunk(2), guidance_scale)  # ε_u + w·(ε_c − ε_u)
         return out
 
     if n == 0:
@@ -203,8 +192,7 @@ def repaint(
     if strength >= 1.0:
         x = start_noise  # x_T ~ N(0, I): nothing of the input leaks through √ᾱ_T
     else:
-        a = abar(levels[0])
-        x = a ** 0.5 * start + (1 - a) ** 0.5 * start_noise  # x_τ ~ q(x_τ | x_0)
+        x = q_sample(start, abar(levels[0]), start_noise)  # x_τ ~ q(x_τ | x_0)
 
     denoised, done = None, 0
     for here, there in zip(path, path[1:]):
@@ -214,19 +202,15 @@ def repaint(
         a_t, a_s = abar(t), abar(s)
         if there < here:
             # Resample: x_t = √(ᾱ_t/ᾱ_s)·x_s + √(1−ᾱ_t/ᾱ_s)·ε  (here is the lower level s)
-            ratio = a_s / a_t
-            x = ratio ** 0.5 * x + (1 - ratio) ** 0.5 * _randn(generators, x)
+            x = q_sample(x, a_s / a_t, _randn(generators, x))
             continue
-        eps, x0_hat = _prediction_to_eps_x0(predict(x, t), x, a_t, kind)
-        # σ = η·√((1−ᾱ_s)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_s); 0 at the clean end
-        sigma = eta * ((1 - a_s) / (1 - a_t)) ** 0.5 * (1 - a_t / a_s) ** 0.5
+        eps, x0_hat = prediction_to_eps_x0(predict(x, t), x, a_t, kind)
+        sigma = ddim_sigma(a_t, a_s, eta)  # 0 at the clean end
         # x_s^pred = √ᾱ_s·x̂_0 + √(1−ᾱ_s−σ²)·ε̂ + σ·z
-        pred = a_s ** 0.5 * x0_hat + max(1 - a_s - sigma ** 2, 0.0) ** 0.5 * eps
-        if sigma > 0:
-            pred = pred + sigma * _randn(generators, x)
+        pred = ddim_step(x0_hat, eps, a_s, sigma, _randn(generators, x) if sigma > 0 else None)
         # x_s^known = √ᾱ_s·x_0 + √(1−ᾱ_s)·ε, fresh ε every step
         noise = _randn(generators, x)
-        known = a_s ** 0.5 * x0 + (1 - a_s) ** 0.5 * noise
+        known = q_sample(x0, a_s, noise)
         if on_known is not None:
             on_known(s, known, noise)
         x = m * pred + (1 - m) * known  # x_s = m·x_s^pred + (1−m)·x_s^known

@@ -145,6 +145,7 @@ class ControlUnit:
     weight: float = 1.0  # controlnet_conditioning_scale: residuals are multiplied by it
     start: float = 0.0  # fraction of the steps before the ControlNet starts to act
     end: float = 1.0  # fraction of the steps after which it stops
+    resize_mode: str = "crop and resize"  # how the control image is fitted to the generation size
 
     def __post_init__(self):
         _require_text("ControlNet model", self.model)
@@ -161,6 +162,8 @@ class ControlUnit:
         if self.start >= self.end:
             raise RequestError(f"Guidance start ({self.start:g}) must come before guidance end ({self.end:g}): "
                                "otherwise the ControlNet never acts.")
+        if self.resize_mode not in RESIZE_MODES:
+            raise RequestError(f"Unknown control resize mode {self.resize_mode!r}. Choose one of: {', '.join(RESIZE_MODES)}.")
         for key, value in self.params:
             _require_number(f"Preprocessor setting {key}", value, -1e6, 1e6)
         object.__setattr__(self, "weight", float(self.weight))

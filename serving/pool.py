@@ -7,10 +7,12 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
-from pipelines.jobs import Job, stream_run
+from pipelines.jobs import GenerationResult, Job, stream_run
 
 
 class ManagerPool:
+    """Implements pipelines.backend.Backend over several PipelineManagers."""
+
     def __init__(self, managers: list):
         if not managers:
             raise ValueError("a pool needs at least one manager")
@@ -32,7 +34,8 @@ class ManagerPool:
     def run(self, request, on_step=None, job: Job | None = None):
         with self._least_busy() as (index, manager):
             result = manager.run(request, on_step=on_step, job=job)
-            result.worker = f"{result.worker} (slot {index})"
+            if isinstance(result, GenerationResult):  # lab results say nothing of their worker
+                result.worker = f"{result.worker} (slot {index})"
             return result
 
     def stream(self, request, job: Job | None = None):
@@ -56,6 +59,10 @@ class ManagerPool:
     def native_size(self) -> int:
         return self.managers[0].native_size
 
+    @property
+    def train_steps(self) -> int:
+        return self.managers[0].train_steps
+
     def describe(self) -> str:
         devices = ", ".join(str(m.device) for m in self.managers)
         return f"{self.managers[0].describe()} Pool of {len(self.managers)} devices: {devices}."
@@ -63,6 +70,3 @@ class ManagerPool:
     def memory_report(self) -> dict:
         return self.managers[0].memory_report()
 
-    def __getattr__(self, name):
-        # Anything else a single manager offers (lab helpers, catalog): ask the first one.
-        return getattr(self.managers[0], name)

@@ -22,7 +22,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 from pipelines.errors import ModelLoadError  # noqa: E402
-from pipelines.jobs import GenerationResult, Job  # noqa: E402
+from pipelines.jobs import GenerationResult, Job, result_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS_ACTOR = "sd-studio-cancelled-jobs"
@@ -80,6 +80,7 @@ class GenerationWorker:
 
     def info(self) -> dict:
         return {"describe": self.manager.describe(), "native_size": self.manager.native_size,
+                "train_steps": self.manager.train_steps,
                 "memory": self.manager.memory_report(), "model": self.manager.model, "worker": self.name}
 
     def load_base(self, source: str):
@@ -87,7 +88,8 @@ class GenerationWorker:
 
 
 class RayBackend:
-    """The front end's side: serves like a PipelineManager, runs on Ray Serve replicas."""
+    """The front end's side of Ray Serve: implements pipelines.backend.Backend; every request
+    (generation or Diffusion lab) runs on a replica."""
 
     def __init__(self, model: str, manager_kwargs: dict, address: str | None = None, replicas: int = 1,
                  max_replicas: int | None = None, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0):
@@ -108,7 +110,11 @@ class RayBackend:
         app = GenerationWorker.options(**options).bind(model, manager_kwargs)
         self.handle = serve.run(app, name=APP_NAME, route_prefix=None)
         self._info = self.handle.info.remote().result()
-        self.concurrency = max_replicas or replicas
+        self._concurrency = max_replicas or replicas
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
 
     def stream(self, request, job: Job | None = None):
         job = job or Job()
@@ -125,13 +131,8 @@ class RayBackend:
                 self.flags.cancel.remote(job_id)
             self.flags.forget.remote(job_id)
 
-    def run(self, request, on_step=None, job: Job | None = None) -> GenerationResult:
-        for event in self.stream(request, job):
-            if isinstance(event, GenerationResult):
-                return event
-            if on_step is not None:
-                on_step(event)
-        raise RuntimeError("the worker ended without a result")
+    def run(self, request, on_step=None, job: Job | None = None):
+        return result_of(self.stream(request, job), on_step)
 
     def load_base(self, source: str):
         raise ModelLoadError("With the Ray backend every replica loads the model given at start (--model); "
@@ -144,6 +145,10 @@ class RayBackend:
     @property
     def native_size(self) -> int:
         return self._info["native_size"]
+
+    @property
+    def train_steps(self) -> int:
+        return self._info["train_steps"]
 
     def describe(self) -> str:
         return f"{self._info['describe']} Served by Ray Serve replicas."

@@ -9,6 +9,7 @@ import os
 
 SECONDS_PER_STEP_PER_MEGAPIXEL = 0.12  # SD 1.5 fp16 with CFG on a shared A100/H200 slice, measured loosely
 MIN_SECONDS, MAX_SECONDS = 20, 300
+LAB_SECONDS = 60  # a Diffusion-lab experiment: at most a few hundred UNet steps at the native size
 
 
 def on_zerogpu() -> bool:
@@ -17,6 +18,10 @@ def on_zerogpu() -> bool:
 
 def gpu_seconds(request) -> int:
     """How long to book the GPU for one request (ZeroGPU kills calls that overrun)."""
+    from pipelines.lab_requests import LabRequest
+
+    if isinstance(request, LabRequest):
+        return LAB_SECONDS
     s = request.sampling
     megapixels = request.width * request.height / 1e6
     steps = s.steps * getattr(request, "repaint_r", 1) * s.batch_count
@@ -31,13 +36,13 @@ def gpu_seconds(request) -> int:
 
 
 class ZeroGPUBackend:
-    """Wraps a backend so that each request's stream runs inside `spaces.GPU`."""
+    """Wraps a backend so that each request's stream runs inside `spaces.GPU`; implements
+    pipelines.backend.Backend by handing every other member to the wrapped backend."""
 
     def __init__(self, backend):
         import spaces  # the `spaces` package; its decorator is a no-op outside Spaces
 
         self.backend = backend
-        self._spaces = spaces
         self._gpu_stream = spaces.GPU(duration=lambda request, job: gpu_seconds(request))(self._stream)
 
     def _stream(self, request, job):
@@ -46,24 +51,38 @@ class ZeroGPUBackend:
     def stream(self, request, job=None):
         from pipelines.jobs import Job
 
+        from pipelines.lab_requests import LabRequest
+
+        if isinstance(request, LabRequest) and not request.needs_device:  # the lab's schedules: config only
+            return self.backend.stream(request, job or Job())
         return self._gpu_stream(request, job or Job())
 
-    def lab(self):
-        """The Diffusion lab's GPU work, each call booked like a small request."""
-        return _BookedCalls(self.backend.lab(), self._spaces)
+    def run(self, request, on_step=None, job=None):
+        from pipelines.jobs import result_of
 
-    def __getattr__(self, name):
-        return getattr(self.backend, name)
+        return result_of(self.stream(request, job), on_step)
 
+    def load_base(self, source: str):
+        return self.backend.load_base(source)
 
-class _BookedCalls:
-    LAB_SECONDS = 60
+    @property
+    def concurrency(self) -> int:
+        return self.backend.concurrency
 
-    def __init__(self, target, spaces):
-        self.target, self.spaces = target, spaces
+    @property
+    def model(self):
+        return self.backend.model
 
-    def __getattr__(self, name):
-        attribute = getattr(self.target, name)
-        if not callable(attribute):
-            return attribute
-        return self.spaces.GPU(duration=self.LAB_SECONDS)(attribute)
+    @property
+    def native_size(self) -> int:
+        return self.backend.native_size
+
+    @property
+    def train_steps(self) -> int:
+        return self.backend.train_steps
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+    def memory_report(self) -> dict:
+        return self.backend.memory_report()

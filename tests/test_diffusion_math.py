@@ -3,7 +3,9 @@
 Schedulers are configured exactly as SD 1.5 ships them (assets/configs/sd15/scheduler:
 1000 steps, β 0.00085 → 0.012, scaled-linear, clip_sample off, set_alpha_to_one off,
 steps_offset 1), and with a linear schedule of the same endpoints. The closed forms come from
-pipelines/diffusion_math.py, computed in float64.
+pipelines/diffusion_math.py, computed in float64. The last section shows that the app's own code
+paths (RePaint, the lab, generation's decode, training) apply these very functions: their
+outputs equal the functions' bit for bit.
 
 Statistical checks use a fixed seed, but their tolerances come from the sampling error
 (Z standard errors), and where it matters the test also asserts that the tolerance is
@@ -14,12 +16,16 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
 
-from pipelines.diffusion_math import Schedule, simplified_loss, snr
+from pipelines.diffusion_math import (
+    Schedule, cfg_combine, ddim_sigma, ddim_step, q_sample, scale_latents, simplified_loss, snr, unscale_latents,
+    vae_encode, x0_from_eps,
+)
 from tiny_sd import ROOT, SD_SCHEDULER_CONFIG
 
 _SD15_JSON = json.loads((ROOT / "assets/configs/sd15/scheduler/scheduler_config.json").read_text())
@@ -175,9 +181,8 @@ def test_posterior_mean_in_eps_form(config):
 
 
 def test_simplified_loss_is_squared_eps_error():
-    """The demo model's training loss: ‖ε − ε_θ‖² per element. training/stages/*.py compute it inline
-    as F.mse_loss(pred.float(), noise) inside closures (nothing importable), so this checks the shared
-    definition against that expression and against an independent ‖·‖² / d."""
+    """The demo model's training loss: ‖ε − ε_θ‖² per element, what training/stages/*.py return
+    (simplified_loss), checked against F.mse_loss and an independent ‖·‖² / d."""
     g = torch.Generator().manual_seed(0)
     eps, pred = torch.randn(8, 4, 16, 16, generator=g), torch.randn(8, 4, 16, 16, generator=g)
     expected = torch.linalg.vector_norm((eps - pred).double()) ** 2 / eps.numel()
@@ -200,8 +205,9 @@ def test_training_forward_process_is_diffusers():
     ns, s = NoiseSchedule("cpu"), Schedule.from_config(SD_CONFIG)
     t = torch.tensor(TIMESTEPS)
     x0, eps = latent_like(len(t) * 16).view(len(t), 4, 2, 2), latent_like(len(t) * 16, seed=1).view(len(t), 4, 2, 2)
-    got = ns.add_noise(x0.float(), eps.float(), t).double()
-    torch.testing.assert_close(got, s.q_sample(x0, t, eps), rtol=0, atol=2e-6)
+    got = ns.add_noise(x0.float(), eps.float(), t)
+    torch.testing.assert_close(got.double(), s.q_sample(x0, t, eps), rtol=0, atol=2e-6)
+    assert torch.equal(got, q_sample(x0.float(), ns.alphas_cumprod[t], eps.float()))  # the shared formula, per sample
 
 
 def test_simplified_loss_drops_the_vlb_weight():
@@ -355,3 +361,118 @@ def test_app_schedulers_do_not_clip_latents(name):
     xt = s.q_sample(x0, 501, eps)
     out = sched.step(eps.float(), 501, xt.float(), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.pred_original_sample.double(), x0, rtol=0, atol=2e-4)
+
+
+# ---- the app applies these formulas, bit for bit ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_unet_and_prompts():
+    from tiny_sd import tiny_unet
+
+    g = torch.Generator().manual_seed(5)
+    return tiny_unet().eval(), torch.randn(1, 77, 32, generator=g), torch.randn(1, 77, 32, generator=g)
+
+
+def _init_latents(seed=0):
+    return torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed)) * 1.2
+
+
+def test_repaints_known_region_is_q_sample_bit_for_bit(tiny_unet_and_prompts):
+    """Every x_s^known RePaint imposes (resampling on: r = 2, j = 2) is q_sample(x_0, ᾱ_s, ε) of the
+    schedule it respaced, and that schedule's ᾱ is the closed form's."""
+    from pipelines.repaint import repaint, respaced_schedule
+
+    unet, cond, uncond = tiny_unet_and_prompts
+    x0, mask = _init_latents(), torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    seen = []
+    with torch.no_grad():
+        repaint(unet, SD_SCHEDULER_CONFIG, x0, mask, cond, uncond, 4, 5.0, 1.0, 1.0, 2, 2,
+                [torch.Generator().manual_seed(7)], on_known=lambda t, known, noise: seen.append((t, known, noise)))
+    _, alphas_cumprod = respaced_schedule(SD_SCHEDULER_CONFIG, 4)
+    assert len(seen) == 8 and seen[-1][0] == -1
+    for t, known, noise in seen:
+        assert torch.equal(known, q_sample(x0, 1.0 if t == -1 else float(alphas_cumprod[t]), noise)), t
+    torch.testing.assert_close(alphas_cumprod, Schedule.from_config(SD_CONFIG).alphas_cumprod, rtol=1e-4, atol=0)
+
+
+def test_repaints_update_is_ddim_step_of_the_cfg_combination_bit_for_bit(tiny_unet_and_prompts):
+    """A mask of ones leaves RePaint nothing but its sampler: replaying its random draws, each step is
+    ddim_step(x0_from_eps(x_t, ᾱ_t, ε̂), ε̂, ᾱ_s, ddim_sigma(ᾱ_t, ᾱ_s, η), z) with ε̂ = cfg_combine(ε_u, ε_c, w)."""
+    from pipelines.repaint import repaint, respaced_schedule
+
+    unet, cond, uncond = tiny_unet_and_prompts
+    x0, mask, eta, steps, w = _init_latents(), torch.ones(1, 1, 8, 8), 0.5, 3, 5.0
+    with torch.no_grad():
+        got = repaint(unet, SD_SCHEDULER_CONFIG, x0, mask, cond, uncond, steps, w, eta, 1.0, 1, 1,
+                      [torch.Generator().manual_seed(7)]).latents
+        timesteps, alphas_cumprod = respaced_schedule(SD_SCHEDULER_CONFIG, steps)
+        g = torch.Generator().manual_seed(7)
+        x = torch.randn(x0.shape, generator=g)  # x_T
+        levels = timesteps + [-1]
+        for t, s in zip(levels, levels[1:]):
+            a_t, a_s = float(alphas_cumprod[t]), 1.0 if s == -1 else float(alphas_cumprod[s])
+            out = unet(torch.cat([x, x]), torch.tensor(t), encoder_hidden_states=torch.cat([uncond, cond]),
+                       return_dict=False)[0].float()
+            eps = cfg_combine(*out.chunk(2), w)
+            sigma = ddim_sigma(a_t, a_s, eta)
+            z = torch.randn(x.shape, generator=g) if sigma > 0 else None
+            pred = ddim_step(x0_from_eps(x, a_t, eps), eps, a_s, sigma, z)
+            known = q_sample(x0, a_s, torch.randn(x.shape, generator=g))  # drawn, then weighted by 1 − m = 0
+            x = mask * pred + (1 - mask) * known
+    assert torch.equal(got, x)
+    assert sigma == 0 and 0 < ddim_sigma(float(alphas_cumprod[timesteps[0]]), float(alphas_cumprod[timesteps[1]]), eta)
+
+
+def test_lab_forward_process_is_q_sample_of_the_vae_encode_bit_for_bit(manager):
+    """The lab's latent x_t (run as the UI runs it) is q_sample(vae_encode(image), ᾱ_t, ε) with ε from its seed."""
+    from pipelines.images import fit
+    from pipelines.lab import demo_image, to_tensor
+    from pipelines.lab_requests import LabForwardRequest
+
+    view = manager.run(LabForwardRequest(None, 300, 5))
+    vae = manager.pipeline("txt2img").vae
+    with torch.no_grad():
+        z0 = vae_encode(vae, to_tensor(fit(demo_image(64), 64, 64, "crop and resize")))
+    eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(5))
+    a = float(Schedule.from_config(SD_SCHEDULER_CONFIG).alphas_cumprod[299])  # slider t = diffusers index t − 1
+    assert view.alpha_bar == a and torch.equal(view.latent, q_sample(z0, a, eps))
+
+
+def test_half_precision_latents_get_coefficients_computed_in_full_precision():
+    """On a GPU the lab's latents are fp16 while ᾱ is a float32 tensor: √(1−ᾱ_0) = √0.00085 must not become
+    √(1 − fp16(0.99915)) = √0.00098 (15 % more noise variance); results stay fp16."""
+    a0 = Schedule.from_config(SD_CONFIG).alphas_cumprod[:1].float()  # ᾱ_0 = 0.99915, per sample
+    x, eps = torch.zeros(1, 4, dtype=torch.float16), torch.ones(1, 4, dtype=torch.float16)
+    noisy = q_sample(x, a0, eps)
+    assert noisy.dtype == torch.float16
+    assert torch.equal(noisy, torch.full_like(noisy, math.sqrt(1 - a0.item())))
+    assert abs(math.sqrt(1 - a0.half().item()) - math.sqrt(1 - a0.item())) > 0.05 * math.sqrt(1 - a0.item())
+
+
+def test_vae_scaling_honours_a_shift_factor_in_encode_decode_and_training_latents():
+    """A VAE whose config has shift_factor (SD3/Flux-style): latents are (raw − shift)·scaling going in,
+    z/scaling + shift coming out, in the app's encode, generation's decode and the training pool."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from pipelines.generation import decode
+    from tiny_sd import tiny_pipeline
+    from training.pool import Pool
+
+    pipe = tiny_pipeline()
+    pipe.vae.register_to_config(scaling_factor=0.5, shift_factor=0.25)
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        mean = pipe.vae.encode(pixels).latent_dist.mean
+        z = vae_encode(pipe.vae, pixels)
+        assert torch.equal(z, (mean - 0.25) * 0.5)
+        torch.testing.assert_close(unscale_latents(z, pipe.vae.config), mean, rtol=0, atol=1e-6)
+        expected = VaeImageProcessor(vae_scale_factor=8).postprocess(
+            pipe.vae.decode(z / 0.5 + 0.25, return_dict=False)[0], output_type="pil")[0]
+        assert np.array_equal(np.asarray(decode(pipe, z)[0]), np.asarray(expected))
+    # no shift_factor (SD 1.x, 2.x): only the scaling, as diffusers' own pipelines do it
+    assert torch.equal(scale_latents(mean, {"scaling_factor": 0.18215}), mean * 0.18215)
+    # the training pool's z = scale_latents(μ + σ·ε): with σ = 0 exactly (mean − shift)·scaling
+    moments = torch.cat([mean, torch.full_like(mean, -1e4)], dim=1)  # log-variance −1e4: σ = 0
+    pool = Pool(moments, torch.zeros(1, 77, dtype=torch.long), dict(pipe.vae.config), None, None)
+    assert torch.equal(pool.latents(torch.tensor([0])), (mean - 0.25) * 0.5)

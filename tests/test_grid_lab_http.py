@@ -113,3 +113,19 @@ def test_lab_trajectory_and_cfg_endpoints(client):
     assert "‖ε_cond − ε_uncond‖" in notes
     with pytest.raises(AppError, match="Inspect step must be between 1 and the 4 steps"):
         client.predict("a red circle", "", 4, 9, 5, "1, 5", 1, api_name="/lab_cfg")
+
+
+def test_interrupt_stops_a_lab_run_between_steps_with_a_message(app_server):
+    """The lab runs as this session's job: the session's Interrupt (any tab's, or /interrupt) stops it."""
+    client = Client(app_server.url, verbose=False)
+    job = client.submit("a red circle", "", 100, 50, 5, 1, api_name="/lab_trajectory")
+    wait_until_running(job)
+    deadline = time.time() + 60
+    while not any("Step" in (p.desc or "") for p in job.status().progress_data or []):
+        assert not job.done() and time.time() < deadline, "the trajectory finished before it could be interrupted"
+        time.sleep(0.05)
+    assert client.predict(api_name="/interrupt") == "Interrupting…"
+    with pytest.raises(AppError, match=r"Interrupted at step \d+ of 100"):
+        job.result(timeout=120)
+    strip, notes = client.predict("a red circle", "", 4, 2, 5, 1, api_name="/lab_trajectory")  # the device is free
+    assert "2 frames per run" in notes

@@ -296,7 +296,7 @@ def test_corrupt_weights_fail_clearly_and_keep_the_previous_model(tiny_model_dir
 
 
 def test_a_single_file_checkpoint_loads_and_generates_like_its_diffusers_folder(tiny_model_dir, tmp_path, manager):
-    from pipelines.ldm_checkpoint import save_single_file
+    from ldm_checkpoint import save_single_file
 
     checkpoint = save_single_file(manager.pipeline("txt2img"), tmp_path / "tiny.safetensors", dtype=None)
     single = PipelineManager(device="cpu", single_file_config=str(tiny_model_dir))
@@ -306,7 +306,7 @@ def test_a_single_file_checkpoint_loads_and_generates_like_its_diffusers_folder(
 
 
 def test_a_single_file_without_a_matching_config_says_which_flag_to_pass(tmp_path, manager):
-    from pipelines.ldm_checkpoint import save_single_file
+    from ldm_checkpoint import save_single_file
 
     checkpoint = save_single_file(manager.pipeline("txt2img"), tmp_path / "tiny.safetensors")
     with pytest.raises(ModelLoadError, match="--single-file-config"):

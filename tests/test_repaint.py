@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from pipelines.repaint import jump_schedule, masked_content_latents, repaint, _prediction_to_eps_x0
+from pipelines.diffusion_math import prediction_to_eps_x0
+from pipelines.repaint import jump_schedule, masked_content_latents, repaint
 from tiny_sd import SD_SCHEDULER_CONFIG, tiny_pipeline, tiny_unet
 
 CONFIG = dict(SD_SCHEDULER_CONFIG)
@@ -258,5 +259,5 @@ def test_every_prediction_type_gives_back_eps_and_x0(kind):
     x0, eps, a = torch.randn(2, 4, 4, generator=g), torch.randn(2, 4, 4, generator=g), 0.3
     x = a ** 0.5 * x0 + (1 - a) ** 0.5 * eps
     output = {"epsilon": eps, "v_prediction": a ** 0.5 * eps - (1 - a) ** 0.5 * x0, "sample": x0}[kind]
-    got_eps, got_x0 = _prediction_to_eps_x0(output, x, a, kind)
+    got_eps, got_x0 = prediction_to_eps_x0(output, x, a, kind)
     assert torch.allclose(got_eps, eps, atol=1e-5) and torch.allclose(got_x0, x0, atol=1e-5)

@@ -2,6 +2,7 @@
 several devices in one host, ZeroGPU booking, and Ray Serve workers."""
 from __future__ import annotations
 
+import inspect
 import threading
 
 import gradio
@@ -14,6 +15,9 @@ from conftest import ROOT, AppServer
 from pipelines.manager import PipelineManager
 from pipelines.requests import Limits, Sampling, Txt2ImgRequest
 from serving.pool import ManagerPool
+from serving.fair import FairGate
+from pipelines.backend import Backend, backend_members
+from pipelines.lab_requests import LabForwardRequest, LabSchedulesRequest
 from serving.zerogpu import ZeroGPUBackend, gpu_seconds
 
 
@@ -125,6 +129,55 @@ def test_the_zerogpu_wrapper_serves_like_the_manager_off_spaces(manager):
     assert backend.native_size == manager.native_size
 
 
+def backend_classes() -> list[type]:
+    classes = [PipelineManager, ManagerPool, ZeroGPUBackend, FairGate]
+    try:
+        from serving.ray_serve import RayBackend
+    except ImportError:  # the Ray backend is optional (requirements-ray.txt)
+        return classes
+    return classes + [RayBackend]
+
+
+def _positional(signature: inspect.Signature) -> list[inspect.Parameter]:
+    return [p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+@pytest.mark.parametrize("cls", backend_classes(), ids=lambda cls: cls.__name__)
+def test_every_backend_class_offers_each_member_of_the_backend_protocol(cls):
+    """What ui/ may call (pipelines/backend.py) is written out on every backend: each property is a
+    property or plain value, each method takes the protocol's arguments at the same positions,
+    optional where the protocol's are. Nothing reaches ui/ by __getattr__ forwarding."""
+    assert "__getattr__" not in vars(cls)
+    for name, kind in backend_members().items():
+        member = inspect.getattr_static(cls, name, None)
+        assert member is not None or name in getattr(cls, "__annotations__", {}), f"{cls.__name__} lacks {name}"
+        if kind == "property":
+            assert isinstance(member, property) or not callable(member), f"{cls.__name__}.{name} should be a value"
+            continue
+        assert callable(member), f"{cls.__name__}.{name} should be a method"
+        wanted, offered = (_positional(inspect.signature(f)) for f in (getattr(Backend, name), member))
+        assert len(offered) >= len(wanted), f"{cls.__name__}.{name} takes too few arguments"
+        for want, have in zip(wanted, offered):
+            if want.default is not inspect.Parameter.empty:
+                assert have.default is not inspect.Parameter.empty, f"{cls.__name__}.{name}: {have.name} must be optional"
+        assert all(p.default is not inspect.Parameter.empty for p in offered[len(wanted):]), f"{cls.__name__}.{name}"
+
+
+def test_local_backends_are_backends_and_run_the_lab_through_their_job_path(manager):
+    """The instances ui/ gets satisfy the protocol at run time, and each runs a Diffusion-lab request
+    like a generation (a pool slot, a ZeroGPU booking)."""
+    backends = [manager, ManagerPool([manager]), ZeroGPUBackend(manager), ZeroGPUBackend(ManagerPool([manager])),
+                FairGate(manager)]
+    for backend in backends:
+        assert isinstance(backend, Backend)
+        assert (backend.train_steps, backend.native_size, backend.concurrency) == (1000, 64, 1)
+        view = backend.run(LabForwardRequest(None, 250, 2))
+        assert view.t == 250 and view.latent_decoded.size == (64, 64)
+        events = list(backend.stream(LabSchedulesRequest()))
+        assert len(events) == 1 and events[0][-1].name.startswith("this model")
+    assert gpu_seconds(LabForwardRequest()) == 60  # a lab call on ZeroGPU books a fixed slice
+
+
 @pytest.mark.slow
 def test_ray_serve_backend_spreads_concurrent_requests_over_two_replicas(tiny_model_dir, tmp_path):
     pytest.importorskip("ray.serve", reason="the Ray backend is optional: pip install -r requirements-ray.txt")
@@ -139,5 +192,8 @@ def test_ray_serve_backend_spreads_concurrent_requests_over_two_replicas(tiny_mo
             assert len(gallery) == 1 and infotext.startswith(f"request {i}\n")
         workers = {notes.split(" on ")[1].split(" — ")[0].split("\n")[0] for _, _, notes, _ in results}
         assert len(workers) == 2, workers
+        # the Diffusion lab runs on the replicas too (it used to need the model in the front end)
+        _, _, weights = clients[0].predict(None, 1000, 0, api_name="/lab_forward")
+        assert "t = 1000 of 1000" in weights
     finally:
         server.stop()

@@ -1,4 +1,4 @@
-"""Single-file (original LDM layout) export: pipelines/ldm_checkpoint.py.
+"""Single-file (original LDM layout) export: tests/ldm_checkpoint.py.
 
 The reader on the other side is diffusers' own loader (`from_single_file` and the
 convert_ldm_* functions it uses), the same code path the app takes for a user's `.safetensors`.
@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from pipelines.ldm_checkpoint import save_single_file, to_ldm_state_dict
+from ldm_checkpoint import save_single_file, to_ldm_state_dict
 from tiny_sd import ROOT, save_tiny_model, tiny_pipeline, tiny_text_encoder, tiny_unet, tiny_vae
 
 SD15_CONFIGS = ROOT / "assets" / "configs" / "sd15"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDPMScheduler
 
+from pipelines.diffusion_math import q_sample
 from training import models
 
 
@@ -36,8 +37,7 @@ class NoiseSchedule:
         return torch.randint(0, self.steps, (n,), device=device)
 
     def add_noise(self, x0, noise, t):
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return q_sample(x0, self.alphas_cumprod[t], noise)
 
 
 class EMA:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipelines.diffusion_math import scale_latents
 from pipelines.preprocess import canny_edges, draw_openpose_array
 from training import data
 from training.common import autocast
@@ -20,7 +21,7 @@ CANNY_LOW_RANGE = (50, 150)  # training thresholds vary, high = 2 × low, so any
 class Pool:
     moments: torch.Tensor         # (N, 8, 16, 16): VAE posterior mean (4) and log-variance (4)
     tokens: torch.Tensor          # (N, 77) CLIP ids
-    scaling: float                # VAE scaling factor
+    vae_config: dict              # the VAE's scaling_factor (and shift_factor, if any)
     images: torch.Tensor | None   # (N, 3, 128, 128) uint8, when a stage needs pixels
     controls: torch.Tensor | None  # (N, C, 128, 128) uint8 control maps (C = 1 canny, 3 pose)
 
@@ -28,9 +29,9 @@ class Pool:
         return len(self.tokens)
 
     def latents(self, idx: torch.Tensor) -> torch.Tensor:
-        """z = (μ + σ·ε)·scaling, as SD samples its training latents."""
+        """z = scale_latents(μ + σ·ε), as SD samples its training latents."""
         mean, logvar = self.moments[idx].float().chunk(2, dim=1)
-        return (mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)) * self.scaling
+        return scale_latents(mean + torch.exp(0.5 * logvar) * torch.randn_like(mean), self.vae_config)
 
     def control(self, idx: torch.Tensor) -> torch.Tensor:
         """Control maps in [0, 1], 3 channels, as ControlNet pipelines feed them."""
@@ -69,6 +70,6 @@ def build_pool(n: int, seed: int, vae, tokenize, device, person_fraction: float 
             images.append(u8.permute(0, 3, 1, 2).to(device))
         if control:
             controls.append(control_maps(control, u8, part, seed + s).to(device))
-    return Pool(moments=torch.cat(moments), tokens=tokens, scaling=float(vae.config.scaling_factor),
+    return Pool(moments=torch.cat(moments), tokens=tokens, vae_config=dict(vae.config),
                 images=torch.cat(images) if keep_images else None,
                 controls=torch.cat(controls) if control else None)

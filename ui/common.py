@@ -12,6 +12,7 @@ from typing import Callable
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
+from pipelines.backend import Backend
 from pipelines.errors import StudioError
 from pipelines.batch_grid import batch_grid
 from pipelines.grid import CELLS_KEY, cells_chunk, grid_infotext
@@ -219,16 +220,17 @@ class PreviewThrottle:
 
 class GenerationService:
     """Runs requests for every tab: the backend (one manager, a pool of them, Ray Serve
-    workers) streams per-step progress and previews back to the session that asked."""
+    workers: a pipelines.backend.Backend) streams per-step progress and previews back to the
+    session that asked."""
 
-    def __init__(self, backend, limits: Limits, store: OutputStore, grid_for_batches: bool = False):
+    def __init__(self, backend: Backend, limits: Limits, store: OutputStore, grid_for_batches: bool = False):
         self.backend = backend
         self.grid_for_batches = grid_for_batches
         self.limits = limits
         self.store = store
         self.jobs = SessionJobs()
         # As many GPU jobs at once as the backend has devices (a pool) or replicas (Ray).
-        self.gpu_event = {"concurrency_id": GPU, "concurrency_limit": getattr(backend, "concurrency", 1)}
+        self.gpu_event = {"concurrency_id": GPU, "concurrency_limit": backend.concurrency}
 
     @contextmanager
     def _session_job(self, session: str):
@@ -265,6 +267,18 @@ class GenerationService:
                         yield event.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     continue
                 yield self._final(event)
+
+    def run(self, request, session: str, progress: gr.Progress):
+        """A request that is not a generation (the Diffusion lab) through the same job path:
+        this session's Job (its Interrupt stops it between steps), progress per step, errors
+        as messages; returns the backend's result."""
+        with self._session_job(session) as job:
+            progress(0, desc="Waiting for the model…")
+            for event in self.backend.stream(request, job):
+                if isinstance(event, StepInfo):
+                    progress(event.fraction, desc=f"Step {event.step}/{event.total}")
+                    continue
+                return event
 
     def _final(self, result):
         paths = self.store.save(result.task, result.images)

@@ -1,7 +1,9 @@
 """Diffusion lab tab: the seed's processes made visible on the loaded model — the forward
 process, the training schedules, a denoising trajectory (DDIM η = 0 vs 1) and the anatomy of
-classifier-free guidance. The torch side is pipelines/lab.py, reached through the backend's
-lab() (a manager, or the first manager of a pool); every action is a named API endpoint."""
+classifier-free guidance. Each action builds a lab request (pipelines/lab_requests.py) and runs
+it like a generation: service.run → backend.stream with this session's Job (interruptible,
+on whichever backend serves: a manager, a pool, Ray); pipelines/lab.py is the torch side.
+Every action is a named API endpoint."""
 from __future__ import annotations
 
 import math
@@ -12,29 +14,20 @@ from PIL import Image
 
 from pipelines.errors import StudioError
 from pipelines.grid import AXES, parse_values
+from pipelines.lab_requests import MAX_SCALES, LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
 
 from .common import GenerationService, SafeImage, open_image
 from .lab_plots import schedule_figure
 
-MAX_SCALES = 8
 DISPLAY_SIZE = 256  # small models' images are enlarged to this (nearest: the noise stays pixel-sharp)
 
 
-def _lab(backend):
-    """The backend's lab, or a message saying why there is none."""
-    if not hasattr(backend, "lab"):
-        raise gr.Error("The diffusion lab needs the model in this process; this backend only serves generation.")
+def _request(build):
+    """A lab request from the widgets' values, or the message saying what is wrong."""
     try:
-        return backend.lab()
+        return build()
     except StudioError as error:
         raise gr.Error(str(error)) from error
-
-
-def _train_steps(backend) -> int:
-    try:
-        return backend.lab().T
-    except Exception:  # no model yet (or no local one): the usual 1000-step schedule
-        return 1000
 
 
 def enlarge(image, size: int = DISPLAY_SIZE):
@@ -57,7 +50,7 @@ def schedules_text(curves) -> str:
     return "\n".join(rows)
 
 
-def _forward_panel(backend, gpu_event: dict) -> None:
+def _forward_panel(service: GenerationService) -> None:
     gr.Markdown("**Forward process** q(x_t | x_0): x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε. The latent x_t is decoded by "
                 "the VAE; the pixel x_t is the same formula on the pixels. Latents lose their picture sooner: "
                 "each latent value carries a whole 8×8 patch.")
@@ -65,7 +58,7 @@ def _forward_panel(backend, gpu_event: dict) -> None:
         with gr.Column(scale=1):
             image = SafeImage(label="Image (empty: a demo picture)", type="filepath", image_mode=None,
                               sources=["upload", "clipboard"], height=220, elem_id="lab_image")
-            t = gr.Slider(0, _train_steps(backend), value=_train_steps(backend) // 2, step=1, label="t",
+            t = gr.Slider(0, service.backend.train_steps, value=service.backend.train_steps // 2, step=1, label="t",
                           info="0 = the image, T = (almost) pure noise", elem_id="lab_t")
             seed = gr.Number(value=0, precision=0, label="Noise seed", elem_id="lab_forward_seed")
             run = gr.Button("Noise it", variant="primary", elem_id="lab_forward_run")
@@ -77,19 +70,17 @@ def _forward_panel(backend, gpu_event: dict) -> None:
                                  elem_id="lab_forward_pixel")
             weights = gr.Markdown(elem_id="lab_forward_weights")
 
-    def forward(image_path, t_value, seed_value):
-        lab = _lab(backend)
-        if not 0 <= t_value <= lab.T:
-            raise gr.Error(f"t must be between 0 and {lab.T}, got {t_value}.")
-        view = lab.forward(open_image(image_path, "image"), int(t_value), int(seed_value or 0))
+    def forward(image_path, t_value, seed_value, request: gr.Request, progress=gr.Progress()):
+        lab_request = _request(lambda: LabForwardRequest(open_image(image_path, "image"), t_value, seed_value or 0))
+        view = service.run(lab_request, request.session_hash, progress)
         return enlarge(view.latent_decoded), enlarge(view.pixel), forward_text(view)
 
     inputs, outputs = [image, t, seed], [latent, pixel, weights]
-    run.click(forward, inputs, outputs, api_name="lab_forward", **gpu_event)
-    t.release(forward, inputs, outputs, api_visibility="private", **gpu_event)
+    run.click(forward, inputs, outputs, api_name="lab_forward", **service.gpu_event)
+    t.release(forward, inputs, outputs, api_visibility="private", **service.gpu_event)
 
 
-def _schedules_panel(backend) -> None:
+def _schedules_panel(service: GenerationService) -> None:
     gr.Markdown("**Training schedules.** DDPM's linear β (made for pixels) drives ᾱ to ~0 long before T: the "
                 "last few hundred steps see pure noise. SD's scaled-linear β (linear in √β, smaller β_T) keeps "
                 "more signal through the middle and ends at log SNR ≈ −5, which suits a latent space of unit "
@@ -99,7 +90,11 @@ def _schedules_panel(backend) -> None:
     table = gr.Markdown(elem_id="lab_schedules_table")
 
     def schedules():
-        curves = _lab(backend).curves()
+        # From the model's config alone: no device, no job (it may run beside this session's generation).
+        try:
+            curves = service.backend.run(LabSchedulesRequest())
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
         return schedule_figure(curves), schedules_text(curves)
 
     plot_button.click(schedules, None, [plot, table], api_name="lab_schedules")
@@ -111,7 +106,7 @@ def _prompt_row(tab: str):
     return prompt, negative
 
 
-def _trajectory_panel(backend, gpu_event: dict) -> None:
+def _trajectory_panel(service: GenerationService) -> None:
     gr.Markdown("**Denoising trajectory** (DDIM). Every k steps: the sample x_t and the step's prediction x̂_0 = "
                 "(x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t. Both runs start from the same x_T: η = 0 adds no noise (deterministic), "
                 "η = 1 adds DDPM's posterior σ at every step.")
@@ -126,22 +121,21 @@ def _trajectory_panel(backend, gpu_event: dict) -> None:
                      elem_id="lab_trajectory_strip")
     notes = gr.Markdown(elem_id="lab_trajectory_notes")
 
-    def trajectory(prompt_text, negative_text, steps_value, every_value, scale_value, seed_value):
-        steps_value, every_value = int(steps_value), int(every_value)
-        if every_value > steps_value:
-            raise gr.Error(f"Show every {every_value} steps is more than the {steps_value} steps of the run.")
-        result = _lab(backend).trajectory(prompt_text or "", negative_text or "", steps_value, every_value,
-                                          float(scale_value), int(seed_value or 0))
+    def trajectory(prompt_text, negative_text, steps_value, every_value, scale_value, seed_value,
+                   request: gr.Request, progress=gr.Progress()):
+        lab_request = _request(lambda: LabTrajectoryRequest(prompt_text or "", negative_text or "", steps_value,
+                                                            every_value, scale_value, seed_value or 0))
+        result = service.run(lab_request, request.session_hash, progress)
         last = [np.asarray(frames[-1].x_t, dtype=np.int16) for frames in result.runs.values()]
         gap = float(np.abs(last[0] - last[1]).mean()) if len(last) == 2 else 0.0
         return result.strip, (f"{len(next(iter(result.runs.values())))} frames per run. The finished images of "
                               f"η = 0 and η = 1 differ by {gap:.1f} grey levels per pixel on average.")
 
     run.click(trajectory, [prompt, negative, steps, every, scale, seed], [strip, notes], api_name="lab_trajectory",
-              **gpu_event)
+              **service.gpu_event)
 
 
-def _cfg_panel(backend, gpu_event: dict) -> None:
+def _cfg_panel(service: GenerationService) -> None:
     gr.Markdown("**CFG anatomy.** At one step the UNet predicts the noise twice, without and with the prompt; "
                 "guidance extrapolates ε = ε_uncond + s·(ε_cond − ε_uncond). Each ε is shown as the x̂_0 it implies. "
                 "Below, the finished image at several scales from the same noise: large s over-saturates.")
@@ -158,34 +152,27 @@ def _cfg_panel(backend, gpu_event: dict) -> None:
     finals = gr.Image(label="finished images per scale", format="png", interactive=False, elem_id="lab_cfg_finals")
     notes = gr.Markdown(elem_id="lab_cfg_notes")
 
-    def anatomy(prompt_text, negative_text, steps_value, step_value, scale_value, scales_text, seed_value):
-        steps_value, step_value = int(steps_value), int(step_value)
-        if not 1 <= step_value <= steps_value:
-            raise gr.Error(f"Inspect step must be between 1 and the {steps_value} steps of the run.")
-        try:
-            values = parse_values(AXES["CFG scale"], scales_text or "", MAX_SCALES)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
-        if not all(0 <= v <= 30 for v in values):
-            raise gr.Error("Scales must be between 0 and 30.")
-        result = _lab(backend).cfg_anatomy(prompt_text or "", negative_text or "", steps_value, step_value - 1,
-                                           float(scale_value), int(seed_value or 0), tuple(values))
+    def anatomy(prompt_text, negative_text, steps_value, step_value, scale_value, scales_text, seed_value,
+                request: gr.Request, progress=gr.Progress()):
+        lab_request = _request(lambda: LabCfgRequest(
+            prompt_text or "", negative_text or "", steps_value, step_value, scale_value, seed_value or 0,
+            tuple(parse_values(AXES["CFG scale"], scales_text or "", MAX_SCALES))))
+        result = service.run(lab_request, request.session_hash, progress)
         return result.predictions_strip, result.finals_strip, (
-            f"Step {step_value}/{steps_value} (t = {result.timestep}): ‖ε_cond − ε_uncond‖ / ‖ε_uncond‖ = "
+            f"Step {lab_request.step}/{lab_request.steps} (t = {result.timestep}): ‖ε_cond − ε_uncond‖ / ‖ε_uncond‖ = "
             f"{result.guidance_ratio:.3f} — guidance multiplies this difference by s = {scale_value:g}.")
 
     run.click(anatomy, [prompt, negative, steps, step, scale, scales, seed], [predictions, finals, notes],
-              api_name="lab_cfg", **gpu_event)
+              api_name="lab_cfg", **service.gpu_event)
 
 
 def build(service: GenerationService) -> None:
-    backend = service.backend
     with gr.Tabs(elem_id="lab_tabs"):
         with gr.Tab("Forward process", id="lab_forward"):
-            _forward_panel(backend, service.gpu_event)
+            _forward_panel(service)
         with gr.Tab("Schedules", id="lab_schedules"):
-            _schedules_panel(backend)
+            _schedules_panel(service)
         with gr.Tab("Trajectory", id="lab_trajectory"):
-            _trajectory_panel(backend, service.gpu_event)
+            _trajectory_panel(service)
         with gr.Tab("CFG anatomy", id="lab_cfg"):
-            _cfg_panel(backend, service.gpu_event)
+            _cfg_panel(service)

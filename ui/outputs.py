@@ -16,10 +16,13 @@ _NUMBERED = re.compile(r"^(\d{5})-")
 
 
 class OutputStore:
+    # One lock for every store of the process: the tabs and the REST API number files in the
+    # same folders.
+    _lock = threading.Lock()
+
     def __init__(self, root: str | Path, enabled: bool = True):
         self.root = Path(root).resolve()
         self.enabled = enabled
-        self._lock = threading.Lock()
 
     def folder(self, task: str) -> Path:
         return self.root / task / date.today().isoformat()

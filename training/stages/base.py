@@ -4,10 +4,10 @@ network also learns ε_θ(x_t, t, ∅) for classifier-free guidance."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
+from pipelines.diffusion_math import simplified_loss
 from training import data, models
 from training.common import NoiseSchedule, autocast, compiled, fast_module, train_with_ema
 from training.pool import build_pool
@@ -43,7 +43,7 @@ def run(args, device) -> dict:
         with autocast(device):
             context = text_encoder(tokens)[0]
             pred = net(schedule.add_noise(z0, noise, t), t, context).sample
-        return F.mse_loss(pred.float(), noise)
+        return simplified_loss(noise, pred)  # ‖ε − ε_θ‖², per element
 
     if not compiled(loss_fn, (unet, text_encoder), args, device):
         net = unet

@@ -4,10 +4,10 @@ to the frozen base by zero convolutions (diffusers ControlNetModel.from_unet), t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextModel
 
+from pipelines.diffusion_math import simplified_loss
 from training import data, models
 from training.common import NoiseSchedule, autocast, compiled, fast_module, train_with_ema
 from training.pool import build_pool
@@ -48,7 +48,7 @@ def run(args, device, kind: str) -> dict:
             down, mid = control_net(z_t, t, context, controlnet_cond=pool.control(idx), return_dict=False)
             pred = net(z_t, t, context, down_block_additional_residuals=down,
                         mid_block_additional_residual=mid).sample
-        return F.mse_loss(pred.float(), noise)
+        return simplified_loss(noise, pred)  # ‖ε − ε_θ‖², per element
 
     if not compiled(loss_fn, (controlnet,), args, device):
         net, control_net = unet, controlnet

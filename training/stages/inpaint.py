@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel
 
+from pipelines.diffusion_math import scale_latents, simplified_loss
 from training import data, masks, models
 from training.common import NoiseSchedule, autocast, compiled, fast_module, train_with_ema
 from training.pool import build_pool
@@ -15,13 +16,13 @@ from training.pool import build_pool
 EMPTY_CAPTION_PROB = 0.1
 
 
-def masked_inputs(vae, images_u8, mask, scaling, device):
+def masked_inputs(vae, images_u8, mask, device):
     """As diffusers' inpainting pipeline prepares them: masked image = image·(mask < 0.5) in
-    [−1, 1] (the hole becomes grey), its sampled latent × scaling, mask resized to the latent grid."""
+    [−1, 1] (the hole becomes grey), its sampled latent scaled, mask resized to the latent grid."""
     image = images_u8.float() / 127.5 - 1
     masked = image * (mask < 0.5)
     with torch.no_grad(), autocast(device):
-        masked_latent = vae.encode(masked).latent_dist.sample().float() * scaling
+        masked_latent = scale_latents(vae.encode(masked).latent_dist.sample().float(), vae.config)
     return F.interpolate(mask, size=masked_latent.shape[-2:]), masked_latent
 
 
@@ -47,7 +48,7 @@ def run(args, device) -> dict:
         idx = torch.randint(len(pool), (batch,), device=device)
         z0 = pool.latents(idx)
         mask = masks.random_masks(batch, data.IMAGE_SIZE, device)
-        mask_latent, masked_latent = masked_inputs(vae, pool.images[idx], mask, pool.scaling, device)
+        mask_latent, masked_latent = masked_inputs(vae, pool.images[idx], mask, device)
         drop = torch.rand(batch, 1, device=device) < EMPTY_CAPTION_PROB
         tokens = torch.where(drop, empty, pool.tokens[idx])
         noise, t = torch.randn_like(z0), schedule.sample_t(batch, device)
@@ -56,7 +57,7 @@ def run(args, device) -> dict:
         with autocast(device):
             x = torch.cat([schedule.add_noise(z0, noise, t), mask_latent, masked_latent], dim=1)
             pred = net(x, t, context).sample
-        return F.mse_loss(pred.float(), noise)
+        return simplified_loss(noise, pred)  # ‖ε − ε_θ‖², per element
 
     if not compiled(loss_fn, (unet,), args, device):
         net = unet

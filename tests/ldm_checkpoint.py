@@ -1,5 +1,8 @@
 """Export a diffusers Stable Diffusion 1.x pipeline as one original-layout (LDM/CompVis) checkpoint.
 
+Test-only: the single-file loading tests (test_single_file.py, test_manager.py) write their
+checkpoints with it; the app itself only reads single files (pipelines/loading.py).
+
 The result is the single ``.safetensors`` file that AUTOMATIC1111 and ComfyUI load, and that
 ``StableDiffusionPipeline.from_single_file(path, config=<diffusers folder>)`` loads back:
 
