@@ -12,7 +12,7 @@ from pipelines import catalog
 from pipelines.errors import ModelLoadError, RequestError
 from pipelines.infotext import model_name
 from pipelines.metadata import parse_infotext, read_infotext
-from pipelines.requests import Limits, Sampling
+from pipelines.requests import LATENT_UPSCALERS, PIXEL_UPSCALERS, Limits, Sampling
 
 from . import controlnet
 from .convert import apply_options, convert, info, parameters_echo
@@ -221,9 +221,14 @@ def build_router(backend, settings, store) -> APIRouter:
 
     @router.get(f"{sd}/upscalers", tags=["models"])
     def upscalers():
-        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1}]
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": scale}
+                for name, scale in (("None", 1), *((n, 4) for n in PIXEL_UPSCALERS))]
 
-    for empty in ("latent-upscale-modes", "hypernetworks", "face-restorers", "prompt-styles", "script-info"):
+    @router.get(f"{sd}/latent-upscale-modes", tags=["models"])
+    def latent_upscale_modes():
+        return [{"name": name} for name in LATENT_UPSCALERS]  # the hires fix's latent upscalers
+
+    for empty in ("hypernetworks", "face-restorers", "prompt-styles", "script-info"):
         router.add_api_route(f"{sd}/{empty}", lambda: [], methods=["GET"], tags=["models"], name=empty)
     for noop in ("refresh-loras", "refresh-vae", "refresh-embeddings"):
         router.add_api_route(f"{sd}/{noop}", lambda: None, methods=["POST"], tags=["models"], name=noop)
