@@ -111,12 +111,6 @@ class Sampling:
             for b in range(self.batch_count)
         ]
 
-    def image_subseeds(self) -> list[list[int]]:
-        """Variation seed of every image, batch by batch: image k gets subseed + k (as A1111)."""
-        if self.subseed < 0:
-            raise RequestError("Variation seed −1 must be resolved before generation (Limits.normalize does it).")
-        return [[(s - self.seed + self.subseed) % (MAX_SEED + 1) for s in seeds] for seeds in self.image_seeds()]
-
     @property
     def seed_resize(self) -> tuple[int, int] | None:
         """(width, height) the seed's noise is drawn at, or None when off (either one 0)."""
@@ -124,10 +118,6 @@ class Sampling:
             return None
         return self.seed_resize_from_w, self.seed_resize_from_h
 
-    @property
-    def varies_noise(self) -> bool:
-        """Whether the initial noise differs from the seed's plain draw."""
-        return self.subseed_strength > 0 or self.seed_resize is not None
 
 
 MAX_CONTROL_UNITS = 3
@@ -257,8 +247,9 @@ class Txt2ImgRequest:
 
     @property
     def is_normalized(self) -> bool:
-        """Sizes are multiples of 8 (the VAE downsamples by 8) and the seed is drawn."""
-        return self.width % 8 == 0 and self.height % 8 == 0 and self.sampling.seed >= 0
+        """Sizes are multiples of 8 (the VAE downsamples by 8) and the seeds are drawn."""
+        s = self.sampling
+        return self.width % 8 == 0 and self.height % 8 == 0 and s.seed >= 0 and (s.subseed >= 0 or s.subseed_strength == 0)
 
 
 @dataclass(frozen=True)

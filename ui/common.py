@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import gradio as gr
@@ -140,8 +140,6 @@ def seed_extras(tab: str, limits: Limits) -> SeedExtras:
 
 
 def with_seed_extras(sampling: Sampling, subseed, strength, resize_w, resize_h) -> Sampling:
-    from dataclasses import replace
-
     return replace(sampling, subseed=-1 if subseed is None else subseed, subseed_strength=strength or 0.0,
                    seed_resize_from_w=resize_w or 0, seed_resize_from_h=resize_h or 0)
 
