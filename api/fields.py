@@ -85,7 +85,7 @@ COMMON: dict[str, Field | Unsupported] = {
     "subseed_strength": Field("sampling.subseed_strength"),
     "seed_resize_from_h": Field("sampling.seed_resize_from_h", lambda v: 0 if v == -1 else v),  # A1111: −1 = off
     "seed_resize_from_w": Field("sampling.seed_resize_from_w", lambda v: 0 if v == -1 else v),
-    "styles": Unsupported("prompt styles"),
+    "styles": Unsupported("prompt styles"),  # applied before this table (routes.with_styles): empty here
     "refiner_checkpoint": Unsupported("a refiner model", (None, "", "None")),
     "refiner_switch_at": Unsupported("a refiner model", (None, 0, 0.0, 1, 1.0)),
     "enable_hr": Field("enable_hr", _bool("enable_hr")),  # img2img: a 422 saying it is a txt2img option
