@@ -100,6 +100,15 @@ def create_backend(settings: Settings):
             backend.load_base(source)
         except ModelLoadError as error:
             message = f"**Model not loaded.** {error}"
+        if not message and settings.warmup and not on_zerogpu():
+            from pipelines.errors import RequestError
+            from pipelines.warmup import parse_sizes, warm_up
+
+            try:
+                for manager in getattr(backend, "managers", [backend]):
+                    warm_up(manager, parse_sizes(settings.warmup))
+            except (ValueError, RequestError) as error:
+                raise SystemExit(f"Warm-up not done: {error}") from None
     if on_zerogpu():
         backend = ZeroGPUBackend(backend)
     return backend, message

@@ -73,6 +73,7 @@ class Settings:
     styles_file: str = "styles.csv"  # A1111's prompt styles file; "" = styles live only in each session
     preview_every: int = 0  # 0: every step on CPU, every 5th on a GPU
     fast_path: str = "auto"  # auto (on for CUDA), off, or a compile mode: regional, full, none
+    warmup: str = ""  # sizes compiled before serving, e.g. "512" or "512,768x512"; "" = compile in the background
     backend: str = "local"  # "local": managers in this process; "ray": Ray Serve workers
     devices: str = ""  # local: "" one (auto), "all" every CUDA device, or "cuda:0,cuda:1"
     ray_address: str = ""  # "" starts a local Ray cluster; "auto" or ray://host:10001 joins one
@@ -116,6 +117,8 @@ class Settings:
             "backend": "local (managers in this process) or ray (Ray Serve workers)",
             "devices": "local backend: '' one device, 'all' every CUDA device, or e.g. cuda:0,cuda:1",
             "ray_address": "'' starts a local Ray cluster; 'auto' or ray://host:10001 joins one",
+            "warmup": "GPU: sizes to compile before serving, e.g. 512 or 512,768x512 (default: none; the first "
+                      "request of a size runs eager while it compiles in the background)",
             "api": "serve the AUTOMATIC1111-compatible REST API (/sdapi/v1/..., docs at /docs) on the same port",
             "api_auth": "user:password[,user2:password2]: HTTP Basic login the REST API requires",
             "grid_for_batches": "also save and show a labelled grid of every batch of more than one image",

@@ -1,12 +1,11 @@
-"""GPU benchmark, one process: vanilla diffusers vs the manager's fast path on an SD 1.5-shaped
-pipeline with random weights (the cost of trained ones), fp16, 512², 30 steps, CFG 7.5, Euler,
-batch 1. Prints a JSON line per measurement (unbuffered) and ratio lines.
+"""GPU benchmark, one process, every row on the same card: vanilla diffusers, diffusers'
+documented compile recipe, the app's manager with the fast path off (eager, per mode) and on
+(first request of each mode, the background catch-up, steady speed per mode, a second size).
+SD 1.5 shapes with random weights (the cost of trained ones), fp16, 30 steps, CFG 7.5, Euler.
 
-    PYTHONUNBUFFERED=1 python bench/gpu_speed.py [--steps 30] [--size 512] [--compile regional]
+    PYTHONUNBUFFERED=1 python bench/gpu_speed.py [--size 512] [--steps 30] [--skip-recipe]
 
-Also: UNet ms per CFG call, warm-up seconds, peak VRAM, image agreement (PSNR), and mode
-switches txt2img → img2img → inpaint (RePaint) → ControlNet → txt2img with their first-call
-time and the VRAM with every mode loaded vs the base alone.
+Prints one JSON line per measurement as it goes, and a summary table at the end.
 """
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,30 +33,51 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 SD15 = ROOT / "assets" / "configs" / "sd15"
 PROMPT = "a photograph of an astronaut riding a horse"
+ROWS: list[dict] = []
+T0 = time.perf_counter()
 
 
 def log(**fields):
+    fields["t"] = round(time.perf_counter() - T0, 1)
+    ROWS.append(fields)
     print(json.dumps(fields), flush=True)
 
 
+def section(name):
+    """Run a bench section; a failure is logged and the next section still runs."""
+    def wrap(fn):
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 — a benchmark reports, then goes on
+                log(section=name, error=f"{type(error).__name__}: {error}", trace=traceback.format_exc()[-2000:])
+        return run
+    return wrap
+
+
 def build_random_sd15(folder: Path) -> Path:
-    """SD 1.5's architecture from the shipped configs, random weights, saved as fp16."""
+    """SD 1.5's architecture from the shipped configs, random weights, saved as fp16; beside
+    it a 9-channel inpainting UNet and a ControlNet of the same shapes."""
     torch.manual_seed(0)
     with torch.device("cuda"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15, subfolder="unet"))
+        unet_config = UNet2DConditionModel.load_config(SD15, subfolder="unet")
+        unet = UNet2DConditionModel.from_config(unet_config)
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SD15, subfolder="vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(SD15, subfolder="text_encoder"))
+        inpaint_unet = UNet2DConditionModel.from_config({**unet_config, "in_channels": 9})
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(SD15, subfolder="tokenizer"),
                                    unet=unet, scheduler=EulerDiscreteScheduler.from_pretrained(SD15, subfolder="scheduler"),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.to(torch.float16).save_pretrained(folder)
+    pipe.to(torch.float16).save_pretrained(folder / "sd15")
+    inpaint_unet.to(torch.float16).save_pretrained(folder / "inpaint-unet")
+    ControlNetModel.from_unet(unet).to(torch.float16).save_pretrained(folder / "controlnet")
     return folder
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
     x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
     mse = ((x - y) ** 2).mean()
-    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    return float("inf") if mse == 0 else round(10 * math.log10(255 ** 2 / mse), 1)
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -70,112 +91,251 @@ def timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def unet_ms(unet, repeats: int = 30) -> float:
-    x = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float16)
+def median_s(fn, repeats: int) -> float:
+    return round(statistics.median(timed(fn, repeats)), 4)
+
+
+def diffusers_pipe(folder: Path):
+    pipe = StableDiffusionPipeline.from_pretrained(folder / "sd15", torch_dtype=torch.float16, safety_checker=None,
+                                                   requires_safety_checker=False).to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
+def diffusers_run(pipe, args, seed=1):
+    return pipe(PROMPT, height=args.size, width=args.size, num_inference_steps=args.steps, guidance_scale=7.5,
+                generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+
+
+@section("vanilla")
+def bench_vanilla(folder, args, card):
+    pipe = diffusers_pipe(folder)
+    t0 = time.perf_counter()
+    diffusers_run(pipe, args)
+    warm = time.perf_counter() - t0
+    diffusers_run(pipe, args)
+    s = median_s(lambda: diffusers_run(pipe, args), args.repeats)
+    log(config="vanilla diffusers (eager, SDPA)", card=card, s_per_image=s, warmup_s=round(warm, 1))
+    return s, diffusers_run(pipe, args, seed=7), pipe
+
+
+@section("recipe")
+def bench_recipe(folder, args, card, reference):
+    """diffusers' documented torch.compile recipe, as a user would paste it."""
+    pipe = diffusers_pipe(folder)
+    pipe.fuse_qkv_projections()
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)
+    pipe.vae.decode = torch.compile(pipe.vae.decode, mode="reduce-overhead", fullgraph=True)
+    t0 = time.perf_counter()
+    diffusers_run(pipe, args)
+    warm = time.perf_counter() - t0
+    diffusers_run(pipe, args)
+    s = median_s(lambda: diffusers_run(pipe, args), args.repeats)
+    log(config="diffusers recipe (fuse_qkv, channels_last, compile reduce-overhead fullgraph on unet + vae.decode)",
+        card=card, s_per_image=s, warmup_s=round(warm, 1), psnr_vs_vanilla_db=psnr(reference, diffusers_run(pipe, args, seed=7)))
+    return s, pipe
+
+
+def mode_requests(folder, args, init):
+    from pipelines.requests import Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling, Txt2ImgRequest
+
+    size, s = args.size, Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=3)
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    edges = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) > 0.9).astype(np.uint8) * 255)
+    limits = Limits()
+    return {name: limits.normalize(req) for name, req in [
+        ("txt2img", Txt2ImgRequest(prompt=PROMPT, width=size, height=size, sampling=s)),
+        ("img2img 0.75", Img2ImgRequest(prompt=PROMPT, width=size, height=size, init_image=init, strength=0.75, sampling=s)),
+        ("inpaint RePaint r=1", InpaintRequest(prompt=PROMPT, width=size, height=size, init_image=init, mask=mask, sampling=s)),
+        ("inpaint 9-channel", InpaintRequest(prompt=PROMPT, width=size, height=size, init_image=init, mask=mask, sampling=s,
+                                             mode="inpainting model", inpaint_model=str(folder / "inpaint-unet"))),
+        ("controlnet 1 unit", Txt2ImgRequest(prompt=PROMPT, width=size, height=size, sampling=s,
+                                             control=Control(units=(ControlUnit(model=str(folder / "controlnet"), image=edges),)))),
+    ]}
+
+
+def preload(manager, folder):
+    """Extra modules loaded before timing first requests (their disk load is not compute)."""
+    t0 = time.perf_counter()
+    manager.inpaint_unet(str(folder / "inpaint-unet"))
+    manager.controlnets.get(str(folder / "controlnet"), manager.pipeline("txt2img").unet, manager.device, manager.dtype, False)
+    return round(time.perf_counter() - t0, 1)
+
+
+@section("eager modes")
+def bench_eager_modes(folder, args, card, requests):
+    from pipelines.manager import PipelineManager
+
+    manager = PipelineManager(device="cuda", dtype="fp16", fast_path=None)
+    manager.load_base(str(folder / "sd15"))
+    preload(manager, folder)
+    eager = {}
+    for name, req in requests.items():
+        manager.run(req)
+        eager[name] = median_s(lambda: manager.run(req), 2)
+        log(config="manager, fast path off (eager)", mode=name, card=card, s_per_image=eager[name])
+    return eager
+
+
+@section("fast path")
+def bench_fast(folder, args, card, requests, eager, reference):
+    from pipelines.fast_path import FastPath
+    from pipelines.manager import PipelineManager
+    from pipelines.requests import Limits, Sampling, Txt2ImgRequest
+
+    manager = PipelineManager(device="cuda", dtype="fp16", fast_path=FastPath(compile=args.compile))
+    t0 = time.perf_counter()
+    manager.load_base(str(folder / "sd15"))
+    log(config="manager fast path", applied=manager.fast_path_applied, load_s=round(time.perf_counter() - t0, 1),
+        preload_extra_modules_s=preload(manager, folder))
+    runtime = manager.fast_runtime
+    start = time.time()
+    # First request of every mode, back to back from a cold start: served eager while the
+    # worker captures and compiles in the background.
+    firsts = {}
+    for name, req in requests.items():
+        firsts[name] = round(timed(lambda: manager.run(req), 1)[0], 3)
+        log(mode=name, first_request_s=firsts[name], eager_steady_s=(eager or {}).get(name),
+            ratio_to_eager=round(firsts[name] / eager[name], 2) if eager and name in eager else None,
+            served=dict(runtime.served()))
+    # Catch-up: txt2img again and again until its UNet runs from a compiled graph.
+    unet = manager.pipeline("txt2img").unet._sd_studio_fast
+    catch_up = []
+    while time.time() - start < args.catch_up_s and unet.served.get("compiled-graph", 0) == 0:
+        catch_up.append(round(timed(lambda: manager.run(requests["txt2img"]), 1)[0], 3))
+    log(catch_up="txt2img requests while compiling", seconds=catch_up, until_compiled_s=round(time.time() - start, 1))
+    idle = runtime.wait_idle(max(1.0, args.catch_up_s - (time.time() - start)))
+    log(background="all modes upgraded" if idle else "still compiling at the deadline",
+        after_s=round(time.time() - start, 1), events=[(round(t - start, 1), e) for t, e in runtime.events])
+    steady = {}
+    for name, req in requests.items():
+        manager.run(req)
+        before = dict(runtime.served())
+        steady[name] = median_s(lambda: manager.run(req), args.repeats)
+        after = runtime.served()
+        log(config="manager fast path", mode=name, card=card, s_per_image=steady[name],
+            ratio_to_txt2img=round(steady[name] / steady["txt2img"], 2) if "txt2img" in steady else 1.0,
+            speedup_vs_eager=round(eager[name] / steady[name], 2) if eager and name in eager else None,
+            served_during={k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)})
+    log(served_by_call={f"{call.name} #{i}": dict(call.served) for i, call in enumerate(runtime.calls)})
+    image = manager.run(Limits().normalize(Txt2ImgRequest(
+        prompt=PROMPT, width=args.size, height=args.size,
+        sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=7)))).images[0].image
+    log(psnr_fast_vs_vanilla_db=psnr(reference, image) if reference is not None else None)
+    # The UI's live preview (every 5th step: a device->host copy, hence a sync).
+    previews = []
+    with_preview = median_s(lambda: manager.run(requests["txt2img"], on_step=lambda info: previews.append(info.preview)), 3)
+    log(config="manager fast path, live preview every 5 steps", s_per_image=with_preview)
+    # Per-call costs of the graphed modules.
+    x = torch.randn(2, 4, args.size // 8, args.size // 8, device="cuda", dtype=torch.float16)
     c = torch.randn(2, 77, 768, device="cuda", dtype=torch.float16)
     t = torch.tensor(500.0, device="cuda")
-    with torch.inference_mode():
-        for _ in range(3):
-            unet(x, t, encoder_hidden_states=c, return_dict=False)
-        return statistics.median(timed(lambda: unet(x, t, encoder_hidden_states=c, return_dict=False), repeats)) * 1000
+    with torch.no_grad():
+        unet_ms = median_s(lambda: unet(x, t, c), 30) * 1000
+    log(unet_ms_per_cfg_call=round(unet_ms, 2), unet_share_of_image=round(args.steps * unet_ms / 1000 / steady["txt2img"], 3))
+    # A second size: first request (eager while it compiles), no waiting for it.
+    second = Limits().normalize(Txt2ImgRequest(prompt=PROMPT, width=args.second_width, height=args.size,
+                                               sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=3)))
+    stall = [round(timed(lambda: manager.run(second), 1)[0], 3) for _ in range(3)]
+    log(second_size=f"{args.second_width}x{args.size}", first_requests_s=stall)
+    return steady, manager
+
+
+@section("sdpa backends")
+def bench_sdpa(unet, args):
+    """The UNet (fused QKV, channels_last) in one eager CUDA graph per SDPA backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from pipelines.fast_path import CapturedGraph
+
+    unet.fuse_qkv_projections()
+    unet.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, args.size // 8, args.size // 8, device="cuda", dtype=torch.float16)
+    c = torch.randn(2, 77, 768, device="cuda", dtype=torch.float16)
+    t = torch.tensor(500.0, device="cuda")
+    results = {}
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+        try:
+            with torch.no_grad(), sdpa_kernel(backend):
+                graph = CapturedGraph(lambda a, b, e: (unet(a, b, e, return_dict=False)[0],), [x, t, c], None)
+                results[backend.name] = round(median_s(lambda: graph(x, t, c), 30) * 1000, 2)
+        except Exception as error:  # noqa: BLE001
+            results[backend.name] = f"{type(error).__name__}: {str(error)[:120]}"
+    log(sdpa_backend_unet_eager_graph_ms=results)
+
+
+@section("profile")
+def bench_profile(name, fn):
+    """GPU busy time vs wall time of one request: idle gaps are host overhead or syncs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.time_range.elapsed_us() for e in events) / 1000
+    top = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:10]
+    log(profile=name, wall_ms=round(wall * 1000, 1), gpu_kernel_ms=round(busy, 1), kernels=len(events),
+        top=[(e.key[:60], round(e.self_device_time_total / 1000, 1), e.count) for e in top])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--second-width", type=int, default=768)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compile", default="regional", choices=("regional", "full", "none"))
-    parser.add_argument("--skip-modes", action="store_true")
+    parser.add_argument("--compile", default="full", choices=("regional", "full", "none"))
+    parser.add_argument("--catch-up-s", type=float, default=300, help="longest wait for the background compiles")
+    parser.add_argument("--skip-recipe", action="store_true")
+    parser.add_argument("--skip-eager", action="store_true")
+    parser.add_argument("--keep", default="", help="copy the random models here (for bench/gpu_restart.py)")
     args = parser.parse_args()
     card = torch.cuda.get_device_name()
-    folder = Path(tempfile.mkdtemp()) / "sd15-random"
-    started = time.perf_counter()
+    folder = Path(tempfile.mkdtemp())
     build_random_sd15(folder)
-    log(stage="built random SD 1.5", seconds=round(time.perf_counter() - started, 1), card=card)
+    log(stage="built random SD 1.5 + 9-channel UNet + ControlNet", card=card, torch=torch.__version__)
 
-    # ------------------------------------------------------------------ vanilla diffusers
-    vanilla = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float16, safety_checker=None,
-                                                      requires_safety_checker=False).to("cuda")
-    vanilla.set_progress_bar_config(disable=True)
-    vanilla.scheduler = EulerDiscreteScheduler.from_config(vanilla.scheduler.config)
-
-    def run_vanilla(seed=1):
-        return vanilla(PROMPT, height=args.size, width=args.size, num_inference_steps=args.steps, guidance_scale=7.5,
-                       generator=torch.Generator("cpu").manual_seed(seed)).images[0]
-
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    run_vanilla()
-    warm_vanilla = time.perf_counter() - t0
-    run_vanilla()
-    times = timed(run_vanilla, args.repeats)
-    vanilla_s = statistics.median(times)
-    reference = run_vanilla(seed=7)
-    log(config="vanilla diffusers", card=card, size=args.size, steps=args.steps, s_per_image=round(vanilla_s, 4),
-        it_per_s=round(args.steps / vanilla_s, 1), unet_ms_per_cfg_call=round(unet_ms(vanilla.unet), 2),
-        warmup_s=round(warm_vanilla, 1), peak_vram_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
-    vanilla = None  # free its weights before the manager loads its own copy
+    vanilla = bench_vanilla(folder, args, card)
+    vanilla_s, reference, vanilla_pipe = vanilla if vanilla else (None, None, None)
+    recipe = None if args.skip_recipe else bench_recipe(folder, args, card, reference)
+    recipe_s, recipe_pipe = recipe if recipe else (None, None)
     torch.cuda.empty_cache()
+    requests = mode_requests(folder, args, reference or Image.new("RGB", (args.size, args.size), (90, 120, 200)))
+    eager = None if args.skip_eager else bench_eager_modes(folder, args, card, requests)
+    torch.cuda.empty_cache()
+    steady, manager = bench_fast(folder, args, card, requests, eager, reference) or ({}, None)
 
-    # ------------------------------------------------------------------ the manager's fast path
-    from pipelines.fast_path import FastPath
-    from pipelines.manager import PipelineManager
-    from pipelines.requests import Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling, Txt2ImgRequest
+    print("\n| configuration | s/image | vs vanilla | vs recipe |", flush=True)
+    print("|---|---|---|---|")
+    for label, s in [("vanilla diffusers", vanilla_s), ("diffusers recipe", recipe_s)] + \
+            [(f"ours: {name}", value) for name, value in steady.items()]:
+        if s:
+            print(f"| {label} | {s:.3f} | {vanilla_s / s if vanilla_s else float('nan'):.2f}x | "
+                  f"{recipe_s / s if recipe_s else float('nan'):.2f}x |")
+    if vanilla_pipe is not None:
+        bench_sdpa(vanilla_pipe.unet, args)
+    if manager is not None:
+        bench_profile("ours txt2img", lambda: manager.run(requests["txt2img"]))
+    if recipe_pipe is not None:
+        bench_profile("diffusers recipe", lambda: diffusers_run(recipe_pipe, args))
+    if args.keep:  # for bench/gpu_restart.py: the same weights, read by a new process
+        import shutil
 
-    limits = Limits()
-    manager = PipelineManager(device="cuda", dtype="fp16", fast_path=FastPath(compile=args.compile))
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    manager.load_base(str(folder))
-    load_s = time.perf_counter() - t0
-
-    def request(seed=1, **kw):
-        return limits.normalize(Txt2ImgRequest(prompt=PROMPT, width=args.size, height=args.size,
-                                               sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=seed), **kw))
-
-    t0 = time.perf_counter()
-    manager.run(request())
-    manager.run(request())
-    manager.run(request())  # warm-up, shape capture
-    warm_fast = time.perf_counter() - t0
-    fast_s = statistics.median(timed(lambda: manager.run(request()), args.repeats))
-    fast_image = manager.run(request(seed=7)).images[0].image
-    base_vram = torch.cuda.max_memory_allocated() / 2**30
-    log(config=f"manager fast path ({', '.join(manager.fast_path_applied)})", card=card, size=args.size, steps=args.steps,
-        s_per_image=round(fast_s, 4), it_per_s=round(args.steps / fast_s, 1),
-        unet_ms_per_cfg_call=round(unet_ms(manager.pipeline("txt2img").unet), 2), load_s=round(load_s, 1),
-        warmup_s=round(warm_fast, 1), peak_vram_gib=round(base_vram, 2), psnr_vs_vanilla_db=round(psnr(reference, fast_image), 1))
-    log(ratio="vanilla / fast path, end-to-end s per image", speedup=round(vanilla_s / fast_s, 2),
-        compute_limit_s=round(args.steps * 2.03e-3, 3))
-    if args.skip_modes:
-        return
-
-    # ------------------------------------------------------------------ mode switches
-    init = fast_image
-    mask = Image.new("L", (args.size, args.size), 0)
-    mask.paste(255, (args.size // 4, args.size // 4, 3 * args.size // 4, 3 * args.size // 4))
-    controlnet_dir = folder.parent / "controlnet"
-    ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(folder, subfolder="unet")).to(torch.float16).save_pretrained(controlnet_dir)
-    edges = Image.fromarray((np.random.default_rng(0).random((args.size, args.size, 3)) > 0.9).astype(np.uint8) * 255)
-    s = Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=3)
-    modes = [
-        ("img2img", Img2ImgRequest(prompt=PROMPT, width=args.size, height=args.size, init_image=init, strength=0.75, sampling=s)),
-        ("inpaint (RePaint r=1)", InpaintRequest(prompt=PROMPT, width=args.size, height=args.size, init_image=init, mask=mask, sampling=s)),
-        ("controlnet", Txt2ImgRequest(prompt=PROMPT, width=args.size, height=args.size, sampling=s,
-                                      control=Control(units=(ControlUnit(model=str(controlnet_dir), image=edges),)))),
-        ("txt2img again", Txt2ImgRequest(prompt=PROMPT, width=args.size, height=args.size, sampling=s)),
-    ]
-    for name, req in modes:
-        req = limits.normalize(req)
-        first = timed(lambda: manager.run(req), 1)[0]
-        steady = statistics.median(timed(lambda: manager.run(req), 3))
-        log(mode=name, first_call_s=round(first, 3), steady_s=round(steady, 4),
-            unet_graphs=len(manager.pipeline("txt2img").unet._sd_studio_graphs.graphs))
-    report = manager.memory_report()
-    log(memory="all modes loaded", peak_vram_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        base_only_peak_vram_gib=round(base_vram, 2), ratio=round(torch.cuda.max_memory_allocated() / 2**30 / base_vram, 3),
-        weights_shared_gib=round(report["shared_bytes"] / 2**30, 3), extra_modules_gib=round(report["extra_bytes"] / 2**30, 3))
+        shutil.copytree(folder / "sd15", Path(args.keep) / "sd15", dirs_exist_ok=True)
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "gpu_speed.json").write_text(json.dumps(ROWS, indent=1))
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown under live compile worker threads (it aborted once)
 
 
 if __name__ == "__main__":

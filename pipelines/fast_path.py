@@ -1,111 +1,379 @@
 """The GPU fast path, applied in place to the shared modules so every task pipeline gets it.
 
-On an H100 the SD 1.5 UNet step is launch-bound (a CUDA graph alone gives 2.3×, see
+On an H100/H200 the SD 1.5 UNet step is launch-bound (a CUDA graph alone gives 2.3×, see
 shared/reference/MEASUREMENTS.md), so the levers are, in order of gain:
-- CUDA graphs: the UNet call and the VAE decode are captured once per input shape and
-  replayed (one launch instead of ~1000); calls the graph cannot serve (ControlNet
-  residuals, unusual arguments, tiling) run the ordinary forward;
-- compilation that finishes fast: regional (the repeated transformer blocks, compiled once
-  and reused for every block) instead of the whole UNet; "full" is offered too;
-- channels_last and fused QKV projections; fp16/bf16 and SDPA come from the manager.
-Inductor's compile cache is kept across restarts (app.py points TORCHINDUCTOR_CACHE_DIR at
-~/.cache/sd-studio/inductor before torch is imported).
+- CUDA graphs: the UNet call (plain, or with ControlNet residuals), each ControlNet call, the
+  VAE encode and decode and the text encoder are captured once per input signature and
+  replayed (one launch instead of ~1000); calls a graph cannot serve (LoRA adapters, tiling,
+  CLIP skip, unusual arguments) run the ordinary forward;
+- torch.compile (whole module, fullgraph) under those graphs, except the text encoder;
+  channels_last, fused QKV.
 
-Off on CPU/MPS: nothing here changes the maths, only how kernels are launched.
+No visible warm-up: a new signature (mode, size, batch) is served at once by the ordinary
+eager forward. When it repeats (the second call: inside the first request for the step loop's
+modules, the second request for the VAE and text encoder) it is upgraded, first to a CUDA
+graph of the eager forward (captured right there for step-loop modules, else by the worker
+between requests), then to a CUDA graph of the compiled forward (compiled by a worker thread
+concurrently with requests, 15-70 s cold, 2-13 s from the inductor cache).
+Every upgrade is installed while the worker holds the manager's request lock, so the maths
+of a request never changes halfway through it. `FastPathRuntime.wait_idle()` waits for all
+upgrades (used by --warmup).
+
+Off on CPU/MPS unless asked for (tests): nothing here changes the maths, only how kernels
+are launched and fused.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import sys
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 log = logging.getLogger(__name__)
 
-COMPILE_MODES = ("regional", "full", "none")
+COMPILE_MODES = ("full", "regional", "none")
+
+# torch.compile is not safe to run in two threads at once (a pool of managers has one worker each).
+_COMPILE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class FastPath:
-    # "full": 6.6 ms per CFG UNet call on an H100, 49 s first warm-up, 11 s with the cache;
-    # "regional": 9.8 ms, 15 s warm-up (docs/performance.md).
+    # "full": compiled in the background, per signature (docs/performance.md);
+    # "regional": the repeated transformer blocks compiled in place at their first call
+    # (inside the first request: faster to compile, slower steps); "none": graphs only.
     compile: str = "full"
     cuda_graphs: bool = True
     channels_last: bool = True
     fuse_qkv: bool = True
+    compile_vae: bool = True  # the VAE decode too (diffusers' recipe does)
+    max_signatures: int = 8  # per module: sizes × batch shapes kept fast; more run eager
+    # fn -> compiled fn; None: torch.compile(fn, fullgraph=True, dynamic=False). Tests pass a fake.
+    compiler: Callable | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
 
 
-class GraphedCall:
-    """Replays CUDA graphs of fn(*tensors) keyed by the inputs' shapes and dtypes.
+class FifoLock:
+    """A lock taken in arrival order. The manager's requests hold it; back-to-back requests
+    would otherwise starve the worker waiting to install an upgrade between them (a plain
+    Lock lets the releasing thread take it straight back)."""
 
-    The first `warmup` calls of a shape run fn normally (compilation and cuDNN autotuning
-    happen there), the next one is captured; later calls copy their inputs into the graph's
-    static buffers and replay it. Outputs are cloned: the graph reuses its buffers."""
+    def __init__(self):
+        self._cv = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
 
-    def __init__(self, fn, warmup: int = 2, max_graphs: int = 8):
-        self.fn, self.warmup, self.max_graphs = fn, warmup, max_graphs
-        self.graphs: dict[tuple, tuple] = {}
-        self.seen: dict[tuple, int] = {}
-        self.pool = None
+    def acquire(self) -> bool:
+        with self._cv:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._cv.wait_for(lambda: self._serving == ticket)
+        return True
 
-    @staticmethod
-    def key(tensors) -> tuple:
-        return tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
+    def release(self) -> None:
+        with self._cv:
+            self._serving += 1
+            self._cv.notify_all()
 
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
-        key = self.key(tensors)
-        if key in self.graphs:
-            graph, inputs, output = self.graphs[key]
-            for static, value in zip(inputs, tensors):
-                static.copy_(value)
-            graph.replay()
-            return output.clone()
-        self.seen[key] = self.seen.get(key, 0) + 1
-        if self.seen[key] <= self.warmup or len(self.graphs) >= self.max_graphs:
-            return self.fn(*tensors)
-        return self._capture(key, tensors)
+    def __enter__(self):
+        return self.acquire()
 
-    def _capture(self, key, tensors) -> torch.Tensor:
-        # Streams and pools belong to a device: make it the current one (a pool of managers
-        # runs each device's jobs in its own thread, whose current device is cuda:0).
-        with torch.cuda.device(tensors[0].device):
-            inputs = [t.clone() for t in tensors]
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def _signature(tensors) -> tuple:
+    return tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
+
+
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, (dict, list, tuple)) and not value)
+
+
+class CapturedGraph:
+    """fn(*inputs) captured in a CUDA graph over static copies of the inputs."""
+
+    def __init__(self, fn, inputs: list[torch.Tensor], pool):
+        self.inputs = inputs
+        with torch.cuda.device(inputs[0].device):
+            torch.cuda.synchronize()
             side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # one more run off the main stream, as capture requires
-                self.fn(*inputs)
-            torch.cuda.current_stream().wait_stream(side)
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()  # graphs of all shapes share one memory pool
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                output = self.fn(*inputs)
-            self.graphs[key] = (graph, inputs, output)
-            graph.replay()
-        return output.clone()
+            with torch.cuda.stream(side):  # one run off the main stream (workspaces), as capture requires
+                fn(*inputs)
+            side.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+                self.outputs = fn(*inputs)
+            self.graph.replay()
+            torch.cuda.synchronize()
+
+    def __call__(self, *tensors):
+        for static, value in zip(self.inputs, tensors):
+            static.copy_(value)
+        self.graph.replay()
+        # Cloned: graphs of one runtime share a memory pool and the next replay reuses it.
+        return tuple(out.clone() for out in self.outputs)
 
 
-def _graph_unet(unet) -> None:
-    """Route plain UNet calls (sample, t, text embeddings) through CUDA graphs."""
+class FastCall:
+    """fn(*tensors) -> tuple of tensors, served per input signature by the fastest version
+    ready: eager until the runtime's worker installs a graph or a compiled version."""
+
+    def __init__(self, runtime: "FastPathRuntime", name: str, fn, compile: bool = True, inline: bool = False):
+        self.runtime, self.name, self.fn, self.compile = runtime, name, fn, compile
+        # inline: called many times per request (a step loop), so the second call of a new
+        # signature captures the eager graph right there (same kernels, same maths as eager).
+        self.inline = inline
+        self.fast: dict[tuple, tuple[Callable, str]] = {}  # signature -> (callable, how)
+        self.seen: set[tuple] = set()  # signatures submitted to the worker
+        self.count: dict[tuple, int] = {}  # calls per signature
+        self.served: Counter = Counter()  # how -> calls (eager, eager-graph, compiled, compiled-graph)
+        self._compiled = None
+
+    def compiled(self):
+        if self._compiled is None:
+            compiler = self.runtime.config.compiler or (lambda fn: torch.compile(fn, fullgraph=True, dynamic=False))
+            self._compiled = compiler(self.fn)
+        return self._compiled
+
+    def __call__(self, *tensors: torch.Tensor) -> tuple:
+        key = _signature(tensors)
+        entry = self.fast.get(key)
+        if entry is not None:
+            self.served[entry[1]] += 1
+            return entry[0](*tensors)
+        # Only signatures that repeat are upgraded: the second call submits the work (a
+        # one-off call, e.g. the preview's calibration encode, would compile for nothing).
+        count = self.count[key] = self.count.get(key, 0) + 1
+        if count == 2 and len(self.seen) < self.runtime.config.max_signatures:
+            self.seen.add(key)
+            graph = None
+            if self.inline and self.runtime.graphs:
+                graph = self.runtime.capture_inline(self, key, tensors)
+            self.runtime.submit(self, key, tensors)  # the worker skips a graph captured here
+            if graph is not None:
+                self.served["eager-graph"] += 1
+                return graph(*tensors)
+        self.served["eager"] += 1
+        return self.fn(*tensors)
+
+
+class FastPathRuntime:
+    """One per manager: wraps its modules, and owns the worker thread that compiles and
+    captures in the background and the lock (the manager's) under which upgrades switch."""
+
+    def __init__(self, config: FastPath, device: torch.device, lock: threading.Lock):
+        self.config, self.device, self.lock = config, torch.device(device), lock
+        self.graphs = config.cuda_graphs and self.device.type == "cuda"
+        self.compiles = config.compile == "full"
+        # Weak: an evicted ControlNet (or replaced 9-channel UNet) is freed with its graphs.
+        self.calls: weakref.WeakSet[FastCall] = weakref.WeakSet()
+        self.applied: list[str] = []
+        self.events: list[tuple[float, str]] = []  # (time.time(), what): for logs and benches
+        self.pool = None
+        self._graph_jobs: deque = deque()  # quick eager-graph captures go first
+        self._compile_jobs: deque = deque()
+        self._busy = False
+        self._closed = False
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ wrapping modules
+    def call(self, name: str, fn, compile: bool = True, inline: bool = False) -> FastCall:
+        fast = FastCall(self, name, fn, compile, inline)
+        self.calls.add(fast)
+        return fast
+
+    def adopt(self, module):
+        """Put a module loaded after the base (ControlNet, 9-channel UNet) on the fast path,
+        once. Returns the module."""
+        if getattr(module, "_sd_studio_fast", None) is not None:
+            return module
+        kind = type(module).__name__
+        if kind == "ControlNetModel":
+            _prepare(module, self.config)
+            _wrap_controlnet(self, module)
+        elif kind == "UNet2DConditionModel":
+            _prepare(module, self.config)
+            _wrap_unet(self, module)
+        return module
+
+    def served(self) -> Counter:
+        total = Counter()
+        for call in self.calls:
+            total.update(call.served)
+        return total
+
+    # ------------------------------------------------------------------ the worker
+    def submit(self, call: FastCall, key, tensors) -> None:
+        compiles = self.compiles and call.compile
+        if not (self.graphs or compiles):
+            return
+        inputs = [t.detach().clone() for t in tensors]  # the graphs' static buffers
+        with self._cv:
+            if self._closed:
+                return
+            if self.graphs:
+                self._graph_jobs.append((call, key, inputs))
+            if compiles:  # its own example: requests write into the eager graph's buffers meanwhile
+                example = [t.clone() for t in inputs] if self.graphs else inputs
+                self._compile_jobs.append((call, key, inputs, example))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name=f"fast-path {self.device}", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once every submitted upgrade is installed (or failed and logged)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._closed or not (self._busy or self._graph_jobs or self._compile_jobs),
+                                     timeout)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._graph_jobs.clear()
+            self._compile_jobs.clear()
+            self._cv.notify_all()
+
+    def _note(self, text: str) -> None:
+        self.events.append((time.time(), text))
+        log.info("fast path: %s", text)
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._closed or self._graph_jobs or self._compile_jobs)
+                if self._closed:
+                    return
+                graph_jobs = list(self._graph_jobs)
+                self._graph_jobs.clear()
+                job = None if graph_jobs else self._compile_jobs.popleft()
+                self._busy = True
+            try:
+                if graph_jobs:
+                    self._capture_eager(graph_jobs)
+                else:
+                    self._compile(*job)
+            except Exception:  # the eager (or eager-graph) path keeps serving
+                log.exception("fast path: background upgrade failed")
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _capture(self, fn, inputs) -> CapturedGraph:
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()  # graphs of all signatures share one memory pool
+        return CapturedGraph(fn, inputs, self.pool)
+
+    def capture_inline(self, call: FastCall, key, tensors):
+        """The eager graph captured by the requesting thread (which holds the request lock),
+        or None when capture fails (the call then stays eager)."""
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():
+                graph = self._capture(call.fn, [t.detach().clone() for t in tensors])
+        except Exception:
+            log.exception("fast path: capture of %s failed; it stays eager", call.name)
+            return None
+        call.fast[key] = (graph, "eager-graph")
+        self._note(f"{call.name} {list(tensors[0].shape)}: eager CUDA graph in-request in {time.perf_counter() - started:.2f}s")
+        return graph
+
+    def _capture_eager(self, jobs) -> None:
+        with self.lock, torch.no_grad():  # between requests
+            for call, key, inputs in jobs:
+                if self._closed or key in call.fast:
+                    continue
+                started = time.perf_counter()
+                try:
+                    call.fast[key] = (self._capture(call.fn, inputs), "eager-graph")
+                except Exception:  # that signature stays eager (its compile job may still succeed)
+                    log.exception("fast path: capture of %s failed", call.name)
+                    continue
+                self._note(f"{call.name} {list(inputs[0].shape)}: eager CUDA graph in {time.perf_counter() - started:.2f}s")
+
+    def _compile(self, call: FastCall, key, inputs, example) -> None:
+        started = time.perf_counter()
+        with _COMPILE_LOCK, torch.no_grad(), torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
+            compiled = call.compiled()
+            # Requests meanwhile launch many small ops, each releasing and re-taking the GIL;
+            # with the default 5 ms switch interval every re-take could wait that long.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(interval, 0.0002))
+            try:
+                compiled(*example)  # traces, compiles and runs once, concurrently with requests
+            finally:
+                sys.setswitchinterval(interval)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        compile_s = time.perf_counter() - started
+        with self.lock, torch.no_grad():  # between requests
+            if self._closed:
+                return
+            if self.graphs:
+                call.fast[key] = (self._capture(compiled, inputs), "compiled-graph")
+            else:
+                call.fast[key] = (compiled, "compiled")
+        self._note(f"{call.name} {list(inputs[0].shape)}: compiled in {compile_s:.1f}s, installed")
+
+
+# ---------------------------------------------------------------------- module wrappers
+def _prepare(module, config: FastPath) -> None:
+    if config.channels_last:
+        module.to(memory_format=torch.channels_last)
+    if config.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
+        module.fuse_qkv_projections()
+
+
+def _as_float_timestep(timestep, device):
+    # The UNet embeds timesteps[:, None].float(): casting here is exact, and integer
+    # (DDIM, RePaint) and float (Euler) timesteps then share one graph and one compile.
+    return timestep.to(device=device, dtype=torch.float32)
+
+
+def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
+    """Route UNet calls (sample, t, text embeddings[, ControlNet residuals]) through FastCalls."""
     inner = unet.forward
+    plain = runtime.call("unet", lambda x, t, c: (inner(x, t, c, return_dict=False)[0],), inline=True)
+    with_residuals: dict[int, FastCall] = {}
+    allowed = {"timestep_cond", "cross_attention_kwargs", "added_cond_kwargs", "attention_mask",
+               "encoder_attention_mask", "class_labels", "down_intrablock_additional_residuals"}
 
-    def core(sample, timestep, encoder_hidden_states):
-        return inner(sample, timestep, encoder_hidden_states, return_dict=False)[0]
-
-    graphed = GraphedCall(core)
-    plain = {"return_dict", "timestep_cond", "cross_attention_kwargs", "added_cond_kwargs", "attention_mask",
-             "encoder_attention_mask"}
+    def residual_call(count: int) -> FastCall:
+        if count not in with_residuals:
+            def core(x, t, c, *res):
+                return (inner(x, t, c, down_block_additional_residuals=tuple(res[:-1]),
+                              mid_block_additional_residual=res[-1], return_dict=False)[0],)
+            with_residuals[count] = runtime.call("unet+controlnet residuals", core, inline=True)
+        return with_residuals[count]
 
     def forward(sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
-        simple = (not args and set(kwargs) <= plain and all(not kwargs.get(k) for k in kwargs)
-                  and sample.is_cuda and torch.is_tensor(timestep))
-        if not simple:  # ControlNet residuals and the like: the ordinary (compiled) forward
+        down = kwargs.get("down_block_additional_residuals")
+        mid = kwargs.get("mid_block_additional_residual")
+        rest = {k: v for k, v in kwargs.items() if k not in ("down_block_additional_residuals", "mid_block_additional_residual")}
+        simple = (not args and set(rest) <= allowed and all(_empty(v) for v in rest.values())
+                  and torch.is_tensor(timestep) and (down is None) == (mid is None)
+                  and not getattr(unet, "_hf_peft_config_loaded", False))  # LoRA adapters change the module: eager
+        if not simple:
             return inner(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
-        out = graphed(sample, timestep.to(sample.device), encoder_hidden_states)
+        t = _as_float_timestep(timestep, sample.device)
+        if down is None:
+            out = plain(sample, t, encoder_hidden_states)[0]
+        else:
+            out = residual_call(len(down) + 1)(sample, t, encoder_hidden_states, *down, mid)[0]
         if return_dict:
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
@@ -113,17 +381,56 @@ def _graph_unet(unet) -> None:
         return (out,)
 
     unet.forward = forward
-    unet._sd_studio_graphs = graphed
+    unet._sd_studio_fast = plain
 
 
-def _graph_vae_decode(vae) -> None:
+def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
+    """Graph/compile a ControlNet at conditioning scale 1 and apply the scale outside, so one
+    graph serves every weight and guidance window (outside it the pipeline passes scale 0)."""
+    inner = controlnet.forward
+    calls: dict[bool, FastCall] = {}
+
+    def call_for(guess_mode: bool) -> FastCall:
+        if guess_mode not in calls:
+            def core(x, t, c, cond):
+                down, mid = inner(x, t, c, cond, 1.0, guess_mode=guess_mode, return_dict=False)
+                return (*down, mid)
+            calls[guess_mode] = runtime.call("controlnet", core, inline=True)
+        return calls[guess_mode]
+
+    def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, class_labels=None,
+                timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
+                guess_mode=False, return_dict=True):
+        simple = (all(_empty(v) for v in (class_labels, timestep_cond, attention_mask, added_cond_kwargs,
+                                           cross_attention_kwargs))
+                  and torch.is_tensor(timestep) and torch.is_tensor(controlnet_cond)
+                  and isinstance(conditioning_scale, (int, float)) and not getattr(controlnet, "_hf_peft_config_loaded", False))
+        if not simple:
+            return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
+                         timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
+        outs = call_for(bool(guess_mode))(sample, _as_float_timestep(timestep, sample.device), encoder_hidden_states,
+                                          controlnet_cond)
+        if conditioning_scale != 1.0:  # sample * scale, as the module does (exact at scale 1)
+            outs = tuple(o * conditioning_scale for o in outs)
+        down, mid = tuple(outs[:-1]), outs[-1]
+        if return_dict:
+            from diffusers.models.controlnets.controlnet import ControlNetOutput
+
+            return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
+        return down, mid
+
+    controlnet.forward = forward
+    controlnet._sd_studio_fast = calls
+
+
+def _wrap_vae_decode(runtime: FastPathRuntime, vae, compile_it: bool) -> None:
     inner = vae.decode
-    graphed = GraphedCall(lambda z: inner(z, return_dict=False)[0])
+    fast = runtime.call("vae decode", lambda z: (inner(z, return_dict=False)[0],), compile=compile_it)
 
     def decode(z, return_dict: bool = True, generator=None):
-        if getattr(vae, "use_tiling", False) or not z.is_cuda:
+        if getattr(vae, "use_tiling", False) or getattr(vae, "use_slicing", False):
             return inner(z, return_dict=return_dict)
-        sample = graphed(z)
+        sample = fast(z)[0]
         if return_dict:
             from diffusers.models.autoencoders.vae import DecoderOutput
 
@@ -131,30 +438,76 @@ def _graph_vae_decode(vae) -> None:
         return (sample,)
 
     vae.decode = decode
-    vae._sd_studio_graphs = graphed
+    vae._sd_studio_fast = fast
 
 
-def apply_fast_path(pipe, config: FastPath) -> list[str]:
+def _wrap_vae_encode(runtime: FastPathRuntime, vae, compile_it: bool) -> None:
+    """The encoder half (img2img, inpainting): diffusers' encode() builds the posterior from
+    the moments our _encode returns."""
+    inner = vae._encode
+    fast = runtime.call("vae encode", lambda x: (inner(x),), compile=compile_it)
+
+    def _encode(x):
+        if getattr(vae, "use_tiling", False):
+            return inner(x)
+        return fast(x)[0]
+
+    vae._encode = _encode
+
+
+def _wrap_text_encoder(runtime: FastPathRuntime, text_encoder) -> None:
+    """Plain prompt encodings (token ids in, last hidden state and pooled output out) replay an
+    eager CUDA graph: ~200 small launches per prompt otherwise. Not compiled. CLIP skip
+    (hidden states asked for), attention masks and LoRA take the ordinary forward."""
+    if type(text_encoder).__name__ != "CLIPTextModel":
+        return
+    inner = text_encoder.forward
+
+    def core(ids):
+        out = inner(input_ids=ids)
+        return out.last_hidden_state, out.pooler_output
+
+    fast = runtime.call("text encoder", core, compile=False)
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        simple = (torch.is_tensor(input_ids) and attention_mask is None and position_ids is None
+                  and all(_empty(v) or v is False for v in kwargs.values())
+                  and not getattr(text_encoder, "_hf_peft_config_loaded", False))
+        if not simple:
+            return inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        last, pooled = fast(input_ids)
+        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled)
+
+    text_encoder.forward = forward
+
+
+def apply_fast_path(pipe, config: FastPath, device=None, lock: threading.Lock | None = None) -> FastPathRuntime:
     """Apply the fast path in place to pipe's UNet and VAE (shared by every derived task
-    pipeline). Returns what was applied, for logs and benchmarks."""
-    applied = []
+    pipeline). `lock` is the one requests hold (upgrades switch only between requests).
+    The runtime's `applied` says what was done, for logs and benchmarks."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # one entry per signature
+    runtime = FastPathRuntime(config, device or pipe.unet.device, lock or threading.Lock())
+    applied = runtime.applied
     unet, vae = pipe.unet, pipe.vae
+    _prepare(unet, config)
     if config.channels_last:
-        unet.to(memory_format=torch.channels_last)
         vae.to(memory_format=torch.channels_last)
         applied.append("channels_last")
     if config.fuse_qkv:
-        unet.fuse_qkv_projections()
         applied.append("fused_qkv")
     if config.compile == "regional":
         unet.compile_repeated_blocks(fullgraph=True)
         applied.append("regional_compile")
     elif config.compile == "full":
-        unet.forward = torch.compile(unet.forward, fullgraph=True)
-        applied.append("full_compile")
+        applied.append("background_compile")
+    _wrap_unet(runtime, unet)
+    _wrap_vae_decode(runtime, vae, compile_it=config.compile == "full" and config.compile_vae)
+    _wrap_vae_encode(runtime, vae, compile_it=config.compile == "full" and config.compile_vae)
+    if config.cuda_graphs and runtime.graphs:  # nothing to gain from the wrapper without graphs
+        _wrap_text_encoder(runtime, pipe.text_encoder)
     if config.cuda_graphs:
-        _graph_unet(unet)
-        _graph_vae_decode(vae)
         applied.append("cuda_graphs")
     log.info("fast path: %s", ", ".join(applied))
-    return applied
+    return runtime

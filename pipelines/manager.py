@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -34,7 +33,7 @@ from PIL import Image
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
-from .fast_path import FastPath, apply_fast_path
+from .fast_path import FastPath, FastPathRuntime, FifoLock, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
 from .hires import hires_sampler
@@ -137,6 +136,7 @@ class PipelineManager:
             fast_path = FastPath() if self.device.type == "cuda" and not self.cpu_offload else None
         self.fast_path: FastPath | None = fast_path
         self.fast_path_applied: list[str] = []
+        self.fast_runtime: FastPathRuntime | None = None  # background compile + graphs (fast_path.py)
         self.model: ModelInfo | None = None
         self.controlnets = ControlNetCache(max_controlnets)
         self.upscaler_dir = upscaler_dir  # model upscalers for the hires fix (A1111's models/ESRGAN)
@@ -146,7 +146,7 @@ class PipelineManager:
         self._pipelines: dict[str, DiffusionPipeline] = {}
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
-        self._lock = threading.Lock()  # one job per device at a time
+        self._lock = FifoLock()  # one job per device at a time, in arrival order
 
     # ----------------------------------------------------------------- model loading
     def load_base(self, source_text: str) -> ModelInfo:
@@ -162,8 +162,10 @@ class PipelineManager:
                 pipe.enable_model_cpu_offload(device=self.device)
             else:
                 pipe.to(self.device)
-            self.fast_path_applied = apply_fast_path(pipe, self.fast_path) if self.fast_path else []
+            runtime = apply_fast_path(pipe, self.fast_path, self.device, self._lock) if self.fast_path else None
             self._release()
+            self.fast_runtime = runtime
+            self.fast_path_applied = runtime.applied if runtime else []
             self._base = pipe
             # Kept apart: the pipelines' scheduler slot is overwritten per request.
             self._scheduler_config = dict(pipe.scheduler.config)
@@ -176,7 +178,14 @@ class PipelineManager:
         self._base, self._pipelines, self._latent_rgb, self.model = None, {}, None, None
         self.controlnets.clear()  # they were checked against the old base
         self._inpaint_unet = None
+        if self.fast_runtime is not None:
+            self.fast_runtime.close()
+            self.fast_runtime = None
         self._free_memory()
+
+    def _fast(self, module):
+        """A module loaded after the base (ControlNet, 9-channel UNet) onto the fast path."""
+        return self.fast_runtime.adopt(module) if self.fast_runtime is not None else module
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -283,8 +292,8 @@ class PipelineManager:
     def _control_kwargs(self, request) -> tuple[dict, list[str]]:
         """The ControlNet module(s) and call arguments for a request with control units."""
         units = request.control.units
-        models = [self.controlnets.get(u.model, self._base.unet, self.device, self.dtype, self.allow_download, self.variant)
-                  for u in units]
+        models = [self._fast(self.controlnets.get(u.model, self._base.unet, self.device, self.dtype, self.allow_download,
+                                                  self.variant)) for u in units]
         maps, notes = control_maps(units, request.width, request.height)
         single = len(units) == 1
         return {
@@ -371,7 +380,7 @@ class PipelineManager:
             self._free_memory()
             unet, _ = load_inpaint_unet(source_text, self._base.unet, self.device, self.dtype, self.allow_download,
                                         self.single_file_config, self.variant)
-            self._inpaint_unet = (source_text, unet)
+            self._inpaint_unet = (source_text, self._fast(unet))
         return self._inpaint_unet[1]
 
     def _inpaint(self, request: InpaintRequest, on_step, job) -> GenerationResult:

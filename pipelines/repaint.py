@@ -81,7 +81,9 @@ def _randn(generators: Sequence[torch.Generator], like: torch.Tensor) -> torch.T
     """One draw per image from its own (CPU) generator, stacked into the batch."""
     shape = (1, *like.shape[1:])
     noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
-    return noise.to(like.device)
+    if like.device.type != "cuda":
+        return noise.to(like.device)
+    return noise.pin_memory().to(like.device, non_blocking=True)  # no host sync per step
 
 
 def masked_content_latents(init_latents: torch.Tensor, mask_latent: torch.Tensor, content: str,
@@ -179,7 +181,7 @@ def repaint(
             model_in = torch.cat([model_in, extra], dim=1)
         if do_cfg:
             model_in = torch.cat([model_in, model_in])
-        out = unet(model_in, torch.tensor(t, device=device), encoder_hidden_states=context, return_dict=False)[0].float()
+        out = unet(model_in, torch.full((), t, device=device), encoder_hidden_states=context, return_dict=False)[0].float()
         if do_cfg:
             out = cfg_combine(*out.chunk(2), guidance_scale)  # ε_u + w·(ε_c − ε_u)
         return out
