@@ -81,10 +81,10 @@ COMMON: dict[str, Field | Unsupported] = {
     "cfg": Field("sampling.cfg", _bool("cfg")),
     "restore_faces": Unsupported("face restoration"),
     "tiling": Unsupported("tiling"),
-    "subseed": Field("sampling.subseed"),
-    "subseed_strength": Field("sampling.subseed_strength"),
-    "seed_resize_from_h": Field("sampling.seed_resize_from_h", lambda v: 0 if v == -1 else v),  # A1111: −1 = off
-    "seed_resize_from_w": Field("sampling.seed_resize_from_w", lambda v: 0 if v == -1 else v),
+    "subseed": Field("subseed"),
+    "subseed_strength": Field("subseed_strength"),
+    "seed_resize_from_h": Field("seed_resize_from_h", lambda v: 0 if v == -1 else v),  # A1111: −1 = off
+    "seed_resize_from_w": Field("seed_resize_from_w", lambda v: 0 if v == -1 else v),
     "styles": Unsupported("prompt styles"),  # applied before this table (routes.with_styles): empty here
     "refiner_checkpoint": Unsupported("a refiner model", (None, "", "None")),
     "refiner_switch_at": Unsupported("a refiner model", (None, 0, 0.0, 1, 1.0)),

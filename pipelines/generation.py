@@ -54,7 +54,7 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
         scheduler = build_scheduler(s.scheduler, scheduler_config)
         tap = DenoisedTap(scheduler)
         pipe.scheduler = scheduler
-        noise_kwargs, generators = sampler_noise(pipe, scheduler, call_kwargs, NoiseSpec.of(s, seeds),
+        noise_kwargs, generators = sampler_noise(pipe, scheduler, call_kwargs, NoiseSpec.of(request, seeds),
                                                  request.width, request.height)
 
         def callback(p, index, timestep, tensors):

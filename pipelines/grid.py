@@ -7,7 +7,8 @@ Value syntax (comma-separated items, each one of):
     1-10           every whole step from 1 to 10 (inclusive; 10-1 counts down)
     1-10 (+2)      1, 3, 5, 7, 9: from 1 in steps of 2, up to 10
     1-10 [5]       5 evenly spaced values from 1 to 10, both ends included
-Scheduler values are names: "Euler a, DDIM, DPM++ 2M".
+Scheduler values are names: "Euler a, DDIM, DPM++ 2M". Every request field declared with
+axis=True (pipelines/requests.py) is an axis.
 
 No torch and no gradio here: requests in, requests out, PIL for the picture.
 """
@@ -17,84 +18,95 @@ import json
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import RequestError
 from .metadata import build_infotext, parse_infotext
-from .requests import Img2ImgRequest, InpaintRequest, Limits
-from .schedulers import ETA_SCHEDULERS, SCHEDULER_NAMES
+from .fields import Field, fields_of
+from .requests import FIELDS, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling
+from .schedulers import ETA_SCHEDULERS
 
 MAX_GRID_CELLS = 100  # one job runs every cell: a bound on how long a click may hold the device
 NO_AXIS = "Nothing"
 
 
 # ----------------------------------------------------------------- axes
-def _sampling(field: str) -> Callable:
-    return lambda request, value: replace(request, sampling=replace(request.sampling, **{field: value}))
-
-
-def _set_cfg_scale(request, value):
+# Every field declared with axis=True is an axis (pipelines/requests.py); these checks say
+# why an axis cannot act on a given request, instead of a grid of identical images.
+def _needs_cfg(request):
     if not request.sampling.cfg:
         raise RequestError("CFG is off, so the CFG scale changes nothing: turn CFG on to vary it.")
-    return _sampling("cfg_scale")(request, value)
 
 
-def _set_strength(request, value):
-    if getattr(request, "enable_hr", False):  # txt2img's hires pass
-        return replace(request, denoising_strength=value)
+def _needs_init_image(request):
     if not isinstance(request, Img2ImgRequest):
-        raise RequestError("Denoising strength needs an init image or the hires fix: use it on img2img, inpaint, "
-                           "ControlNet with an init image, or txt2img with Hires fix on.")
-    return replace(request, strength=value)
+        raise RequestError("Denoising strength needs an init image: use it on img2img, inpaint, "
+                           "or ControlNet with an init image.")
 
 
-def _set_hires_steps(request, value):
-    if not getattr(request, "enable_hr", False):
-        raise RequestError("Hires steps needs txt2img with Hires fix on.")
-    return replace(request, hr_second_pass_steps=value)
-
-
-def _set_control_weight(request, value):
+def _needs_control(request):
     if request.control is None:
         raise RequestError("Control weight needs an enabled ControlNet unit.")
-    units = tuple(replace(unit, weight=value) for unit in request.control.units)  # every unit alike
-    return replace(request, control=replace(request.control, units=units))
 
 
-def _set_repaint_r(request, value):
+def _needs_repaint(request):
     if not isinstance(request, InpaintRequest) or request.mode != "RePaint":
         raise RequestError("RePaint r needs the inpaint tab in RePaint mode.")
     if request.control is not None:
         raise RequestError("RePaint r changes nothing with ControlNet on (it blends without resampling): "
                            "disable the ControlNet units to vary it.")
-    return replace(request, repaint_r=value)
+
+
+def _needs_hires(request):
+    if not getattr(request, "enable_hr", False):
+        raise RequestError("Hires steps and hires denoising strength need txt2img with Hires fix on.")
+
+
+_REQUIRES = {"cfg_scale": _needs_cfg, "strength": _needs_init_image, "weight": _needs_control, "repaint_r": _needs_repaint,
+             "hr_second_pass_steps": _needs_hires, "denoising_strength": _needs_hires}
+
+
+def set_field(request, name: str, value):
+    """The request with one declared field set, wherever it lives (the sampling settings,
+    the request itself, or every ControlNet unit alike)."""
+    if name in fields_of(Sampling):
+        return replace(request, sampling=replace(request.sampling, **{name: value}))
+    if name in fields_of(ControlUnit):
+        units = tuple(replace(unit, **{name: value}) for unit in request.control.units)
+        return replace(request, control=replace(request.control, units=units))
+    return replace(request, **{name: value})
 
 
 @dataclass(frozen=True)
 class Axis:
-    name: str  # shown in the axis menu, the labels and the infotext
-    kind: type  # int, float or str: how values are parsed
-    apply: Callable  # (request, value) → the request with this parameter set
+    field: Field  # the request field it varies
+
+    @property
+    def name(self) -> str:  # shown in the axis menu, the labels and the infotext
+        return self.field.name_in_text
+
+    @property
+    def kind(self) -> type:  # int, float or str: how values are parsed
+        return self.field.kind
+
+    def apply(self, request, value):
+        """The request with this parameter set (a RequestError when it cannot act here)."""
+        if self.field.name in _REQUIRES:
+            _REQUIRES[self.field.name](request)
+        return set_field(request, self.field.name, value)
 
     def label(self, value) -> str:
         return f"{self.name}: {value:g}" if isinstance(value, float) else f"{self.name}: {value}"
 
 
-AXES: dict[str, Axis] = {axis.name: axis for axis in (
-    Axis("CFG scale", float, _set_cfg_scale),
-    Axis("Steps", int, _sampling("steps")),
-    Axis("Denoising strength", float, _set_strength),
-    Axis("Scheduler", str, _sampling("scheduler")),
-    Axis("DDIM η", float, _sampling("eta")),
-    Axis("Seed", int, _sampling("seed")),
-    Axis("Var. seed", int, _sampling("subseed")),  # A1111's names for the variation seed axes
-    Axis("Var. strength", float, _sampling("subseed_strength")),
-    Axis("Hires steps", int, _set_hires_steps),
-    Axis("Control weight", float, _set_control_weight),
-    Axis("RePaint r", int, _set_repaint_r),
-)}
+AXES: dict[str, Axis] = {f.name_in_text: Axis(f) for f in FIELDS.values() if f.axis}
+
+
+def axes_for(*request_classes) -> tuple[str, ...]:
+    """The axes a tab offers: those whose field its requests have."""
+    names = {name for cls in request_classes for name in fields_of(cls)}
+    return tuple(name for name, axis in AXES.items() if axis.field.name in names)
 
 
 # ----------------------------------------------------------------- value syntax
@@ -112,7 +124,7 @@ def parse_values(axis: Axis, text: str, max_count: int = MAX_GRID_CELLS) -> list
     if "" in items:
         raise RequestError(f"{axis.name}: {text!r} has an empty item between commas.")
     if axis.kind is str:
-        return [_scheduler_name(axis, item) for item in items]
+        return [_choice(axis, item) for item in items]
     values: list = []
     for item in items:
         values += _parse_item(axis, item, max_count - len(values))
@@ -121,10 +133,11 @@ def parse_values(axis: Axis, text: str, max_count: int = MAX_GRID_CELLS) -> list
     return values
 
 
-def _scheduler_name(axis: Axis, item: str) -> str:
-    by_lower = {name.lower(): name for name in SCHEDULER_NAMES}
+def _choice(axis: Axis, item: str) -> str:
+    choices = axis.field.choices or ()
+    by_lower = {name.lower(): name for name in choices}
     if item.lower() not in by_lower:
-        raise RequestError(f"{axis.name}: unknown scheduler {item!r}. Choose from: {', '.join(SCHEDULER_NAMES)}.")
+        raise RequestError(f"{axis.name}: unknown {axis.name.lower()} {item!r}. Choose from: {', '.join(choices)}.")
     return by_lower[item.lower()]
 
 
@@ -230,7 +243,7 @@ def plan_grid(base, x: AxisValues | None, y: AxisValues | None, limits: Limits =
         notes.append("A grid makes one image per cell: batch size and batch count are set to 1.")
         base = replace(base, sampling=replace(s, batch_size=1, batch_count=1))
     for values in (x, y):
-        if values and values.axis.name == "Steps" and max(values.values) > limits.max_steps:
+        if values and values.axis.field.name == "steps" and max(values.values) > limits.max_steps:
             raise RequestError(f"Steps {max(values.values)} is over this host's limit of {limits.max_steps}.")
     cells = []
     for y_value in (y.values if y else [None]):
@@ -250,7 +263,7 @@ def plan_grid(base, x: AxisValues | None, y: AxisValues | None, limits: Limits =
 def _check_eta_acts(base, x, y, cells) -> None:
     """DDIM η only enters DDIM steps (and RePaint's own DDIM update): an η axis over other
     schedulers would draw a grid of identical images."""
-    if not any(v and v.axis.name == "DDIM η" for v in (x, y)):
+    if not any(v and v.axis.field.name == "eta" for v in (x, y)):
         return
     if isinstance(base, InpaintRequest) and base.mode == "RePaint" and base.control is None:
         return

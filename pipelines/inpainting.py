@@ -37,6 +37,6 @@ def repaint_sampler(pipe, request, plan: InpaintPlan, scheduler_config: dict):
 
         return repaint(pipe.unet, scheduler_config, batch, mask, cond, uncond, s.steps, s.guidance_scale, s.eta,
                        request.strength, request.repaint_r, request.repaint_j, generators, start_latents=start,
-                       on_step=on_step, should_stop=lambda: stop[0], vary_noise=NoiseSpec.of(s, seeds).vary).latents
+                       on_step=on_step, should_stop=lambda: stop[0], vary_noise=NoiseSpec.of(request, seeds).vary).latents
 
     return sample

@@ -391,7 +391,8 @@ class PipelineManager:
         notes = list(plan.notes)
         extra = {"Inpaint mode": request.mode, "Mask blur": request.mask_blur, "Masked content": request.masked_content,
                  "Inpaint area": request.inpaint_area,
-                 "Only masked padding": request.padding if request.inpaint_area == "only masked" else None}
+                 "Only masked padding": request.padding if request.inpaint_area == "only masked" else None,
+                 "RePaint r": None, "RePaint j": None, "Inpainting model": None}  # set below where they act
         finish = lambda images, seeds: [plan.finish(image) for image in images]  # noqa: E731 — paste back
         if int(request.sampling.steps * request.strength) == 0:
             images = [GeneratedImage(plan.original.copy(), seed, self._infotext(request, seed, extra))

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from .requests import FIELDS
+from .schedulers import SCHEDULER_NAMES
+
 PNG_KEY = "parameters"
 # key: value pairs of the last line; a value is either JSON-quoted or runs to the next comma.
 _PAIR = re.compile(r'\s*([\w][\w \-/()+.]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -102,66 +105,28 @@ def read_infotext(image: Image.Image) -> str | None:
     return None
 
 
-def _number(text: str | None, cast):
-    try:
-        return cast(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _size(text: str | None) -> tuple[int, int] | None:
-    match = re.fullmatch(r"\s*(\d+)x(\d+)\s*", text or "")
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def _variation_fields(parsed: dict) -> dict:
-    """A1111's "Variation seed", "Variation seed strength", "Seed resize from" (absent = off)."""
-    fields = {"subseed": _number(parsed.get("Variation seed"), int),
-              "subseed_strength": _number(parsed.get("Variation seed strength"), float) or 0.0}
-    fields["seed_resize_from_w"], fields["seed_resize_from_h"] = _size(parsed.get("Seed resize from")) or (0, 0)
-    if fields["subseed"] is None:
-        fields["subseed"] = -1
-    return fields
-
-
-def _hires_fields(parsed: dict, strength: float | None) -> dict:
-    """A1111's hires fix keys → the txt2img request's fields; enable_hr False without them."""
-    if not any(key in parsed for key in ("Hires upscale", "Hires resize", "Hires upscaler", "Hires steps")):
-        return {"enable_hr": False}
-    fields = {"enable_hr": True, "hr_scale": _number(parsed.get("Hires upscale"), float) or 2.0,
-              "hr_upscaler": parsed.get("Hires upscaler") or "Latent",
-              "hr_second_pass_steps": _number(parsed.get("Hires steps"), int) or 0}
-    fields["hr_resize_x"], fields["hr_resize_y"] = _size(parsed.get("Hires resize")) or (0, 0)
-    if strength is not None:
-        fields["denoising_strength"] = strength
-    return fields
-
-
-def infotext_to_fields(parsed: dict, scheduler_names) -> tuple[dict, list[str]]:
-    """Parsed infotext → request field values the app understands, plus notes on what it
-    could not take over (an unknown sampler, say). Keys: prompt, negative_prompt, steps,
-    scheduler, cfg, cfg_scale, eta, seed, width, height, strength; the variation seed's
-    subseed, subseed_strength, seed_resize_from_w/h; and, for a hires fix image, enable_hr,
-    hr_scale, hr_upscaler, hr_second_pass_steps, hr_resize_x/y, denoising_strength."""
+def infotext_to_fields(parsed: dict, scheduler_names=SCHEDULER_NAMES) -> tuple[dict, list[str]]:
+    """Parsed infotext → request field values by name (every declared field with an
+    infotext key, pipelines/requests.py), plus notes on what could not be taken over (an
+    unknown sampler, say). "Size: WxH" gives width and height (A1111's Size-1, Size-2)."""
     notes: list[str] = []
-    fields: dict = {"prompt": parsed.get("Prompt", ""), "negative_prompt": parsed.get("Negative prompt", "")}
-    for key, name, cast in (
-        ("Steps", "steps", int),
-        ("CFG scale", "cfg_scale", float),
-        ("Seed", "seed", int),
-        ("Eta", "eta", float),
-        ("Denoising strength", "strength", float),
-    ):
-        value = _number(parsed.get(key), cast)
-        if value is not None:
-            fields[name] = value
-    if "CFG" in parsed:
-        fields["cfg"] = parsed["CFG"].strip().lower() != "off"
-    fields.update(_variation_fields(parsed))
-    fields.update(_hires_fields(parsed, fields.get("strength")))
-    size = parsed.get("Size", "")
-    if re.fullmatch(r"\d+x\d+", size):
-        fields["width"], fields["height"] = (int(v) for v in size.split("x"))
+    parsed = dict(parsed)
+    for key in ("Size", "Hires resize", "Seed resize from"):  # "WxH" → its declared halves
+        if re.fullmatch(r"\d+x\d+", parsed.get(key, "").strip()):
+            parsed[f"{key}-1"], parsed[f"{key}-2"] = parsed[key].strip().split("x")
+    fields: dict = {}
+    for name, declared in FIELDS.items():
+        if declared.infotext in parsed and name != "scheduler":
+            value = declared.parse(parsed[declared.infotext])
+            if value is not None:
+                fields[name] = value
+    # Absent keys mean off (a variation or hires fix left in the widgets must not linger).
+    fields.setdefault("subseed_strength", 0.0)
+    fields["enable_hr"] = any(k in parsed for k in ("Hires upscale", "Hires resize", "Hires upscaler", "Hires steps"))
+    if fields["enable_hr"]:
+        fields.setdefault("hr_second_pass_steps", 0)
+        fields.setdefault("hr_resize_x", 0)
+        fields.setdefault("hr_resize_y", 0)
     sampler = parsed.get("Sampler")
     if sampler:
         # A1111 ≥ 1.9 writes the schedule separately: "Sampler: DPM++ 2M, Schedule type: Karras".

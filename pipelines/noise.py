@@ -57,11 +57,11 @@ class NoiseSpec:
     resize_from: tuple[int, int] | None = None  # (width, height) in pixels
 
     @classmethod
-    def of(cls, sampling, seeds: Sequence[int], subseeds: Sequence[int] | None = None) -> "NoiseSpec":
-        """From a request's Sampling and one batch's seeds (subseeds follow seeds: +k each)."""
-        if subseeds is None:
-            subseeds = [(s - sampling.seed + sampling.subseed) % 2**32 for s in seeds] if sampling.subseed >= 0 else []
-        return cls(tuple(seeds), tuple(subseeds), sampling.subseed_strength if subseeds else 0.0, sampling.seed_resize)
+    def of(cls, request, seeds: Sequence[int]) -> "NoiseSpec":
+        """From a request and one batch's seeds (subseeds follow seeds: +k each)."""
+        seed = request.sampling.seed
+        subseeds = [(s - seed + request.subseed) % 2**32 for s in seeds] if request.subseed >= 0 else []
+        return cls(tuple(seeds), tuple(subseeds), request.subseed_strength if subseeds else 0.0, request.seed_resize)
 
     @property
     def varies(self) -> bool:

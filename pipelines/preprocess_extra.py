@@ -21,20 +21,21 @@ This module never imports gradio.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from pipelines.errors import RequestError
+from pipelines.fields import Field
 from pipelines.images import fit, to_rgb
 from pipelines.pose import PoseResult, detect_pose_mediapipe, detect_pose_openpose, openpose_available
 from pipelines.preprocess import canny, to_rgb_array
-
-RESIZE_MODES = ("crop and resize", "just resize", "resize and fill")
+from pipelines.requests import RESIZE_MODES
 
 
 def _rgb(image) -> np.ndarray:
@@ -96,13 +97,10 @@ def content_shuffle(image, f: int = 256, seed: int = 0) -> Image.Image:
 # Registry
 # ---------------------------------------------------------------------------------------------
 
-class Param(NamedTuple):
-    """One preprocessor parameter, for building a slider: default, range, step, label."""
-    default: float
-    minimum: float
-    maximum: float
-    step: float
-    label: str
+def Param(default: float, minimum: float, maximum: float, step: float, label: str) -> Field:
+    """One preprocessor parameter, declared as a request field is (pipelines/fields.py): the
+    ControlNet units build their sliders from it."""
+    return Field("", type(default), default, label, minimum=minimum, maximum=maximum, step=step)
 
 
 @dataclass
@@ -125,9 +123,12 @@ class ControlMap:
 class Preprocessor:
     name: str
     run: Callable[..., ControlMap]  # (rgb PIL image, **params) -> ControlMap at the image's size
-    params: dict                    # name -> Param
+    params: dict                    # name -> Param (a Field)
     description: str
     needs_weights: bool = False
+
+    def __post_init__(self):
+        self.params.update({key: dataclasses.replace(spec, name=key) for key, spec in self.params.items()})
 
     def available(self, annotators_dir: Optional[str] = None) -> bool:
         return not self.needs_weights or openpose_available(annotators_dir)
@@ -215,22 +216,22 @@ def _shuffle(image, f, seed):
 PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("none", _none, {}, "the image as it is (already an edge or pose map)"),
     Preprocessor("canny", _canny, {
-        "low": Param(100, 0, 255, 1, "low threshold"),
-        "high": Param(200, 0, 255, 1, "high threshold"),
+        "low": Param(100, 0, 255, 1, "Canny low threshold"),
+        "high": Param(200, 0, 255, 1, "Canny high threshold"),
     }, "OpenCV Canny edges, white on black"),
     Preprocessor("pose (mediapipe)", _pose_mediapipe, {
-        "min_visibility": Param(0.5, 0.0, 1.0, 0.05, "joint visibility threshold"),
+        "min_visibility": Param(0.5, 0.0, 1.0, 0.05, "Joint visibility threshold"),
     }, "body pose (OpenPose-18) from mediapipe, offline, one person"),
     Preprocessor("pose (openpose)", _pose_openpose, {},
                  "body pose from controlnet-aux OpenPose (needs lllyasviel/Annotators body_pose_model.pth)",
                  needs_weights=True),
     Preprocessor("lineart standard", _lineart, {
-        "gaussian_sigma": Param(6.0, 0.5, 32.0, 0.5, "blur sigma"),
-        "intensity_threshold": Param(8, 0, 255, 1, "intensity threshold"),
+        "gaussian_sigma": Param(6.0, 0.5, 32.0, 0.5, "Lineart blur sigma"),
+        "intensity_threshold": Param(8, 0, 255, 1, "Lineart intensity threshold"),
     }, "dark strokes as white lines (no weights)"),
     Preprocessor("shuffle", _shuffle, {
-        "f": Param(256, 8, 1024, 8, "feature size (px)"),
-        "seed": Param(0, 0, 2**32 - 1, 1, "seed"),
+        "f": Param(256, 8, 1024, 8, "Shuffle feature size (px)"),
+        "seed": Param(0, 0, 2**32 - 1, 1, "Shuffle seed"),
     }, "content shuffle: colours and textures without layout (no weights)"),
 )}
 

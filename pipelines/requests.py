@@ -1,5 +1,7 @@
 """Validated request objects: the single contract between the UI (or API, tests, a remote
-worker) and the pipeline manager. One dataclass per task.
+worker) and the pipeline manager. One dataclass per task. Every field is declared once,
+here, with ``declare(default, label, range/choices, infotext key, A1111 key, …)``: widgets,
+API names, grid axes and PNG info follow from it (pipelines/fields.py: how to add one).
 
 Two layers:
 - the dataclasses' ``__post_init__`` enforce invariants and reject what cannot be meant
@@ -12,16 +14,24 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from PIL import Image
 
 from .errors import RequestError
+from .fields import check_fields, declare, nested, registry, require_number, require_text
+
+_require_number, _require_text = require_number, require_text  # the lab's requests use them
 from .schedulers import SCHEDULER_NAMES
 
 MAX_SEED = 2**32 - 1
+# Choice lists, each once. Orders are A1111's where A1111 sends an index over its REST API
+# (resize_mode 0–2, inpaint_full_res 0–1); MASKED_CONTENT's A1111 index is fill 0, original 1.
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
+INPAINT_MODES = ("RePaint", "inpainting model")
+INPAINT_AREAS = ("whole picture", "only masked")
+MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
 # Hires fix upscalers, named as A1111 names them: latent ones resize the first pass's latents
 # (interpolation mode in pipelines/hires.py); pixel ones decode, resize the image, re-encode.
 LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
@@ -30,72 +40,43 @@ PIXEL_UPSCALERS = ("Lanczos", "Nearest")
 HIRES_UPSCALERS = LATENT_UPSCALERS + PIXEL_UPSCALERS  # + model upscalers on disk (catalog.upscaler_models), by name
 
 
-def _require_number(name: str, value, low: float, high: float, integer: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(f"{name} must be a number, got {value!r}.")
-    if not math.isfinite(value):
-        raise RequestError(f"{name} must be a finite number, got {value}.")
-    if integer and value != int(value):
-        raise RequestError(f"{name} must be a whole number, got {value}.")
-    if not low <= value <= high:
-        raise RequestError(f"{name} must be between {_plain(low)} and {_plain(high)}, got {_plain(value)}.")
-
-
-def _plain(value) -> str:
-    """A number as a person writes it: 4294967295, not 4.29497e+09; 0.5 stays 0.5."""
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
-
-
 def _is_model_name(text: str) -> bool:
     """A catalogue name (a file stem), never a path: the manager looks it up on its own disk."""
     return 0 < len(text.strip()) <= 200 and not any(c in text for c in "/\\\0") and text.strip() not in (".", "..")
 
 
-def _require_text(name: str, value) -> None:
-    if not isinstance(value, str):
-        raise RequestError(f"{name} must be text, got {type(value).__name__}.")
+def _require_image(value, missing: str, what: str) -> None:
+    if value is None:
+        raise RequestError(missing)
+    if not isinstance(value, Image.Image):
+        raise RequestError(f"{what} must be an image, got {type(value).__name__}.")
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How to sample: shared by every task."""
 
-    scheduler: str = "Euler a"
-    steps: int = 20
-    cfg: bool = True  # classifier-free guidance on/off: off = one UNet pass per step
-    cfg_scale: float = 7.0  # ε = ε_uncond + s·(ε_cond − ε_uncond)
-    eta: float = 0.0  # DDIM η: σ = η·σ_DDPM (0 deterministic, 1 DDPM-like)
-    seed: int = -1  # −1 = random, resolved by Limits.normalize
-    batch_size: int = 1
-    batch_count: int = 1
-    # Variation seed (A1111's "Extra" seed options): the initial noise is slerp'd from the
-    # seed's towards the subseed's by subseed_strength (0 = the seed's own image, 1 = the
-    # subseed's noise); seed_resize_from_w/h draw the seed's noise at that size, centred.
-    subseed: int = -1  # −1 = random, drawn by Limits.normalize when subseed_strength > 0
-    subseed_strength: float = 0.0
-    seed_resize_from_w: int = 0  # 0 = off
-    seed_resize_from_h: int = 0
-
+    scheduler: str = declare("Euler a", "Scheduler", choices=SCHEDULER_NAMES, infotext="Sampler", a1111="sampler_name",
+                             axis=True)
+    steps: int = declare(20, "Steps", minimum=1, maximum=1000, step=1, limit="max_steps", infotext="Steps", a1111="steps",
+                         axis=True)
+    # classifier-free guidance on/off: off = one UNet pass per step
+    cfg: bool = declare(True, "CFG", title="CFG on/off", info="classifier-free guidance; off = one UNet pass per step",
+                        infotext="CFG")
+    # ε = ε_uncond + s·(ε_cond − ε_uncond)
+    cfg_scale: float = declare(7.0, "CFG scale", minimum=1.0, maximum=30.0, step=0.5, infotext="CFG scale",
+                               a1111="cfg_scale", axis=True)
+    # DDIM η: σ = η·σ_DDPM (0 deterministic, 1 DDPM-like)
+    eta: float = declare(0.0, "DDIM η", minimum=0.0, maximum=1.0, step=0.05, info="0 deterministic, 1 DDPM-like",
+                         infotext="Eta", a1111="eta", axis=True)
+    # −1 = random, resolved by Limits.normalize
+    seed: int = declare(-1, "Seed", minimum=-1, maximum=MAX_SEED, step=1, info="−1 = random", infotext="Seed",
+                        a1111="seed", axis=True)
+    batch_size: int = declare(1, "Batch size", minimum=1, maximum=64, step=1, limit="max_batch_size",
+                              infotext="Batch size", a1111="batch_size")
+    batch_count: int = declare(1, "Batch count", minimum=1, maximum=1000, step=1, limit="max_batch_count", a1111="n_iter")
     def __post_init__(self):
-        if self.scheduler not in SCHEDULER_NAMES:
-            raise RequestError(f"Unknown scheduler {self.scheduler!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
-        _require_number("Steps", self.steps, 1, 1000, integer=True)
-        if not isinstance(self.cfg, bool):
-            raise RequestError(f"CFG on/off must be true or false, got {self.cfg!r}.")
-        _require_number("CFG scale", self.cfg_scale, 1.0, 30.0)
-        _require_number("DDIM eta", self.eta, 0.0, 1.0)
-        _require_number("Seed", self.seed, -1, MAX_SEED, integer=True)
-        _require_number("Batch size", self.batch_size, 1, 64, integer=True)
-        _require_number("Batch count", self.batch_count, 1, 1000, integer=True)
-        _require_number("Variation seed", self.subseed, -1, MAX_SEED, integer=True)
-        _require_number("Variation strength", self.subseed_strength, 0.0, 1.0)
-        _require_number("Resize seed from width", self.seed_resize_from_w, 0, 16384, integer=True)
-        _require_number("Resize seed from height", self.seed_resize_from_h, 0, 16384, integer=True)
-        # Coerce integral floats coming from JSON (e.g. 20.0) to int.
-        for name in ("steps", "seed", "batch_size", "batch_count", "subseed", "seed_resize_from_w", "seed_resize_from_h"):
-            object.__setattr__(self, name, int(getattr(self, name)))
-        for name in ("cfg_scale", "eta", "subseed_strength"):
-            object.__setattr__(self, name, float(getattr(self, name)))
+        check_fields(self)
 
     @property
     def guidance_scale(self) -> float:
@@ -111,14 +92,6 @@ class Sampling:
             for b in range(self.batch_count)
         ]
 
-    @property
-    def seed_resize(self) -> tuple[int, int] | None:
-        """(width, height) the seed's noise is drawn at, or None when off (either one 0)."""
-        if self.seed_resize_from_w <= 0 or self.seed_resize_from_h <= 0:
-            return None
-        return self.seed_resize_from_w, self.seed_resize_from_h
-
-
 
 MAX_CONTROL_UNITS = 3
 
@@ -126,39 +99,35 @@ MAX_CONTROL_UNITS = 3
 @dataclass(frozen=True)
 class ControlUnit:
     """One ControlNet: which model, which control image and preprocessor, how strongly and
-    over which part of the schedule it steers (A1111's weight / guidance start / end)."""
+    over which part of the schedule it steers (A1111's weight / guidance start / end).
+    a1111 keys: the ControlNet extension's unit JSON (alwayson_scripts.controlnet.args)."""
 
-    model: str = ""  # diffusers folder, single file or Hub id of a ControlNet
-    image: Image.Image | None = None  # as uploaded; the preprocessor turns it into the map
-    preprocessor: str = "none"  # "none": the image already is the control map
+    # diffusers folder, single file or Hub id of a ControlNet
+    model: str = declare("", "ControlNet model", info="a ControlNet folder, .safetensors file or Hub id", a1111="model")
+    image: Image.Image | None = declare(None, "Control image", kind=object, a1111="image")  # the preprocessor makes the map
+    # "none": the image already is the control map
+    preprocessor: str = declare("none", "Preprocessor", a1111="module")
     params: tuple[tuple[str, float], ...] = ()  # preprocessor settings, e.g. (("low", 100), ("high", 200))
-    weight: float = 1.0  # controlnet_conditioning_scale: residuals are multiplied by it
-    start: float = 0.0  # fraction of the steps before the ControlNet starts to act
-    end: float = 1.0  # fraction of the steps after which it stops
-    resize_mode: str = "crop and resize"  # how the control image is fitted to the generation size
+    # controlnet_conditioning_scale: residuals are multiplied by it
+    weight: float = declare(1.0, "Control weight", minimum=0.0, maximum=2.0, step=0.05, a1111="weight", axis=True)
+    # fractions of the steps before the ControlNet starts to act, and after which it stops
+    start: float = declare(0.0, "Guidance start", minimum=0.0, maximum=1.0, step=0.01, a1111="guidance_start")
+    end: float = declare(1.0, "Guidance end", minimum=0.0, maximum=1.0, step=0.01, a1111="guidance_end")
+    # how the control image is fitted to the generation size
+    resize_mode: str = declare("crop and resize", "Resize mode", title="Control resize mode", choices=RESIZE_MODES,
+                               a1111="resize_mode")
 
     def __post_init__(self):
-        _require_text("ControlNet model", self.model)
-        if not self.model.strip():
+        if self.model is None or (isinstance(self.model, str) and not self.model.strip()):
             raise RequestError("Choose a ControlNet model for each enabled unit.")
-        if self.image is None:
-            raise RequestError("A ControlNet unit needs a control image: upload one (or disable the unit).")
-        if not isinstance(self.image, Image.Image):
-            raise RequestError(f"The control image must be an image, got {type(self.image).__name__}.")
-        _require_text("Preprocessor", self.preprocessor)
-        _require_number("Control weight", self.weight, 0.0, 2.0)
-        _require_number("Guidance start", self.start, 0.0, 1.0)
-        _require_number("Guidance end", self.end, 0.0, 1.0)
+        _require_image(self.image, "A ControlNet unit needs a control image: upload one (or disable the unit).",
+                       "The control image")
+        check_fields(self)
         if self.start >= self.end:
             raise RequestError(f"Guidance start ({self.start:g}) must come before guidance end ({self.end:g}): "
                                "otherwise the ControlNet never acts.")
-        if self.resize_mode not in RESIZE_MODES:
-            raise RequestError(f"Unknown control resize mode {self.resize_mode!r}. Choose one of: {', '.join(RESIZE_MODES)}.")
         for key, value in self.params:
-            _require_number(f"Preprocessor setting {key}", value, -1e6, 1e6)
-        object.__setattr__(self, "weight", float(self.weight))
-        object.__setattr__(self, "start", float(self.start))
-        object.__setattr__(self, "end", float(self.end))
+            require_number(f"Preprocessor setting {key}", value, -MAX_SEED, MAX_SEED)  # its own range: control_map checks it
 
 
 @dataclass(frozen=True)
@@ -166,69 +135,73 @@ class Control:
     """ControlNet units attached to any generation request (txt2img, img2img, inpaint)."""
 
     units: tuple[ControlUnit, ...] = ()
-    guess_mode: bool = False  # no prompt for the ControlNet: it must recognise the content from the map
+    # no prompt for the ControlNet: it must recognise the content from the map
+    guess_mode: bool = declare(False, "Guess mode", info="the ControlNet gets no prompt and must recognise the content from the map",
+                               infotext="Guess mode")
 
     def __post_init__(self):
         if not 1 <= len(self.units) <= MAX_CONTROL_UNITS:
             raise RequestError(f"Use 1 to {MAX_CONTROL_UNITS} ControlNet units, got {len(self.units)}.")
         if not all(isinstance(u, ControlUnit) for u in self.units):
             raise RequestError("Control units must be ControlUnit objects.")
-        if not isinstance(self.guess_mode, bool):
-            raise RequestError("Guess mode must be true or false.")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
 class Txt2ImgRequest:
-    prompt: str = ""
-    negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
-    sampling: Sampling = field(default_factory=Sampling)
+    prompt: str = declare("", "Prompt", infotext="Prompt", a1111="prompt")
+    negative_prompt: str = declare("", "Negative prompt", infotext="Negative prompt", a1111="negative_prompt")
+    sampling: Sampling = nested(Sampling)
+    width: int = declare(512, "Width", minimum=1, maximum=16384, step=8, slider=(64, 16384), limit="max_width",
+                         infotext="Size-1", a1111="width")
+    height: int = declare(512, "Height", minimum=1, maximum=16384, step=8, slider=(64, 16384), limit="max_height",
+                          infotext="Size-2", a1111="height")
     control: Control | None = None  # ControlNet units, if any
     notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
     # Hires fix (txt2img only; A1111's REST names): first pass at width×height, upscale,
-    # then an img2img pass at the final size (pipelines/hires.py).
-    enable_hr: bool = False
-    hr_scale: float = 2.0  # final size = base size × hr_scale, unless hr_resize_x/y are set
-    hr_upscaler: str = "Latent"
-    hr_second_pass_steps: int = 0  # 0 = as many as the first pass
-    hr_resize_x: int = 0  # resize to this width/height instead (0 = from the other / the scale)
-    hr_resize_y: int = 0
-    denoising_strength: float = 0.7  # of the second pass
+    # then an img2img pass at the final size (pipelines/hires.py). Infotext: infotext.hires_params.
+    enable_hr: bool = declare(False, "Hires fix", a1111="enable_hr",
+                              info="first pass at the size above, then upscale and refine at the final size")
+    hr_upscaler: str = declare("Latent", "Upscaler", title="Hires upscaler", infotext="Hires upscaler", a1111="hr_upscaler")
+    hr_scale: float = declare(2.0, "Upscale by", title="Hires upscale by", minimum=1.0, maximum=8.0, step=0.05,
+                              slider=(1.0, 4.0), infotext="Hires upscale", a1111="hr_scale")
+    hr_second_pass_steps: int = declare(0, "Hires steps", minimum=0, maximum=1000, step=1, limit="max_steps",
+                                        info="0 = same as the first pass", infotext="Hires steps",
+                                        a1111="hr_second_pass_steps", axis=True)
+    denoising_strength: float = declare(0.7, "Denoising strength", title="Hires denoising strength", minimum=0.0,
+                                        maximum=1.0, step=0.01, infotext="Denoising strength", axis=True)  # REST: api/fields.py
+    hr_resize_x: int = declare(0, "Resize width to", title="Hires resize width", minimum=0, maximum=16384, step=8,
+                               limit="max_width", info="0 = by the factor", infotext="Hires resize-1", a1111="hr_resize_x")
+    hr_resize_y: int = declare(0, "Resize height to", title="Hires resize height", minimum=0, maximum=16384, step=8,
+                               limit="max_height", infotext="Hires resize-2", a1111="hr_resize_y")
+    # Variation seed (A1111's "Extra" seed options): the initial noise is slerp'd from the
+    # seed's towards the subseed's by subseed_strength (0 = the seed's own image); resize
+    # seed from w/h draws the seed's noise at that size, centred (pipelines/noise.py).
+    # Declared after width/height so the API's positional order stays as it was.
+    subseed: int = declare(-1, "Variation seed", minimum=-1, maximum=MAX_SEED, step=1, info="−1 = random",
+                           infotext="Variation seed", a1111="subseed", axis=True)
+    subseed_strength: float = declare(0.0, "Variation strength", minimum=0.0, maximum=1.0, step=0.01,
+                                      info="0: the seed's image; 1: the variation seed's noise",
+                                      infotext="Variation seed strength", a1111="subseed_strength", axis=True)
+    seed_resize_from_w: int = declare(0, "Resize seed from width", minimum=0, maximum=16384, step=8, info="0 = off",
+                                      limit="max_width", infotext="Seed resize from-1")
+    seed_resize_from_h: int = declare(0, "Resize seed from height", minimum=0, maximum=16384, step=8,
+                                      limit="max_height", infotext="Seed resize from-2")
+
 
     task: ClassVar[str] = "txt2img"
 
     def __post_init__(self):
-        _require_text("Prompt", self.prompt)
-        _require_text("Negative prompt", self.negative_prompt)
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            _require_number(name.capitalize(), value, 1, 16384, integer=True)
-            object.__setattr__(self, name, int(value))
+        check_fields(self)
         if not isinstance(self.sampling, Sampling):
             raise RequestError("sampling must be a Sampling object.")
         if self.control is not None and not isinstance(self.control, Control):
             raise RequestError("control must be a Control object.")
-        self._check_hires()
-
-    def _check_hires(self) -> None:
-        if not isinstance(self.enable_hr, bool):
-            raise RequestError(f"Hires fix on/off must be true or false, got {self.enable_hr!r}.")
         if self.enable_hr and self.task != "txt2img":
             raise RequestError("Hires fix is a txt2img option: for an init image, raise the size and use img2img.")
-        _require_number("Hires upscale by", self.hr_scale, 1.0, 8.0)
-        _require_text("Hires upscaler", self.hr_upscaler)
         if self.hr_upscaler not in HIRES_UPSCALERS and not _is_model_name(self.hr_upscaler):
             raise RequestError(f"Unknown hires upscaler {self.hr_upscaler[:80]!r}. Choose one of: {', '.join(HIRES_UPSCALERS)}, "
                                "or a model upscaler of this host by its name.")
-        _require_number("Hires steps", self.hr_second_pass_steps, 0, 1000, integer=True)
-        _require_number("Hires resize width", self.hr_resize_x, 0, 16384, integer=True)
-        _require_number("Hires resize height", self.hr_resize_y, 0, 16384, integer=True)
-        _require_number("Hires denoising strength", self.denoising_strength, 0.0, 1.0)
-        for name in ("hr_second_pass_steps", "hr_resize_x", "hr_resize_y"):
-            object.__setattr__(self, name, int(getattr(self, name)))
-        object.__setattr__(self, "hr_scale", float(self.hr_scale))
-        object.__setattr__(self, "denoising_strength", float(self.denoising_strength))
 
     @property
     def hires_size(self) -> tuple[int, int]:
@@ -246,35 +219,34 @@ class Txt2ImgRequest:
         return max(8, int(w + 1e-6) // 8 * 8), max(8, int(h + 1e-6) // 8 * 8)  # ε: 96 × (256/96) is 256
 
     @property
+    def seed_resize(self) -> tuple[int, int] | None:
+        """(width, height) the seed's noise is drawn at, or None when off (either one 0)."""
+        if self.seed_resize_from_w <= 0 or self.seed_resize_from_h <= 0:
+            return None
+        return self.seed_resize_from_w, self.seed_resize_from_h
+
+    @property
     def is_normalized(self) -> bool:
         """Sizes are multiples of 8 (the VAE downsamples by 8) and the seeds are drawn."""
-        s = self.sampling
-        return self.width % 8 == 0 and self.height % 8 == 0 and s.seed >= 0 and (s.subseed >= 0 or s.subseed_strength == 0)
+        return (self.width % 8 == 0 and self.height % 8 == 0 and self.sampling.seed >= 0
+                and (self.subseed >= 0 or self.subseed_strength == 0))
 
 
 @dataclass(frozen=True)
 class Img2ImgRequest(Txt2ImgRequest):
-    init_image: Image.Image | None = None
-    strength: float = 0.75  # fraction of the noise schedule re-run: 0 = input back, 1 = ignore input
-    resize_mode: str = "crop and resize"
+    init_image: Image.Image | None = declare(None, "Init image", kind=object, a1111="init_images")
+    # fraction of the noise schedule re-run: 0 = input back, 1 = ignore input
+    strength: float = declare(0.75, "Denoising strength", minimum=0.0, maximum=1.0, step=0.01,
+                              info="fraction of the noise schedule re-run: 0 returns the input, 1 ignores it",
+                              infotext="Denoising strength", a1111="denoising_strength", axis=True)
+    resize_mode: str = declare("crop and resize", "Resize mode", choices=RESIZE_MODES, infotext="Resize mode",
+                               a1111="resize_mode")
 
     task: ClassVar[str] = "img2img"
 
     def __post_init__(self):
+        _require_image(self.init_image, "img2img needs an init image: upload one first.", "The init image")
         super().__post_init__()
-        if self.init_image is None:
-            raise RequestError("img2img needs an init image: upload one first.")
-        if not isinstance(self.init_image, Image.Image):
-            raise RequestError(f"The init image must be an image, got {type(self.init_image).__name__}.")
-        _require_number("Denoising strength", self.strength, 0.0, 1.0)
-        object.__setattr__(self, "strength", float(self.strength))
-        if self.resize_mode not in RESIZE_MODES:
-            raise RequestError(f"Unknown resize mode {self.resize_mode!r}. Choose one of: {', '.join(RESIZE_MODES)}.")
-
-
-INPAINT_MODES = ("RePaint", "inpainting model")
-INPAINT_AREAS = ("whole picture", "only masked")
-MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
 
 
 @dataclass(frozen=True)
@@ -285,41 +257,45 @@ class InpaintRequest(Img2ImgRequest):
     blended in; r resamplings over jumps of j steps heal the seam (the UNet runs r× longer).
     'inpainting model' uses a 9-channel UNet reading [z_t, mask, masked-image latent]."""
 
-    mask: Image.Image | None = None
-    mode: str = "RePaint"
-    inpaint_model: str = ""  # 9-channel UNet source for mode 'inpainting model'
-    mask_blur: int = 4  # px of feathering, kept inside the mask
-    invert_mask: bool = False
-    masked_content: str = "original"  # what the masked area starts from
-    inpaint_area: str = "whole picture"  # or 'only masked': crop to the mask (+ padding), work at full size
-    padding: int = 32
-    repaint_r: int = 1  # resamplings per step
-    repaint_j: int = 1  # jump length
-    strength: float = 1.0
+    mask: Image.Image | None = declare(None, "Mask", kind=object, a1111="mask")
+    mode: str = declare("RePaint", "Mode", choices=INPAINT_MODES, infotext="Inpaint mode",
+                        info="RePaint: any model, known region re-noised every step. "
+                             "Inpainting model: a 9-channel UNet trained for it.")
+    # 9-channel UNet source for mode 'inpainting model'
+    inpaint_model: str = declare("", "Inpainting model (9-channel UNet)", title="Inpainting model",
+                                 infotext="Inpainting model")
+    # px of feathering, kept inside the mask
+    mask_blur: int = declare(4, "Mask blur (px, inside the mask)", title="Mask blur", minimum=0, maximum=256, step=1,
+                             slider=(0, 64), infotext="Mask blur", a1111="mask_blur")
+    invert_mask: bool = declare(False, "Invert mask", infotext="Invert mask", a1111="inpainting_mask_invert")
+    # what the masked area starts from
+    masked_content: str = declare("original", "Masked content", choices=MASKED_CONTENT, infotext="Masked content",
+                                  a1111="inpainting_fill")
+    # or 'only masked': crop to the mask (+ padding), work at full size
+    inpaint_area: str = declare("whole picture", "Inpaint area", choices=INPAINT_AREAS, infotext="Inpaint area",
+                                a1111="inpaint_full_res")
+    padding: int = declare(32, "Only-masked padding (px)", title="Only-masked padding", minimum=0, maximum=4096, step=4,
+                           slider=(0, 256), infotext="Only masked padding", a1111="inpaint_full_res_padding")
+    repaint_r: int = declare(1, "RePaint resamplings r", title="RePaint r", minimum=1, maximum=50, step=1, slider=(1, 10),
+                             info="r > 1 heals seams and costs r× the time", infotext="RePaint r", axis=True)  # resamplings per step
+    repaint_j: int = declare(1, "Jump length j", title="RePaint j", minimum=1, maximum=1000, step=1, slider=(1, 20),
+                             infotext="RePaint j")  # jump length
+    strength: float = declare(1.0, "Denoising strength", minimum=0.0, maximum=1.0, step=0.01,
+                              infotext="Denoising strength", a1111="denoising_strength", axis=True)
 
     task: ClassVar[str] = "inpaint"
 
     def __post_init__(self):
         super().__post_init__()
-        if self.mask is None:
-            raise RequestError("Inpainting needs a mask: paint over the area to change, or upload a mask image.")
-        if not isinstance(self.mask, Image.Image):
-            raise RequestError(f"The mask must be an image, got {type(self.mask).__name__}.")
-        for name, value, choices in (("mode", self.mode, INPAINT_MODES), ("inpaint area", self.inpaint_area, INPAINT_AREAS),
-                                     ("masked content", self.masked_content, MASKED_CONTENT)):
-            if value not in choices:
-                raise RequestError(f"Unknown {name} {value!r}. Choose one of: {', '.join(choices)}.")
-        _require_text("Inpainting model", self.inpaint_model)
+        _require_image(self.mask, "Inpainting needs a mask: paint over the area to change, or upload a mask image.",
+                       "The mask")
         if self.mode == "inpainting model" and not self.inpaint_model.strip():
             raise RequestError("Mode 'inpainting model' needs a 9-channel inpainting model: choose one, or use RePaint.")
-        _require_number("Mask blur", self.mask_blur, 0, 256, integer=True)
-        _require_number("Only-masked padding", self.padding, 0, 4096, integer=True)
-        _require_number("RePaint r", self.repaint_r, 1, 50, integer=True)
-        _require_number("RePaint j", self.repaint_j, 1, 1000, integer=True)
-        if not isinstance(self.invert_mask, bool):
-            raise RequestError("Invert mask must be true or false.")
-        for name in ("mask_blur", "padding", "repaint_r", "repaint_j"):
-            object.__setattr__(self, name, int(getattr(self, name)))
+
+
+# Every declared field by name (InpaintRequest's own strength default is read from its
+# class): what the UI, the API, grids and PNG info read.
+FIELDS = registry(Img2ImgRequest, InpaintRequest, ControlUnit, Control)
 
 
 @dataclass(frozen=True)
@@ -348,21 +324,18 @@ class Limits:
             size[name] = rounded
         s = request.sampling
         changes = {}
-        for name, limit, label in (
-            ("steps", self.max_steps, "Steps"),
-            ("batch_size", self.max_batch_size, "Batch size"),
-            ("batch_count", self.max_batch_count, "Batch count"),
-        ):
+        for name in ("steps", "batch_size", "batch_count"):
+            limit, label = getattr(self, FIELDS[name].limit), FIELDS[name].name_in_text
             if getattr(s, name) > limit:
                 notes.append(f"{label} {getattr(s, name)} is over this host's limit: clamped to {limit}.")
                 changes[name] = limit
         if s.seed < 0:
             changes["seed"] = random.randint(0, MAX_SEED)
-        if s.subseed < 0 and s.subseed_strength > 0:  # drawn only when it acts (no random field otherwise)
-            changes["subseed"] = random.randint(0, MAX_SEED)
         sampling = replace(s, **changes) if changes else s
-        hires = self._fit_hires(replace(request, **size), notes) if request.enable_hr else {}
-        return replace(request, sampling=sampling, notes=tuple(notes), **size, **hires)
+        own = self._fit_hires(replace(request, **size), notes) if request.enable_hr else {}
+        if request.subseed < 0 and request.subseed_strength > 0:  # drawn only when it acts (no random field otherwise)
+            own["subseed"] = random.randint(0, MAX_SEED)
+        return replace(request, sampling=sampling, notes=tuple(notes), **size, **own)
 
     def _fit_hires(self, request: Txt2ImgRequest, notes: list[str]) -> dict:
         """The host's limits apply to the hires fix's final size: shrink the factor (or the

@@ -149,10 +149,11 @@ def test_a_controlnet_unit_changes_the_image_as_the_ui_unit_does(api, ui, contro
     plain, _ = txt2img(api, **fields)
     assert controlled["images"][0] != plain["images"][0]
     control_image.save(tmp_path / "control.png")
-    on = [True, handle_file(str(tmp_path / "control.png")), "canny", 50, 150, 0.5, CONTROLNET_ID, 1.0, 0.0, 1.0, False, ""]
-    off = [False, None, "canny", 100, 200, 0.5, "", 1.0, 0.0, 1.0, False, ""]
-    gallery = ui.predict("a red square", "", False, None, "crop and resize", 0.6, "Euler", 5, True, 7, 0, 9, 1, 1, 64, 64,
-                         *on, *off, *off, False, "Nothing", "", "Nothing", "", True, api_name="/controlnet")[1]
+    on = dict(enabled=True, image=handle_file(str(tmp_path / "control.png")), preprocessor="canny", low=50, high=150,
+              model=CONTROLNET_ID, weight=1.0, start=0.0, end=1.0)
+    gallery = ui.predict(prompt="a red square", scheduler="Euler", steps=5, cfg_scale=7, seed=9, width=64, height=64,
+                         **{f"unit1_{name}": value for name, value in on.items()}, init_image=None, unit2_image=None, unit3_image=None,
+                         api_name="/controlnet")[1]
     assert np.array_equal(pixels(unb64(controlled["images"][0])), pixels(gallery[0]["image"]))
     assert 'Module: canny' in info["infotexts"][0]
 

@@ -18,8 +18,9 @@ def t2i_args(prompt="a red circle", steps=6, seed=5, width=64, height=64, cfg=Tr
     return [prompt, "", scheduler, steps, cfg, 7, 0, seed, batch_size, batch_count, width, height]
 
 
-def i2i_args(image, strength, seed=5, steps=10, width=64, height=64):
-    return ["a red circle", "", image, "crop and resize", strength, "Euler a", steps, True, 7, 0, seed, 1, 1, width, height]
+def i2i_args(image, strength, seed=5, steps=10, width=64, height=64) -> dict:
+    return dict(prompt="a red circle", init_image=image, resize_mode="crop and resize", strength=strength, scheduler="Euler a",
+                steps=steps, seed=seed, width=width, height=height)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_same_request_twice_gives_the_same_image_over_http(client):
 def test_img2img_with_strength_zero_returns_the_upload(client, tmp_path):
     source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     source.save(tmp_path / "init.png")
-    gallery = client.predict(*i2i_args(handle_file(str(tmp_path / "init.png")), 0.0), api_name="/img2img")[1]
+    gallery = client.predict(**i2i_args(handle_file(str(tmp_path / "init.png")), 0.0), api_name="/img2img")[1]
     assert np.array_equal(np.asarray(Image.open(gallery[0]["image"])), np.asarray(source))
 
 
@@ -76,14 +77,14 @@ def test_size_not_a_multiple_of_8_is_rounded_and_said(client):
 ])
 def test_bad_img2img_input_gets_a_clear_message(client, args, message):
     with pytest.raises(AppError, match=message):
-        client.predict(*args, api_name="/img2img")
+        client.predict(**args, api_name="/img2img")
 
 
 def test_a_non_image_upload_gets_a_clear_message_and_the_server_keeps_serving(client, tmp_path):
     fake = tmp_path / "photo.png"
     fake.write_text("this is not a picture")
     with pytest.raises(AppError, match="not an image this app can read"):
-        client.predict(*i2i_args(handle_file(str(fake)), 0.5), api_name="/img2img")
+        client.predict(**i2i_args(handle_file(str(fake)), 0.5), api_name="/img2img")
     assert len(client.predict(*t2i_args(steps=2), api_name="/txt2img")[1]) == 1
 
 
@@ -94,9 +95,9 @@ def raw_call(app_server, endpoint: str, body: str) -> str:
     return httpx.get(f"{url}/{event}", timeout=60).text
 
 
-# The inputs after the tab's own, at their defaults (a raw call sends every input): the X/Y
-# grid's (off), the extra seed options' (no variation) and the hires fix's (off).
-NO_GRID = ', "Nothing", "", "Nothing", "", true, -1, 0, 0, 0, false, "Latent", 2, 0, 0.7, 0, 0'
+# The inputs after width and height, at their defaults (a raw call sends every input): the
+# hires fix's (off), the variation seed's (none) and the X/Y grid's (off).
+NO_GRID = ', false, "Latent", 2, 0, 0.7, 0, 0, -1, 0, 0, 0, "Nothing", "", "Nothing", "", true'
 
 
 def test_nan_and_out_of_range_slider_values_from_the_api_get_clear_messages(app_server):
@@ -142,11 +143,14 @@ def test_interrupt_stops_only_the_job_of_the_user_who_pressed_it(app_server):
     assert len(gallery) == 1
 
 
-def cn_args(image, model, preprocessor="canny", start=0.0, end=1.0, use_init=False, init=None):
-    unit = [True, image, preprocessor, 50, 150, 0.5, str(model), 1.0, start, end, False, ""]
-    off = [False, None, "canny", 100, 200, 0.5, "", 1.0, 0.0, 1.0, False, ""]
-    return ["a red square", "", use_init, init, "crop and resize", 0.6, "Euler", 5, True, 7, 0, 9, 1, 1, 64, 64,
-            *unit, *off, *off, False]
+def cn_args(image, model, preprocessor="canny", start=0.0, end=1.0, use_init=False, init=None) -> dict:
+    """The ControlNet endpoint's inputs by name: unit 1 on, units 2 and 3 at their defaults (off)."""
+    unit = dict(enabled=True, image=image, preprocessor=preprocessor, low=50, high=150, model=str(model), start=start, end=end)
+    return dict(prompt="a red square", use_init_image=use_init, init_image=init, strength=0.6, scheduler="Euler", steps=5,
+                seed=9, width=64, height=64, **{f"unit1_{name}": value for name, value in unit.items()}, **NO_UNIT_IMAGES)
+
+
+NO_UNIT_IMAGES = {"unit2_image": None, "unit3_image": None}  # image inputs have no default: the API asks for them
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +161,7 @@ def control_image(tmp_path_factory):
 
 
 def test_controlnet_tab_generates_with_a_canny_unit_and_records_it(client, control_image, tiny_controlnet_dir):
-    _, gallery, notes, infotext = client.predict(*cn_args(handle_file(str(control_image)), tiny_controlnet_dir),
+    _, gallery, notes, infotext = client.predict(**cn_args(handle_file(str(control_image)), tiny_controlnet_dir),
                                                  api_name="/controlnet")
     assert len(gallery) == 1
     assert 'ControlNet 0: "Module: canny' in infotext and "low: 50, high: 150" in infotext
@@ -165,7 +169,7 @@ def test_controlnet_tab_generates_with_a_canny_unit_and_records_it(client, contr
 
 def test_controlnet_with_an_init_image_runs_img2img(client, control_image, tiny_controlnet_dir):
     args = cn_args(handle_file(str(control_image)), tiny_controlnet_dir, use_init=True, init=handle_file(str(control_image)))
-    infotext = client.predict(*args, api_name="/controlnet")[3]
+    infotext = client.predict(**args, api_name="/controlnet")[3]
     assert "Denoising strength: 0.6" in infotext and "ControlNet 0" in infotext
 
 
@@ -177,12 +181,13 @@ def test_controlnet_with_an_init_image_runs_img2img(client, control_image, tiny_
 def test_bad_controlnet_units_get_clear_messages(client, control_image, tiny_controlnet_dir, change, message):
     kwargs = dict(image=handle_file(str(control_image)), model=tiny_controlnet_dir) | change
     with pytest.raises(AppError, match=message):
-        client.predict(*cn_args(**kwargs), api_name="/controlnet")
+        client.predict(**cn_args(**kwargs), api_name="/controlnet")
 
 
 def test_control_map_preview_over_http(client, control_image):
     control_map, pose_json, message, use_edited = client.predict(
-        handle_file(str(control_image)), "canny", 50, 150, 0.5, 64, 64, api_name="/controlnet_cn0_preview")
+        image=handle_file(str(control_image)), preprocessor="canny", low=50, high=150, width=64, height=64,
+        api_name="/controlnet_cn0_preview")
     edges = np.asarray(Image.open(control_map).convert("L"))
     assert edges.shape == (64, 64) and 0 < (edges > 0).mean() < 0.5
     assert pose_json in ("", None) and "canny" in message

@@ -232,7 +232,8 @@ def test_pose_editor_detects_a_person_and_a_click_moves_a_joint(page, tmp_path):
 
     from gradio_client import Client, handle_file
 
-    pose_json = Client(page.url, verbose=False).predict(handle_file(str(photo)), "pose (mediapipe)", 100, 200, 0.5, 256, 256,
+    pose_json = Client(page.url, verbose=False).predict(image=handle_file(str(photo)), preprocessor="pose (mediapipe)",
+                                                         min_visibility=0.5, width=256, height=256,
                                                          api_name="/controlnet_cn0_preview")[1]
     nose = json.loads(pose_json)["people"][0]["pose_keypoints_2d"][:3]
     assert nose[2] > 0  # the nose was found

@@ -10,16 +10,12 @@ from PIL import Image
 
 from pipelines.metadata import parse_infotext, read_infotext
 
-NO_GRID = ["Nothing", "", "Nothing", "", True]
-
-
 def t2i(prompt="a red circle", steps=4, seed=5, width=64, height=64, batch_size=1, scheduler="Euler",
-        subseed=-1, subseed_strength=0.0, resize_from=(0, 0), hires=None):
-    """The /txt2img inputs: the tab's, the X/Y grid's (off), the extra seed options, the hires fix."""
-    hr = dict(enable_hr=False, hr_upscaler="Latent", hr_scale=2, hr_second_pass_steps=0, denoising_strength=0.7,
-              hr_resize_x=0, hr_resize_y=0) | (hires or {})
-    return [prompt, "", scheduler, steps, True, 7, 0, seed, batch_size, 1, width, height, *NO_GRID,
-            subseed, subseed_strength, *resize_from, *hr.values()]
+        subseed=-1, subseed_strength=0.0, resize_from=(0, 0), hires=None) -> dict:
+    """The /txt2img inputs by name (the hires fix off unless hires says otherwise)."""
+    return dict(prompt=prompt, scheduler=scheduler, steps=steps, seed=seed, batch_size=batch_size, width=width,
+                height=height, subseed=subseed, subseed_strength=subseed_strength, seed_resize_from_w=resize_from[0],
+                seed_resize_from_h=resize_from[1], **(hires or {}))
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +24,7 @@ def client(app_server):
 
 
 def image_of(client, **kwargs) -> tuple[np.ndarray, str]:
-    _, gallery, notes, infotext = client.predict(*t2i(**kwargs), api_name="/txt2img")
+    _, gallery, notes, infotext = client.predict(**t2i(**kwargs), api_name="/txt2img")
     return np.asarray(Image.open(gallery[0]["image"])), infotext
 
 
@@ -39,7 +35,7 @@ def image_of(client, **kwargs) -> tuple[np.ndarray, str]:
      {"Hires resize": "96x0", "Hires upscaler": "Lanczos", "Denoising strength": "0.5"}),
 ])
 def test_hires_fix_returns_the_upscaled_size_and_png_info_reads_its_parameters(client, hires, size, keys):
-    _, gallery, notes, infotext = client.predict(*t2i(hires=dict(enable_hr=True) | hires), api_name="/txt2img")
+    _, gallery, notes, infotext = client.predict(**t2i(hires=dict(enable_hr=True) | hires), api_name="/txt2img")
     image = Image.open(gallery[0]["image"])
     assert image.size == size
     _, parsed = client.predict(handle_file(gallery[0]["image"]), api_name="/png_info")
@@ -49,7 +45,7 @@ def test_hires_fix_returns_the_upscaled_size_and_png_info_reads_its_parameters(c
 
 def test_hires_fix_over_the_host_limit_is_shrunk_with_a_note(client):
     # the fixture's server allows 256 px: 96 × 4 would be 384
-    _, gallery, notes, _ = client.predict(*t2i(width=96, height=64, hires=dict(enable_hr=True, hr_scale=4, denoising_strength=0.5)),
+    _, gallery, notes, _ = client.predict(**t2i(width=96, height=64, hires=dict(enable_hr=True, hr_scale=4, denoising_strength=0.5)),
                                           api_name="/txt2img")
     assert Image.open(gallery[0]["image"]).size == (256, 168)  # 96 × 8/3, 64 × 8/3 down to a multiple of 8
     assert "over this host's limit" in notes and "upscale by 2.67 instead of 4" in notes
@@ -75,7 +71,7 @@ def test_seed_resize_is_recorded_and_changes_the_noise(client):
 
 
 def test_a_batch_also_yields_a_labelled_grid_saved_with_its_parameters(client, app_server):
-    _, gallery, notes, _ = client.predict(*t2i(seed=40, batch_size=3), api_name="/txt2img")
+    _, gallery, notes, _ = client.predict(**t2i(seed=40, batch_size=3), api_name="/txt2img")
     assert len(gallery) == 4 and gallery[-1]["caption"] == "grid"
     grid = Image.open(gallery[-1]["image"])
     assert grid.width >= 2 * 64 and grid.height > 2 * 64  # 2×2 layout plus the seed labels
@@ -83,18 +79,18 @@ def test_a_batch_also_yields_a_labelled_grid_saved_with_its_parameters(client, a
     assert sorted((app_server.outputs_dir / "txt2img-grids").rglob("*-grid.png"))
     assert "Grid saved to" in notes
     # a single image makes no grid
-    assert len(client.predict(*t2i(seed=41), api_name="/txt2img")[1]) == 1
+    assert len(client.predict(**t2i(seed=41), api_name="/txt2img")[1]) == 1
 
 
 def test_result_note_puts_the_worker_and_the_saved_path_in_separate_paragraphs(client):
-    notes = client.predict(*t2i(steps=2), api_name="/txt2img")[2]
+    notes = client.predict(**t2i(steps=2), api_name="/txt2img")[2]
     first, *rest = notes.split("\n\n")
     assert " on " in first and "Saved to" not in first and any(p.startswith("Saved to") for p in rest)
 
 
 def test_seed_out_of_range_message_writes_the_limit_in_full(client):
     with pytest.raises(AppError, match=r"Seed must be between -1 and 4294967295"):
-        client.predict(*t2i(seed=2**33), api_name="/txt2img")
+        client.predict(**t2i(seed=2**33), api_name="/txt2img")
 
 
 def test_styles_import_and_apply(client, tmp_path):

@@ -55,8 +55,9 @@ def test_a_grid_cell_is_the_image_the_same_single_request_makes(client):
 def test_controlnet_grid_over_control_weight(client, control_image, tiny_controlnet_dir):
     from gradio_client import handle_file
 
-    args = cn_args(handle_file(str(control_image)), tiny_controlnet_dir) + ["Control weight", "0, 1.5", "Nothing", "", False]
-    preview, gallery, notes, infotext = client.predict(*args, api_name="/controlnet")
+    args = cn_args(handle_file(str(control_image)), tiny_controlnet_dir) | dict(x_type="Control weight", x_values="0, 1.5",
+                                                                                 draw_legend=False)
+    preview, gallery, notes, infotext = client.predict(**args, api_name="/controlnet")
     assert len(gallery) == 1 + 2 and "X/Y grid: 2 of 2 cells" in notes
     weights = [parse_infotext(read_infotext(Image.open(item["image"])))["ControlNet 0"] for item in gallery[1:]]
     assert "Weight: 0," in weights[0] and "Weight: 1.5," in weights[1]

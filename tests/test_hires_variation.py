@@ -21,8 +21,18 @@ from tiny_sd import save_tiny_inpaint_unet
 SIZE = 64
 
 
+VARIATION = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")  # request fields
+
+
+def split(sampling: dict) -> tuple[dict, dict]:
+    """(Sampling's values, the variation seed's): the tests write them together."""
+    return ({k: v for k, v in sampling.items() if k not in VARIATION}, {k: v for k, v in sampling.items() if k in VARIATION})
+
+
 def txt2img(sampling=None, **fields) -> Txt2ImgRequest:
-    sampling = Sampling(**{"steps": 4, "seed": 3, "scheduler": "Euler", **(sampling or {})})
+    sampling, variation = split(sampling or {})
+    fields = {**variation, **fields}
+    sampling = Sampling(**{"steps": 4, "seed": 3, "scheduler": "Euler", **sampling})
     return Limits().normalize(Txt2ImgRequest(prompt="a red circle", width=SIZE, height=SIZE, sampling=sampling, **fields))
 
 
@@ -88,8 +98,9 @@ def test_variation_seed_acts_on_img2img_and_inpainting_and_strength_0_changes_no
     mask.paste(255, (16, 16, 48, 48))
 
     def run(**sampling):
+        sampling, variation = split(sampling)
         s = Sampling(**{"steps": 6, "seed": 3, "scheduler": "DDIM", **sampling})
-        common = dict(prompt="x", width=SIZE, height=SIZE, init_image=init, sampling=s)
+        common = dict(prompt="x", width=SIZE, height=SIZE, init_image=init, sampling=s, **variation)
         request = (Img2ImgRequest(strength=0.6, **common) if task == "img2img" else InpaintRequest(mask=mask, **common))
         return pixels(manager.run(Limits().normalize(request)))
 
@@ -108,9 +119,10 @@ def test_variation_with_the_inpainting_model_from_pure_noise(tiny_model_dir, tmp
     mask.paste(255, (16, 16, 48, 48))
 
     def run(**sampling):
+        sampling, variation = split(sampling)
         request = InpaintRequest(prompt="x", width=SIZE, height=SIZE, init_image=Image.new("RGB", (SIZE, SIZE), "gray"),
                                  mask=mask, mode="inpainting model", inpaint_model=str(unet_dir),
-                                 sampling=Sampling(**{"steps": 4, "seed": 3, "scheduler": "Euler", **sampling}))
+                                 sampling=Sampling(**{"steps": 4, "seed": 3, "scheduler": "Euler", **sampling}), **variation)
         return m.run(Limits().normalize(request))
 
     plain = run()
@@ -228,19 +240,18 @@ def test_png_info_turns_hires_and_variation_keys_back_into_fields(manager):
         "enable_hr": True, "hr_upscaler": "Latent", "hr_second_pass_steps": 4, "hr_resize_x": 96, "hr_resize_y": 0,
         "denoising_strength": 0.5, "subseed": 7, "subseed_strength": 0.25, "seed_resize_from_w": 32, "seed_resize_from_h": 48}
     # the same fields rebuild a request that makes the same image
-    again = replace(hires(hr_resize_x=96), sampling=replace(hires().sampling, subseed=7, subseed_strength=0.25,
-                                                             seed_resize_from_w=32, seed_resize_from_h=48))
+    again = replace(hires(hr_resize_x=96), subseed=7, subseed_strength=0.25, seed_resize_from_w=32, seed_resize_from_h=48)
     assert np.array_equal(pixels(result), pixels(manager.run(again)))
 
 
 def test_xy_grid_varies_variation_strength_and_the_hires_pass(manager):
     from pipelines.grid import axis_values, plan_grid
 
-    plan = plan_grid(hires(sampling={"subseed": 9}), axis_values("Var. strength", "0, 1"), axis_values("Hires steps", "2, 4"))
-    assert [(c.sampling.subseed_strength, c.hr_second_pass_steps) for c in plan.cells] == [(0, 2), (1, 2), (0, 4), (1, 4)]
-    strength = plan_grid(hires(), axis_values("Denoising strength", "0.3, 0.6"), None)
+    plan = plan_grid(hires(sampling={"subseed": 9}), axis_values("Variation strength", "0, 1"), axis_values("Hires steps", "2, 4"))
+    assert [(c.subseed_strength, c.hr_second_pass_steps) for c in plan.cells] == [(0, 2), (1, 2), (0, 4), (1, 4)]
+    strength = plan_grid(hires(), axis_values("Hires denoising strength", "0.3, 0.6"), None)
     assert [c.denoising_strength for c in strength.cells] == [0.3, 0.6]
-    with pytest.raises(RequestError, match="Hires steps needs txt2img with Hires fix on"):
+    with pytest.raises(RequestError, match="need txt2img with Hires fix on"):
         plan_grid(txt2img(), axis_values("Hires steps", "2"), None)
     images = [pixels(manager.run(cell)) for cell in plan.cells[:2]]
     assert not np.array_equal(*images)  # the variation acts in a grid cell

@@ -16,7 +16,7 @@ from pipelines.requests import Img2ImgRequest, Limits, Sampling, Txt2ImgRequest
         ("steps", 2.5, "Steps must be a whole number"),
         ("cfg_scale", math.inf, "CFG scale must be a finite number"),
         ("cfg_scale", 31, "CFG scale must be between 1 and 30"),
-        ("eta", -0.1, "DDIM eta must be between 0 and 1"),
+        ("eta", -0.1, "DDIM η must be between 0 and 1"),
         ("seed", -2, "Seed must be between -1"),
         ("batch_size", 0, "Batch size must be between 1"),
         ("scheduler", "Euler b", "Unknown scheduler 'Euler b'"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import gradio as gr
@@ -18,9 +18,10 @@ from pipelines.batch_grid import batch_grid
 from pipelines.grid import CELLS_KEY, cells_chunk, grid_infotext
 from pipelines.jobs import StepInfo
 from pipelines.metadata import PNG_KEY
-from pipelines.requests import Limits, Sampling
-from pipelines.schedulers import ETA_SCHEDULERS, SCHEDULER_NAMES
+from pipelines.requests import Limits
+from pipelines.schedulers import ETA_SCHEDULERS
 
+from .fields import Form
 from .jobs import SessionJobs
 from .outputs import OutputStore, with_infotext
 
@@ -28,26 +29,6 @@ log = logging.getLogger(__name__)
 
 PREVIEW_INTERVAL_S = 0.25
 GPU = "gpu"  # one concurrency id for every GPU event: one generation at a time per device
-
-
-def with_session(fn: Callable, names: list[str]) -> Callable:
-    """Generator fn(*values, request, progress) as one with a named parameter per input, so
-    Gradio can inject the session's gr.Request and progress tracker (it finds them by position
-    among named parameters, which *values would hide). names label the API's parameters."""
-    import inspect
-
-    def wrapper(*args):  # a generator, as fn is: Gradio streams what it yields
-        *values, request, progress = args
-        yield from fn(*values, request=request, progress=progress)
-
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    parameters = [inspect.Parameter(name, kind) for name in names]
-    parameters += [inspect.Parameter("request", kind, annotation=gr.Request),
-                   inspect.Parameter("progress", kind, default=gr.Progress())]
-    wrapper.__signature__ = inspect.Signature(parameters)
-    wrapper.__annotations__ = {"request": gr.Request}
-    wrapper.__name__ = fn.__name__
-    return wrapper
 
 
 class SafeImage(gr.Image):
@@ -81,9 +62,9 @@ class PromptBox:
     negative: gr.Textbox
 
 
-def prompt_box(tab: str) -> PromptBox:
-    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a large red circle on a white background", elem_id=f"{tab}_prompt")
-    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_negative")
+def prompt_box(form: Form) -> PromptBox:
+    prompt = form.field("prompt", lines=3, placeholder="a large red circle on a white background")
+    negative = form.field("negative_prompt", elem="negative", lines=2)
     return PromptBox(prompt, negative)
 
 
@@ -102,79 +83,37 @@ class SamplerControls:
     random_seed: gr.Button
     reuse_seed: gr.Button
 
-    extra: "SeedExtras | None" = None  # variation seed widgets, on tabs that offer them
 
-    def inputs(self) -> list:
-        """Order matches sampling_from()'s leading parameters plus width/height."""
-        return [self.scheduler, self.steps, self.cfg, self.cfg_scale, self.eta, self.seed,
-                self.batch_size, self.batch_count, self.width, self.height]
-
-
-@dataclass
-class SeedExtras:
-    """A1111's "Extra" seed options: variation seed + strength, resize seed from width/height."""
-
-    subseed: gr.Number
-    strength: gr.Slider
-    resize_w: gr.Slider
-    resize_h: gr.Slider
-
-    FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h")  # API names, in order
-
-    def inputs(self) -> list:
-        return [self.subseed, self.strength, self.resize_w, self.resize_h]
-
-
-def seed_extras(tab: str, limits: Limits) -> SeedExtras:
-    with gr.Accordion("Extra seed options (variation seed)", open=False, elem_id=f"{tab}_seed_extra"):
-        with gr.Row():
-            subseed = gr.Number(value=-1, precision=0, label="Variation seed", info="−1 = random", elem_id=f"{tab}_subseed")
-            strength = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
-                                 info="0: the seed's image; 1: the variation seed's noise", elem_id=f"{tab}_subseed_strength")
-        with gr.Row():
-            resize_w = gr.Slider(0, limits.max_width, value=0, step=8, label="Resize seed from width",
-                                 info="0 = off", elem_id=f"{tab}_seed_resize_w")
-            resize_h = gr.Slider(0, limits.max_height, value=0, step=8, label="Resize seed from height",
-                                 elem_id=f"{tab}_seed_resize_h")
-    return SeedExtras(subseed, strength, resize_w, resize_h)
-
-
-def with_seed_extras(sampling: Sampling, subseed, strength, resize_w, resize_h) -> Sampling:
-    return replace(sampling, subseed=-1 if subseed is None else subseed, subseed_strength=strength or 0.0,
-                   seed_resize_from_w=resize_w or 0, seed_resize_from_h=resize_h or 0)
-
-
-def sampler_controls(tab: str, limits: Limits, native_size: int, extras: bool = False) -> SamplerControls:
+def sampler_controls(form: Form, native_size: int) -> SamplerControls:
+    tab = form.tab
     with gr.Row():
-        scheduler = gr.Dropdown(list(SCHEDULER_NAMES), value="Euler a", label="Scheduler", elem_id=f"{tab}_scheduler")
-        steps = gr.Slider(1, limits.max_steps, value=min(20, limits.max_steps), step=1, label="Steps", elem_id=f"{tab}_steps")
+        scheduler = form.field("scheduler")
+        steps = form.field("steps")
     with gr.Row():
-        cfg = gr.Checkbox(value=True, label="CFG", info="classifier-free guidance; off = one UNet pass per step", elem_id=f"{tab}_cfg")
-        cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id=f"{tab}_cfg_scale")
-        eta = gr.Slider(0, 1, value=0, step=0.05, label="DDIM η", info="0 deterministic, 1 DDPM-like", visible=False, elem_id=f"{tab}_eta")
+        cfg = form.field("cfg")
+        cfg_scale = form.field("cfg_scale")
+        eta = form.field("eta", visible=False)
     with gr.Row():
-        width = gr.Slider(64, limits.max_width, value=native_size, step=8, label="Width", elem_id=f"{tab}_width")
-        height = gr.Slider(64, limits.max_height, value=native_size, step=8, label="Height", elem_id=f"{tab}_height")
+        width = form.field("width", value=native_size)
+        height = form.field("height", value=native_size)
     with gr.Row():
-        batch_count = gr.Slider(1, limits.max_batch_count, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
-        batch_size = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+        batch_count = form.field("batch_count")
+        batch_size = form.field("batch_size")
     with gr.Row(equal_height=True):
-        seed = gr.Number(value=-1, precision=0, label="Seed", info="−1 = random", elem_id=f"{tab}_seed", scale=4)
+        seed = form.field("seed", scale=4)
         random_seed = gr.Button("Random", elem_id=f"{tab}_random_seed", scale=0, min_width=80, size="sm")
         reuse_seed = gr.Button("Last seed", elem_id=f"{tab}_reuse_seed", scale=0, min_width=80, size="sm")
-    extra = seed_extras(tab, limits) if extras else None
+    with gr.Accordion("Extra seed options (variation seed)", open=False, elem_id=f"{tab}_seed_extra"):
+        with gr.Row():  # A1111's "Extra": variation seed + strength, resize seed from width/height
+            form.field("subseed")
+            form.field("subseed_strength")
+        with gr.Row():
+            form.field("seed_resize_from_w", elem="seed_resize_w")
+            form.field("seed_resize_from_h", elem="seed_resize_h")
     scheduler.change(lambda name: gr.update(visible=name in ETA_SCHEDULERS), scheduler, eta, queue=False, api_visibility="private")
     cfg.change(lambda on: gr.update(interactive=on), cfg, cfg_scale, queue=False, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
-    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed,
-                           reuse_seed, extra)
-
-
-def sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count) -> Sampling:
-    return Sampling(
-        scheduler=scheduler, steps=steps, cfg=cfg, cfg_scale=cfg_scale, eta=eta,
-        seed=-1 if seed is None else seed, batch_size=batch_size, batch_count=batch_count,
-    )
+    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed, reuse_seed)
 
 
 @dataclass

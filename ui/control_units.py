@@ -12,12 +12,23 @@ from pipelines.errors import StudioError
 from pipelines.pose import PRESET_POSES, pose_from_json, preset_pose
 from pipelines.preprocess import OPENPOSE_JOINTS
 from pipelines.preprocess_extra import PREPROCESSORS, available_preprocessors, control_map
+from pipelines.fields import assemble
 from pipelines.requests import MAX_CONTROL_UNITS, Control, ControlUnit
 
 from .common import SafeImage, open_image
+from .fields import Form, take, widget
 
 POSE_PREPROCESSORS = ("pose (mediapipe)", "pose (openpose)")
 PICK_RADIUS = 24  # px: how close a click must be to a joint to pick it
+
+
+# Every preprocessor setting gets a widget from its Param declaration (shown while its
+# preprocessor is chosen); two preprocessors may not give one name different meanings.
+PARAMS: dict = {}
+for _pre in PREPROCESSORS.values():
+    for _name, _spec in _pre.params.items():
+        assert PARAMS.setdefault(_name, _spec) == _spec, f"preprocessor setting {_name!r} declared twice"
+UNIT_INPUTS = ("enabled", "use_edited_pose", "pose_json", *PARAMS)  # a unit's inputs that are not ControlUnit fields
 
 
 @dataclass
@@ -25,9 +36,7 @@ class UnitWidgets:
     enabled: gr.Checkbox
     image: gr.Image
     preprocessor: gr.Dropdown
-    low: gr.Slider
-    high: gr.Slider
-    min_visibility: gr.Slider
+    params: dict  # setting name → widget
     model: gr.Dropdown
     weight: gr.Slider
     start: gr.Slider
@@ -38,125 +47,115 @@ class UnitWidgets:
     message: gr.Markdown
     selected_joint: gr.State
 
-    def inputs(self) -> list:
-        """Order matches unit_from()."""
-        return [self.enabled, self.image, self.preprocessor, self.low, self.high, self.min_visibility,
-                self.model, self.weight, self.start, self.end, self.use_edited, self.pose_json]
-
-
-UNIT_FIELDS = ("enabled", "image", "preprocessor", "low", "high", "min_visibility", "model", "weight", "start", "end",
-               "use_edited_pose", "pose_json")
-PER_UNIT = len(UNIT_FIELDS)
-
 
 @dataclass
 class ControlPanel:
     units: list[UnitWidgets]
     guess_mode: gr.Checkbox
 
-    def inputs(self) -> list:
-        return [w for unit in self.units for w in unit.inputs()] + [self.guess_mode]
-
 
 def _default_model(preprocessor: str) -> str | None:
     return catalog.default_controlnet("pose" if preprocessor in POSE_PREPROCESSORS else "canny")
 
 
-def _params(preprocessor: str, low, high, min_visibility) -> tuple:
-    if preprocessor == "canny":
-        return (("low", low), ("high", high))
-    if preprocessor == "pose (mediapipe)":
-        return (("min_visibility", min_visibility),)
-    return ()
+def _params(preprocessor: str, values: dict) -> tuple:
+    """The chosen preprocessor's settings from a unit's values, as ControlUnit.params."""
+    spec = PREPROCESSORS.get(preprocessor)
+    return tuple((key, values[key]) for key in spec.params if values.get(key) is not None) if spec else ()
 
 
-def unit_from(enabled, image_path, preprocessor, low, high, min_visibility, model, weight, start, end, use_edited,
-              pose_json, width, height) -> ControlUnit | None:
-    if not enabled:
+def unit_from(values: dict, width, height) -> ControlUnit | None:
+    """One unit's values by name (ControlUnit fields plus UNIT_INPUTS) → a ControlUnit, or None when off."""
+    own = take(values, UNIT_INPUTS)
+    if not own.get("enabled"):
         return None
-    if use_edited and pose_json:
+    if own.get("use_edited_pose") and own.get("pose_json"):
         # The edited pose is the map itself: draw it at the generation size.
         try:
-            pose = pose_from_json(pose_json).resized(int(width), int(height))
+            pose = pose_from_json(own["pose_json"]).resized(int(width), int(height))
         except ValueError as error:
             raise gr.Error(f"The pose JSON is not valid: {error}") from error
-        return ControlUnit(model=model or "", image=pose.draw(), preprocessor="none", weight=weight, start=start, end=end)
-    return ControlUnit(model=model or "", image=open_image(image_path, "control image"), preprocessor=preprocessor,
-                       params=_params(preprocessor, low, high, min_visibility), weight=weight, start=start, end=end)
+        return assemble(ControlUnit, values, image=pose.draw(), preprocessor="none")
+    return assemble(ControlUnit, values, image=open_image(values.get("image"), "control image"),
+                    params=_params(values.get("preprocessor"), own))
 
 
-def control_from(values: list, width, height) -> Control | None:
-    """Flat widget values (ControlPanel.inputs order) → a Control, or None when no unit is on."""
-    *unit_values, guess_mode = values
+def control_from(values: dict, width, height) -> Control | None:
+    """Takes every unit's inputs (unit<n>_<name>) and guess_mode out of a tab's values → a
+    Control, or None when no unit is on."""
     units = []
-    for index in range(0, len(unit_values), PER_UNIT):
-        unit = unit_from(*unit_values[index:index + PER_UNIT], width, height)
+    for n in range(1, MAX_CONTROL_UNITS + 1):
+        prefix = f"unit{n}_"
+        unit_values = {name[len(prefix):]: values.pop(name) for name in list(values) if name.startswith(prefix)}
+        unit = unit_from(unit_values, width, height) if unit_values else None
         if unit is not None:
             units.append(unit)
-    return Control(units=tuple(units), guess_mode=bool(guess_mode)) if units else None
+    guess_mode = values.pop("guess_mode", False)
+    return assemble(Control, {"guess_mode": guess_mode}, units=tuple(units)) if units else None
 
 
-def _unit(tab: str, index: int, width: gr.Slider, height: gr.Slider) -> UnitWidgets:
+def _unit(form: Form, index: int, width: gr.Slider, height: gr.Slider) -> UnitWidgets:
     names = available_preprocessors()
-    key = f"{tab}_cn{index}"
+    key = f"{form.tab}_cn{index}"
+    unit = f"unit{index + 1}_"
+
+    def field(name, elem=None, **overrides):  # a ControlUnit field's widget, registered as unit<n>_<name>
+        return form.add(unit + name, widget(name, f"{key}_{elem or name}", **overrides))
+
     with gr.Accordion(f"ControlNet unit {index + 1}", open=index == 0, elem_id=key):
-        enabled = gr.Checkbox(value=index == 0, label="Enable", elem_id=f"{key}_enabled")
+        enabled = form.add(unit + "enabled", gr.Checkbox(value=index == 0, label="Enable", elem_id=f"{key}_enabled"))
         with gr.Row():
-            image = SafeImage(label="Control image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                              height=256, elem_id=f"{key}_image")
+            image = form.add(unit + "image", SafeImage(label="Control image", type="filepath", image_mode=None,
+                                                       sources=["upload", "clipboard"], height=256, elem_id=f"{key}_image"))
             control_map_image = gr.Image(label="Control map (pose: click a joint, then where it goes)", format="png",
                                          interactive=False, height=256, elem_id=f"{key}_map")
         with gr.Row():
-            preprocessor = gr.Dropdown(names, value="canny", label="Preprocessor", elem_id=f"{key}_preprocessor",
-                                       info=PREPROCESSORS["canny"].description)
+            preprocessor = field("preprocessor", component=gr.Dropdown, choices=names, value="canny", info=PREPROCESSORS["canny"].description)
             preview = gr.Button("Preview map", elem_id=f"{key}_preview", scale=0)
         with gr.Row():
-            low = gr.Slider(0, 255, value=100, step=1, label="Canny low threshold", elem_id=f"{key}_low")
-            high = gr.Slider(0, 255, value=200, step=1, label="Canny high threshold", elem_id=f"{key}_high")
-            min_visibility = gr.Slider(0, 1, value=0.5, step=0.05, label="Joint visibility threshold", visible=False,
-                                       elem_id=f"{key}_min_visibility")
-        choices = catalog.controlnets()
-        model = gr.Dropdown(choices, value=_default_model("canny"), allow_custom_value=True, label="ControlNet model",
-                            info="a ControlNet folder, .safetensors file or Hub id", elem_id=f"{key}_model")
+            params = {name: form.add(unit + name, widget(spec, f"{key}_{name}", visible=name in PREPROCESSORS["canny"].params))
+                      for name, spec in PARAMS.items()}
+        model = field("model", component=gr.Dropdown, choices=catalog.controlnets(), value=_default_model("canny"),
+                      allow_custom_value=True)
         with gr.Row():
-            weight = gr.Slider(0, 2, value=1, step=0.05, label="Control weight", elem_id=f"{key}_weight")
-            start = gr.Slider(0, 1, value=0, step=0.01, label="Guidance start", elem_id=f"{key}_start")
-            end = gr.Slider(0, 1, value=1, step=0.01, label="Guidance end", elem_id=f"{key}_end")
+            weight = field("weight")
+            start = field("start")
+            end = field("end")
         message = gr.Markdown(elem_id=f"{key}_message")
         with gr.Accordion("Pose editor", open=False, visible=False, elem_id=f"{key}_pose_editor") as editor:
             with gr.Row():
                 preset = gr.Dropdown(list(PRESET_POSES), value=None, label="Preset pose", elem_id=f"{key}_preset")
                 redraw = gr.Button("Redraw from JSON", elem_id=f"{key}_redraw", scale=0)
-            use_edited = gr.Checkbox(value=False, label="Use the edited pose (instead of detecting again)",
-                                     elem_id=f"{key}_use_edited")
-            pose_json = gr.Code(language="json", label="Keypoints (OpenPose JSON, pixels)", lines=6,
-                                elem_id=f"{key}_pose_json")
+            use_edited = form.add(unit + "use_edited_pose", gr.Checkbox(
+                value=False, label="Use the edited pose (instead of detecting again)", elem_id=f"{key}_use_edited"))
+            pose_json = form.add(unit + "pose_json", gr.Code(value="", language="json", label="Keypoints (OpenPose JSON, pixels)",
+                                                             lines=6, elem_id=f"{key}_pose_json"))
         selected = gr.State(None)
 
     def on_preprocessor(name):
-        is_pose = name in POSE_PREPROCESSORS
-        return (gr.update(info=PREPROCESSORS[name].description), gr.update(visible=name == "canny"),
-                gr.update(visible=name == "canny"), gr.update(visible=name == "pose (mediapipe)"),
-                gr.update(visible=is_pose), gr.update(value=_default_model(name) or gr.skip()))
+        own = PREPROCESSORS[name].params
+        return (gr.update(info=PREPROCESSORS[name].description), *(gr.update(visible=p in own) for p in params),
+                gr.update(visible=name in POSE_PREPROCESSORS), gr.update(value=_default_model(name) or gr.skip()))
 
-    preprocessor.change(on_preprocessor, preprocessor, [preprocessor, low, high, min_visibility, editor, model],
+    preprocessor.change(on_preprocessor, preprocessor, [preprocessor, *params.values(), editor, model],
                         queue=False, api_visibility="private")
 
-    def run_preview(image_path, name, low_value, high_value, visibility, w, h):
-        image = open_image(image_path, "control image")
-        if image is None:
+    def run_preview(image, preprocessor, width, height, **settings):
+        picture = open_image(image, "control image")
+        if picture is None:
             raise gr.Error("Upload a control image first.")
         try:
-            result = control_map(name, image, int(w), int(h), **dict(_params(name, low_value, high_value, visibility)))
+            result = control_map(preprocessor, picture, int(width), int(height), **dict(_params(preprocessor, settings)))
         except StudioError as error:
             raise gr.Error(str(error)) from error
         pose = result.pose.to_json(indent=1) if result.pose is not None and result.pose.found else ""
-        note = result.message or f"{name}: {result.seconds * 1000:.0f} ms"
+        note = result.message or f"{preprocessor}: {result.seconds * 1000:.0f} ms"
         return result.image, pose, note, False
 
-    preview.click(run_preview, [image, preprocessor, low, high, min_visibility, width, height],
-                  [control_map_image, pose_json, message, use_edited], api_name=f"{key}_preview" if index == 0 else None,
-                  api_visibility="public" if index == 0 else "private")
+    preview.click(run_preview, inputs_kwargs={"image": image, "preprocessor": preprocessor, **params, "width": width,
+                                              "height": height},
+                  outputs=[control_map_image, pose_json, message, use_edited],
+                  api_name=f"{key}_preview" if index == 0 else None, api_visibility="public" if index == 0 else "private")
 
     def draw(pose_text):
         try:
@@ -190,13 +189,11 @@ def _unit(tab: str, index: int, width: gr.Slider, height: gr.Slider) -> UnitWidg
                   api_visibility="private")
     control_map_image.select(click_map, [pose_json, selected], [control_map_image, pose_json, selected, message],
                              api_visibility="private").then(lambda: True, None, use_edited, api_visibility="private")
-    return UnitWidgets(enabled, image, preprocessor, low, high, min_visibility, model, weight, start, end,
+    return UnitWidgets(enabled, image, preprocessor, params, model, weight, start, end,
                        use_edited, pose_json, control_map_image, message, selected)
 
 
-def control_panel(tab: str, width: gr.Slider, height: gr.Slider, count: int = MAX_CONTROL_UNITS) -> ControlPanel:
-    units = [_unit(tab, index, width, height) for index in range(count)]
-    guess_mode = gr.Checkbox(value=False, label="Guess mode",
-                             info="the ControlNet gets no prompt and must recognise the content from the map",
-                             elem_id=f"{tab}_guess_mode")
-    return ControlPanel(units, guess_mode)
+def control_panel(form: Form, width: gr.Slider, height: gr.Slider, count: int = MAX_CONTROL_UNITS) -> ControlPanel:
+    """count units and the guess-mode box; their inputs join the form (unit<n>_<name>, guess_mode)."""
+    units = [_unit(form, index, width, height) for index in range(count)]
+    return ControlPanel(units, form.field("guess_mode"))

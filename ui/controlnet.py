@@ -3,52 +3,47 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.requests import RESIZE_MODES, Img2ImgRequest, Txt2ImgRequest
+from pipelines.fields import assemble
+from pipelines.requests import ControlUnit, Img2ImgRequest, Txt2ImgRequest
 
 from . import xy_grid
-from .common import (GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls,
-                     sampling_from, wire_common, with_session)
-from .control_units import UNIT_FIELDS, control_from, control_panel
+from .common import GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls, wire_common
+from .control_units import control_from, control_panel
+from .fields import Form, take
+
+IMG2IMG_INPUTS = ("init_image", "strength", "resize_mode")  # used with "Use an init image" only
 
 
 def build(service: GenerationService, native_size: int) -> None:
+    form = Form("controlnet", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box("controlnet")
-            sampler = sampler_controls("controlnet", service.limits, native_size)
-            panel_units = control_panel("controlnet", sampler.width, sampler.height)
+            prompt_box(form)
+            sampler = sampler_controls(form, native_size)
+            control_panel(form, sampler.width, sampler.height)
             with gr.Accordion("Start from an image (img2img)", open=False):
-                use_init = gr.Checkbox(value=False, label="Use an init image", elem_id="controlnet_use_init")
-                init_image = SafeImage(label="Init image", type="filepath", image_mode=None, height=200,
-                                       elem_id="controlnet_init")
-                resize_mode = gr.Radio(list(RESIZE_MODES), value="crop and resize", label="Resize mode")
-                strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="controlnet_strength")
-            grid = xy_grid.grid_controls("controlnet", xy_grid.CONTROLNET_AXES)  # X/Y grid hook
+                form.add("use_init_image", gr.Checkbox(value=False, label="Use an init image", elem_id="controlnet_use_init"))
+                form.add("init_image", SafeImage(label="Init image", type="filepath", image_mode=None, height=200,
+                                                 elem_id="controlnet_init"))
+                form.field("resize_mode", component=gr.Radio)
+                form.field("strength", info=None)
+            xy_grid.grid_controls(form, Img2ImgRequest, ControlUnit)
         with gr.Column(scale=1):
             panel = result_panel("controlnet")
 
-    def generate(prompt, negative, use_init_image, init_path, mode, denoise, scheduler, steps, cfg, cfg_scale, eta, seed,
-                 batch_size, batch_count, width, height, *control_and_grid, request: gr.Request, progress=gr.Progress()):
-        control_values, grid_values = xy_grid.split_values(control_and_grid)  # X/Y grid hook
-
+    def generate(request: gr.Request, progress=gr.Progress(), **values):
         def build_request():
-            control = control_from(list(control_values), width, height)
+            control = control_from(values, values["width"], values["height"])
             if control is None:
                 raise gr.Error("Enable at least one ControlNet unit (or use the txt2img tab).")
-            common = dict(prompt=prompt, negative_prompt=negative, width=width, height=height, control=control,
-                          sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count))
-            if use_init_image:
-                return Img2ImgRequest(init_image=open_image(init_path, "init image"), strength=denoise,
-                                      resize_mode=mode, **common)
-            return Txt2ImgRequest(**common)
+            img2img = take(values, IMG2IMG_INPUTS)
+            if values.pop("use_init_image"):
+                image = open_image(img2img.pop("init_image"), "init image")
+                return assemble(Img2ImgRequest, {**values, **img2img}, init_image=image, control=control)
+            return assemble(Txt2ImgRequest, values, control=control)
 
-        yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
+        yield from xy_grid.generate(service, build_request, values, request.session_hash, progress)
 
-    inputs = [prompts.prompt, prompts.negative, use_init, init_image, resize_mode, strength, *sampler.inputs(),
-              *panel_units.inputs(), *grid.inputs()]
-    names = ["prompt", "negative_prompt", "use_init_image", "init_image", "resize_mode", "strength", "scheduler", "steps",
-             "cfg", "cfg_scale", "eta", "seed", "batch_size", "batch_count", "width", "height"]
-    names += [f"unit{u + 1}_{field}" for u in range(len(panel_units.units)) for field in UNIT_FIELDS] + ["guess_mode"]
-    names += list(xy_grid.GRID_FIELDS)
-    panel.generate.click(with_session(generate, names), inputs, panel.outputs(), api_name="controlnet", **service.gpu_event)
+    panel.generate.click(generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), api_name="controlnet",
+                         **service.gpu_event)
     wire_common(panel, sampler, service, interrupt_api=None)

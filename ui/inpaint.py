@@ -9,12 +9,13 @@ from PIL import Image, ImageFilter
 from pipelines import catalog
 from pipelines.errors import StudioError
 from pipelines.masks import outpaint_canvas
-from pipelines.requests import INPAINT_AREAS, INPAINT_MODES, MASKED_CONTENT, RESIZE_MODES, InpaintRequest
+from pipelines.fields import assemble
+from pipelines.requests import ControlUnit, InpaintRequest
 
 from . import xy_grid
-from .common import (GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls,
-                     sampling_from, wire_common, with_session)
-from .control_units import UNIT_FIELDS, control_from, control_panel
+from .common import GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls, wire_common
+from .control_units import control_from, control_panel
+from .fields import Form
 
 # Translucent, so the image stays visible under the paint; only the alpha (coverage) is used.
 MASK_BRUSH = gr.Brush(default_size="auto", colors=[("#ff00ff", 0.55)], default_color=("#ff00ff", 0.55), color_mode="fixed")
@@ -60,37 +61,33 @@ def outline_view(show, editor_value, mask_path, invert_mask, result):
 
 
 def build(service: GenerationService, native_size: int) -> None:
+    form = Form("inpaint", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box("inpaint")
-            editor = gr.ImageMask(label="Image — paint the area to regenerate", type="pil", image_mode="RGBA",
-                                  brush=MASK_BRUSH, sources=["upload", "clipboard"], format="png", height=420,
-                                  elem_id="inpaint_editor", transforms=())
+            prompt_box(form)
+            editor = form.add("image_and_mask", gr.ImageMask(
+                label="Image — paint the area to regenerate", type="pil", image_mode="RGBA", brush=MASK_BRUSH,
+                sources=["upload", "clipboard"], format="png", height=420, elem_id="inpaint_editor", transforms=()))
             with gr.Row():
-                mask_upload = SafeImage(label="…or upload a mask (white = inpaint)", type="filepath", image_mode=None,
-                                sources=["upload", "clipboard"],
-                                        height=160, elem_id="inpaint_mask_upload")
-                invert = gr.Checkbox(value=False, label="Invert mask", elem_id="inpaint_invert")
-            mode = gr.Radio(list(INPAINT_MODES), value="RePaint", label="Mode", elem_id="inpaint_mode",
-                            info="RePaint: any model, known region re-noised every step. "
-                                 "Inpainting model: a 9-channel UNet trained for it.")
-            inpaint_model = gr.Dropdown(catalog.inpaint_models(), value=next(iter(catalog.inpaint_models()), None),
-                                        allow_custom_value=True, label="Inpainting model (9-channel UNet)",
-                                        visible=False, elem_id="inpaint_model")
+                mask_upload = form.add("mask_image", SafeImage(
+                    label="…or upload a mask (white = inpaint)", type="filepath", image_mode=None,
+                    sources=["upload", "clipboard"], height=160, elem_id="inpaint_mask_upload"))
+                invert = form.field("invert_mask", elem="invert")
+            mode = form.field("mode", component=gr.Radio)
+            inpaint_model = form.field("inpaint_model", elem="model", component=gr.Dropdown, choices=catalog.inpaint_models(),
+                                       value=next(iter(catalog.inpaint_models()), None), allow_custom_value=True, visible=False)
             with gr.Row(visible=True) as repaint_row:
-                repaint_r = gr.Slider(1, 10, value=1, step=1, label="RePaint resamplings r",
-                                      info="r > 1 heals seams and costs r× the time", elem_id="inpaint_r")
-                repaint_j = gr.Slider(1, 20, value=1, step=1, label="Jump length j", elem_id="inpaint_j")
-            strength = gr.Slider(0, 1, value=1.0, step=0.01, label="Denoising strength", elem_id="inpaint_strength")
+                form.field("repaint_r", elem="r")
+                form.field("repaint_j", elem="j")
+            form.field("strength", of=InpaintRequest)
             with gr.Row():
-                mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur (px, inside the mask)", elem_id="inpaint_mask_blur")
-                masked_content = gr.Radio(list(MASKED_CONTENT), value="original", label="Masked content",
-                                          elem_id="inpaint_masked_content")
+                form.field("mask_blur")
+                masked_content = form.field("masked_content", component=gr.Radio)
             with gr.Row():
-                area = gr.Radio(list(INPAINT_AREAS), value="whole picture", label="Inpaint area", elem_id="inpaint_area")
-                padding = gr.Slider(0, 256, value=32, step=4, label="Only-masked padding (px)", elem_id="inpaint_padding")
-            resize_mode = gr.Radio(list(RESIZE_MODES), value="just resize", label="Resize mode", elem_id="inpaint_resize_mode")
-            sampler = sampler_controls("inpaint", service.limits, native_size)
+                form.field("inpaint_area", elem="area", component=gr.Radio)
+                form.field("padding")
+            form.field("resize_mode", component=gr.Radio, value="just resize")
+            sampler = sampler_controls(form, native_size)
             with gr.Accordion("Outpainting", open=False):
                 with gr.Row():
                     left = gr.Slider(0, 512, value=0, step=8, label="Left", elem_id="outpaint_left")
@@ -99,10 +96,10 @@ def build(service: GenerationService, native_size: int) -> None:
                     down = gr.Slider(0, 512, value=0, step=8, label="Down", elem_id="outpaint_down")
                 extend = gr.Button("Extend the canvas (new area masked)", elem_id="outpaint_extend")
             with gr.Accordion("ControlNet", open=False):
-                panel_units = control_panel("inpaint", sampler.width, sampler.height)
+                panel_units = control_panel(form, sampler.width, sampler.height)
                 for unit in panel_units.units:
                     unit.enabled.value = False
-            grid = xy_grid.grid_controls("inpaint", xy_grid.INPAINT_AXES)  # X/Y grid hook
+            xy_grid.grid_controls(form, InpaintRequest, ControlUnit)
         with gr.Column(scale=1):
             panel = result_panel("inpaint")
             show_outline = gr.Checkbox(value=False, label="Show the mask outline on the result", elem_id="inpaint_outline")
@@ -112,38 +109,21 @@ def build(service: GenerationService, native_size: int) -> None:
     mode.change(lambda m: (gr.update(visible=m == "inpainting model"), gr.update(visible=m == "RePaint")),
                 mode, [inpaint_model, repaint_row], queue=False, api_visibility="private")
 
-    def generate(prompt, negative, editor_value, mask_path, invert_mask, inpaint_mode, model, r, j, denoise, blur,
-                 content, inpaint_area, pad, mode_resize, scheduler, steps, cfg, cfg_scale, eta, seed, batch_size,
-                 batch_count, width, height, *control_and_grid, request: gr.Request, progress=gr.Progress()):
-        control_values, grid_values = xy_grid.split_values(control_and_grid)  # X/Y grid hook
-
+    def generate(request: gr.Request, progress=gr.Progress(), **values):
         def build_request():
+            editor_value, mask_path = values.pop("image_and_mask"), values.pop("mask_image")
             image = (editor_value or {}).get("background")
             if image is None:
                 raise gr.Error("Upload an image to inpaint first.")
             mask = open_image(mask_path, "mask") if mask_path else painted_mask(editor_value)
             if mask is None:
                 raise gr.Error("The mask is empty: paint over the area to regenerate (or upload a mask image).")
-            return InpaintRequest(
-                prompt=prompt, negative_prompt=negative, width=width, height=height, init_image=image, mask=mask,
-                mode=inpaint_mode, inpaint_model=model or "", repaint_r=r, repaint_j=j, strength=denoise,
-                mask_blur=blur, invert_mask=invert_mask, masked_content=content, inpaint_area=inpaint_area,
-                padding=pad, resize_mode=mode_resize, control=control_from(list(control_values), width, height),
-                sampling=sampling_from(scheduler, steps, cfg, cfg_scale, eta, seed, batch_size, batch_count),
-            )
+            control = control_from(values, values["width"], values["height"])
+            return assemble(InpaintRequest, values, init_image=image, mask=mask, control=control)
 
-        yield from xy_grid.generate(service, build_request, grid_values, request.session_hash, progress)
+        yield from xy_grid.generate(service, build_request, values, request.session_hash, progress)
 
-    names = ["prompt", "negative_prompt", "image_and_mask", "mask_image", "invert_mask", "mode", "inpaint_model",
-             "repaint_r", "repaint_j", "strength", "mask_blur", "masked_content", "inpaint_area", "padding",
-             "resize_mode", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "batch_size", "batch_count",
-             "width", "height"]
-    names += [f"unit{u + 1}_{field}" for u in range(len(panel_units.units)) for field in UNIT_FIELDS] + ["guess_mode"]
-    names += list(xy_grid.GRID_FIELDS)
-    inputs = [prompts.prompt, prompts.negative, editor, mask_upload, invert, mode, inpaint_model, repaint_r, repaint_j,
-              strength, mask_blur, masked_content, area, padding, resize_mode, *sampler.inputs(), *panel_units.inputs(),
-              *grid.inputs()]
-    event = panel.generate.click(with_session(generate, names), inputs, panel.outputs(), api_name="inpaint",
+    event = panel.generate.click(generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), api_name="inpaint",
                                  **service.gpu_event)
 
     outline_inputs = [show_outline, editor, mask_upload, invert, panel.progress_preview]

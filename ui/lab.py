@@ -17,8 +17,11 @@ from pipelines.grid import AXES, parse_values
 from pipelines.lab_requests import MAX_SCALES, LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
 
 from .common import GenerationService, SafeImage, open_image
+from .fields import widget
 from .lab_plots import schedule_figure
 
+LAB_STEPS = dict(minimum=2, maximum=100)  # the lab runs its own short loops
+LAB_SEED = dict(value=1, info=None)  # the lab's seeds are fixed: no −1 = random
 DISPLAY_SIZE = 256  # small models' images are enlarged to this (nearest: the noise stays pixel-sharp)
 
 
@@ -101,8 +104,8 @@ def _schedules_panel(service: GenerationService) -> None:
 
 
 def _prompt_row(tab: str):
-    prompt = gr.Textbox(value="a red circle on a white background", label="Prompt", elem_id=f"{tab}_prompt")
-    negative = gr.Textbox(value="", label="Negative prompt", elem_id=f"{tab}_negative")
+    prompt = widget("prompt", f"{tab}_prompt", value="a red circle on a white background")
+    negative = widget("negative_prompt", f"{tab}_negative", value="")
     return prompt, negative
 
 
@@ -112,10 +115,10 @@ def _trajectory_panel(service: GenerationService) -> None:
                 "η = 1 adds DDPM's posterior σ at every step.")
     prompt, negative = _prompt_row("lab_trajectory")
     with gr.Row():
-        steps = gr.Slider(2, 100, value=20, step=1, label="Steps", elem_id="lab_trajectory_steps")
+        steps = widget("steps", "lab_trajectory_steps", **LAB_STEPS)
         every = gr.Slider(1, 50, value=5, step=1, label="Show every k steps", elem_id="lab_trajectory_every")
-        scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id="lab_trajectory_cfg")
-        seed = gr.Number(value=1, precision=0, label="Seed", elem_id="lab_trajectory_seed")
+        scale = widget("cfg_scale", "lab_trajectory_cfg")
+        seed = widget("seed", "lab_trajectory_seed", **LAB_SEED)
     run = gr.Button("Run", variant="primary", elem_id="lab_trajectory_run")
     strip = gr.Image(label="x_t and x̂_0 every k steps; η = 0 above, η = 1 below", format="png", interactive=False,
                      elem_id="lab_trajectory_strip")
@@ -141,10 +144,10 @@ def _cfg_panel(service: GenerationService) -> None:
                 "Below, the finished image at several scales from the same noise: large s over-saturates.")
     prompt, negative = _prompt_row("lab_cfg")
     with gr.Row():
-        steps = gr.Slider(2, 100, value=20, step=1, label="Steps", elem_id="lab_cfg_steps")
+        steps = widget("steps", "lab_cfg_steps", **LAB_STEPS)
         step = gr.Slider(1, 100, value=5, step=1, label="Inspect step", elem_id="lab_cfg_step")
-        scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale s", elem_id="lab_cfg_scale")
-        seed = gr.Number(value=1, precision=0, label="Seed", elem_id="lab_cfg_seed")
+        scale = widget("cfg_scale", "lab_cfg_scale", label="CFG scale s")
+        seed = widget("seed", "lab_cfg_seed", **LAB_SEED)
     scales = gr.Textbox(value="1, 3, 7, 12, 20", label="Scales for the finished images", elem_id="lab_cfg_scales")
     run = gr.Button("Run", variant="primary", elem_id="lab_cfg_run")
     predictions = gr.Image(label="uncond, cond and guided ε at the step, as x̂_0", format="png", interactive=False,
@@ -152,18 +155,18 @@ def _cfg_panel(service: GenerationService) -> None:
     finals = gr.Image(label="finished images per scale", format="png", interactive=False, elem_id="lab_cfg_finals")
     notes = gr.Markdown(elem_id="lab_cfg_notes")
 
-    def anatomy(prompt_text, negative_text, steps_value, step_value, scale_value, scales_text, seed_value,
-                request: gr.Request, progress=gr.Progress()):
+    def anatomy(request: gr.Request, progress=gr.Progress(), **values):
         lab_request = _request(lambda: LabCfgRequest(
-            prompt_text or "", negative_text or "", steps_value, step_value, scale_value, seed_value or 0,
-            tuple(parse_values(AXES["CFG scale"], scales_text or "", MAX_SCALES))))
+            values["prompt"] or "", values["negative"] or "", values["steps"], values["step"], values["scale"],
+            values["seed"] or 0, tuple(parse_values(AXES["CFG scale"], values["scales"] or "", MAX_SCALES))))
         result = service.run(lab_request, request.session_hash, progress)
         return result.predictions_strip, result.finals_strip, (
             f"Step {lab_request.step}/{lab_request.steps} (t = {result.timestep}): ‖ε_cond − ε_uncond‖ / ‖ε_uncond‖ = "
-            f"{result.guidance_ratio:.3f} — guidance multiplies this difference by s = {scale_value:g}.")
+            f"{result.guidance_ratio:.3f} — guidance multiplies this difference by s = {lab_request.scale:g}.")
 
-    run.click(anatomy, [prompt, negative, steps, step, scale, scales, seed], [predictions, finals, notes],
-              api_name="lab_cfg", **service.gpu_event)
+    inputs = {"prompt": prompt, "negative": negative, "steps": steps, "step": step, "scale": scale, "scales": scales,
+              "seed": seed}  # LabCfgRequest's names; the API's positional order as before
+    run.click(anatomy, inputs_kwargs=inputs, outputs=[predictions, finals, notes], api_name="lab_cfg", **service.gpu_event)
 
 
 def build(service: GenerationService) -> None:

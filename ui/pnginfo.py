@@ -4,8 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
-from pipelines.requests import HIRES_UPSCALERS
-from pipelines.schedulers import SCHEDULER_NAMES
+from pipelines.requests import FIELDS
 
 from .common import SafeImage, open_image
 
@@ -34,32 +33,20 @@ def build(tabs: gr.Tabs, txt2img, img2img) -> None:
             notes = gr.Markdown(elem_id="pnginfo_notes")
     image.change(read, image, [raw, parsed], api_name="png_info")
 
-    keys = ["prompt", "negative_prompt", "scheduler", "steps", "cfg", "cfg_scale", "eta", "seed", "width", "height",
-            "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"]
-    hires_keys = ["enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps", "denoising_strength", "hr_resize_x",
-                  "hr_resize_y"]
+    def wire(button: gr.Button, tab, tab_id: str) -> None:
+        """Send every parameter the infotext holds to the tab's widget of the same name (and,
+        to a tab with an init image, the image itself)."""
+        targets = {name: w for name, w in tab.form.widgets.items() if name in FIELDS and FIELDS[name].infotext}
+        takes_image = "init_image" in tab.form.widgets
 
-    def targets(tab) -> list:
-        s = tab.sampler
-        return [tab.prompts.prompt, tab.prompts.negative, s.scheduler, s.steps, s.cfg, s.cfg_scale, s.eta, s.seed, s.width,
-                s.height, *s.extra.inputs()]
+        def send(parameters, image_path):
+            fields, messages = infotext_to_fields(parameters or {})
+            updates = [fields.get(name, gr.skip()) for name in targets]
+            image = [image_path or gr.skip()] if takes_image else []
+            return [*updates, *image, "\n".join(messages), gr.Tabs(selected=tab_id)]
 
-    def values(parameters: dict, keys=keys) -> tuple[list, list[str]]:
-        fields, notes = infotext_to_fields(parameters or {}, SCHEDULER_NAMES)
-        offered = [choice[1] if isinstance(choice, tuple) else choice for choice in txt2img.hires.upscaler.choices]
-        if fields.get("hr_upscaler", HIRES_UPSCALERS[0]) not in offered:
-            notes.append(f"Hires upscaler {fields.pop('hr_upscaler')!r} is not offered here; the upscaler was left as it was.")
-        return [fields.get(k, gr.skip()) for k in keys], notes
+        image_target = [tab.form.widgets["init_image"]] if takes_image else []
+        button.click(send, [parsed, image], [*targets.values(), *image_target, notes, tabs], api_visibility="private")
 
-    def send_txt2img(parameters):
-        updates, notes = values(parameters, keys + hires_keys)
-        return [*updates, "\n".join(notes), gr.Tabs(selected="txt2img")]
-
-    def send_img2img(parameters, image_path):
-        updates, notes = values(parameters)
-        strength = (parameters and infotext_to_fields(parameters, SCHEDULER_NAMES)[0].get("strength")) or gr.skip()
-        return [*updates, image_path or gr.skip(), strength, "\n".join(notes), gr.Tabs(selected="img2img")]
-
-    to_txt2img.click(send_txt2img, parsed, [*targets(txt2img), *txt2img.hires.inputs(), notes, tabs], api_visibility="private")
-    to_img2img.click(send_img2img, [parsed, image],
-                     [*targets(img2img), img2img.init_image, img2img.strength, notes, tabs], api_visibility="private")
+    wire(to_txt2img, txt2img, "txt2img")
+    wire(to_img2img, img2img, "img2img")

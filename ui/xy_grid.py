@@ -7,25 +7,15 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.grid import AXES, NO_AXIS, SYNTAX_HELP, axis_values, grid_image, plan_grid
+from pipelines.grid import NO_AXIS, SYNTAX_HELP, axes_for, axis_values, grid_image, plan_grid
 
 from .common import GenerationService
-
-GRID_FIELDS = ("x_type", "x_values", "y_type", "y_values", "draw_legend")  # API parameter names, in order
-
-# Axes each tab offers (the ones its requests have).
-TXT2IMG_AXES = ("CFG scale", "Steps", "Scheduler", "DDIM η", "Seed", "Var. seed", "Var. strength", "Hires steps",
-                "Denoising strength")
-IMG2IMG_AXES = ("CFG scale", "Steps", "Denoising strength", "Scheduler", "DDIM η", "Seed", "Var. seed", "Var. strength")
-INPAINT_AXES = (*IMG2IMG_AXES, "RePaint r", "Control weight")
-CONTROLNET_AXES = ("CFG scale", "Steps", "Scheduler", "DDIM η", "Seed", "Var. seed", "Var. strength", "Control weight",
-                   "Denoising strength")
+from .fields import Form, take
 
 EXAMPLES = {
     "CFG scale": "3, 7.5, 12", "Steps": "10-40 [4]", "Denoising strength": "0.3-0.9 (+0.2)",
     "Scheduler": "Euler a, DDIM, DPM++ 2M", "DDIM η": "0, 0.5, 1", "Seed": "1-4",
-    "Control weight": "0-1.5 [4]", "RePaint r": "1-4", "Var. seed": "1-4", "Var. strength": "0-1 [5]",
-    "Hires steps": "5-20 [4]",
+    "Control weight": "0-1.5 [4]", "RePaint r": "1-4",
 }
 
 
@@ -37,24 +27,24 @@ class GridControls:
     y_values: gr.Textbox
     legend: gr.Checkbox
 
-    def inputs(self) -> list:
-        """Order matches GRID_FIELDS (and generate()'s grid_values)."""
-        return [self.x_type, self.x_values, self.y_type, self.y_values, self.legend]
+
+GRID_INPUTS = ("x_type", "x_values", "y_type", "y_values", "draw_legend")  # the grid's API parameter names
 
 
-def grid_controls(tab: str, axes: tuple[str, ...]) -> GridControls:
-    assert set(axes) <= set(AXES), set(axes) - set(AXES)
-    choices = [NO_AXIS, *axes]
+def grid_controls(form: Form, *request_classes) -> GridControls:
+    """The accordion, offering the axes of the requests this tab makes; its inputs join the form."""
+    tab = form.tab
+    choices = [NO_AXIS, *axes_for(*request_classes)]
     with gr.Accordion("X/Y grid", open=False, elem_id=f"{tab}_xy"):
         gr.Markdown(f"Vary one or two parameters; Generate then makes one image per cell. Values: {SYNTAX_HELP}.")
         with gr.Row():
-            x_type = gr.Dropdown(choices, value=NO_AXIS, label="X type", elem_id=f"{tab}_xy_x_type", scale=1)
-            x_values = gr.Textbox(value="", label="X values", elem_id=f"{tab}_xy_x_values", scale=2)
+            x_type = form.add("x_type", gr.Dropdown(choices, value=NO_AXIS, label="X type", elem_id=f"{tab}_xy_x_type", scale=1))
+            x_values = form.add("x_values", gr.Textbox(value="", label="X values", elem_id=f"{tab}_xy_x_values", scale=2))
         with gr.Row():
-            y_type = gr.Dropdown(choices, value=NO_AXIS, label="Y type", elem_id=f"{tab}_xy_y_type", scale=1)
-            y_values = gr.Textbox(value="", label="Y values", elem_id=f"{tab}_xy_y_values", scale=2)
-        legend = gr.Checkbox(value=True, label="Draw legend", info="row and column labels on the grid image",
-                             elem_id=f"{tab}_xy_legend")
+            y_type = form.add("y_type", gr.Dropdown(choices, value=NO_AXIS, label="Y type", elem_id=f"{tab}_xy_y_type", scale=1))
+            y_values = form.add("y_values", gr.Textbox(value="", label="Y values", elem_id=f"{tab}_xy_y_values", scale=2))
+        legend = form.add("draw_legend", gr.Checkbox(value=True, label="Draw legend", info="row and column labels on the grid image",
+                                                     elem_id=f"{tab}_xy_legend"))
 
     def example(axis):  # show the syntax for the chosen parameter
         return gr.update(placeholder=EXAMPLES.get(axis, ""))
@@ -64,14 +54,12 @@ def grid_controls(tab: str, axes: tuple[str, ...]) -> GridControls:
     return GridControls(x_type, x_values, y_type, y_values, legend)
 
 
-def split_values(values: tuple) -> tuple[list, tuple]:
-    """(the tab's own trailing values, the grid's) from a *values tail that ends with the grid's."""
-    return list(values[:-len(GRID_FIELDS)]), tuple(values[-len(GRID_FIELDS):])
-
-
-def generate(service: GenerationService, build_request, grid_values, session: str, progress):
-    """A tab's Generate: its one request, or — when an axis is set — the grid around it."""
-    x_type, x_text, y_type, y_text, legend = grid_values
+def generate(service: GenerationService, build_request, values: dict, session: str, progress):
+    """A tab's Generate: its one request, or — when an axis is set — the grid around it.
+    Takes the grid's inputs out of values (build_request reads the rest when it runs)."""
+    grid = take(values, GRID_INPUTS)
+    x_type, x_text, y_type, y_text = (grid.get(name) for name in GRID_INPUTS[:4])
+    legend = grid.get("draw_legend", True)
     if (x_type or NO_AXIS) == NO_AXIS and (y_type or NO_AXIS) == NO_AXIS:
         yield from service.stream(build_request, session, progress)
         return
