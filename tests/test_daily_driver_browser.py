@@ -35,9 +35,8 @@ def test_the_models_tab_describes_what_is_loaded_when_the_page_opens(browser, ap
     # An img2img run derives the img2img pipeline after the app started.
     init = tmp_path / "init.png"
     Image.new("RGB", (64, 64), "gray").save(init)
-    Client(app_server.url, verbose=False).predict(
-        "x", "", handle_file(str(init)), "crop and resize", 0.5, "Euler", 2, True, 7, 0, 1, 1, 1, 64, 64,
-        api_name="/img2img")
+    Client(app_server.url, verbose=False).predict(prompt="x", init_image=handle_file(str(init)), strength=0.5,
+                                                  scheduler="Euler", steps=2, width=64, height=64, api_name="/img2img")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     fresh = context.new_page()
     try:
