@@ -132,10 +132,28 @@ def main(argv: list[str] | None = None) -> None:
     configure_network(settings.allow_download)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     backend, app = create_app(settings)
-    app.queue(max_size=settings.queue_size, default_concurrency_limit=1)  # GPU events set their own limit
-    from api import launch_kwargs  # the REST API (--api) shares the server and the port
+    launch(app, backend, settings)
 
-    app.launch(server_name=settings.host, server_port=settings.port, show_error=True, **launch_kwargs(backend, settings))
+
+def launch(app, backend, settings: Settings) -> None:
+    """Queue, per-client limit, login, upload size and the REST API (--api), then serve."""
+    from starlette.middleware import Middleware
+
+    from api import launch_kwargs  # the REST API (--api) shares the server and the port
+    from settings import check_credentials
+    from ui.errors import MalformedRequests
+    from ui.jobs import limit_waiting_per_client
+    from ui.login import HideApiBeforeLogin
+
+    app.queue(max_size=settings.queue_size, default_concurrency_limit=1)  # GPU events set their own limit
+    limit_waiting_per_client(app, settings.max_queued_per_client)
+    login = (lambda user, password: check_credentials(settings, user, password)) if settings.auth else None
+    kwargs = launch_kwargs(backend, settings)
+    kwargs.setdefault("app_kwargs", {})["middleware"] = [Middleware(MalformedRequests), Middleware(HideApiBeforeLogin)]
+    # show_error=False: an unexpected exception reaches the client as a generic error, never its
+    # text (paths, exception names); every message meant for users is a gr.Error.
+    app.launch(server_name=settings.host, server_port=settings.port, show_error=False, auth=login,
+               max_file_size=settings.max_file_size, **kwargs)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ whether outputs are saved are settings (env ``SD_STUDIO_*``), not code. Flags wi
 from __future__ import annotations
 
 import argparse
+import hmac
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipelines.requests import Limits
@@ -29,6 +30,12 @@ SPACE_DEFAULTS = {
     "max_batch_count": 4,
     "max_grid_cells": 25,
     "queue_size": 20,
+    "max_prompt_chars": 2000,
+    "max_upload_megapixels": 16.0,
+    "max_upload_mb": 20,
+    "max_grid_megapixels": 16.0,
+    "cache_max_age_s": 3600,
+    "max_queued_per_client": 2,
     "grid_for_batches": False,
     "styles_file": "",  # styles stay in each visitor's session
 }
@@ -82,6 +89,23 @@ class Settings:
     ray_gpus_per_replica: float = -1.0  # -1: 1 when this machine has CUDA, else 0
     api: bool = False  # the AUTOMATIC1111-compatible REST API (/sdapi/v1/…) on the same port
     api_auth: str = ""  # "user:pass[,user2:pass2]": HTTP Basic login for the REST API
+    # Host limits, refused before any model call (0: no limit).
+    max_prompt_chars: int = 20000  # per prompt / negative prompt
+    max_upload_megapixels: float = 50.0  # per uploaded image, read from its header before decoding
+    max_upload_mb: int = 50  # per uploaded file (Gradio's max_file_size)
+    max_grid_megapixels: float = 100.0  # an X/Y grid's image
+    cache_max_age_s: int = 86400  # Gradio's upload/result cache: files older than this are deleted
+    max_queued_per_client: int = 0  # jobs one client address may have waiting in the queue
+    # Optional login for the UI, the Gradio API and every other route: (user, password) pairs.
+    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # never printed with the settings
+    auth_file: str = ""  # a file of user:password lines, added to auth
+
+    @property
+    def delete_cache(self) -> tuple[int, int] | None:
+        """Gradio's delete_cache: (how often, how old) in seconds, or None to keep everything."""
+        if self.cache_max_age_s <= 0:
+            return None
+        return (max(60, self.cache_max_age_s // 4), self.cache_max_age_s)
 
     @property
     def limits(self) -> Limits:
@@ -100,6 +124,10 @@ class Settings:
         if self.single_file_config:
             return self.single_file_config
         return str(SD15_CONFIG) if (SD15_CONFIG / "model_index.json").is_file() else None
+
+    @property
+    def max_file_size(self) -> str | None:
+        return f"{self.max_upload_mb}mb" if self.max_upload_mb > 0 else None
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "Settings":
@@ -125,13 +153,74 @@ class Settings:
             "upscaler_dir": "folder of model upscalers (ESRGAN & co.) the hires fix offers",
             "styles_file": "A1111 styles.csv the Styles menus read and save to ('' = per session only)",
         }
+        helps.update({
+            "max_prompt_chars": "longest prompt (and negative prompt) in characters; 0: no limit",
+            "max_upload_megapixels": "largest uploaded image in megapixels, checked before decoding; 0: no limit",
+            "max_upload_mb": "largest uploaded file in MB; 0: no limit",
+            "max_grid_megapixels": "largest X/Y grid image in megapixels; 0: no limit",
+            "cache_max_age_s": "delete uploads and results from Gradio's cache after this many seconds; 0: never",
+            "max_queued_per_client": "jobs one client may have waiting in the queue; 0: no limit",
+            "auth": "require a login: USER:PASSWORD (repeat for more users; env SD_STUDIO_AUTH, comma-separated)",
+            "auth_file": "require a login: a file with one USER:PASSWORD per line",
+        })
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
             default = defaults[f.name]
-            if isinstance(f.default, bool):
+            if f.name == "auth":
+                parser.add_argument(flag, action="append", type=_credential_argument, default=None, metavar="USER:PASSWORD",
+                                    help=helps[f.name])
+            elif isinstance(f.default, bool):
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps.get(f.name))
             elif f.name == "backend":
                 parser.add_argument(flag, choices=("local", "ray"), default=default, help=helps.get(f.name))
             else:
                 parser.add_argument(flag, type=type(f.default), default=default, help=helps.get(f.name))
-        return cls(**vars(parser.parse_args(argv)))
+        values = vars(parser.parse_args(argv))
+        try:
+            values["auth"] = tuple(values["auth"] or credentials_from_text(os.environ.get("SD_STUDIO_AUTH", ""), ","))
+            if values["auth_file"]:
+                values["auth"] += credentials_from_file(values["auth_file"])
+        except ValueError as error:
+            parser.error(str(error))
+        return cls(**values)
+
+
+def credential(text: str) -> tuple[str, str]:
+    """USER:PASSWORD → (user, password); the password may itself contain ':'."""
+    user, colon, password = text.strip().partition(":")
+    if not colon or not user or not password:
+        raise ValueError("a login must be written USER:PASSWORD, both non-empty")
+    return user, password
+
+
+def _credential_argument(text: str) -> tuple[str, str]:
+    try:
+        return credential(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def credentials_from_text(text: str, separator: str) -> list[tuple[str, str]]:
+    return [credential(item) for item in text.split(separator) if item.strip() and not item.strip().startswith("#")]
+
+
+def credentials_from_file(path: str) -> tuple[tuple[str, str], ...]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"cannot read the auth file {path}: {error.strerror}") from error
+    found = tuple(credentials_from_text(text, "\n"))
+    if not found:
+        raise ValueError(f"the auth file {path} holds no USER:PASSWORD line")
+    return found
+
+
+def check_credentials(settings: Settings, user: str, password: str) -> bool:
+    """True when (user, password) is one of the configured logins (always False when auth is off).
+    Compared in constant time, and every pair is compared, so timing tells nothing."""
+    ok = False
+    for known_user, known_password in settings.auth:
+        same_user = hmac.compare_digest(known_user.encode(), (user or "").encode())
+        same_password = hmac.compare_digest(known_password.encode(), (password or "").encode())
+        ok |= same_user and same_password
+    return ok

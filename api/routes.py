@@ -25,7 +25,6 @@ from .jobs import ApiJobs
 from .models import DetectBody, Img2ImgBody, PngInfoBody, Txt2ImgBody
 
 log = logging.getLogger("sd-studio.api")
-MAX_PROMPT_CHARS = 10_000  # issue 11 brings a host setting for it: use it in limit_rows
 _HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")
 
 
@@ -39,10 +38,9 @@ def limit_rows(request, limits: Limits, settings) -> list[tuple[str, float, floa
         ("steps", s.steps, limits.max_steps),
         ("batch_size", s.batch_size, limits.max_batch_size),
         ("n_iter", s.batch_count, limits.max_batch_count),
-        ("prompt (characters)", len(request.prompt), MAX_PROMPT_CHARS),
-        ("negative_prompt (characters)", len(request.negative_prompt), MAX_PROMPT_CHARS),
-        *hires_rows(request, limits),
-    ]
+    ] + ([("prompt (characters)", len(request.prompt), settings.max_prompt_chars),
+          ("negative_prompt (characters)", len(request.negative_prompt), settings.max_prompt_chars)]
+         if settings.max_prompt_chars else []) + hires_rows(request, limits)
 
 
 def hires_rows(request, limits: Limits) -> list[tuple[str, float, float]]:
@@ -73,8 +71,10 @@ def with_styles(body: dict, styles_file: str) -> dict:
 
 
 def max_input_pixels(limits: Limits, settings) -> int:
-    """Largest input image accepted: four times the largest generation (room for
-    only-masked crops of big photos); issue 11's megapixel setting replaces it."""
+    """Largest input image accepted: the host's upload limit (the same as for the tabs'
+    uploads); with none set, four times the largest generation (room for only-masked crops)."""
+    if settings.max_upload_megapixels:
+        return int(settings.max_upload_megapixels * 1_000_000)
     return 4 * limits.max_width * limits.max_height
 
 

@@ -30,6 +30,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from . import quiet_logs
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
@@ -49,6 +50,7 @@ from .requests import HIRES_UPSCALERS, Img2ImgRequest, InpaintRequest, Txt2ImgRe
 from .upscalers import UpscalerCache, upscale_with_model
 
 log = logging.getLogger(__name__)
+quiet_logs.install()
 
 NO_MODEL = (
     "No model is loaded. Start the app with --model PATH_OR_HUB_ID (a diffusers folder, a "

@@ -94,6 +94,7 @@ class AppServer:
         )
 
     def wait_ready(self, timeout: float = 120) -> "AppServer":
+        import urllib.error
         import urllib.request
 
         deadline = time.time() + timeout
@@ -104,6 +105,10 @@ class AppServer:
                 with urllib.request.urlopen(self.url + "config", timeout=2) as response:
                     if response.status == 200:
                         return self
+            except urllib.error.HTTPError as error:
+                if error.code == 401:  # serving, behind its login (--auth)
+                    return self
+                time.sleep(0.5)
             except OSError:
                 time.sleep(0.5)
         raise TimeoutError(f"app not ready after {timeout}s: {self.output()}")

@@ -41,7 +41,7 @@ def api_server(tiny_model_dir, tiny_controlnet_dir, tmp_path_factory):
     styles = tmp_path_factory.mktemp("styles") / "styles.csv"
     styles.write_text('name,prompt,negative_prompt\nCinematic,"{prompt}, film grain",blurry\n')
     server = AppServer(["--model", str(tiny_model_dir), "--outputs-dir", str(outputs), "--max-size", "256",
-                        "--max-batch-size", "4", "--styles-file", str(styles), "--api", "--api-auth", f"{USER}:{PASSWORD}"],
+                        "--max-batch-size", "4", "--max-upload-megapixels", "0.25", "--max-prompt-chars", "500", "--styles-file", str(styles), "--api", "--api-auth", f"{USER}:{PASSWORD}"],
                        env={"HF_HUB_CACHE": str(cache)}, log_path=tmp_path_factory.mktemp("logs") / "api.log")
     try:
         server.wait_ready()
@@ -268,6 +268,7 @@ def png_claiming(width: int, height: int) -> str:
     ("txt2img", '{"width": 64, "height": 64, "override_settings": {"sd_vae": "other.vae.pt"}}', 422, "VAE"),
     ("txt2img", '{"width": 64, "height": 64, "alwayson_scripts": {"controlnet": {"args": [{"module": "canny", "model": "/x"}]}}}',
      422, "needs an image"),
+    ("txt2img", '{"width": 64, "height": 64, "prompt": "%s"}' % ("red " * 200), 422, "prompt (characters)"),
     ("img2img", '{"width": 64, "height": 64}', 422, "init_images"),
     ("img2img", '{"width": 64, "height": 64, "init_images": ["not base64!"]}', 422, "base64"),
     ("img2img", '{"width": 64, "height": 64, "init_images": ["http://example.com/a.png"]}', 422, "does not fetch URLs"),

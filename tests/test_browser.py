@@ -101,11 +101,12 @@ def test_ddim_shows_the_eta_slider_and_cfg_off_disables_the_scale(page):
 
 
 def test_png_info_sends_parameters_back_to_txt2img(page, app_server):
-    png = next(app_server.outputs_dir.rglob("*.png"), None)
+    # A generated image (<n>-<seed>.png), not an X/Y grid (<n>-grid.png) another test saved.
+    png = next((p for p in app_server.outputs_dir.rglob("*.png") if p.stem.split("-")[-1].isdigit()), None)
     if png is None:  # this test may run alone: make an image first
         page.click("#txt2img_generate")
         page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
-        png = next(app_server.outputs_dir.rglob("*.png"))
+        png = next(p for p in app_server.outputs_dir.rglob("*.png") if p.stem.split("-")[-1].isdigit())
     page.click("button[role=tab]:has-text('PNG info')")
     page.set_input_files("#pnginfo_image input[type=file]", str(png))
     page.wait_for_function("() => (document.querySelector('#pnginfo_text textarea') || {}).value?.includes('Steps:')",

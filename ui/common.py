@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import gradio as gr
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pipelines.backend import Backend
 from pipelines.errors import StudioError
@@ -22,38 +22,24 @@ from pipelines.requests import Limits
 from pipelines.schedulers import ETA_SCHEDULERS
 
 from .fields import Form
-from .jobs import SessionJobs
+from .jobs import SessionJobs, cancel_waiting
+from .limits import HostLimits
 from .outputs import OutputStore, with_infotext
+from .uploads import SafeImage, open_received_image  # noqa: F401  (SafeImage: re-exported for the tabs)
 
 log = logging.getLogger(__name__)
 
 PREVIEW_INTERVAL_S = 0.25
+INTERNAL_ERROR = ("Generation failed because of a problem on the server (it is in the server's log). "
+                  "Try again, or try a smaller size or fewer steps.")
 GPU = "gpu"  # one concurrency id for every GPU event: one generation at a time per device
 
 
-class SafeImage(gr.Image):
-    """An image input that turns an unreadable upload into a clear message."""
-
-    def get_block_name(self) -> str:
-        return "image"  # render with Gradio's own image front end (the name is the class name by default)
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
-            raise gr.Error(f"The uploaded file is not an image this app can read ({type(error).__name__}). Upload a PNG, JPEG or WebP.") from error
 
 
 def open_image(path: str | None, what: str) -> Image.Image | None:
-    """Open an uploaded file path fully (so a truncated file fails here, with a message)."""
-    if not path:
-        return None
-    try:
-        image = Image.open(path)
-        image.load()
-        return image
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as error:
-        raise gr.Error(f"The {what} is not an image this app can read ({type(error).__name__}). Upload a PNG, JPEG or WebP.") from error
+    """Open an uploaded file fully: only files this server received (see ui/uploads.py)."""
+    return open_received_image(path, what)
 
 
 @dataclass
@@ -160,14 +146,23 @@ class GenerationService:
     workers: a pipelines.backend.Backend) streams per-step progress and previews back to the
     session that asked."""
 
-    def __init__(self, backend: Backend, limits: Limits, store: OutputStore, grid_for_batches: bool = False):
+    def __init__(self, backend: Backend, limits: Limits, store: OutputStore, host: HostLimits = HostLimits(),
+                 grid_for_batches: bool = False):
         self.backend = backend
         self.grid_for_batches = grid_for_batches
         self.limits = limits
         self.store = store
+        self.host = host
         self.jobs = SessionJobs()
+        self.blocks = None  # the gr.Blocks, once built: Interrupt also drops this session's queued jobs
+        self._workers: dict[str, int] = {}  # worker id (host:pid:device) → a number shown to users
         # As many GPU jobs at once as the backend has devices (a pool) or replicas (Ray).
         self.gpu_event = {"concurrency_id": GPU, "concurrency_limit": backend.concurrency}
+
+    def worker_label(self, worker: str) -> str:
+        """Which worker made an image, without its host name or process id."""
+        number = self._workers.setdefault(worker, len(self._workers) + 1)
+        return f"worker {number}"
 
     @contextmanager
     def _session_job(self, session: str):
@@ -182,8 +177,8 @@ class GenerationService:
         except gr.Error:
             raise
         except Exception as error:
-            log.error("generation failed", exc_info=error)
-            raise gr.Error(f"Generation failed: {type(error).__name__}: {error}") from error
+            log.error("generation failed", exc_info=error)  # a bug: the traceback stays in the server log
+            raise gr.Error(INTERNAL_ERROR) from error
         finally:
             job.cancel()  # a no-op when finished
             self.jobs.finish(session, job)
@@ -191,7 +186,9 @@ class GenerationService:
     def stream(self, build: Callable[[], object], session: str, progress: gr.Progress):
         """Generator of result-panel outputs for one request built by build()."""
         try:
-            request = self.limits.normalize(build())
+            request = build()
+            self.host.check_request(request)  # before the queue's worker touches the model
+            request = self.limits.normalize(request)
         except StudioError as error:
             raise gr.Error(str(error)) from error
         previews = PreviewThrottle()
@@ -209,6 +206,7 @@ class GenerationService:
         """A request that is not a generation (the Diffusion lab) through the same job path:
         this session's Job (its Interrupt stops it between steps), progress per step, errors
         as messages; returns the backend's result."""
+        self.host.check_request(request)  # the lab's prompts have the same limit
         with self._session_job(session) as job:
             progress(0, desc="Waiting for the model…")
             for event in self.backend.stream(request, job):
@@ -218,16 +216,17 @@ class GenerationService:
                 return event
 
     def _final(self, result):
-        paths = self.store.save(result.task, result.images)
-        items = [str(p) for p in paths] if paths else [with_infotext(item) for item in result.images]
+        saved = self.store.save(result.task, result.images)
+        items = [str(p) for p in saved.paths] if saved.paths else [with_infotext(item) for item in result.images]
         gallery = [(item, f"seed {image.seed}") for item, image in zip(items, result.images)]
+        worker = f" on {self.worker_label(result.worker)}" if result.worker else ""
         # Paragraphs apart: Markdown joins single-newline lines into one (the worker ran into the path).
-        paragraphs = [f"{len(result.images)} image(s) in {result.seconds:.1f} s" + (f" on {result.worker}" if result.worker else "")
+        paragraphs = [f"{len(result.images)} image(s) in {result.seconds:.1f} s{worker}"
                       + (" — interrupted" if result.interrupted else "")]
         if result.notes:
             paragraphs.append("\n".join(f"- {note}" for note in result.notes))
-        if paths:
-            paragraphs.append(f"Saved to `{paths[0].parent}`")
+        if saved.note:
+            paragraphs.append(saved.note)
         if self.grid_for_batches and len(result.images) > 1:
             grid_item, grid_note = self._batch_grid(result)
             gallery.append((grid_item, "grid"))
@@ -243,11 +242,11 @@ class GenerationService:
         the images keep their places."""
         grid = batch_grid([image.image for image in result.images], [f"seed {image.seed}" for image in result.images])
         infotext = result.images[0].infotext
-        path = self.store.save_grid(result.task, grid, infotext, {})
-        if path:
-            return str(path), f"Grid saved to `{path.parent}`"
+        saved = self.store.save_grid(result.task, grid, infotext, {})
+        if saved.paths:
+            return str(saved.paths[0]), saved.note
         grid.info[PNG_KEY] = infotext
-        return grid, ""
+        return grid, saved.note
 
     # ----------------------------------------------------------------- X/Y grids (issue 8)
     def stream_grid(self, build_plan: Callable[[], object], compose: Callable, session: str, progress: gr.Progress):
@@ -257,6 +256,9 @@ class GenerationService:
         finished cells. An interrupt keeps the cells finished so far."""
         try:
             plan = build_plan()
+            for cell in plan.cells[:1]:  # every cell shares the base request's prompts
+                self.host.check_request(cell)
+            self.host.check_grid(plan)
         except StudioError as error:
             raise gr.Error(str(error)) from error
         started, previews = time.monotonic(), PreviewThrottle()
@@ -291,11 +293,11 @@ class GenerationService:
         infotext = grid_infotext(plan, cells[0].infotext)
         chunks = {CELLS_KEY: cells_chunk([cell.infotext for cell in cells] + missing)}
         task = results[0].task
-        grid_path = self.store.save_grid(task, grid, infotext, chunks)
-        cell_paths = self.store.save(task, cells)
-        if grid_path:
-            items = [str(grid_path)] + [str(p) for p in cell_paths]
-            lines.append(f"Grid saved to `{grid_path.parent}`, cells to `{cell_paths[0].parent}`")
+        grid_saved = self.store.save_grid(task, grid, infotext, chunks)
+        cells_saved = self.store.save(task, cells) if grid_saved.paths else grid_saved
+        lines += [note for note in dict.fromkeys((grid_saved.note, cells_saved.note)) if note]
+        if grid_saved.paths and cells_saved.paths:
+            items = [str(p) for p in grid_saved.paths + cells_saved.paths]
         else:
             grid_item = grid.copy()
             grid_item.info.update({PNG_KEY: infotext, **chunks})
@@ -308,9 +310,12 @@ def wire_common(panel: ResultPanel, sampler: SamplerControls, service: Generatio
     """Seed reuse and the interrupt button (per session; never queued behind generations)."""
     sampler.reuse_seed.click(lambda seed: seed, panel.last_seed, sampler.seed, queue=False, api_visibility="private")
 
-    def interrupt(request: gr.Request) -> str:
+    async def interrupt(request: gr.Request) -> str:
+        waiting = await cancel_waiting(service.blocks, request.session_hash)
         stopped = service.jobs.interrupt(request.session_hash)
-        return "Interrupting…" if stopped else "Nothing of yours is running."
+        if not stopped and not waiting:
+            return "Nothing of yours is running."
+        return "Interrupting…" + (f" ({waiting} queued job(s) cancelled)" if waiting else "")
 
     panel.interrupt.click(
         interrupt, None, panel.notes, queue=False,

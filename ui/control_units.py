@@ -17,8 +17,10 @@ from pipelines.requests import MAX_CONTROL_UNITS, Control, ControlUnit
 
 from .common import SafeImage, open_image
 from .fields import Form, take, widget
+from .uploads import MODELS, catalogue_key, model_choices, resolve_model
 
 POSE_PREPROCESSORS = ("pose (mediapipe)", "pose (openpose)")
+MODEL_INFO = {False: "a ControlNet folder, .safetensors file or Hub id", True: "one of this host's ControlNets"}
 PICK_RADIUS = 24  # px: how close a click must be to a joint to pick it
 
 
@@ -55,7 +57,13 @@ class ControlPanel:
 
 
 def _default_model(preprocessor: str) -> str | None:
-    return catalog.default_controlnet("pose" if preprocessor in POSE_PREPROCESSORS else "canny")
+    entry = catalog.default_controlnet("pose" if preprocessor in POSE_PREPROCESSORS else "canny")
+    return catalogue_key(entry) if entry else None
+
+
+def _model(value) -> str:
+    """The unit's ControlNet: a catalogue entry (or, where the host allows, a path or Hub id)."""
+    return resolve_model(value, catalog.controlnets(), "ControlNet")
 
 
 def _params(preprocessor: str, values: dict) -> tuple:
@@ -75,9 +83,9 @@ def unit_from(values: dict, width, height) -> ControlUnit | None:
             pose = pose_from_json(own["pose_json"]).resized(int(width), int(height))
         except ValueError as error:
             raise gr.Error(f"The pose JSON is not valid: {error}") from error
-        return assemble(ControlUnit, values, image=pose.draw(), preprocessor="none")
+        return assemble(ControlUnit, values, image=pose.draw(), preprocessor="none", model=_model(values.get("model")))
     return assemble(ControlUnit, values, image=open_image(values.get("image"), "control image"),
-                    params=_params(values.get("preprocessor"), own))
+                    params=_params(values.get("preprocessor"), own), model=_model(values.get("model")))
 
 
 def control_from(values: dict, width, height) -> Control | None:
@@ -115,8 +123,8 @@ def _unit(form: Form, index: int, width: gr.Slider, height: gr.Slider) -> UnitWi
         with gr.Row():
             params = {name: form.add(unit + name, widget(spec, f"{key}_{name}", visible=name in PREPROCESSORS["canny"].params))
                       for name, spec in PARAMS.items()}
-        model = field("model", component=gr.Dropdown, choices=catalog.controlnets(), value=_default_model("canny"),
-                      allow_custom_value=True)
+        model = field("model", component=gr.Dropdown, choices=model_choices(catalog.controlnets()),
+                      value=_default_model("canny"), allow_custom_value=True, info=MODEL_INFO[MODELS.catalogue_only])
         with gr.Row():
             weight = field("weight")
             start = field("start")

@@ -16,6 +16,7 @@ from . import xy_grid
 from .common import GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls, wire_common
 from .control_units import control_from, control_panel
 from .fields import Form
+from .uploads import SafeImageMask, model_choices, resolve_model
 
 # Translucent, so the image stays visible under the paint; only the alpha (coverage) is used.
 MASK_BRUSH = gr.Brush(default_size="auto", colors=[("#ff00ff", 0.55)], default_color=("#ff00ff", 0.55), color_mode="fixed")
@@ -65,7 +66,7 @@ def build(service: GenerationService, native_size: int) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             prompt_box(form)
-            editor = form.add("image_and_mask", gr.ImageMask(
+            editor = form.add("image_and_mask", SafeImageMask(
                 label="Image — paint the area to regenerate", type="pil", image_mode="RGBA", brush=MASK_BRUSH,
                 sources=["upload", "clipboard"], format="png", height=420, elem_id="inpaint_editor", transforms=()))
             with gr.Row():
@@ -74,8 +75,10 @@ def build(service: GenerationService, native_size: int) -> None:
                     sources=["upload", "clipboard"], height=160, elem_id="inpaint_mask_upload"))
                 invert = form.field("invert_mask", elem="invert")
             mode = form.field("mode", component=gr.Radio)
-            inpaint_model = form.field("inpaint_model", elem="model", component=gr.Dropdown, choices=catalog.inpaint_models(),
-                                       value=next(iter(catalog.inpaint_models()), None), allow_custom_value=True, visible=False)
+            inpaint_choices = model_choices(catalog.inpaint_models())  # shown relative to the app folder
+            inpaint_model = form.field("inpaint_model", elem="model", component=gr.Dropdown, choices=inpaint_choices,
+                                       value=next((key for _, key in inpaint_choices), None), allow_custom_value=True,
+                                       visible=False)
             with gr.Row(visible=True) as repaint_row:
                 form.field("repaint_r", elem="r")
                 form.field("repaint_j", elem="j")
@@ -119,7 +122,10 @@ def build(service: GenerationService, native_size: int) -> None:
             if mask is None:
                 raise gr.Error("The mask is empty: paint over the area to regenerate (or upload a mask image).")
             control = control_from(values, values["width"], values["height"])
-            return assemble(InpaintRequest, values, init_image=image, mask=mask, control=control)
+            # Only the inpainting-model mode loads a model; on a locked host, from the catalogue only.
+            model = values.pop("inpaint_model", None)
+            model = resolve_model(model, catalog.inpaint_models(), "inpainting") if values.get("mode") == "inpainting model" else ""
+            return assemble(InpaintRequest, values, init_image=image, mask=mask, control=control, inpaint_model=model)
 
         yield from xy_grid.generate(service, build_request, values, request.session_hash, progress)
 

@@ -14,7 +14,10 @@ def read(image_path):
     image = open_image(image_path, "image")
     if image is None:
         return "", {}
-    text = read_infotext(image)
+    try:
+        text = read_infotext(image)
+    except Exception as error:  # a crafted text chunk or EXIF block (Pillow raises many kinds)
+        raise gr.Error("This image's metadata could not be read, so it shows no generation parameters.") from error
     if not text:
         return "This image carries no generation parameters.", {}
     return text, parse_infotext(text)
