@@ -164,7 +164,7 @@ def info(request: Txt2ImgRequest, result, ignored: list[str]) -> str:
                                else getattr(request, "strength", 0)),
         "extra_generation_params": {},
         "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": request.clip_skip,
         "is_using_inpainting_conditioning": getattr(request, "mode", "") == "inpainting model",
         "version": VERSION,
         "sd_studio": {"notes": notes, "interrupted": result.interrupted, "seconds": round(result.seconds, 3)},

@@ -139,8 +139,8 @@ IGNORED = frozenset({
 MODEL_OPTION = "sd_model_checkpoint"
 OPTIONS: dict[str, Field | Unsupported] = {
     "eta_ddim": Field("sampling.eta"),
-    # Issue: clip skip → Field("sampling.clip_skip"); VAE choice → Field("vae").
-    "CLIP_stop_at_last_layers": Unsupported("CLIP skip", (None, 1)),
+    "CLIP_stop_at_last_layers": Field("clip_skip"),  # A1111's Clip skip (1 = last layer)
+    # Issue: VAE choice → Field("vae").
     "sd_vae": Unsupported("choosing a VAE (the model's own VAE is used)", (None, "Automatic", "None", "")),
 }
 

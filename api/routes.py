@@ -13,7 +13,7 @@ from pipelines import styles as style_lib
 from pipelines.errors import ModelLoadError, RequestError
 from pipelines.infotext import model_name
 from pipelines.metadata import parse_infotext, read_infotext
-from pipelines.requests import LATENT_UPSCALERS, PIXEL_UPSCALERS, Limits, Sampling
+from pipelines.requests import LATENT_UPSCALERS, PIXEL_UPSCALERS, Limits, Sampling, Txt2ImgRequest
 
 from . import controlnet
 from .convert import apply_options, convert, info, parameters_echo
@@ -204,7 +204,8 @@ def build_router(backend, settings, store) -> APIRouter:
     @router.get(f"{sd}/options", tags=["settings"])
     def get_options():
         return {MODEL_OPTION: ctx.loaded_name(), "sd_checkpoint_hash": None, "sd_vae": "Automatic",
-                "CLIP_stop_at_last_layers": 1, "eta_ddim": ctx.options.get("eta_ddim", 0.0),
+                "CLIP_stop_at_last_layers": ctx.options.get("CLIP_stop_at_last_layers", 1),
+                "eta_ddim": ctx.options.get("eta_ddim", 0.0),
                 "samples_save": settings.save_outputs, "samples_format": "png", "enable_pnginfo": True}
 
     @router.post(f"{sd}/options", tags=["settings"])
@@ -212,11 +213,13 @@ def build_router(backend, settings, store) -> APIRouter:
         """sd_model_checkpoint loads that model (when the host allows it); eta_ddim becomes the default η."""
         values: dict = {}
         model = apply_options(values, body, [])
-        if "sampling.eta" in values:
-            try:
+        try:
+            if "sampling.eta" in values:
                 Sampling(eta=values["sampling.eta"])
-            except RequestError as error:
-                raise ApiError(422, str(error)) from None
+            if "clip_skip" in values:
+                Txt2ImgRequest(clip_skip=values["clip_skip"])
+        except RequestError as error:
+            raise ApiError(422, str(error)) from None
         if model is not None:
             source = ctx.resolve_model(model)
             if source:

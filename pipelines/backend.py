@@ -47,6 +47,10 @@ class Backend(Protocol):
     def memory_report(self) -> dict:
         """Bytes of weights: base, shared by the modes, extra modules, all."""
 
+    def count_tokens(self, text: str) -> tuple[int, int] | None:
+        """A prompt's (tokens, limit) as A1111's live counter shows them ('80/150'): the
+        tokenizer only, no GPU, never queued behind a job; None when it cannot count now."""
+
 
 def backend_members() -> dict[str, str]:
     """name → 'property' or 'method' for every member of the protocol."""

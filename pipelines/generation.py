@@ -17,6 +17,8 @@ from .diffusion_math import vae_decode
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
 from .noise import NoiseSpec, sampler_noise
 from .preview import DenoisedTap, latent_to_image
+from .prompt_encoding import effective_clip_skip, encode_prompts, tokenize
+from .prompt_syntax import parse_prompt
 from .schedulers import build_scheduler
 
 Sampler = Callable[[list[int], Callable], torch.Tensor]
@@ -49,6 +51,8 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
     one CPU generator per image (image k is reproducible from its own seed on any device),
     the initial noise from noise.py (variation seeds)."""
     s = request.sampling
+    # Encoded once per request (chunks, emphasis, clip skip): the pipeline gets embeddings.
+    embeddings = encode_prompts(pipe, request.prompt, request.negative_prompt, request.clip_skip, s.cfg)
 
     def sample(seeds: list[int], report) -> torch.Tensor:
         scheduler = build_scheduler(s.scheduler, scheduler_config)
@@ -63,8 +67,8 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
             return {}
 
         return pipe(
-            prompt=[request.prompt] * len(seeds),
-            negative_prompt=[request.negative_prompt] * len(seeds) if s.cfg and request.negative_prompt else None,
+            prompt_embeds=embeddings.cond.expand(len(seeds), -1, -1),
+            negative_prompt_embeds=None if embeddings.uncond is None else embeddings.uncond.expand(len(seeds), -1, -1),
             height=request.height,
             width=request.width,
             num_inference_steps=s.steps,
@@ -126,16 +130,18 @@ def run_batches(
     return GenerationResult(request.task, images, notes, interrupted)
 
 
-def prompt_notes(tokenizer, request) -> list[str]:
-    """What the user should know about their prompts: truncation at the encoder's 77 tokens,
-    a negative prompt that cannot act."""
+def prompt_notes(pipe, request) -> list[str]:
+    """What the user should know about their prompts: a prompt over 75 tokens is encoded in
+    several chunks (nothing is cut), a negative prompt that cannot act."""
     notes = []
-    limit = tokenizer.model_max_length
     for label, text in (("Prompt", request.prompt), ("Negative prompt", request.negative_prompt)):
-        ids = tokenizer(text, truncation=False, add_special_tokens=True).input_ids
-        if len(ids) > limit:
-            dropped = tokenizer.decode(ids[limit - 1 : -1])
-            notes.append(f"{label} is {len(ids) - 2} tokens; the text encoder reads {limit - 2}. Ignored: “{dropped.strip()}”.")
+        tokenized = tokenize(pipe, parse_prompt(text))
+        if len(tokenized.chunks) > 1:
+            notes.append(f"{label}: {tokenized.token_count} tokens, encoded as {len(tokenized.chunks)} chunks of 75 "
+                         "(as A1111 does; nothing is cut).")
+    skip = effective_clip_skip(pipe.text_encoder, request.clip_skip)
+    if skip != request.clip_skip:
+        notes.append(f"Clip skip {request.clip_skip} is more than this text encoder's layers allow: {skip} was used.")
     if request.negative_prompt and not request.sampling.cfg:
         notes.append("The negative prompt has no effect with CFG off (it only enters the unconditional pass).")
     return notes

@@ -7,6 +7,7 @@ import torch
 from .diffusion_math import vae_encode
 from .masks import InpaintPlan
 from .noise import NoiseSpec
+from .prompt_encoding import encode_prompts
 from .repaint import masked_content_latents, repaint
 
 
@@ -24,7 +25,8 @@ def repaint_sampler(pipe, request, plan: InpaintPlan, scheduler_config: dict):
     device = pipe.unet.device
     init = encode_image(pipe, plan.init_image).float()
     mask = torch.from_numpy(plan.latent_mask(pipe.vae_scale_factor))[None, None].to(device)
-    cond, uncond = pipe.encode_prompt(request.prompt, device, 1, s.cfg, request.negative_prompt or None)
+    embeddings = encode_prompts(pipe, request.prompt, request.negative_prompt, request.clip_skip, s.cfg, device)
+    cond, uncond = embeddings.cond, embeddings.uncond
 
     def sample(seeds: list[int], report) -> torch.Tensor:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]

@@ -33,6 +33,7 @@ from .grid import compose_grid
 from .images import fit
 from .jobs import Job, StepInfo
 from .lab_requests import LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
+from .prompt_encoding import encode_prompts
 from .schedulers import build_scheduler
 
 # The two β schedules the seed compares: DDPM's linear betas (pixels) and LDM/SD's scaled-linear.
@@ -243,7 +244,8 @@ class DiffusionLab:
     # --- sampling parts -------------------------------------------------------------------------
     def _embeddings(self, prompt: str, negative: str) -> torch.Tensor:
         """[uncond, cond] text embeddings, as the pipeline batches them for CFG."""
-        cond, uncond = self.pipe.encode_prompt(prompt, self.device, 1, True, negative or None)
+        embeddings = encode_prompts(self.pipe, prompt, negative, device=self.device)  # chunks, emphasis: as generation
+        cond, uncond = embeddings.cond, embeddings.uncond
         return torch.cat([uncond, cond])
 
     def _eps(self, latents: torch.Tensor, t, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,6 +46,7 @@ from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
 from .catalog import upscaler_models
+from .prompt_encoding import count_tokens
 from .requests import HIRES_UPSCALERS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from .upscalers import UpscalerCache, upscale_with_model
 
@@ -56,6 +57,8 @@ NO_MODEL = (
     "No model is loaded. Start the app with --model PATH_OR_HUB_ID (a diffusers folder, a "
     ".safetensors/.ckpt file, or a Hub id with --allow-download), or load one in the Models tab."
 )
+
+MAX_COUNTED_CHARS = 20_000  # the live token counter reads at most this much of a prompt box
 
 # Task name → diffusers class derived from the base pipeline (ControlNet variants get the
 # ControlNet module passed in).
@@ -434,7 +437,7 @@ class PipelineManager:
         return self._run_sampler(pipe, request, sampler, on_step, job, notes, extra_infotext, finish)
 
     def _run_sampler(self, pipe, request, sampler, on_step, job, notes=None, extra_infotext=None, finish=None):
-        all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe.tokenizer, request)
+        all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe, request)
         kwargs = {"finish": finish} if finish else {}
         return run_batches(
             request, sampler, lambda latents: decode(pipe, latents),
@@ -449,6 +452,18 @@ class PipelineManager:
 
     def _infotext(self, request, seed: int, extra: dict | None = None) -> str:
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
+
+    def count_tokens(self, text: str) -> tuple[int, int] | None:
+        """(tokens, limit) of a prompt as A1111's counter shows them ('80/150'); tokenizer only,
+        no lock (a running job holds it for long). None without a model or for text the
+        prompt syntax rejects (the request will say why)."""
+        pipe = self._base
+        if pipe is None or not isinstance(text, str):
+            return None
+        try:
+            return count_tokens(pipe, text[:MAX_COUNTED_CHARS])
+        except ValueError:
+            return None
 
     # ----------------------------------------------------------------- diffusion lab (issue 8)
     def _run_lab(self, request: LabRequest, on_step, job: Job):

@@ -127,6 +127,8 @@ def infotext_to_fields(parsed: dict, scheduler_names=SCHEDULER_NAMES) -> tuple[d
         fields.setdefault("hr_second_pass_steps", 0)
         fields.setdefault("hr_resize_x", 0)
         fields.setdefault("hr_resize_y", 0)
+    if "Steps" in parsed and "Clip skip" not in parsed:
+        fields["clip_skip"] = 1  # A1111 writes Clip skip only when it is not 1
     sampler = parsed.get("Sampler")
     if sampler:
         # A1111 ≥ 1.9 writes the schedule separately: "Sampler: DPM++ 2M, Schedule type: Karras".

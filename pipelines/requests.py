@@ -20,12 +20,14 @@ from typing import ClassVar
 from PIL import Image
 
 from .errors import RequestError
-from .fields import check_fields, declare, nested, registry, require_number, require_text
+from .fields import check_fields, declare, fields_of, nested, registry, require_number, require_text
+from .prompt_syntax import parse_prompt
 
 _require_number, _require_text = require_number, require_text  # the lab's requests use them
 from .schedulers import SCHEDULER_NAMES
 
 MAX_SEED = 2**32 - 1
+MAX_CLIP_SKIP = 12  # A1111's slider range (CLIP ViT-L has 12 layers)
 # Choice lists, each once. Orders are A1111's where A1111 sends an index over its REST API
 # (resize_mode 0–2, inpaint_full_res 0–1); MASKED_CONTENT's A1111 index is fill 0, original 1.
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
@@ -50,6 +52,16 @@ def _require_image(value, missing: str, what: str) -> None:
         raise RequestError(missing)
     if not isinstance(value, Image.Image):
         raise RequestError(f"{what} must be an image, got {type(value).__name__}.")
+
+
+def _require_prompt(name: str, value: str) -> None:
+    """Text whose A1111 syntax parses (a LoRA weight must be a number). Its length is the
+    host's to cap (--max-prompt-chars, ui/limits.py and the REST API): each 75 tokens is one
+    more text-encoder pass."""
+    try:
+        parse_prompt(value)
+    except ValueError as error:
+        raise RequestError(f"{name}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,8 @@ class Txt2ImgRequest:
                          infotext="Size-1", a1111="width")
     height: int = declare(512, "Height", minimum=1, maximum=16384, step=8, slider=(64, 16384), limit="max_height",
                           infotext="Size-2", a1111="height")
+    # A1111's Clip skip: 1 = the text encoder's last layer, 2 = the one before (through its final norm), …
+    clip_skip: int = declare(1, "Clip skip", minimum=1, maximum=MAX_CLIP_SKIP, step=1, infotext="Clip skip", axis=True)
     control: Control | None = None  # ControlNet units, if any
     notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
     # Hires fix (txt2img only; A1111's REST names): first pass at width×height, upscale,
@@ -193,6 +207,8 @@ class Txt2ImgRequest:
 
     def __post_init__(self):
         check_fields(self)
+        for name in ("prompt", "negative_prompt"):
+            _require_prompt(fields_of(Txt2ImgRequest)[name].label, getattr(self, name))
         if not isinstance(self.sampling, Sampling):
             raise RequestError("sampling must be a Sampling object.")
         if self.control is not None and not isinstance(self.control, Control):

@@ -102,3 +102,6 @@ class FairGate:
 
     def memory_report(self) -> dict:
         return self.backend.memory_report()
+
+    def count_tokens(self, text: str):
+        return self.backend.count_tokens(text)  # not a job: never waits for a turn

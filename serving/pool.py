@@ -70,3 +70,6 @@ class ManagerPool:
     def memory_report(self) -> dict:
         return self.managers[0].memory_report()
 
+    def count_tokens(self, text: str):
+        return self.managers[0].count_tokens(text)  # every device holds the same tokenizer
+

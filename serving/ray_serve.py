@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FLAGS_ACTOR = "sd-studio-cancelled-jobs"
 APP_NAME = "sd-studio"
 POLL_S = 0.1
+COUNT_TIMEOUT_S = 0.5
 
 
 @ray.remote(num_cpus=0)
@@ -86,6 +87,9 @@ class GenerationWorker:
     def load_base(self, source: str):
         return self.manager.load_base(source)
 
+    def count_tokens(self, text: str):
+        return self.manager.count_tokens(text)
+
 
 class RayBackend:
     """The front end's side of Ray Serve: implements pipelines.backend.Backend; every request
@@ -133,6 +137,14 @@ class RayBackend:
 
     def run(self, request, on_step=None, job: Job | None = None):
         return result_of(self.stream(request, job), on_step)
+
+    def count_tokens(self, text: str):
+        """The live token counter, asked of a replica. A replica runs one request at a time, so
+        while all are busy generating the counter stays blank (None) instead of waiting."""
+        try:
+            return self.handle.count_tokens.remote(text).result(timeout_s=COUNT_TIMEOUT_S)
+        except Exception:  # a timeout (replicas busy) or a replica restarting
+            return None
 
     def load_base(self, source: str):
         raise ModelLoadError("With the Ray backend every replica loads the model given at start (--model); "

@@ -86,3 +86,6 @@ class ZeroGPUBackend:
 
     def memory_report(self) -> dict:
         return self.backend.memory_report()
+
+    def count_tokens(self, text: str):
+        return self.backend.count_tokens(text)  # the tokenizer only: no GPU booked

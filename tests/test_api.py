@@ -381,3 +381,17 @@ def test_prompt_styles_from_the_hosts_styles_file_apply_by_name(api):
         {"name": "Cinematic", "prompt": "{prompt}, film grain", "negative_prompt": "blurry"}]
     _, info = txt2img(api, steps=2, prompt="a cat", negative_prompt="ugly", styles=["Cinematic"])
     assert info["prompt"] == "a cat, film grain" and info["negative_prompt"] == "ugly, blurry"
+
+
+def test_clip_skip_from_override_settings_and_options_reaches_the_image(api):
+    plain, plain_info = txt2img(api, steps=2)
+    skipped, info = txt2img(api, steps=2, override_settings={"CLIP_stop_at_last_layers": 2})
+    assert "Clip skip: 2" in info["infotexts"][0] and info["clip_skip"] == 2 and plain_info["clip_skip"] == 1
+    assert not np.array_equal(pixels(unb64(skipped["images"][0])), pixels(unb64(plain["images"][0])))
+    assert api.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
+    try:
+        assert api.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+        assert "Clip skip: 2" in txt2img(api, steps=2)[1]["infotexts"][0]
+    finally:
+        api.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
+    assert api.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 13}).status_code == 422

@@ -255,3 +255,12 @@ def test_pose_editor_detects_a_person_and_a_click_moves_a_joint(page, tmp_path):
     assert abs(x - 40) <= 2 and abs(y - 40) <= 2
     page.click("#controlnet_cn0_pose_editor button")  # open the editor: the edited pose is the one used
     assert page.is_checked("#controlnet_cn0_use_edited input")
+
+
+def test_prompt_boxes_count_tokens_live_as_a1111(page):
+    page.fill("#txt2img_prompt textarea", "a (large:1.2) red circle")
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt_token_count')?.innerText.trim() === '4/75'",
+                           timeout=20_000)
+    page.fill("#txt2img_negative textarea", " ".join(["cat"] * 80))
+    page.wait_for_function("() => document.querySelector('#txt2img_negative_token_count')?.innerText.trim() === '80/150'",
+                           timeout=20_000)

@@ -182,3 +182,11 @@ def test_grid_infotext_is_a_cell_infotext_plus_the_axes():
     assert (params["X Type"], params["X Values"], params["Y Type"], params["Y Values"]) == (
         "CFG scale", "3, 7.5", "Scheduler", "Euler, DDIM")
     assert text.endswith("Version: sd-studio 0.1")
+
+
+def test_clip_skip_axis_sets_each_cell_and_refuses_values_outside_1_to_12():
+    base = Txt2ImgRequest(prompt="a red circle", width=64, height=64, sampling=Sampling(seed=3))
+    plan = plan_grid(base, axis_values("Clip skip", "1, 2"), None)
+    assert [cell.clip_skip for cell in plan.cells] == [1, 2]
+    with pytest.raises(RequestError, match="Clip skip"):
+        plan_grid(base, axis_values("Clip skip", "0, 13"), None)

@@ -218,11 +218,11 @@ def test_interrupt_from_another_thread_stops_only_that_job(manager):
 
 
 # ----------------------------------------------------------------- prompts
-def test_overlong_prompt_is_truncated_at_77_tokens_and_the_user_is_told(manager):
+def test_overlong_prompt_is_chunked_not_cut_and_the_user_is_told(manager):
     prompt = " ".join(["red"] * 70 + ["circle"] * 10 + ["zebra"])
     result = manager.run(txt2img(prompt=prompt, steps=2))
     note = next(n for n in result.notes if "tokens" in n)
-    assert "81 tokens" in note and "reads 75" in note and "zebra" in note
+    assert "81 tokens" in note and "2 chunks" in note and "nothing is cut" in note
 
 
 def test_unnormalized_request_is_refused(manager):

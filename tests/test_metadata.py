@@ -26,6 +26,7 @@ def test_infotext_round_trips_through_a_png():
         # no variation seed and no hires fix in the text: those are sent as off; "Denoising
         # strength" is both img2img's strength and the hires pass's
         "subseed_strength": 0.0, "enable_hr": False, "denoising_strength": 0.35,
+        "clip_skip": 1,  # absent = 1: A1111 writes Clip skip only when it is not 1
     }
     assert notes == []
 
@@ -60,3 +61,8 @@ def test_image_without_parameters_reads_as_none():
 
 def test_prompt_only_infotext_keeps_the_prompt():
     assert parse_infotext("just a prompt")["Prompt"] == "just a prompt"
+
+
+def test_clip_skip_is_read_back_from_a1111_infotext():
+    fields, _ = infotext_to_fields(parse_infotext("a cat\nSteps: 20, Sampler: Euler a, Clip skip: 2, Seed: 1"), SCHEDULER_NAMES)
+    assert fields["clip_skip"] == 2

@@ -84,3 +84,14 @@ def test_requests_are_immutable():
     request = Txt2ImgRequest(prompt="x")
     with pytest.raises(Exception):
         request.prompt = "y"
+
+
+@pytest.mark.parametrize("value", [0, 13, 1.5, float("nan"), "2"])
+def test_clip_skip_outside_1_to_12_is_refused_with_a_sentence(value):
+    with pytest.raises(RequestError, match="Clip skip"):
+        Txt2ImgRequest(prompt="a", clip_skip=value)
+
+
+def test_a_bad_lora_weight_is_refused_with_a_sentence():
+    with pytest.raises(RequestError, match="Negative prompt: The LoRA weight"):
+        Txt2ImgRequest(prompt="a", negative_prompt="<lora:x:heavy>")

@@ -48,9 +48,25 @@ class PromptBox:
     negative: gr.Textbox
 
 
-def prompt_box(form: Form) -> PromptBox:
-    prompt = form.field("prompt", lines=3, placeholder="a large red circle on a white background")
-    negative = form.field("negative_prompt", elem="negative", lines=2)
+def token_counter(box: gr.Textbox, count: Callable[[str], str], elem_id: str) -> gr.HTML:
+    """A1111's live 'n/75' under a prompt box (75 tokens per chunk; 150, 225, … past that)."""
+    counter = gr.HTML(count(box.value or ""), elem_id=elem_id, padding=False, min_height=0)
+    box.change(count, box, counter, queue=False, show_progress="hidden", trigger_mode="always_last",
+               api_visibility="private")
+    return counter
+
+
+def prompt_box(form: Form, count_tokens: Callable[[str], str] | None = None) -> PromptBox:
+    """Prompt and negative prompt; with count_tokens (GenerationService.count_tokens), each
+    gets a live token counter in its frame, at the lower right corner."""
+    with gr.Group():
+        prompt = form.field("prompt", lines=3, placeholder="a large red circle on a white background")
+        if count_tokens:
+            token_counter(prompt, count_tokens, f"{form.tab}_prompt_token_count")
+    with gr.Group():
+        negative = form.field("negative_prompt", elem="negative", lines=2)
+        if count_tokens:
+            token_counter(negative, count_tokens, f"{form.tab}_negative_token_count")
     return PromptBox(prompt, negative)
 
 
@@ -68,6 +84,7 @@ class SamplerControls:
     seed: gr.Number
     random_seed: gr.Button
     reuse_seed: gr.Button
+    clip_skip: gr.Slider
 
 
 def sampler_controls(form: Form, native_size: int) -> SamplerControls:
@@ -75,6 +92,7 @@ def sampler_controls(form: Form, native_size: int) -> SamplerControls:
     with gr.Row():
         scheduler = form.field("scheduler")
         steps = form.field("steps")
+        clip_skip = form.field("clip_skip", scale=0, min_width=200)
     with gr.Row():
         cfg = form.field("cfg")
         cfg_scale = form.field("cfg_scale")
@@ -99,7 +117,8 @@ def sampler_controls(form: Form, native_size: int) -> SamplerControls:
     scheduler.change(lambda name: gr.update(visible=name in ETA_SCHEDULERS), scheduler, eta, queue=False, api_visibility="private")
     cfg.change(lambda on: gr.update(interactive=on), cfg, cfg_scale, queue=False, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
-    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed, reuse_seed)
+    return SamplerControls(scheduler, steps, cfg, cfg_scale, eta, width, height, batch_count, batch_size, seed, random_seed,
+                           reuse_seed, clip_skip)
 
 
 @dataclass
@@ -158,6 +177,19 @@ class GenerationService:
         self._workers: dict[str, int] = {}  # worker id (host:pid:device) → a number shown to users
         # As many GPU jobs at once as the backend has devices (a pool) or replicas (Ray).
         self.gpu_event = {"concurrency_id": GPU, "concurrency_limit": backend.concurrency}
+
+    def count_tokens(self, text: str | None) -> str:
+        """The token counter's text, e.g. '12/75' ('' when the backend cannot count now)."""
+        try:
+            counted = self.backend.count_tokens(text or "")
+        except Exception as error:  # a counter must never break typing
+            log.debug("token count failed: %s", error)
+            counted = None
+        if not counted:
+            return ""
+        tokens, limit = counted
+        return (f"<div style='text-align:right;font-size:0.8em;opacity:0.75;padding:0 8px 2px'>"
+                f"{int(tokens)}/{int(limit)}</div>")
 
     def worker_label(self, worker: str) -> str:
         """Which worker made an image, without its host name or process id."""

@@ -18,7 +18,7 @@ def build(service: GenerationService, native_size: int) -> None:
     form = Form("controlnet", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompt_box(form)
+            prompt_box(form, service.count_tokens)
             sampler = sampler_controls(form, native_size)
             control_panel(form, sampler.width, sampler.height)
             with gr.Accordion("Start from an image (img2img)", open=False):

@@ -30,7 +30,7 @@ def build(service: GenerationService, native_size: int, styles_file: str = "") -
     form = Form("img2img", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box(form)
+            prompts = prompt_box(form, service.count_tokens)
             style_controls("img2img", prompts, styles_file)
             init_image = form.add("init_image", SafeImage(label="Init image", type="filepath", image_mode=None,
                                                           sources=["upload", "clipboard"], height=320, elem_id="img2img_init"))

@@ -65,7 +65,7 @@ def build(service: GenerationService, native_size: int) -> None:
     form = Form("inpaint", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompt_box(form)
+            prompt_box(form, service.count_tokens)
             editor = form.add("image_and_mask", SafeImageMask(
                 label="Image — paint the area to regenerate", type="pil", image_mode="RGBA", brush=MASK_BRUSH,
                 sources=["upload", "clipboard"], format="png", height=420, elem_id="inpaint_editor", transforms=()))

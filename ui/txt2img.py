@@ -40,7 +40,7 @@ def build(service: GenerationService, native_size: int, styles_file: str = "", m
     form = Form("txt2img", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
-            prompts = prompt_box(form)
+            prompts = prompt_box(form, service.count_tokens)
             style_controls("txt2img", prompts, styles_file)
             sampler = sampler_controls(form, native_size)
             hires_controls(form, list(model_upscalers))

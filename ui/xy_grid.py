@@ -15,7 +15,7 @@ from .fields import Form, take
 EXAMPLES = {
     "CFG scale": "3, 7.5, 12", "Steps": "10-40 [4]", "Denoising strength": "0.3-0.9 (+0.2)",
     "Scheduler": "Euler a, DDIM, DPM++ 2M", "DDIM η": "0, 0.5, 1", "Seed": "1-4",
-    "Control weight": "0-1.5 [4]", "RePaint r": "1-4",
+    "Control weight": "0-1.5 [4]", "RePaint r": "1-4", "Clip skip": "1, 2",
 }
 
 
