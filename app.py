@@ -116,10 +116,12 @@ def create_backend(settings: Settings):
 
 def create_app(settings: Settings):
     """The backend with its initial model, and the Gradio app around it."""
+    from pipelines import catalog
     from ui import build_app
 
     from serving.fair import FairGate
 
+    catalog.configure(settings.models_dir)  # the one catalogue every dropdown and loader uses
     backend, message = create_backend(settings)
     backend = FairGate(backend)  # browser tabs and the REST API take turns, first come first served
     if message:

@@ -60,6 +60,7 @@ class Settings:
     port: int = 7860
     model: str = ""  # empty: the embedded demo model, when present
     outputs_dir: str = "outputs"
+    models_dir: str = "models"  # A1111 layout: Stable-diffusion/, Lora/, embeddings/, VAE/, ControlNet/
     save_outputs: bool = True
     allow_download: bool = False  # Hub downloads; off = fully offline, no network at all
     allow_model_change: bool = True
@@ -139,6 +140,7 @@ class Settings:
         helps = {
             "model": "diffusers folder, .safetensors/.ckpt file or Hub id (default: the embedded demo model)",
             "outputs_dir": "where generated PNGs are saved",
+            "models_dir": "models folder in A1111's layout (Stable-diffusion/, Lora/, embeddings/, VAE/, ControlNet/)",
             "allow_download": "allow downloading Hub models (otherwise the app never touches the network)",
             "single_file_config": "diffusers folder with the configs for single-file checkpoints",
             "max_size": "largest width/height a request may ask for",

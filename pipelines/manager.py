@@ -30,7 +30,8 @@ from diffusers import (
 )
 from PIL import Image
 
-from . import quiet_logs
+from . import catalog, quiet_logs
+from .adapters import Adapters
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
@@ -152,11 +153,13 @@ class PipelineManager:
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
         self._lock = FifoLock()  # one job per device at a time, in arrival order
+        # LoRAs, embeddings, VAEs (pipelines/adapters.py); with the fast path LoRAs are always fused
+        self.adapters = Adapters(self.device, self.dtype, fuse_always=self.fast_path is not None)
 
     # ----------------------------------------------------------------- model loading
     def load_base(self, source_text: str) -> ModelInfo:
         """Load a base model; on failure the previously loaded model stays in place."""
-        source = resolve_source(source_text)
+        source = resolve_source(catalog.source_for("checkpoint", source_text))
         with self._lock:
             started = time.perf_counter()
             pipe = load_pipeline(source, self.dtype, self.allow_download, self.single_file_config, self.variant)
@@ -175,6 +178,7 @@ class PipelineManager:
             # Kept apart: the pipelines' scheduler slot is overwritten per request.
             self._scheduler_config = dict(pipe.scheduler.config)
             self._pipelines = {"txt2img": pipe}
+            self.adapters.attach(pipe)  # embeddings/ words into its tokenizer + text encoder
             self.model = ModelInfo(source.name, source, time.perf_counter() - started)
             log.info("loaded %s (%s) in %.1fs on %s/%s", source.name, source.kind, self.model.seconds, self.device, self.dtype)
             return self.model
@@ -186,7 +190,15 @@ class PipelineManager:
         if self.fast_runtime is not None:
             self.fast_runtime.close()
             self.fast_runtime = None
+        self.adapters.reset()
         self._free_memory()
+
+    def refresh_models(self) -> None:
+        """Rescan the model folders; new embeddings become words of the loaded model."""
+        catalog.refresh()
+        with self._lock:
+            if self._base is not None:
+                self.adapters.attach(self._base)
 
     def _fast(self, module):
         """A module loaded after the base (ControlNet, 9-channel UNet) onto the fast path."""
@@ -248,6 +260,7 @@ class PipelineManager:
             "shared_bytes": sum(shared.values()),
             "extra_bytes": sum(extra.values()),
             "all_modes_bytes": sum({**shared, **extra}.values()),
+            **self.adapters.memory(self._base),  # LoRA weights (inside the base modules) and cached VAEs
         }
 
     # ----------------------------------------------------------------- generation
@@ -269,7 +282,8 @@ class PipelineManager:
                 raise GenerationError(NO_MODEL)
             started = time.perf_counter()
             try:
-                result = self._dispatch(request, on_step, job)
+                with self.adapters.applied(self._base, self._pipelines, request):  # LoRA set + VAE
+                    result = self._dispatch(request, on_step, job)
             except torch.OutOfMemoryError as error:
                 self._free_memory()
                 raise GenerationError(
@@ -297,7 +311,7 @@ class PipelineManager:
     def _control_kwargs(self, request) -> tuple[dict, list[str]]:
         """The ControlNet module(s) and call arguments for a request with control units."""
         units = request.control.units
-        models = [self._fast(self.controlnets.get(u.model, self._base.unet, self.device, self.dtype, self.allow_download,
+        models = [self._fast(self.controlnets.get(catalog.source_for("controlnet", u.model), self._base.unet, self.device, self.dtype, self.allow_download,
                                                   self.variant)) for u in units]
         maps, notes = control_maps(units, request.width, request.height)
         single = len(units) == 1
@@ -383,7 +397,7 @@ class PipelineManager:
         if self._inpaint_unet is None or self._inpaint_unet[0] != source_text:
             self._inpaint_unet = None
             self._free_memory()
-            unet, _ = load_inpaint_unet(source_text, self._base.unet, self.device, self.dtype, self.allow_download,
+            unet, _ = load_inpaint_unet(catalog.source_for("inpaint", source_text), self._base.unet, self.device, self.dtype, self.allow_download,
                                         self.single_file_config, self.variant)
             self._inpaint_unet = (source_text, self._fast(unet))
         return self._inpaint_unet[1]
@@ -451,6 +465,7 @@ class PipelineManager:
         return self._latent_rgb
 
     def _infotext(self, request, seed: int, extra: dict | None = None) -> str:
+        extra = {**self.adapters.infotext(request), **(extra or {})}  # Lora hashes, TI hashes, VAE hash
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
 
     def count_tokens(self, text: str) -> tuple[int, int] | None:

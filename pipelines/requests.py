@@ -21,7 +21,7 @@ from PIL import Image
 
 from .errors import RequestError
 from .fields import check_fields, declare, fields_of, nested, registry, require_number, require_text
-from .prompt_syntax import parse_prompt
+from .prompt_syntax import LoraTag, extract_loras, parse_prompt
 
 _require_number, _require_text = require_number, require_text  # the lab's requests use them
 from .schedulers import SCHEDULER_NAMES
@@ -201,7 +201,9 @@ class Txt2ImgRequest:
                                       limit="max_width", infotext="Seed resize from-1")
     seed_resize_from_h: int = declare(0, "Resize seed from height", minimum=0, maximum=16384, step=8,
                                       limit="max_height", infotext="Seed resize from-2")
-
+    # the model's own VAE, or a name from the catalogue's VAE/ list (pipelines/adapters.py)
+    vae: str = declare("Automatic", "VAE", info="Automatic = the model's own; others from the models folder's VAE/",
+                       infotext="VAE")
 
     task: ClassVar[str] = "txt2img"
 
@@ -209,6 +211,8 @@ class Txt2ImgRequest:
         check_fields(self)
         for name in ("prompt", "negative_prompt"):
             _require_prompt(fields_of(Txt2ImgRequest)[name].label, getattr(self, name))
+        if len(self.vae) > 256:
+            raise RequestError("The VAE name is too long.")
         if not isinstance(self.sampling, Sampling):
             raise RequestError("sampling must be a Sampling object.")
         if self.control is not None and not isinstance(self.control, Control):
@@ -240,6 +244,21 @@ class Txt2ImgRequest:
         if self.seed_resize_from_w <= 0 or self.seed_resize_from_h <= 0:
             return None
         return self.seed_resize_from_w, self.seed_resize_from_h
+
+    @property
+    def loras(self) -> tuple[LoraTag, ...]:
+        """<lora:name:weight> tags of the prompt and the negative prompt (A1111 applies both to
+        the whole network; one name in both adds up its weights)."""
+        weights: dict[str, float] = {}
+        for text in (self.prompt, self.negative_prompt):
+            for tag in extract_loras(text)[1]:
+                weights[tag.name] = weights.get(tag.name, 0.0) + tag.weight
+        return tuple(LoraTag(name, weight) for name, weight in weights.items())
+
+    @property
+    def encoder_prompts(self) -> tuple[str, str]:
+        """(prompt, negative prompt) as the text encoder reads them: without the LoRA tags."""
+        return extract_loras(self.prompt)[0], extract_loras(self.negative_prompt)[0]
 
     @property
     def is_normalized(self) -> bool:

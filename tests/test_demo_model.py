@@ -40,7 +40,8 @@ def test_family_layout_sizes_and_configs():
     assert set(sizes) == {"demo/vae/diffusion_pytorch_model.safetensors", "demo/unet/diffusion_pytorch_model.safetensors",
                           "demo/text_encoder/model.safetensors", "demo-inpaint/unet/diffusion_pytorch_model.safetensors",
                           "demo-controlnet-canny/diffusion_pytorch_model.safetensors",
-                          "demo-controlnet-pose/diffusion_pytorch_model.safetensors"}
+                          "demo-controlnet-pose/diffusion_pytorch_model.safetensors",
+                          "Lora/demo-heart.safetensors", "embeddings/demo-sun.safetensors"}  # docs/models.md
     assert max(sizes.values()) < 16_000_000 and sum(sizes.values()) <= 64_000_000
     pipe = StableDiffusionPipeline.from_pretrained(MODELS / models.BASE, torch_dtype=torch.float32)
     assert pipe.unet.dtype == torch.float32 and pipe.unet.config.in_channels == 4

@@ -56,39 +56,46 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
 
 
-def _unit_areas() -> np.ndarray:
+def _unit_areas(shapes: dict) -> np.ndarray:
     """Area of each shape at radius 1 (measured by rendering at radius 40)."""
     px, py = render.pixel_grid(data.IMAGE_SIZE, "cpu")
     r = torch.tensor([[[40.0]]])
-    return np.array([(render.SHAPE_SDFS[s](px - 64, py - 64, r) < 0).sum().item() / 1600.0 for s in data.SHAPES])
+    return np.array([(sdf(px - 64, py - 64, r) < 0).sum().item() / 1600.0 for sdf in shapes.values()])
 
 
-_UNIT_AREAS = _unit_areas()
+_UNIT_AREAS = _unit_areas(render.SHAPE_SDFS)
+_AREAS_BY_SET: dict[tuple, np.ndarray] = {}
 
 
-def classify_shape(mask: np.ndarray) -> int:
+def classify_shape(mask: np.ndarray, shapes: dict | None = None) -> int:
     """Shape whose rendered silhouette overlaps the mask best (IoU), each sized to the mask's
-    area and tried at a few offsets and scales around the mask's bounding-box centre."""
+    area and tried at a few offsets and scales around the mask's bounding-box centre.
+    shapes: name → SDF to choose among (default the world's seven; the demo LoRA adds a heart)."""
+    shapes = shapes or render.SHAPE_SDFS
+    if shapes is render.SHAPE_SDFS:
+        areas = _UNIT_AREAS
+    else:
+        areas = _AREAS_BY_SET.setdefault(tuple(shapes), _unit_areas(shapes))
     ys, xs = np.nonzero(mask)
     cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
     target = torch.from_numpy(mask)
     px, py = render.pixel_grid(data.IMAGE_SIZE, "cpu")
     offsets = torch.tensor([(dx, dy) for dx in (-2.0, 0.0, 2.0) for dy in (-2.0, 0.0, 2.0)])
     best, best_iou = 0, -1.0
-    for s, name in enumerate(data.SHAPES):
-        r0 = float(np.sqrt(mask.sum() / _UNIT_AREAS[s]))
+    for s, (name, sdf) in enumerate(shapes.items()):
+        r0 = float(np.sqrt(mask.sum() / areas[s]))
         radii = torch.tensor([0.9, 1.0, 1.1]) * r0
         ox = (cx + offsets[:, 0]).repeat_interleave(3)[:, None, None]
         oy = (cy + offsets[:, 1]).repeat_interleave(3)[:, None, None]
         rr = radii.repeat(len(offsets))[:, None, None]
-        inside = render.SHAPE_SDFS[name](px - ox, py - oy, rr) < 0
+        inside = sdf(px - ox, py - oy, rr) < 0
         iou = ((inside & target).flatten(1).sum(1) / (inside | target).flatten(1).sum(1)).max().item()
         if iou > best_iou:
             best, best_iou = s, iou
     return best
 
 
-def read_single_object(image: np.ndarray) -> ObjectReading:
+def read_single_object(image: np.ndarray, shapes: dict | None = None) -> ObjectReading:
     labels = palette_labels(image)
     bg = background_label(labels)
     obj = _largest_component(foreground_mask(image, labels, bg))
@@ -96,7 +103,7 @@ def read_single_object(image: np.ndarray) -> ObjectReading:
         return ObjectReading(bg, -1, -1, -1, False)
     colour = int(np.bincount(labels[obj], minlength=len(PALETTE_U8)).argmax())
     ys, xs = np.nonzero(obj)
-    return ObjectReading(bg, colour, classify_shape(obj), position_of(xs.mean(), ys.mean()), True)
+    return ObjectReading(bg, colour, classify_shape(obj, shapes), position_of(xs.mean(), ys.mean()), True)
 
 
 def limb_coverage(image: np.ndarray, keypoints: np.ndarray, samples_per_limb: int = 9) -> float:

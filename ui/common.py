@@ -12,6 +12,7 @@ from typing import Callable
 import gradio as gr
 from PIL import Image
 
+from pipelines import catalog
 from pipelines.backend import Backend
 from pipelines.errors import StudioError
 from pipelines.batch_grid import batch_grid
@@ -67,7 +68,47 @@ def prompt_box(form: Form, count_tokens: Callable[[str], str] | None = None) -> 
         negative = form.field("negative_prompt", elem="negative", lines=2)
         if count_tokens:
             token_counter(negative, count_tokens, f"{form.tab}_negative_token_count")
+    extra_networks(form.tab, prompt)
     return PromptBox(prompt, negative)
+
+
+def insert_tag(prompt: str | None, tag: str) -> str:
+    """Append a LoRA tag / embedding word to the prompt (A1111's extra-networks click)."""
+    prompt = (prompt or "").rstrip()
+    return f"{prompt} {tag}".strip() if prompt else tag
+
+
+def extra_networks(tab: str, prompt: gr.Textbox) -> None:
+    """LoRA and embedding browser: clicking a name writes <lora:name:1> (or the embedding's
+    word) into the prompt. The lists come from the model catalogue (Refresh rescans it)."""
+    def samples(kind):
+        return [[name] for name in catalog.names(kind)] or [["(none)"]]
+
+    with gr.Accordion("LoRA & embeddings", open=False, elem_id=f"{tab}_extra_networks"):
+        loras = gr.Dataset(components=["textbox"], samples=samples("lora"), label="LoRA (click: add <lora:name:1>)",
+                           type="values", elem_id=f"{tab}_lora_list", samples_per_page=24)
+        words = gr.Dataset(components=["textbox"], samples=samples("embedding"), label="Embeddings (click: add the word)",
+                           type="values", elem_id=f"{tab}_embedding_list", samples_per_page=24)
+        refresh = gr.Button("Refresh lists", size="sm", elem_id=f"{tab}_extra_refresh")
+
+    def add(sample, text, lora: bool):
+        name = (sample or [""])[0]
+        if not name or name == "(none)":
+            return gr.skip()
+        return insert_tag(text, f"<lora:{name}:1>" if lora else name)
+
+    def rescan():
+        catalog.refresh()  # new LoRAs work at once; new embeddings load with the next generation
+        return gr.Dataset(samples=samples("lora")), gr.Dataset(samples=samples("embedding"))
+
+    loras.click(lambda s, t: add(s, t, True), [loras, prompt], prompt, queue=False, api_visibility="private")
+    words.click(lambda s, t: add(s, t, False), [words, prompt], prompt, queue=False, api_visibility="private")
+    refresh.click(rescan, None, [loras, words], queue=False, api_visibility="private")
+
+
+def vae_field(form: Form) -> gr.Dropdown:
+    """The request's VAE: the model's own ("Automatic") or one from the models folder's VAE/."""
+    return form.field("vae", component=gr.Dropdown, choices=["Automatic", *catalog.names("vae")], allow_custom_value=True)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pipelines.requests import Img2ImgRequest
 
 from . import xy_grid
 from .common import (GenerationService, PromptBox, ResultPanel, SafeImage, SamplerControls, open_image, prompt_box,
-                     result_panel, sampler_controls, wire_common)
+                     result_panel, sampler_controls, vae_field, wire_common)
 from .fields import Form
 from .styles import style_controls
 
@@ -39,6 +39,7 @@ def build(service: GenerationService, native_size: int, styles_file: str = "") -
                 use_size = gr.Button("Use image size", elem_id="img2img_use_size", scale=0)
             strength = form.field("strength")
             sampler = sampler_controls(form, native_size)
+            vae_field(form)
             xy_grid.grid_controls(form, Img2ImgRequest)
         with gr.Column(scale=1):
             panel = result_panel("img2img")

@@ -9,7 +9,7 @@ from pipelines.fields import assemble
 from pipelines.requests import HIRES_UPSCALERS, Txt2ImgRequest
 
 from . import xy_grid
-from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, wire_common
+from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, vae_field, wire_common
 from .fields import Form
 from .styles import style_controls
 
@@ -43,6 +43,7 @@ def build(service: GenerationService, native_size: int, styles_file: str = "", m
             prompts = prompt_box(form, service.count_tokens)
             style_controls("txt2img", prompts, styles_file)
             sampler = sampler_controls(form, native_size)
+            vae_field(form)
             hires_controls(form, list(model_upscalers))
             xy_grid.grid_controls(form, Txt2ImgRequest)
         with gr.Column(scale=1):

@@ -1,0 +1,373 @@
+"""What users bring on top of a checkpoint: LoRAs, textual-inversion embeddings and VAEs, for
+one manager's base pipeline (every derived task pipeline shares its modules).
+
+- **LoRA** (kohya/A1111 .safetensors and diffusers/PEFT files, read by diffusers'
+  ``lora_state_dict``): injected once as a named PEFT adapter into the UNet and text
+  encoder(s), and kept (LRU, `capacity`). Per request only the *active set and weights*
+  change (``set_weights_and_activate_adapters``); a request without LoRAs disables the adapter
+  layers, so they compute ``base_layer(x)`` exactly: nothing is reloaded, copied or left
+  behind between users. Fusing (LoRA merged into the weights, no extra matmuls) pays off on a
+  GPU when one set is used many times in a row: ``FUSE_AFTER`` identical requests on CUDA
+  merge it; the touched weights are backed up on the host first and copied back on unfuse, so
+  the next request sees the base bit for bit (fp16 ``w + Δ − Δ`` would not be).
+- **Embeddings** from embeddings/: loaded into the tokenizer + text encoder at model load and
+  on Refresh with the file stem as the word (diffusers ``load_textual_inversion``); written
+  in a prompt, the word is the embedding, as in A1111.
+- **VAE** per request: the model's own ("Automatic") or one from VAE/ (a single file in
+  A1111's/LDM layout or diffusers', or a diffusers folder), cached and swapped into the shared
+  pipelines for the request only.
+
+The text-encoder side of a LoRA goes through PEFT directly (``inject_adapter_in_model``):
+transformers 5.24's own adapter loading demands a PEFT release the registry does not have.
+SDXL fits the same code: its pipeline class reads the state dict, and ``text_encoder_2`` is
+one more encoder in ``TEXT_ENCODERS``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import catalog
+from .errors import ModelLoadError, RequestError
+from .hashes import lora_hash, model_hash
+
+log = logging.getLogger(__name__)
+
+AUTOMATIC_VAE = "Automatic"
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SD 1.x/2.x: the first; SDXL: both
+FUSE_AFTER = 3  # identical LoRA sets in a row before a CUDA manager fuses them
+MAX_LORAS_PER_REQUEST = 16
+
+
+# ----------------------------------------------------------------------------- LoRA
+def _text_encoder_lora(text_encoder, state_dict: dict, alphas: dict | None, prefix: str, adapter: str) -> bool:
+    """The `prefix.` part of a diffusers-format LoRA state dict into a CLIP text encoder."""
+    from diffusers.loaders.lora_base import _create_lora_config
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    part = {k[len(prefix) + 1:]: v for k, v in state_dict.items() if k.startswith(prefix + ".")}
+    if not part:
+        return False
+    part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
+    if not hasattr(text_encoder, "text_model"):  # transformers 5 flattened CLIPTextModel
+        part = {k.removeprefix("text_model."): v for k, v in part.items()}
+    ranks = {k: v.shape[1] for k, v in part.items() if k.endswith("lora_B.weight")}
+    if alphas:
+        alphas = {k[len(prefix) + 1:]: v for k, v in alphas.items() if k.split(".")[0] == prefix}
+        if not hasattr(text_encoder, "text_model"):
+            alphas = {k.removeprefix("text_model."): v for k, v in alphas.items()}
+    config = _create_lora_config(part, alphas or None, None, ranks, is_unet=False)
+    inject_adapter_in_model(config, text_encoder, adapter_name=adapter)
+    result = set_peft_model_state_dict(text_encoder, part, adapter_name=adapter)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
+    if unexpected:
+        raise ValueError(f"{len(unexpected)} LoRA tensors of the text encoder match no layer")
+    text_encoder.to(device=text_encoder.device, dtype=text_encoder.dtype)
+    return True
+
+
+def load_lora_into(pipe, path: str, adapter: str) -> list[str]:
+    """Inject one LoRA file as adapter `adapter` into pipe's UNet and text encoder(s); returns
+    the parts it touched. Raises on a file that is not a LoRA for this architecture."""
+    state_dict, alphas = type(pipe).lora_state_dict(path)
+    touched = []
+    if any(k.startswith("unet.") for k in state_dict):
+        type(pipe).load_lora_into_unet(state_dict, alphas, unet=pipe.unet, adapter_name=adapter, _pipeline=pipe)
+        touched.append("unet")
+    for name in TEXT_ENCODERS:
+        encoder = getattr(pipe, name, None)
+        if encoder is not None and _text_encoder_lora(encoder, state_dict, alphas, name, adapter):
+            touched.append(name)
+    if not touched:
+        raise ValueError("no UNet or text-encoder LoRA tensors found")
+    return touched
+
+
+def _lora_modules(pipe) -> list[torch.nn.Module]:
+    return [m for m in [getattr(pipe, "unet", None)] + [getattr(pipe, n, None) for n in TEXT_ENCODERS] if m is not None]
+
+
+def _has_adapter(module, adapter: str) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) and adapter in getattr(m, "lora_A", {}) for m in module.modules())
+
+
+@dataclass
+class LoraSlot:
+    name: str  # catalogue name, as written in <lora:name:w>
+    adapter: str  # PEFT adapter name (safe characters only)
+    source: str
+    hash: str
+    parts: list[str]
+
+
+class LoraSet:
+    """Loaded LoRAs of one base pipeline and which of them are active."""
+
+    def __init__(self, capacity: int = 8, fuse_always: bool = False):
+        self.capacity = max(1, capacity)
+        # With the GPU fast path the UNet's kernels are compiled and captured as CUDA graphs:
+        # LoRA must then change weight *values* in place (fusing), never which code runs.
+        self.fuse_always = fuse_always
+        self.slots: OrderedDict[str, LoraSlot] = OrderedDict()
+        self._counter = 0
+        self.active: tuple = ()
+        self.fused: tuple | None = None
+        self._backup: dict[int, torch.Tensor] = {}
+        self._repeats = 0
+
+    def get(self, pipe, name: str) -> LoraSlot:
+        if name in self.slots:
+            self.slots.move_to_end(name)
+            return self.slots[name]
+        source = catalog.resolve("lora", name) or catalog.refresh_if_stale().resolve("lora", name)  # dropped in since the last scan?
+        if source is None:
+            known = ", ".join(catalog.names("lora")[:12]) or "none: put .safetensors files in the models folder's Lora/"
+            raise RequestError(f"Unknown LoRA “{name}” in the prompt. LoRAs here: {known}.")
+        self._counter += 1
+        adapter = f"lora{self._counter}"
+        if getattr(pipe.unet, "original_attn_processors", None) is not None:
+            # fused QKV (fast path) reads to_qkv, not the to_q/to_k/to_v layers LoRAs patch
+            pipe.unet.unfuse_qkv_projections()
+            log.info("QKV projections unfused: LoRAs patch to_q/to_k/to_v")
+        try:
+            parts = load_lora_into(pipe, source, adapter)
+        except Exception as error:
+            self._drop(pipe, adapter)
+            raise ModelLoadError(f"LoRA “{name}” could not be loaded: {_first_line(error)} "
+                                 "It may be made for another base model (SD 1.x, 2.x and SDXL LoRAs differ).") from error
+        slot = LoraSlot(name, adapter, source, lora_hash(source), parts)
+        self.slots[name] = slot
+        while len(self.slots) > self.capacity:
+            _, old = self.slots.popitem(last=False)
+            self._drop(pipe, old.adapter)
+        return slot
+
+    def _drop(self, pipe, adapter: str) -> None:
+        from diffusers.utils.peft_utils import delete_adapter_layers
+
+        for module in _lora_modules(pipe):
+            if _has_adapter(module, adapter):
+                delete_adapter_layers(module, adapter)
+
+    def activate(self, pipe, weighted: list[tuple[LoraSlot, float]], device: torch.device) -> None:
+        """Make exactly these adapters (with these weights) act; none → adapter layers off."""
+        from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
+
+        key = tuple((slot.adapter, weight) for slot, weight in weighted)
+        self._repeats = self._repeats + 1 if key == self.active else 1
+        if self.fused is not None and self.fused != key:
+            self._unfuse(pipe)
+        self.active = key
+        if self.fused == key:
+            return
+        for module in _lora_modules(pipe):
+            present = [(slot.adapter, w) for slot, w in weighted if _has_adapter(module, slot.adapter)]
+            if not present:
+                if any(True for _ in _tuner_layers(module)):
+                    set_adapter_layers(module, enabled=False)
+                continue
+            set_adapter_layers(module, enabled=True)
+            set_weights_and_activate_adapters(module, [a for a, _ in present], [w for _, w in present])
+        if key and device.type == "cuda" and (self.fuse_always or self._repeats >= FUSE_AFTER):
+            self._fuse(pipe, key)
+
+    def _fuse(self, pipe, key) -> None:
+        """Merge the active adapters into the base weights in place (the touched weights backed
+        up on the host first): merged layers run base_layer(x) only, at base speed, and
+        compiled code / CUDA graphs that read those weights see the new values."""
+        for module in _lora_modules(pipe):
+            for layer in _tuner_layers(module):
+                if any(a in layer.lora_A for a, _ in key):
+                    base = layer.get_base_layer()
+                    self._backup[id(base)] = base.weight.detach().to("cpu", copy=True)
+                    layer.merge(adapter_names=[a for a, _ in key if a in layer.lora_A])
+        self.fused = key
+        log.info("fused LoRA set %s", key)
+
+    def _unfuse(self, pipe) -> None:
+        for module in _lora_modules(pipe):
+            for layer in _tuner_layers(module):
+                base = layer.get_base_layer()
+                if id(base) in self._backup:
+                    base.weight.data.copy_(self._backup.pop(id(base)))
+                    layer.merged_adapters.clear()
+        self._backup.clear()
+        self.fused = None
+
+    def count_bytes(self, pipe) -> int:
+        seen, total = set(), 0
+        for module in _lora_modules(pipe):
+            for name, p in module.named_parameters():
+                if "lora_" in name and p.data_ptr() not in seen:
+                    seen.add(p.data_ptr())
+                    total += p.numel() * p.element_size()
+        return total
+
+
+def _tuner_layers(module):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.sub(r"(/[^\s'\"]+)+", "…", text)  # never show server paths
+    return text[:200].rstrip(".") + "."
+
+
+# ----------------------------------------------------------------------------- VAE
+def load_vae(source: str, base_vae, device: torch.device, dtype: torch.dtype):
+    """A VAE for the loaded architecture: a diffusers folder (its own config), or a single
+    file in A1111's LDM layout or diffusers' (built on the base's VAE config, as A1111 uses
+    the checkpoint's latent scale)."""
+    from diffusers import AutoencoderKL
+
+    path = Path(source)
+    if path.is_dir():
+        sub = {"subfolder": "vae"} if (path / "vae" / "config.json").is_file() else {}
+        vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **sub)
+    else:
+        state = _read_weights(path)
+        state = {k.removeprefix("first_stage_model."): v for k, v in state.items()
+                 if not k.startswith(("model.", "cond_stage_model.", "model_ema."))}
+        if any(k.startswith(("encoder.down.", "decoder.up.")) for k in state):  # LDM layout
+            from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+            state = convert_ldm_vae_checkpoint(state, dict(base_vae.config))
+        vae = AutoencoderKL.from_config(base_vae.config)
+        missing, unexpected = vae.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{len(missing)} weights missing and {len(unexpected)} unexpected for this model's VAE")
+    if vae.config.latent_channels != base_vae.config.latent_channels:
+        raise ValueError(f"it has {vae.config.latent_channels} latent channels, the model {base_vae.config.latent_channels}")
+    return vae.to(device=device, dtype=dtype).eval()
+
+
+def _read_weights(path: Path) -> dict:
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    data = torch.load(str(path), map_location="cpu", weights_only=True)
+    return data.get("state_dict", data) if isinstance(data, dict) else {}
+
+
+# ----------------------------------------------------------------------------- embeddings
+@dataclass
+class EmbeddingReport:
+    loaded: dict[str, str] = field(default_factory=dict)  # word → short hash
+    failed: dict[str, str] = field(default_factory=dict)  # word → why
+
+    def words_in(self, *texts: str) -> list[str]:
+        return [w for w in self.loaded if any(re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", t) for t in texts)]
+
+
+def load_embeddings(pipe, report: EmbeddingReport) -> EmbeddingReport:
+    """Every catalogue embedding not loaded yet, with its file stem as the word."""
+    for word in catalog.names("embedding"):
+        if word in report.loaded:
+            continue
+        source = catalog.resolve("embedding", word)
+        try:
+            pipe.load_textual_inversion(source, token=word)
+            report.loaded[word] = model_hash(source, 12)
+            report.failed.pop(word, None)
+        except Exception as error:
+            report.failed[word] = _first_line(error)
+    return report
+
+
+# ----------------------------------------------------------------------------- per manager
+class Adapters:
+    """LoRAs, VAEs and embeddings of one manager's base pipeline."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, max_loras: int = 8, max_vaes: int = 2,
+                 fuse_always: bool = False):
+        self.device, self.dtype = device, dtype
+        self.loras = LoraSet(max_loras, fuse_always)
+        self.max_vaes = max_vaes
+        self.vaes: OrderedDict[str, object] = OrderedDict()
+        self.embeddings = EmbeddingReport()
+
+    def reset(self) -> None:
+        """A new base model: nothing loaded into the old one carries over."""
+        self.loras = LoraSet(self.loras.capacity, self.loras.fuse_always)
+        self.vaes.clear()
+        self.embeddings = EmbeddingReport()
+
+    def attach(self, base) -> None:
+        """At model load and after a Refresh: load new embeddings from the catalogue."""
+        self._generation = catalog.current().generation
+        load_embeddings(base, self.embeddings)
+
+    def vae(self, name: str, base):
+        if name in self.vaes:
+            self.vaes.move_to_end(name)
+            return self.vaes[name]
+        source = catalog.resolve("vae", name)
+        if source is None:
+            known = ", ".join([AUTOMATIC_VAE] + catalog.names("vae")[:12])
+            raise RequestError(f"Unknown VAE “{name}”. Choose one of: {known}.")
+        try:
+            vae = load_vae(source, base.vae, self.device, self.dtype)
+        except Exception as error:
+            raise ModelLoadError(f"VAE “{name}” could not be loaded: {_first_line(error)}") from error
+        self.vaes[name] = vae
+        while len(self.vaes) > self.max_vaes:
+            self.vaes.popitem(last=False)
+        return vae
+
+    @contextmanager
+    def applied(self, base, pipelines: dict, request):
+        """The request's LoRA set and VAE in the shared modules while it runs; afterwards the
+        model's own VAE is back in every pipeline (the LoRA set stays until the next request
+        sets its own, which costs nothing when it is the same)."""
+        if getattr(self, "_generation", None) != catalog.current().generation:
+            self.attach(base)  # the catalogue was rescanned (Refresh): new embeddings become words
+        tags = [t for t in request.loras if t.weight != 0.0]
+        if len(tags) > MAX_LORAS_PER_REQUEST:
+            raise RequestError(f"At most {MAX_LORAS_PER_REQUEST} LoRAs per request, got {len(tags)}.")
+        weighted = [(self.loras.get(base, t.name), t.weight) for t in tags]
+        own_vae = base.vae
+        vae_name = getattr(request, "vae", AUTOMATIC_VAE) or AUTOMATIC_VAE
+        vae = own_vae if vae_name == AUTOMATIC_VAE else self.vae(vae_name, base)
+        self.loras.activate(base, weighted, self.device)
+        for pipe in [base, *pipelines.values()]:
+            pipe.vae = vae
+        try:
+            yield
+        finally:
+            for pipe in [base, *pipelines.values()]:
+                pipe.vae = own_vae
+
+    def infotext(self, request) -> dict:
+        """A1111's keys: Lora hashes "name: hash12, …", TI hashes, VAE (+ VAE hash)."""
+        params = {}
+        tags = [t for t in request.loras]
+        if tags:
+            params["Lora hashes"] = ", ".join(
+                f"{t.name}: {self.loras.slots[t.name].hash if t.name in self.loras.slots else lora_hash(catalog.resolve('lora', t.name) or '')}"
+                for t in tags)
+        words = self.embeddings.words_in(request.prompt, request.negative_prompt)
+        if words:
+            params["TI hashes"] = ", ".join(f"{w}: {self.embeddings.loaded[w]}" for w in words)
+        vae_name = getattr(request, "vae", AUTOMATIC_VAE) or AUTOMATIC_VAE
+        if vae_name != AUTOMATIC_VAE:
+            params["VAE hash"] = model_hash(catalog.resolve("vae", vae_name) or "", 10)  # "VAE" itself: the declared field
+        return params
+
+    def memory(self, base) -> dict:
+        vae_bytes = sum(p.numel() * p.element_size() for v in self.vaes.values() for p in v.parameters())
+        return {"lora_bytes": self.loras.count_bytes(base) if base is not None else 0, "vae_bytes": vae_bytes,
+                "loras": list(self.loras.slots), "vaes": list(self.vaes), "fused": self.loras.fused is not None,
+                "embeddings_loaded": list(self.embeddings.loaded), "embeddings_failed": dict(self.embeddings.failed)}
