@@ -142,6 +142,7 @@ def launch(app, backend, settings: Settings) -> None:
     from starlette.middleware import Middleware
 
     from api import launch_kwargs  # the REST API (--api) shares the server and the port
+    from ui import launch_assets
     from settings import check_credentials
     from ui.errors import MalformedRequests
     from ui.jobs import limit_waiting_per_client
@@ -155,7 +156,7 @@ def launch(app, backend, settings: Settings) -> None:
     # show_error=False: an unexpected exception reaches the client as a generic error, never its
     # text (paths, exception names); every message meant for users is a gr.Error.
     app.launch(server_name=settings.host, server_port=settings.port, show_error=False, auth=login,
-               max_file_size=settings.max_file_size, **kwargs)
+               max_file_size=settings.max_file_size, **launch_assets(), **kwargs)
 
 
 if __name__ == "__main__":

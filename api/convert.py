@@ -91,6 +91,8 @@ def convert(task: str, body: dict, stored_options: dict, max_pixels: int, contro
     sampling_values, own = _split(values)
     if own.get("inpaint_model"):
         own["inpaint_model"] = _inpaint_model(own["inpaint_model"])
+    if own.get("refiner"):
+        own["refiner"] = _catalogue_entry(own["refiner"], "refiner_checkpoint", "refiners")
     try:
         sampling = Sampling(**sampling_values)
         if task == "img2img":
@@ -114,17 +116,21 @@ def convert(task: str, body: dict, stored_options: dict, max_pixels: int, contro
 
 
 def _inpaint_model(name) -> str:
+    return _catalogue_entry(name, "inpaint_model", "inpaint_models")
+
+
+def _catalogue_entry(name, key: str, listing: str) -> str:
     """Only models of this server's catalogue, by name: a client never names a server path."""
     from pathlib import Path
 
     from pipelines import catalog
 
-    sources = catalog.inpaint_models()
+    sources = getattr(catalog, listing)()
     match = next((s for s in sources if isinstance(name, str) and name.strip() in (Path(s).name, s)
                   and (name.strip() == Path(s).name or not Path(s).is_absolute())), None)
     if match is None:
         names = ", ".join(Path(s).name if Path(s).is_absolute() else s for s in sources) or "none on this server"
-        raise ApiError(422, f"Unknown inpaint_model {name!r}. Choose one of: {names}.")
+        raise ApiError(422, f"Unknown {key} {name!r}. Choose one of: {names}.")
     return match
 
 

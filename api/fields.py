@@ -86,8 +86,9 @@ COMMON: dict[str, Field | Unsupported] = {
     "seed_resize_from_h": Field("seed_resize_from_h", lambda v: 0 if v == -1 else v),  # A1111: −1 = off
     "seed_resize_from_w": Field("seed_resize_from_w", lambda v: 0 if v == -1 else v),
     "styles": Unsupported("prompt styles"),  # applied before this table (routes.with_styles): empty here
-    "refiner_checkpoint": Unsupported("a refiner model", (None, "", "None")),
-    "refiner_switch_at": Unsupported("a refiner model", (None, 0, 0.0, 1, 1.0)),
+    # SDXL refiner hand-off (a catalogue name; "None" = none, as A1111 sends it).
+    "refiner_checkpoint": Field("refiner", lambda v: "" if v in (None, "None") else v),
+    "refiner_switch_at": Field("refiner_switch"),
     "enable_hr": Field("enable_hr", _bool("enable_hr")),  # img2img: a 422 saying it is a txt2img option
 }
 

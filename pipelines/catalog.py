@@ -360,3 +360,13 @@ def upscaler_models(folder: str | Path) -> dict[str, Path]:
         return {}
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in UPSCALER_SUFFIXES)
     return {p.stem: p for p in files}
+
+
+def refiners() -> list[str]:
+    """SDXL refiners: checkpoint folders holding an SDXL img2img pipeline (A1111 keeps them
+    beside the base models); they are not bases, but the catalogue lists them there too."""
+    def refiner(name: str) -> bool:
+        source = resolve("checkpoint", name) or ""
+        return _class_name(Path(source) / "model_index.json") == "StableDiffusionXLImg2ImgPipeline"
+
+    return [name for name in names("checkpoint") if refiner(name)]

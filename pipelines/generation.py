@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from .diffusion_math import vae_decode
+from .families import vae_precision
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
 from .noise import NoiseSpec, sampler_noise
 from .preview import DenoisedTap, latent_to_image
@@ -69,6 +70,7 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
         return pipe(
             prompt_embeds=embeddings.cond.expand(len(seeds), -1, -1),
             negative_prompt_embeds=None if embeddings.uncond is None else embeddings.uncond.expand(len(seeds), -1, -1),
+            **pooled_kwargs(embeddings, len(seeds)),
             height=request.height,
             width=request.width,
             num_inference_steps=s.steps,
@@ -86,7 +88,8 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
 
 @torch.no_grad()
 def decode(pipe, latents: torch.Tensor) -> list[Image.Image]:
-    return pipe.image_processor.postprocess(vae_decode(pipe.vae, latents), output_type="pil")
+    with vae_precision(pipe) as vae:
+        return pipe.image_processor.postprocess(vae_decode(vae, latents), output_type="pil")
 
 
 def run_batches(
@@ -128,6 +131,16 @@ def run_batches(
         if interrupted:
             break
     return GenerationResult(request.task, images, notes, interrupted)
+
+
+def pooled_kwargs(embeddings, n: int) -> dict:
+    """SDXL pipelines take encoder 2's pooled output beside the embeddings."""
+    if embeddings.pooled is None:
+        return {}
+    kwargs = {"pooled_prompt_embeds": embeddings.pooled.expand(n, -1)}
+    if embeddings.uncond_pooled is not None:
+        kwargs["negative_pooled_prompt_embeds"] = embeddings.uncond_pooled.expand(n, -1)
+    return kwargs
 
 
 def prompt_notes(pipe, request) -> list[str]:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import torch
 
 from .diffusion_math import vae_encode
+from .families import unet_conditioning, vae_precision
 from .masks import InpaintPlan
 from .noise import NoiseSpec
-from .prompt_encoding import encode_prompts
 from .repaint import masked_content_latents, repaint
 
 
 @torch.no_grad()
 def encode_image(pipe, image) -> torch.Tensor:
     """Scaled VAE latents of a PIL image (the distribution's mean: deterministic)."""
-    vae = pipe.vae
-    pixels = pipe.image_processor.preprocess(image).to(pipe.unet.device, vae.dtype)
-    return vae_encode(vae, pixels)
+    with vae_precision(pipe) as vae:
+        pixels = pipe.image_processor.preprocess(image).to(pipe.unet.device, vae.dtype)
+        return vae_encode(vae, pixels)
 
 
 @torch.no_grad()
@@ -25,8 +25,7 @@ def repaint_sampler(pipe, request, plan: InpaintPlan, scheduler_config: dict):
     device = pipe.unet.device
     init = encode_image(pipe, plan.init_image).float()
     mask = torch.from_numpy(plan.latent_mask(pipe.vae_scale_factor))[None, None].to(device)
-    embeddings = encode_prompts(pipe, request.prompt, request.negative_prompt, request.clip_skip, s.cfg, device)
-    cond, uncond = embeddings.cond, embeddings.uncond
+    cond, uncond, added, added_uncond = unet_conditioning(pipe, request, device, s.cfg)
 
     def sample(seeds: list[int], report) -> torch.Tensor:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -39,6 +38,7 @@ def repaint_sampler(pipe, request, plan: InpaintPlan, scheduler_config: dict):
 
         return repaint(pipe.unet, scheduler_config, batch, mask, cond, uncond, s.steps, s.guidance_scale, s.eta,
                        request.strength, request.repaint_r, request.repaint_j, generators, start_latents=start,
-                       on_step=on_step, should_stop=lambda: stop[0], vary_noise=NoiseSpec.of(request, seeds).vary).latents
+                       on_step=on_step, should_stop=lambda: stop[0], added_cond=added,
+                       added_uncond=added_uncond, vary_noise=NoiseSpec.of(request, seeds).vary).latents
 
     return sample

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from .diffusion_math import Schedule, cfg_combine, make_betas, q_sample, vae_decode, vae_encode, x0_from_eps
 from .errors import RequestError, StudioError
+from .families import text_conditioning
 from .grid import compose_grid
 from .images import fit
 from .jobs import Job, StepInfo
@@ -183,6 +184,7 @@ class DiffusionLab:
         self.schedule = Schedule.from_config(self.config) if self.config.get("beta_schedule", "linear") in (
             "linear", "scaled_linear") and not self.config.get("trained_betas") else None
         self._own = None
+        self._added = None  # SDXL: [uncond, cond] text_embeds/time_ids of the last _embeddings
 
     def curves(self) -> list[ScheduleCurve]:
         return schedule_curves(self.config)
@@ -244,8 +246,9 @@ class DiffusionLab:
     # --- sampling parts -------------------------------------------------------------------------
     def _embeddings(self, prompt: str, negative: str) -> torch.Tensor:
         """[uncond, cond] text embeddings, as the pipeline batches them for CFG."""
-        embeddings = encode_prompts(self.pipe, prompt, negative, device=self.device)  # chunks, emphasis: as generation
-        cond, uncond = embeddings.cond, embeddings.uncond
+        cond, uncond, added, added_uncond = text_conditioning(self.pipe, prompt, negative, self.size, self.size,
+                                                              self.device, True)
+        self._added = None if added is None else {k: torch.cat([added_uncond[k], v]) for k, v in added.items()}
         return torch.cat([uncond, cond])
 
     def _eps(self, latents: torch.Tensor, t, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +256,9 @@ class DiffusionLab:
         n = latents.shape[0]
         doubled = torch.cat([latents, latents])
         context = embeddings.repeat_interleave(n, dim=0)  # n × uncond, then n × cond
-        eps = self.pipe.unet(doubled, t, encoder_hidden_states=context, return_dict=False)[0]
+        kwargs = {} if self._added is None else {
+            "added_cond_kwargs": {k: v.repeat_interleave(n, dim=0) for k, v in self._added.items()}}
+        eps = self.pipe.unet(doubled, t, encoder_hidden_states=context, return_dict=False, **kwargs)[0]
         return eps[:n], eps[n:]
 
     def _noise(self, seed: int, batch: int = 1) -> tuple[torch.Tensor, torch.Generator]:

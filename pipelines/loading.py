@@ -1,6 +1,7 @@
 """Where a model comes from: a local diffusers folder, a single checkpoint file, or a Hub id.
 
-Each source turns into one diffusers StableDiffusionPipeline; every failure becomes a
+Each source turns into one diffusers base pipeline of its family (families.py: SD 1.x/2.x
+or SDXL, recognised from model_index.json or the checkpoint's keys); every failure becomes a
 ModelLoadError whose message says what to pass instead. Offline (the default), a Hub id
 is looked up in the local cache only, so nothing ever waits on the network.
 """
@@ -11,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from .errors import ModelLoadError
+from .families import Family, family_of_folder, family_of_single_file, is_refiner_file, single_file_config as config_for
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -70,11 +72,13 @@ def explain(error: Exception, source: ModelSource, allow_download: bool, config:
             f"(`huggingface-cli download {source.location}`), or start with --allow-download."
         )
     missing_config = type(error).__name__ == "LocalEntryNotFoundError" or "config" in first_line.lower()
+    # Weights whose shapes differ from the config's: another architecture than the config describes.
+    missing_config = missing_config or "expected shape" in first_line or "size mismatch" in first_line
     if source.kind == "single_file" and missing_config:
         return ModelLoadError(
             f"Could not build {source.location!r}: its architecture's configuration is not available "
-            f"offline (tried: {config or 'none'}). Pass --single-file-config with a diffusers folder of "
-            "the same architecture (assets/configs/sd15 serves SD 1.x)."
+            f"offline (tried: {Path(config).name if config else 'none'}). Pass --single-file-config with a diffusers folder of "
+            "the same architecture (assets/configs/sd15 serves SD 1.x, assets/configs/sdxl SDXL)."
         )
     return ModelLoadError(
         f"Could not load {source.location!r} ({type(error).__name__}: {first_line[:300]}). "
@@ -105,22 +109,40 @@ def load_module(cls, source: ModelSource, dtype: torch.dtype, allow_download: bo
         raise explain(error, source, allow_download, None, what) from error
 
 
+def family_of_source(source: ModelSource, allow_download: bool) -> Family:
+    if source.kind == "single_file":
+        return family_of_single_file(source.location)
+    if source.kind == "folder":
+        return family_of_folder(source.location)
+    try:  # a Hub id: its model_index.json from the cache (or the Hub when allowed)
+        from huggingface_hub import hf_hub_download
+
+        index = hf_hub_download(source.location, "model_index.json", local_files_only=not allow_download)
+        return family_of_folder(Path(index).parent)
+    except Exception:
+        return family_of_folder("")  # unknown: SD; the load below explains what is missing
+
+
 def load_pipeline(
     source: ModelSource,
     dtype: torch.dtype,
     allow_download: bool,
     single_file_config: str | None = None,
     variant: str | None = None,
-) -> StableDiffusionPipeline:
-    common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+) -> DiffusionPipeline:
+    family = family_of_source(source, allow_download)
+    if source.kind == "single_file" and is_refiner_file(source.location):
+        raise ModelLoadError(f"{source.name!r} is an SDXL refiner: it cannot generate on its own. Load an SDXL base "
+                             "model and choose the refiner in the txt2img tab's Refiner field.")
+    common = dict(dtype=dtype, **family.load_kwargs)
+    config = config_for(family, single_file_config) if source.kind == "single_file" else single_file_config
     try:
         if source.kind == "single_file":
-            kwargs = dict(common, local_files_only=not allow_download)
-            if single_file_config:
-                kwargs["config"] = single_file_config
-            return StableDiffusionPipeline.from_single_file(source.location, **kwargs)
+            kwargs = dict(common, local_files_only=not allow_download, config=config)
+            return family.base_class.from_single_file(source.location, **kwargs)
         local = source.kind == "folder" or not allow_download
-        return _with_variant(lambda **v: StableDiffusionPipeline.from_pretrained(
+        return _with_variant(lambda **v: family.base_class.from_pretrained(
             source.location, local_files_only=local, **common, **v), variant)
     except Exception as error:
-        raise explain(error, source, allow_download, single_file_config) from error
+        raise explain(error, source, allow_download, config,
+                      "an SDXL model" if family.is_xl else "a Stable Diffusion 1.x/2.x model") from error

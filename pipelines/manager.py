@@ -14,20 +14,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import (
-    DiffusionPipeline,
-    MultiControlNetModel,
-    StableDiffusionControlNetImg2ImgPipeline,
-    StableDiffusionControlNetInpaintPipeline,
-    StableDiffusionControlNetPipeline,
-    StableDiffusionImg2ImgPipeline,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-)
+from diffusers import DiffusionPipeline, MultiControlNetModel
 from PIL import Image
 
 from . import catalog, quiet_logs
@@ -35,6 +27,8 @@ from .adapters import Adapters
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
 from .errors import GenerationError, RequestError
+from .families import SD, Family, family_of_pipeline, single_file_config as config_for
+from .families import call_kwargs as call_kwargs_of
 from .fast_path import FastPath, FastPathRuntime, FifoLock, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
@@ -48,7 +42,8 @@ from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
 from .catalog import upscaler_models
 from .prompt_encoding import count_tokens
-from .requests import HIRES_UPSCALERS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from .refiner import load_refiner, refined_sampler
+from .requests import FIELDS, HIRES_UPSCALERS, SDXL_SIZE_FIELDS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from .upscalers import UpscalerCache, upscale_with_model
 
 log = logging.getLogger(__name__)
@@ -62,15 +57,9 @@ NO_MODEL = (
 MAX_COUNTED_CHARS = 20_000  # the live token counter reads at most this much of a prompt box
 
 # Task name → diffusers class derived from the base pipeline (ControlNet variants get the
-# ControlNet module passed in).
-TASK_PIPELINES: dict[str, type[DiffusionPipeline]] = {
-    "txt2img": StableDiffusionPipeline,
-    "img2img": StableDiffusionImg2ImgPipeline,
-    "controlnet": StableDiffusionControlNetPipeline,
-    "controlnet-img2img": StableDiffusionControlNetImg2ImgPipeline,
-    "inpaint": StableDiffusionInpaintPipeline,  # with the 9-channel UNet
-    "controlnet-inpaint": StableDiffusionControlNetInpaintPipeline,
-}
+# ControlNet module passed in). These are SD 1.x/2.x's; the loaded model's family has its own
+# (families.py: SDXL's StableDiffusionXL* classes), derived the same way.
+TASK_PIPELINES: dict[str, type[DiffusionPipeline]] = SD.pipelines
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -95,6 +84,8 @@ class ModelInfo:
     name: str
     source: ModelSource
     seconds: float
+    family: str = "SD"  # "SD" | "SDXL"
+    weight_bytes: int = 0  # the base's weights, each storage counted once
 
 
 def _weight_storages(modules) -> dict[int, int]:
@@ -148,7 +139,9 @@ class PipelineManager:
         self.upscaler_dir = upscaler_dir  # model upscalers for the hires fix (A1111's models/ESRGAN)
         self._upscalers = UpscalerCache()
         self._inpaint_unet = None  # (source text, 9-channel UNet): one at a time
-        self._base: StableDiffusionPipeline | None = None
+        self._refiner = None  # (source text, SDXL refiner pipeline sharing the base's VAE): one at a time
+        self._base: DiffusionPipeline | None = None
+        self.family: Family = SD  # of the loaded model (families.py)
         self._pipelines: dict[str, DiffusionPipeline] = {}
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
@@ -175,18 +168,23 @@ class PipelineManager:
             self.fast_runtime = runtime
             self.fast_path_applied = runtime.applied if runtime else []
             self._base = pipe
+            self.family = family_of_pipeline(pipe)
             # Kept apart: the pipelines' scheduler slot is overwritten per request.
             self._scheduler_config = dict(pipe.scheduler.config)
             self._pipelines = {"txt2img": pipe}
             self.adapters.attach(pipe)  # embeddings/ words into its tokenizer + text encoder
-            self.model = ModelInfo(source.name, source, time.perf_counter() - started)
-            log.info("loaded %s (%s) in %.1fs on %s/%s", source.name, source.kind, self.model.seconds, self.device, self.dtype)
+            self.model = ModelInfo(source.name, source, time.perf_counter() - started, self.family.name,
+                                   sum(_weight_storages(pipe.components.values()).values()))
+            log.info("loaded %s (%s, %s, %.0f MiB) in %.1fs on %s/%s", source.name, self.family.name, source.kind,
+                     self.model.weight_bytes / 2**20, self.model.seconds, self.device, self.dtype)
             return self.model
 
     def _release(self) -> None:
         self._base, self._pipelines, self._latent_rgb, self.model = None, {}, None, None
         self.controlnets.clear()  # they were checked against the old base
         self._inpaint_unet = None
+        self._refiner = None
+        self.family = SD
         if self.fast_runtime is not None:
             self.fast_runtime.close()
             self.fast_runtime = None
@@ -211,9 +209,9 @@ class PipelineManager:
 
     @property
     def native_size(self) -> int:
-        """The resolution the model was trained at (SD 1.5: 512, the demo model: 128)."""
+        """The resolution the model was trained at (SD 1.5: 512, SDXL: 1024, the demo model: 128)."""
         if self._base is None:
-            return 512
+            return self.family.native_size
         return int(self._base.unet.config.sample_size) * self._base.vae_scale_factor
 
     @property
@@ -221,10 +219,15 @@ class PipelineManager:
         """T of the model's training schedule (1000 before a model is loaded)."""
         return int(self._scheduler_config.get("num_train_timesteps", 1000))
 
+    @property
+    def family_name(self) -> str:
+        """"SD" or "SDXL": what the UI shows SDXL-only fields for (ui/ never sees torch objects)."""
+        return self.family.name
+
     def describe(self) -> str:
         if self.model is None:
             return NO_MODEL
-        return (f"Model **{self.model.name}** ({self.model.source.kind}) on {self.device.type} "
+        return (f"Model **{self.model.name}** ({self.family.name}, {self.model.source.kind}) on {self.device.type} "
                 f"{str(self.dtype).replace('torch.', '')}, native size {self.native_size}².")
 
     def pipeline(self, task: str, **modules) -> DiffusionPipeline:
@@ -235,12 +238,12 @@ class PipelineManager:
             raise GenerationError(NO_MODEL)
         # dtype= always: from_pipe otherwise casts every (shared!) module to float32 in place.
         if modules:
-            pipe = TASK_PIPELINES[task].from_pipe(self._base, dtype=self.dtype, **modules)
+            pipe = self.family.pipelines[task].from_pipe(self._base, dtype=self.dtype, **modules)
             pipe.set_progress_bar_config(disable=True)
             self._pipelines[task] = pipe  # the latest one, for memory reports
             return pipe
         if task not in self._pipelines:
-            self._pipelines[task] = TASK_PIPELINES[task].from_pipe(self._base, dtype=self.dtype)
+            self._pipelines[task] = self.family.pipelines[task].from_pipe(self._base, dtype=self.dtype)
             self._pipelines[task].set_progress_bar_config(disable=True)
         return self._pipelines[task]
 
@@ -251,7 +254,8 @@ class PipelineManager:
         if self._base is None:
             return {"modes": [], "base_bytes": 0, "shared_bytes": 0, "extra_bytes": 0, "all_modes_bytes": 0}
         base = _weight_storages(self._base.components.values())
-        extra = _weight_storages(self.controlnets.loaded() + ([self._inpaint_unet[1]] if self._inpaint_unet else []))
+        refiner = [m for m in self._refiner[1].components.values() if m is not self._base.vae] if self._refiner else []
+        extra = _weight_storages(self.controlnets.loaded() + ([self._inpaint_unet[1]] if self._inpaint_unet else []) + refiner)
         pipelines = _weight_storages([m for p in self._pipelines.values() for m in p.components.values()])
         shared = {k: v for k, v in pipelines.items() if k not in extra}
         return {
@@ -327,6 +331,16 @@ class PipelineManager:
         }, notes
 
     def _txt2img(self, request, on_step, job) -> GenerationResult:
+        if request.refiner.strip() not in ("", "None"):
+            if self.family.is_xl and request.control is None:
+                if request.enable_hr:
+                    # The refiner hands off mid-schedule (a noisy latent): a hires pass after it
+                    # would need the refiner in both passes. Not offered yet, so say so.
+                    raise RequestError("The hires fix and the SDXL refiner cannot be used together yet: "
+                                       "turn off one of them.")
+                return self._refined_txt2img(request, on_step, job)
+            why = "the loaded model is not SDXL" if not self.family.is_xl else "ControlNet units are on"
+            request = replace(request, notes=request.notes + (f"The refiner was not used: {why}.",))
         if request.enable_hr:
             return self._hires(request, on_step, job)
         if request.control is None:
@@ -348,6 +362,9 @@ class PipelineManager:
             big, _ = self._control_kwargs(replace(request, width=width, height=height))
             second = self.pipeline("controlnet-img2img", controlnet=big["controlnet"])
             second_call = {"control_image": big["maps"], **big["call"]}
+        width, height = request.hires_size  # SDXL: each pass conditioned on its own size
+        first_call = {**first_call, **call_kwargs_of(self.family, request)}
+        second_call = {**second_call, **call_kwargs_of(self.family, replace(request, width=width, height=height))}
         sampler = hires_sampler(request, first, first_call, second, second_call, self._scheduler_config,
                                 self._model_upscale(request.hr_upscaler))
         return self._run_sampler(second, request, sampler, on_step, job, notes)
@@ -391,14 +408,35 @@ class PipelineManager:
         pipe = self.pipeline("controlnet-img2img", controlnet=control["controlnet"])
         return self._generate(pipe, request, {**call, "control_image": control["maps"], **control["call"]}, on_step, job, notes)
 
+    def refiner(self, source_text: str):
+        """The SDXL refiner pipeline (sharing the base's VAE), kept until another is asked for."""
+        if self._refiner is None or self._refiner[0] != source_text:
+            self._refiner = None
+            self._free_memory()
+            self._refiner = (source_text, load_refiner(catalog.source_for("checkpoint", source_text), self._base,
+                                                       self.device, self.dtype,
+                                                       self.allow_download, self.variant))
+        return self._refiner[1]
+
+    def _refined_txt2img(self, request, on_step, job) -> GenerationResult:
+        """SDXL txt2img with the refiner hand-off (refiner.py)."""
+        pipe = self.pipeline("txt2img")
+        refiner = self.refiner(request.refiner)
+        conditioning = call_kwargs_of(self.family, request)
+        sampler = refined_sampler(
+            lambda extra: diffusers_sampler(pipe, request, {**conditioning, **extra}, self._scheduler_config),
+            refiner, request, self._scheduler_config)
+        extra = {"Refiner": Path(request.refiner.strip()).name, "Refiner switch at": request.refiner_switch}
+        return self._run_sampler(pipe, request, sampler, on_step, job, [], extra)
+
     def inpaint_unet(self, source_text: str):
         """The 9-channel UNet for 'inpainting model' mode, loaded once and kept until another
         is asked for; it shares the base's VAE, text encoder and tokenizer."""
         if self._inpaint_unet is None or self._inpaint_unet[0] != source_text:
             self._inpaint_unet = None
             self._free_memory()
-            unet, _ = load_inpaint_unet(catalog.source_for("inpaint", source_text), self._base.unet, self.device, self.dtype, self.allow_download,
-                                        self.single_file_config, self.variant)
+            unet, _ = load_inpaint_unet(catalog.source_for("inpaint", source_text), self._base.unet, self.device, self.dtype,
+                                        self.allow_download, config_for(self.family, self.single_file_config), self.variant)
             self._inpaint_unet = (source_text, self._fast(unet))
         return self._inpaint_unet[1]
 
@@ -447,6 +485,7 @@ class PipelineManager:
 
     def _generate(self, pipe, request, call_kwargs: dict, on_step, job: Job, notes: list[str] | None = None,
                   extra_infotext: dict | None = None, finish=None) -> GenerationResult:
+        call_kwargs = {**call_kwargs, **call_kwargs_of(self.family, request)}
         sampler = diffusers_sampler(pipe, request, call_kwargs, self._scheduler_config)
         return self._run_sampler(pipe, request, sampler, on_step, job, notes, extra_infotext, finish)
 
@@ -465,7 +504,12 @@ class PipelineManager:
         return self._latent_rgb
 
     def _infotext(self, request, seed: int, extra: dict | None = None) -> str:
-        extra = {**self.adapters.infotext(request), **(extra or {})}  # Lora hashes, TI hashes, VAE hash
+        # The refiner writes its own keys where it ran (its name, never a path); SDXL's size
+        # fields did not act on another family's model.
+        acted = {"Refiner": None, "Refiner switch at": None}
+        if not self.family.is_xl:
+            acted.update({FIELDS[name].infotext: None for name in SDXL_SIZE_FIELDS})
+        extra = {**acted, **self.adapters.infotext(request), **(extra or {})}  # Lora hashes, TI hashes, VAE hash
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
 
     def count_tokens(self, text: str) -> tuple[int, int] | None:

@@ -28,8 +28,13 @@ CHUNK_TOKENS = CHUNK + 2  # 77: BOS + 75 + EOS
 
 
 def encoders_of(pipe) -> list[tuple]:
-    """The pipeline's (tokenizer, text encoder) pairs."""
-    return [(pipe.tokenizer, pipe.text_encoder)]
+    """The pipeline's (tokenizer, text encoder) pairs: SD one, SDXL two (CLIP ViT-L, OpenCLIP bigG)."""
+    pairs = [(pipe.tokenizer, pipe.text_encoder), (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None))]
+    return [(t, e) for t, e in pairs if t is not None and e is not None]
+
+
+def is_xl(pipe) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
 
 
 def converter(pipe, tokenizer):
@@ -66,12 +71,20 @@ def apply_emphasis(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_tokenized(tokenized: TokenizedPrompt, text_encoder, clip_skip: int, device) -> torch.Tensor:
+def encode_tokenized(tokenized: TokenizedPrompt, text_encoder, clip_skip: int, device, xl: bool = False,
+                     pooled: list | None = None) -> torch.Tensor:
     """(1, 77·k, D): every chunk through the encoder (one batch), emphasis per chunk, then
-    concatenated along the sequence."""
+    concatenated along the sequence. xl: SDXL reads the penultimate layer without the final
+    layer norm (clip skip counts on from there); pooled: gets the first chunk's pooled,
+    projected output (SDXL's second encoder conditions the UNet with it, as A1111)."""
     ids = torch.tensor([c.tokens for c in tokenized.chunks], device=device)
     skip = effective_clip_skip(text_encoder, clip_skip)
-    if skip == 1:
+    if xl:
+        out = text_encoder(ids, output_hidden_states=True)
+        z = out.hidden_states[-min(skip + 1, len(out.hidden_states) - 1)]
+        if pooled is not None:
+            pooled.append(out[0][0:1])  # text_embeds of CLIPTextModelWithProjection
+    elif skip == 1:
         z = text_encoder(ids)[0]
     else:
         hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-skip]
@@ -90,6 +103,8 @@ def encode_tokenized(tokenized: TokenizedPrompt, text_encoder, clip_skip: int, d
 class PromptEmbeddings:
     cond: torch.Tensor  # (1, 77·k, D)
     uncond: torch.Tensor | None  # same shape; None when CFG is off (no unconditional pass)
+    pooled: torch.Tensor | None = None  # SDXL: (1, D2) pooled output of encoder 2 for cond …
+    uncond_pooled: torch.Tensor | None = None  # … and uncond; None for SD
 
 
 def _pad(z: torch.Tensor, chunks: int, empty) -> torch.Tensor:
@@ -105,17 +120,21 @@ def encode_prompts(pipe, prompt: str, negative: str = "", clip_skip: int = 1, cf
     device = device if device is not None else pipe._execution_device
     parsed = [parse_prompt(prompt)] + ([parse_prompt(negative or "")] if cfg else [])
     outputs: list[list[torch.Tensor]] = [[] for _ in parsed]
+    xl = is_xl(pipe)
+    pooled: list[torch.Tensor] = []
     for tokenizer, text_encoder in encoders_of(pipe):
         tokenized = [tokenize(pipe, p, tokenizer) for p in parsed]
         chunks = max(len(t.chunks) for t in tokenized)
+        last = xl and text_encoder is pipe.text_encoder_2
 
         def empty() -> torch.Tensor:
-            return encode_tokenized(tokenize(pipe, parse_prompt(""), tokenizer), text_encoder, clip_skip, device)
+            return encode_tokenized(tokenize(pipe, parse_prompt(""), tokenizer), text_encoder, clip_skip, device, xl)
 
         for output, t in zip(outputs, tokenized):
-            output.append(_pad(encode_tokenized(t, text_encoder, clip_skip, device), chunks, empty))
+            z = encode_tokenized(t, text_encoder, clip_skip, device, xl, pooled if last else None)
+            output.append(_pad(z, chunks, empty))
     cond, *uncond = [torch.cat(output, dim=-1) for output in outputs]
-    return PromptEmbeddings(cond, uncond[0] if uncond else None)
+    return PromptEmbeddings(cond, uncond[0] if uncond else None, *(pooled + [None, None])[:2])
 
 
 def count_tokens(pipe, text: str) -> tuple[int, int]:

@@ -124,6 +124,8 @@ def repaint(
     should_stop: Callable[[], bool] | None = None,
     on_known: KnownHook | None = None,
     vary_noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    added_cond: dict | None = None,
+    added_uncond: dict | None = None,
 ) -> RePaintOutput:
     """Inpaint `init_latents` (B, C, h, w; scaled VAE latents x_0) where `mask_latent` is 1.
 
@@ -146,6 +148,8 @@ def repaint(
         (t = the level stepped to, −1 for the clean end); for tests.
     vary_noise: the start noise (the seeds' draw) → the noise to start from (noise.py's
         variation seed); None keeps the draw.
+    added_cond / added_uncond: the UNet's added_cond_kwargs (SDXL: text_embeds, time_ids;
+        batch 1 or B) for the prompt and the negative prompt; None for SD 1.x/2.x UNets.
     """
     batch = init_latents.shape[0]
     if len(generators) != batch:
@@ -173,6 +177,11 @@ def repaint(
     cond = batch_of(prompt_embeds).to(device, unet.dtype)
     context = torch.cat([batch_of(negative_embeds).to(device, unet.dtype), cond]) if do_cfg else cond
     extra = None if unet_extra_channels is None else unet_extra_channels.to(device, unet.dtype)
+    added = None
+    if added_cond is not None:  # batched like the context: [uncond, cond] under CFG
+        added = {k: batch_of(v).to(device, unet.dtype) for k, v in added_cond.items()}
+        if do_cfg:
+            added = {k: torch.cat([batch_of(added_uncond[k]).to(device, unet.dtype), v]) for k, v in added.items()}
     kind = dict(scheduler_config).get("prediction_type", "epsilon")
 
     def predict(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -181,7 +190,9 @@ def repaint(
             model_in = torch.cat([model_in, extra], dim=1)
         if do_cfg:
             model_in = torch.cat([model_in, model_in])
-        out = unet(model_in, torch.full((), t, device=device), encoder_hidden_states=context, return_dict=False)[0].float()
+        kwargs = {} if added is None else {"added_cond_kwargs": added}
+        out = unet(model_in, torch.full((), t, device=device), encoder_hidden_states=context, return_dict=False,
+                   **kwargs)[0].float()
         if do_cfg:
             out = cfg_combine(*out.chunk(2), guidance_scale)  # ε_u + w·(ε_c − ε_u)
         return out

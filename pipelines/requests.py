@@ -159,6 +159,10 @@ class Control:
         check_fields(self)
 
 
+SDXL_SIZE_FIELDS = ("original_width", "original_height", "target_width", "target_height", "crop_left", "crop_top")
+SDXL_FIELDS = (*SDXL_SIZE_FIELDS, "refiner", "refiner_switch")  # the fields only SDXL models act on
+
+
 @dataclass(frozen=True)
 class Txt2ImgRequest:
     prompt: str = declare("", "Prompt", infotext="Prompt", a1111="prompt")
@@ -204,6 +208,24 @@ class Txt2ImgRequest:
     # the model's own VAE, or a name from the catalogue's VAE/ list (pipelines/adapters.py)
     vae: str = declare("Automatic", "VAE", info="Automatic = the model's own; others from the models folder's VAE/",
                        infotext="VAE")
+    # SDXL size/crop conditioning (other families ignore them); 0 = the generation size, as A1111.
+    original_width: int = declare(0, "Original width", minimum=0, maximum=16384, step=8, slider=(0, 4096),
+                                  info="SDXL: 0 = the generation width", infotext="Original width")
+    original_height: int = declare(0, "Original height", minimum=0, maximum=16384, step=8, slider=(0, 4096),
+                                   info="SDXL: 0 = the generation height", infotext="Original height")
+    target_width: int = declare(0, "Target width", minimum=0, maximum=16384, step=8, slider=(0, 4096),
+                                info="SDXL: 0 = the generation width", infotext="Target width")
+    target_height: int = declare(0, "Target height", minimum=0, maximum=16384, step=8, slider=(0, 4096),
+                                 info="SDXL: 0 = the generation height", infotext="Target height")
+    crop_left: int = declare(0, "Crop left", minimum=0, maximum=16384, step=8, slider=(0, 2048),
+                             info="SDXL: as if cropped this far from the left", infotext="Crop left")
+    crop_top: int = declare(0, "Crop top", minimum=0, maximum=16384, step=8, slider=(0, 2048),
+                            info="SDXL: as if cropped this far from the top", infotext="Crop top")
+    # SDXL refiner hand-off: the base denoises up to refiner_switch of the schedule, the refiner the rest.
+    refiner: str = declare("", "Refiner", info="an SDXL refiner (diffusers folder or Hub id); empty = none",
+                           infotext="Refiner", a1111="refiner_checkpoint")
+    refiner_switch: float = declare(0.8, "Refiner switch at", minimum=0.01, maximum=1.0, step=0.01,
+                                    infotext="Refiner switch at", a1111="refiner_switch_at")
 
     task: ClassVar[str] = "txt2img"
 

@@ -94,6 +94,10 @@ class FairGate:
         return self.backend.native_size
 
     @property
+    def family_name(self) -> str:
+        return getattr(self.backend, "family_name", "SD")
+
+    @property
     def train_steps(self) -> int:
         return self.backend.train_steps
 

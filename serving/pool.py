@@ -60,6 +60,10 @@ class ManagerPool:
         return self.managers[0].native_size
 
     @property
+    def family_name(self) -> str:
+        return self.managers[0].family_name
+
+    @property
     def train_steps(self) -> int:
         return self.managers[0].train_steps
 

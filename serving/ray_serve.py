@@ -81,6 +81,7 @@ class GenerationWorker:
 
     def info(self) -> dict:
         return {"describe": self.manager.describe(), "native_size": self.manager.native_size,
+                "family_name": self.manager.family_name,
                 "train_steps": self.manager.train_steps,
                 "memory": self.manager.memory_report(), "model": self.manager.model, "worker": self.name}
 
@@ -161,6 +162,10 @@ class RayBackend:
     @property
     def train_steps(self) -> int:
         return self._info["train_steps"]
+
+    @property
+    def family_name(self) -> str:
+        return self._info.get("family_name", "SD")
 
     def describe(self) -> str:
         return f"{self._info['describe']} Served by Ray Serve replicas."

@@ -78,6 +78,10 @@ class ZeroGPUBackend:
         return self.backend.native_size
 
     @property
+    def family_name(self) -> str:
+        return getattr(self.backend, "family_name", "SD")
+
+    @property
     def train_steps(self) -> int:
         return self.backend.train_steps
 

@@ -118,7 +118,8 @@ def _uniform_layers(value, n_blocks: int, what: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_unet(unet) -> None:
+def _check_unet(unet, allowed_embeddings: tuple[str, ...] = ()) -> None:
+    """allowed_embeddings: config fields another layout maps itself (SDXL: addition_embed_type)."""
     cfg = unet.config
     name = type(unet).__name__
     if name != "UNet2DConditionModel":
@@ -132,7 +133,7 @@ def _check_unet(unet) -> None:
         problems.append(f"mid_block_type={cfg.mid_block_type!r} (needs UNetMidBlock2DCrossAttn)")
     for field in ("class_embed_type", "addition_embed_type", "num_class_embeds", "encoder_hid_dim",
                   "time_cond_proj_dim"):
-        if cfg.get(field) is not None:
+        if cfg.get(field) is not None and field not in allowed_embeddings:
             problems.append(f"{field}={cfg.get(field)!r} (SD 1.x has no such embedding)")
     if cfg.get("time_embedding_type", "positional") != "positional":
         problems.append(f"time_embedding_type={cfg.time_embedding_type!r}")
@@ -145,8 +146,8 @@ def _check_unet(unet) -> None:
         raise ValueError("unet: config not expressible as an SD 1.x LDM checkpoint: " + "; ".join(problems))
 
 
-def _unet_rules(unet) -> list[tuple]:
-    _check_unet(unet)
+def _unet_rules(unet, allowed_embeddings: tuple[str, ...] = ()) -> list[tuple]:
+    _check_unet(unet, allowed_embeddings)
     n_levels = len(unet.down_blocks)
     layers = _uniform_layers(unet.config.layers_per_block, n_levels, "unet")
     rules: list[tuple] = [

@@ -96,8 +96,10 @@ def raw_call(app_server, endpoint: str, body: str) -> str:
 
 
 # The inputs after width and height, at their defaults (a raw call sends every input): clip
-# skip (1), the hires fix's (off), the variation seed's (none), the VAE and the X/Y grid's (off).
-NO_GRID = ', 1, false, "Latent", 2, 0, 0.7, 0, 0, -1, 0, 0, 0, "Automatic", "Nothing", "", "Nothing", "", true'
+# skip (1), the hires fix's (off), the variation seed's (none), the VAE, SDXL's size, crop and
+# refiner fields, then the X/Y grid's (off).
+NO_GRID = (', 1, false, "Latent", 2, 0, 0.7, 0, 0, -1, 0, 0, 0, "Automatic", 0, 0, 0, 0, 0, 0, "", 0.8,'
+           ' "Nothing", "", "Nothing", "", true')
 
 
 def test_nan_and_out_of_range_slider_values_from_the_api_get_clear_messages(app_server):

@@ -17,10 +17,12 @@ from test_app_http import cn_args, control_image, t2i_args, wait_until_running  
 
 
 def grid_args(x_type="CFG scale", x_values="3, 9", y_type="Steps", y_values="2, 3", legend=True, **t2i):
-    # by position, before the grid's: clip skip, hires fix (off), variation seed (none), VAE
+    # by position, before the grid's: clip skip, hires fix (off), variation seed (none), VAE,
+    # SDXL's sizes and crop (0 = from the size) and refiner (none, switch 0.8)
     clip_skip, hires_off, no_variation, vae = 1, [False, "Latent", 2, 0, 0.7, 0, 0], [-1, 0, 0, 0], "Automatic"
-    return [*t2i_args(**{"seed": 8, "scheduler": "DDIM", **t2i}), clip_skip, *hires_off, *no_variation, vae, x_type,
-            x_values, y_type, y_values, legend]
+    sdxl_off = [0, 0, 0, 0, 0, 0, "", 0.8]
+    return [*t2i_args(**{"seed": 8, "scheduler": "DDIM", **t2i}), clip_skip, *hires_off, *no_variation, vae, *sdxl_off,
+            x_type, x_values, y_type, y_values, legend]
 
 
 @pytest.fixture(scope="module")

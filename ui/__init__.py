@@ -1,19 +1,25 @@
 """Gradio side of the studio: one module per tab, each with build(); never imports torch.
 
-build_app assembles the tabs around one GenerationService (manager + limits + outputs)."""
+build_app assembles the tabs around one GenerationService (manager + limits + outputs), then
+wires what spans tabs: send-to buttons, remembered settings. launch_assets() is the page's
+script and style (keyboard, title progress, phone layout), for Blocks.launch.
+"""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import gradio as gr
 
-from . import controlnet, img2img, inpaint, lab, models, pnginfo, txt2img, uploads
 from pipelines.catalog import upscaler_models
 
+from . import controlnet, img2img, inpaint, lab, models, pnginfo, remember, sdxl, send_to, txt2img, uploads
 from .common import GenerationService
 from .errors import StudioBlocks
 from .limits import HostLimits
 from .outputs import OutputStore
+
+HERE = Path(__file__).resolve().parent
 
 
 def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
@@ -33,14 +39,32 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
             with gr.Tab("img2img", id="img2img"):
                 i2i = img2img.build(service, size, settings.styles_file)
             with gr.Tab("Inpaint", id="inpaint"):
-                inpaint.build(service, size)
+                inp = inpaint.build(service, size)
             with gr.Tab("ControlNet", id="controlnet"):
-                controlnet.build(service, size)
+                cn = controlnet.build(service, size)
             with gr.Tab("Diffusion lab", id="lab"):
                 lab.build(service)
             with gr.Tab("PNG info", id="pnginfo"):
                 pnginfo.build(tabs, t2i, i2i)
             with gr.Tab("Models", id="models"):
-                models.build(manager, settings.allow_model_change, status, service.gpu_event)
+                loaded = models.build(manager, settings.allow_model_change, status, service.gpu_event)
+                generation_tabs = {"txt2img": t2i, "img2img": i2i, "inpaint": inp, "controlnet": cn}
+                remembered = remember.widget_list(generation_tabs)
+                host_defaults = remember.HostDefaults.for_settings(settings)
+                remember.defaults_panel(remembered, host_defaults)
+        # The loaded model's family decides the native size and whether SDXL fields show.
+        refresh = sdxl.refresh(manager, [t2i.sdxl], [t2i.sampler.width, t2i.sampler.height,
+                                                           i2i.sampler.width, i2i.sampler.height])
+        targets = [t2i.sdxl, t2i.sampler.width, t2i.sampler.height, i2i.sampler.width, i2i.sampler.height]
+        page_load = app.load(refresh, None, targets, queue=False, api_visibility="private")
+        loaded.then(refresh, None, targets, queue=False, api_visibility="private")
+        # Remembered values come after the native size: what the user chose wins.
+        remember.wire(remembered, settings.limits, host_defaults, page_load)
+        send_to.wire_all(list(generation_tabs.values()), send_to.targets_of(i2i, inp, cn), tabs)
     service.blocks = app
     return app
+
+
+def launch_assets() -> dict:
+    """launch() keyword arguments: the page script (ui/studio.js) and style (ui/studio.css)."""
+    return {"js": (HERE / "studio.js").read_text(encoding="utf-8"), "css": (HERE / "studio.css").read_text(encoding="utf-8")}

@@ -26,6 +26,8 @@ from .fields import Form
 from .jobs import SessionJobs, cancel_waiting
 from .limits import HostLimits
 from .outputs import OutputStore, with_infotext
+from .progress import Eta
+from .send_to import SendButtons, send_buttons
 from .uploads import SafeImage, open_received_image  # noqa: F401  (SafeImage: re-exported for the tabs)
 
 log = logging.getLogger(__name__)
@@ -166,8 +168,10 @@ def sampler_controls(form: Form, native_size: int) -> SamplerControls:
 class ResultPanel:
     generate: gr.Button
     interrupt: gr.Button
+    skip: gr.Button
     progress_preview: gr.Image
     gallery: gr.Gallery
+    send: SendButtons
     notes: gr.Markdown
     infotext: gr.Textbox
     last_seed: gr.State
@@ -176,15 +180,26 @@ class ResultPanel:
         return [self.progress_preview, self.gallery, self.notes, self.infotext, self.last_seed]
 
 
+@dataclass
+class TabParts:
+    """What other tabs need of a generation tab: its inputs by name and its result panel
+    (send-to targets them; remembered settings read them)."""
+    form: Form
+    panel: ResultPanel
+
+
 def result_panel(tab: str) -> ResultPanel:
-    with gr.Row():
-        generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", scale=3)
-        interrupt = gr.Button("Interrupt", variant="stop", elem_id=f"{tab}_interrupt", scale=1)
+    # The run buttons' row: a bar fixed at the bottom of a phone's screen (ui/studio.css).
+    with gr.Row(elem_classes=["run-buttons"], elem_id=f"{tab}_run_buttons"):
+        generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", scale=3, elem_classes=["generate"])
+        interrupt = gr.Button("Interrupt", variant="stop", elem_id=f"{tab}_interrupt", scale=1, elem_classes=["interrupt"])
+        skip = gr.Button("Skip", elem_id=f"{tab}_skip", scale=1, min_width=60)
     progress_preview = gr.Image(label="Live preview", interactive=False, format="png", height=160, elem_id=f"{tab}_preview")
     gallery = gr.Gallery(label="Results", format="png", columns=4, height="auto", elem_id=f"{tab}_gallery", interactive=False)
+    send = send_buttons(tab, gallery)
     notes = gr.Markdown(elem_id=f"{tab}_notes")
     infotext = gr.Textbox(label="Generation parameters", lines=3, interactive=False, elem_id=f"{tab}_infotext")
-    return ResultPanel(generate, interrupt, progress_preview, gallery, notes, infotext, gr.State(-1))
+    return ResultPanel(generate, interrupt, skip, progress_preview, gallery, send, notes, infotext, gr.State(-1))
 
 
 class PreviewThrottle:
@@ -264,12 +279,13 @@ class GenerationService:
             request = self.limits.normalize(request)
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        previews = PreviewThrottle()
+        previews, eta = PreviewThrottle(), Eta()
         with self._session_job(session) as job:
             progress(0, desc="Waiting for the model…")
             for event in self.backend.stream(request, job):
                 if isinstance(event, StepInfo):
-                    progress(event.fraction, desc=f"Batch {event.batch + 1}/{event.batch_count}, step {event.step}/{event.total}")
+                    where = f"Batch {event.batch + 1}/{event.batch_count}, step {event.step}/{event.total}"
+                    progress(event.fraction, desc=eta.describe(event.fraction, where))
                     if previews.due(event):
                         yield event.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     continue
@@ -280,11 +296,12 @@ class GenerationService:
         this session's Job (its Interrupt stops it between steps), progress per step, errors
         as messages; returns the backend's result."""
         self.host.check_request(request)  # the lab's prompts have the same limit
+        eta = Eta()
         with self._session_job(session) as job:
             progress(0, desc="Waiting for the model…")
             for event in self.backend.stream(request, job):
                 if isinstance(event, StepInfo):
-                    progress(event.fraction, desc=f"Step {event.step}/{event.total}")
+                    progress(event.fraction, desc=eta.describe(event.fraction, f"Step {event.step}/{event.total}"))
                     continue
                 return event
 
@@ -334,7 +351,7 @@ class GenerationService:
             self.host.check_grid(plan)
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        started, previews = time.monotonic(), PreviewThrottle()
+        started, previews, eta = time.monotonic(), PreviewThrottle(), Eta()
         results, total = [], len(plan.cells)
         with self._session_job(session) as job:
             progress(0, desc="Waiting for the model…")
@@ -343,8 +360,9 @@ class GenerationService:
                     break
                 for event in self.backend.stream(cell, job):
                     if isinstance(event, StepInfo):
-                        progress((index + event.fraction) / total,
-                                 desc=f"Cell {index + 1}/{total} ({plan.cell_label(index)}), step {event.step}/{event.total}")
+                        done = (index + event.fraction) / total
+                        where = f"Cell {index + 1}/{total} ({plan.cell_label(index)}), step {event.step}/{event.total}"
+                        progress(done, desc=eta.describe(done, where))
                         if previews.due(event):
                             yield event.preview, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     elif not event.interrupted:  # a cell cut short is not a finished cell
@@ -394,3 +412,10 @@ def wire_common(panel: ResultPanel, sampler: SamplerControls, service: Generatio
         interrupt, None, panel.notes, queue=False,
         api_name=interrupt_api, api_visibility="public" if interrupt_api else "private",
     )
+
+    def skip(request: gr.Request) -> str:
+        skipped = service.jobs.skip(request.session_hash)
+        return "Skipping this image; the batch goes on…" if skipped else "Nothing of yours is running."
+
+    panel.skip.click(skip, None, panel.notes, queue=False, api_name=interrupt_api and "skip",
+                     api_visibility="public" if interrupt_api else "private")

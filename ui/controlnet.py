@@ -7,14 +7,14 @@ from pipelines.fields import assemble
 from pipelines.requests import ControlUnit, Img2ImgRequest, Txt2ImgRequest
 
 from . import xy_grid
-from .common import GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls, wire_common
+from .common import GenerationService, SafeImage, TabParts, open_image, prompt_box, result_panel, sampler_controls, wire_common
 from .control_units import control_from, control_panel
 from .fields import Form, take
 
 IMG2IMG_INPUTS = ("init_image", "strength", "resize_mode")  # used with "Use an init image" only
 
 
-def build(service: GenerationService, native_size: int) -> None:
+def build(service: GenerationService, native_size: int) -> TabParts:
     form = Form("controlnet", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
@@ -47,3 +47,4 @@ def build(service: GenerationService, native_size: int) -> None:
     panel.generate.click(generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), api_name="controlnet",
                          **service.gpu_event)
     wire_common(panel, sampler, service, interrupt_api=None)
+    return TabParts(form, panel)

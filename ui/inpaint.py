@@ -13,7 +13,7 @@ from pipelines.fields import assemble
 from pipelines.requests import ControlUnit, InpaintRequest
 
 from . import xy_grid
-from .common import GenerationService, SafeImage, open_image, prompt_box, result_panel, sampler_controls, wire_common
+from .common import GenerationService, SafeImage, TabParts, open_image, prompt_box, result_panel, sampler_controls, wire_common
 from .control_units import control_from, control_panel
 from .fields import Form
 from .uploads import SafeImageMask, model_choices, resolve_model
@@ -61,7 +61,7 @@ def outline_view(show, editor_value, mask_path, invert_mask, result):
     return gr.update(value=mask_outline(result, mask), visible=True)
 
 
-def build(service: GenerationService, native_size: int) -> None:
+def build(service: GenerationService, native_size: int) -> TabParts:
     form = Form("inpaint", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
@@ -155,3 +155,4 @@ def build(service: GenerationService, native_size: int) -> None:
     extend.click(extend_canvas, [editor, left, right, up, down], [editor, sampler.width, sampler.height, masked_content],
                  api_visibility="private")
     wire_common(panel, sampler, service, interrupt_api=None)
+    return TabParts(form, panel)

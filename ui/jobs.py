@@ -24,12 +24,22 @@ class SessionJobs:
 
     def interrupt(self, session: str) -> bool:
         """Cancel this session's running job; True when there was one."""
+        job = self._get(session)
+        if job is not None:
+            job.cancel()
+        return job is not None
+
+    def skip(self, session: str) -> bool:
+        """End the image this session's job is sampling now and go on with its next batch
+        (A1111's Skip); True when there was a job."""
+        job = self._get(session)
+        if job is not None:
+            job.skip()
+        return job is not None
+
+    def _get(self, session: str) -> Job | None:
         with self._lock:
-            job = self._jobs.get(session)
-        if job is None:
-            return False
-        job.cancel()
-        return True
+            return self._jobs.get(session)
 
 
 # ------------------------------------------------ jobs still waiting in Gradio's queue

@@ -81,4 +81,4 @@ def build(manager, allow_change: bool, status: gr.Markdown, gpu_event: dict) -> 
 
     refresh_button = gr.Button("Refresh", elem_id="models_refresh", size="sm")
     refresh_button.click(refresh, None, [info, listing, source], api_visibility="private", queue=False)
-    load.click(load_model, source, [info, status], api_name="load_model", **gpu_event)
+    return load.click(load_model, source, [info, status], api_name="load_model", **gpu_event)

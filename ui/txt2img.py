@@ -8,7 +8,7 @@ import gradio as gr
 from pipelines.fields import assemble
 from pipelines.requests import HIRES_UPSCALERS, Txt2ImgRequest
 
-from . import xy_grid
+from . import sdxl, xy_grid
 from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, vae_field, wire_common
 from .fields import Form
 from .styles import style_controls
@@ -20,6 +20,7 @@ class Txt2ImgTab:
     prompts: PromptBox
     sampler: SamplerControls
     panel: ResultPanel
+    sdxl: gr.Accordion  # shown only with an SDXL model
 
 
 def hires_controls(form: Form, model_upscalers: list[str]) -> None:
@@ -45,15 +46,16 @@ def build(service: GenerationService, native_size: int, styles_file: str = "", m
             sampler = sampler_controls(form, native_size)
             vae_field(form)
             hires_controls(form, list(model_upscalers))
+            xl = sdxl.sdxl_controls(form, service.backend)
             xy_grid.grid_controls(form, Txt2ImgRequest)
         with gr.Column(scale=1):
             panel = result_panel("txt2img")
 
     def generate(request: gr.Request, progress=gr.Progress(), **values):
-        yield from xy_grid.generate(service, lambda: assemble(Txt2ImgRequest, values), values, request.session_hash, progress)
+        yield from xy_grid.generate(service, lambda: assemble(Txt2ImgRequest, sdxl.resolve_refiner(values)), values, request.session_hash, progress)
 
     event = dict(fn=generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), **service.gpu_event)
     panel.generate.click(api_name="txt2img", **event)
     prompts.prompt.submit(api_visibility="private", **event)
     wire_common(panel, sampler, service, interrupt_api="interrupt")
-    return Txt2ImgTab(form, prompts, sampler, panel)
+    return Txt2ImgTab(form, prompts, sampler, panel, xl)
