@@ -34,6 +34,7 @@ def manager_kwargs(settings: Settings) -> dict:
         preview_every=settings.preview_every,
         variant=settings.variant or None,
         fast_path=fast_path(settings),
+        upscaler_dir=settings.upscaler_dir,
     )
 
 

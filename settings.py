@@ -36,6 +36,8 @@ SPACE_DEFAULTS = {
     "max_grid_megapixels": 16.0,
     "cache_max_age_s": 3600,
     "max_queued_per_client": 2,
+    "grid_for_batches": False,
+    "styles_file": "",  # styles stay in each visitor's session
 }
 
 
@@ -74,6 +76,9 @@ class Settings:
     max_batch_count: int = 16
     max_grid_cells: int = 100
     queue_size: int = 64
+    grid_for_batches: bool = True  # a batch of >1 images also yields a labelled grid image (A1111's "grid")
+    upscaler_dir: str = "models/ESRGAN"  # model upscalers for the hires fix (.pth/.safetensors), A1111's layout
+    styles_file: str = "styles.csv"  # A1111's prompt styles file; "" = styles live only in each session
     preview_every: int = 0  # 0: every step on CPU, every 5th on a GPU
     fast_path: str = "auto"  # auto (on for CUDA), off, or a compile mode: regional, full, none
     warmup: str = ""  # sizes compiled before serving, e.g. "512" or "512,768x512"; "" = compile in the background
@@ -146,6 +151,9 @@ class Settings:
                       "request of a size runs eager while it compiles in the background)",
             "api": "serve the AUTOMATIC1111-compatible REST API (/sdapi/v1/..., docs at /docs) on the same port",
             "api_auth": "user:password[,user2:password2]: HTTP Basic login the REST API requires",
+            "grid_for_batches": "also save and show a labelled grid of every batch of more than one image",
+            "upscaler_dir": "folder of model upscalers (ESRGAN & co.) the hires fix offers",
+            "styles_file": "A1111 styles.csv the Styles menus read and save to ('' = per session only)",
         }
         helps.update({
             "max_prompt_chars": "longest prompt (and negative prompt) in characters; 0: no limit",

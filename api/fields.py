@@ -81,18 +81,31 @@ COMMON: dict[str, Field | Unsupported] = {
     "cfg": Field("sampling.cfg", _bool("cfg")),
     "restore_faces": Unsupported("face restoration"),
     "tiling": Unsupported("tiling"),
-    "subseed_strength": Unsupported("variation seeds (subseed_strength)", (None, 0, 0.0)),
-    "seed_resize_from_h": Unsupported("seed resize", (None, -1, 0)),
-    "seed_resize_from_w": Unsupported("seed resize", (None, -1, 0)),
-    "styles": Unsupported("prompt styles"),
+    "subseed": Field("subseed"),
+    "subseed_strength": Field("subseed_strength"),
+    "seed_resize_from_h": Field("seed_resize_from_h", lambda v: 0 if v == -1 else v),  # A1111: −1 = off
+    "seed_resize_from_w": Field("seed_resize_from_w", lambda v: 0 if v == -1 else v),
+    "styles": Unsupported("prompt styles"),  # applied before this table (routes.with_styles): empty here
     # SDXL refiner hand-off (a catalogue name; "None" = none, as A1111 sends it).
     "refiner_checkpoint": Field("refiner", lambda v: "" if v in (None, "None") else v),
     "refiner_switch_at": Field("refiner_switch"),
-    # Issue: hires fix. Becomes Field("hires.enabled") & co. when the backend has it.
-    "enable_hr": Unsupported("hires fix"),
+    "enable_hr": Field("enable_hr", _bool("enable_hr")),  # img2img: a 422 saying it is a txt2img option
 }
 
-TXT2IMG: dict[str, Field | Unsupported] = {**COMMON}
+TXT2IMG: dict[str, Field | Unsupported] = {
+    **COMMON,
+    "hr_scale": Field("hr_scale"),
+    "hr_upscaler": Field("hr_upscaler"),
+    "hr_second_pass_steps": Field("hr_second_pass_steps"),
+    "hr_resize_x": Field("hr_resize_x"),
+    "hr_resize_y": Field("hr_resize_y"),
+    "denoising_strength": Field("denoising_strength"),  # of the hires pass
+    "hr_checkpoint_name": Unsupported("a separate hires checkpoint", (None, "", "Use same checkpoint")),
+    "hr_sampler_name": Unsupported("a separate hires sampler", (None, "", "Use same sampler")),
+    "hr_scheduler": Unsupported("a separate hires schedule", (None, "", "Use same scheduler")),
+    "hr_prompt": Unsupported("a separate hires prompt", (None, "")),
+    "hr_negative_prompt": Unsupported("a separate hires negative prompt", (None, "")),
+}
 
 IMG2IMG: dict[str, Field | Unsupported] = {
     **COMMON,

@@ -9,10 +9,11 @@ import time
 from fastapi import APIRouter, Depends, Request
 
 from pipelines import catalog
+from pipelines import styles as style_lib
 from pipelines.errors import ModelLoadError, RequestError
 from pipelines.infotext import model_name
 from pipelines.metadata import parse_infotext, read_infotext
-from pipelines.requests import Limits, Sampling, Txt2ImgRequest
+from pipelines.requests import LATENT_UPSCALERS, PIXEL_UPSCALERS, Limits, Sampling, Txt2ImgRequest
 
 from . import controlnet
 from .convert import apply_options, convert, info, parameters_echo
@@ -39,7 +40,34 @@ def limit_rows(request, limits: Limits, settings) -> list[tuple[str, float, floa
         ("n_iter", s.batch_count, limits.max_batch_count),
     ] + ([("prompt (characters)", len(request.prompt), settings.max_prompt_chars),
           ("negative_prompt (characters)", len(request.negative_prompt), settings.max_prompt_chars)]
-         if settings.max_prompt_chars else [])
+         if settings.max_prompt_chars else []) + hires_rows(request, limits)
+
+
+def hires_rows(request, limits: Limits) -> list[tuple[str, float, float]]:
+    """The hires fix's final size and steps count against the same limits."""
+    if not getattr(request, "enable_hr", False):
+        return []
+    width, height = request.hires_size
+    return [("hires width (hr_scale, hr_resize_x)", width, limits.max_width),
+            ("hires height (hr_scale, hr_resize_y)", height, limits.max_height),
+            ("hr_second_pass_steps", request.hr_second_pass_steps, limits.max_steps)]
+
+
+def with_styles(body: dict, styles_file: str) -> dict:
+    """A1111's `styles`: names of the host's prompt styles (--styles-file), merged into the
+    prompts before anything else reads them."""
+    names = body.get("styles") or []
+    if not names:
+        return body
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ApiError(422, "styles must be a list of style names.")
+    known = {style.name: style for style in (style_lib.load(styles_file) if styles_file else [])}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ApiError(422, f"Unknown style {missing[0][:80]!r}: GET /sdapi/v1/prompt-styles lists this host's styles.")
+    prompt, negative = style_lib.apply_styles(str(body.get("prompt") or ""), str(body.get("negative_prompt") or ""),
+                                              [known[n] for n in names])
+    return {**body, "prompt": prompt, "negative_prompt": negative, "styles": []}
 
 
 def max_input_pixels(limits: Limits, settings) -> int:
@@ -108,6 +136,12 @@ def build_router(backend, settings, store) -> APIRouter:
     sd = "/sdapi/v1"
 
     async def generate(task: str, body: dict, http: Request, who: str) -> dict:
+        try:
+            body = with_styles(body, settings.styles_file)
+        except RequestError as error:  # a malformed styles file
+            raise ApiError(422, str(error)) from None
+        except (OSError, UnicodeDecodeError):
+            raise ApiError(422, "This host's styles file could not be read.") from None
         converted = convert(task, body, ctx.options, ctx.max_pixels, catalog.controlnets())
         for what, value, limit in limit_rows(converted.request, ctx.limits, settings):
             if value > limit:
@@ -225,9 +259,22 @@ def build_router(backend, settings, store) -> APIRouter:
 
     @router.get(f"{sd}/upscalers", tags=["models"])
     def upscalers():
-        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1}]
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": scale}
+                for name, scale in (("None", 1), *((n, 4) for n in PIXEL_UPSCALERS))]
 
-    for empty in ("latent-upscale-modes", "hypernetworks", "face-restorers", "prompt-styles", "script-info"):
+    @router.get(f"{sd}/latent-upscale-modes", tags=["models"])
+    def latent_upscale_modes():
+        return [{"name": name} for name in LATENT_UPSCALERS]  # the hires fix's latent upscalers
+
+    @router.get(f"{sd}/prompt-styles", tags=["models"])
+    def prompt_styles():
+        try:
+            styles = style_lib.load(settings.styles_file) if settings.styles_file else []
+        except (RequestError, OSError, UnicodeDecodeError):
+            styles = []
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles]
+
+    for empty in ("hypernetworks", "face-restorers", "script-info"):
         router.add_api_route(f"{sd}/{empty}", lambda: [], methods=["GET"], tags=["models"], name=empty)
     for noop in ("refresh-loras", "refresh-vae", "refresh-embeddings"):
         router.add_api_route(f"{sd}/{noop}", lambda: None, methods=["POST"], tags=["models"], name=noop)

@@ -349,6 +349,19 @@ def base_models() -> list[str]:
     return names("checkpoint")
 
 
+UPSCALER_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def upscaler_models(folder: str | Path) -> dict[str, Path]:
+    """Model upscalers (ESRGAN & co., A1111's models/ESRGAN layout) on disk: file stem → path.
+    Only names from here reach the loader, never a path from a request."""
+    folder = Path(folder) if folder else None
+    if folder is None or not folder.is_dir():
+        return {}
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in UPSCALER_SUFFIXES)
+    return {p.stem: p for p in files}
+
+
 def refiners() -> list[str]:
     """SDXL refiners: checkpoint folders holding an SDXL img2img pipeline (A1111 keeps them
     beside the base models); they are not bases, but the catalogue lists them there too."""

@@ -119,7 +119,12 @@ def require_number(name: str, value, low: float, high: float, integer: bool = Fa
     if integer and value != int(value):
         raise RequestError(f"{name} must be a whole number, got {value}.")
     if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}.")
+        raise RequestError(f"{name} must be between {_plain(low)} and {_plain(high)}, got {_plain(value)}.")
+
+
+def _plain(value) -> str:
+    """A number as a person writes it: 4294967295, not 4.29497e+09; 0.5 stays 0.5."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
 
 
 def require_text(name: str, value) -> None:

@@ -16,6 +16,7 @@ from PIL import Image
 from .diffusion_math import vae_decode
 from .families import vae_precision
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
+from .noise import NoiseSpec, sampler_noise
 from .preview import DenoisedTap, latent_to_image
 from .prompt_encoding import effective_clip_skip, encode_prompts, tokenize
 from .prompt_syntax import parse_prompt
@@ -48,7 +49,8 @@ class StepReporter:
 
 def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) -> Sampler:
     """A diffusers pipeline as a sampler: a fresh scheduler per batch (schedulers hold state),
-    one CPU generator per image (image k is reproducible from its own seed on any device)."""
+    one CPU generator per image (image k is reproducible from its own seed on any device),
+    the initial noise from noise.py (variation seeds)."""
     s = request.sampling
     # Encoded once per request (chunks, emphasis, clip skip): the pipeline gets embeddings.
     embeddings = encode_prompts(pipe, request.prompt, request.negative_prompt, request.clip_skip, s.cfg)
@@ -57,6 +59,8 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
         scheduler = build_scheduler(s.scheduler, scheduler_config)
         tap = DenoisedTap(scheduler)
         pipe.scheduler = scheduler
+        noise_kwargs, generators = sampler_noise(pipe, scheduler, call_kwargs, NoiseSpec.of(request, seeds),
+                                                 request.width, request.height)
 
         def callback(p, index, timestep, tensors):
             if report(index, p.num_timesteps, tensors["latents"], tap.latest):
@@ -72,10 +76,11 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
             num_inference_steps=s.steps,
             guidance_scale=s.guidance_scale,
             eta=s.eta,
-            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            generator=generators,
             output_type="latent",
             callback_on_step_end=callback,
             **call_kwargs,
+            **noise_kwargs,
         ).images
 
     return sample

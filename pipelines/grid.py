@@ -58,7 +58,13 @@ def _needs_repaint(request):
                            "disable the ControlNet units to vary it.")
 
 
-_REQUIRES = {"cfg_scale": _needs_cfg, "strength": _needs_init_image, "weight": _needs_control, "repaint_r": _needs_repaint}
+def _needs_hires(request):
+    if not getattr(request, "enable_hr", False):
+        raise RequestError("Hires steps and hires denoising strength need txt2img with Hires fix on.")
+
+
+_REQUIRES = {"cfg_scale": _needs_cfg, "strength": _needs_init_image, "weight": _needs_control, "repaint_r": _needs_repaint,
+             "hr_second_pass_steps": _needs_hires, "denoising_strength": _needs_hires}
 
 
 def set_field(request, name: str, value):

@@ -34,6 +34,29 @@ def control_params(request) -> dict:
     return params
 
 
+def variation_params(request, seed: int) -> dict:
+    """A1111's variation-seed keys (None: left out); the subseed of image k follows its seed (+k)."""
+    acts = request.subseed_strength > 0
+    resize = request.seed_resize
+    return {
+        "Variation seed": (seed - request.sampling.seed + request.subseed) % 2**32 if acts else None,
+        "Variation seed strength": request.subseed_strength if acts else None,
+        "Seed resize from": "{}x{}".format(*resize) if resize else None,
+    }
+
+
+def hires_params(request) -> dict:
+    """A1111's hires fix keys (None: left out; Size stays the first pass's, as A1111 writes it)."""
+    on = getattr(request, "enable_hr", False)
+    resized = on and (request.hr_resize_x or request.hr_resize_y)
+    return {
+        "Hires upscale": request.hr_scale if on and not resized else None,
+        "Hires resize": f"{request.hr_resize_x}x{request.hr_resize_y}" if resized else None,
+        "Hires steps": (request.hr_second_pass_steps or None) if on else None,
+        "Hires upscaler": request.hr_upscaler if on else None,
+    }
+
+
 def request_infotext(request, seed: int, model_name: str | None, extra: dict | None = None) -> str:
     """The sampling head in A1111's order, then what the engine reports (extra: a key set to
     None is deliberately left out), then every other declared field that has an infotext key
@@ -47,10 +70,13 @@ def request_infotext(request, seed: int, model_name: str | None, extra: dict | N
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",
         "Model": model_name,
+        **variation_params(request, seed),
         "Batch size": s.batch_size if s.batch_size > 1 else None,  # A1111 writes it from 2 on
-        "Denoising strength": getattr(request, "strength", None),
+        "Denoising strength": (request.strength if hasattr(request, "strength") else
+                               request.denoising_strength if getattr(request, "enable_hr", False) else None),
         "Resize mode": getattr(request, "resize_mode", None),
         "Eta": s.eta if s.scheduler in ETA_SCHEDULERS else None,
+        **hires_params(request),
         **(extra or {}),
     }
     sampling = fields_of(Sampling)
@@ -65,4 +91,5 @@ def request_infotext(request, seed: int, model_name: str | None, extra: dict | N
     return build_infotext(request.prompt, request.negative_prompt, params)
 
 
-WRITTEN_APART = {"Prompt", "Negative prompt", "Size-1", "Size-2"}  # the prompt lines and "Size: WxH"
+WRITTEN_APART = {"Prompt", "Negative prompt", "Size-1", "Size-2",  # the prompt lines and the "WxH" pairs
+                 "Hires resize-1", "Hires resize-2", "Seed resize from-1", "Seed resize from-2"}  # the prompt lines and "Size: WxH"

@@ -7,7 +7,7 @@ import torch
 from .diffusion_math import vae_encode
 from .families import unet_conditioning, vae_precision
 from .masks import InpaintPlan
-from .prompt_encoding import encode_prompts
+from .noise import NoiseSpec
 from .repaint import masked_content_latents, repaint
 
 
@@ -39,6 +39,6 @@ def repaint_sampler(pipe, request, plan: InpaintPlan, scheduler_config: dict):
         return repaint(pipe.unet, scheduler_config, batch, mask, cond, uncond, s.steps, s.guidance_scale, s.eta,
                        request.strength, request.repaint_r, request.repaint_j, generators, start_latents=start,
                        on_step=on_step, should_stop=lambda: stop[0], added_cond=added,
-                       added_uncond=added_uncond).latents
+                       added_uncond=added_uncond, vary_noise=NoiseSpec.of(request, seeds).vary).latents
 
     return sample

@@ -32,16 +32,19 @@ from .families import call_kwargs as call_kwargs_of
 from .fast_path import FastPath, FastPathRuntime, FifoLock, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .images import fit
-from .infotext import request_infotext
+from .hires import hires_sampler
+from .infotext import model_name, request_infotext
 from .inpainting import repaint_sampler
 from .jobs import GeneratedImage, GenerationResult, Job, StepInfo, stream_run
 from .lab_requests import LabRequest
 from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
+from .catalog import upscaler_models
 from .prompt_encoding import count_tokens
 from .refiner import load_refiner, refined_sampler
-from .requests import FIELDS, SDXL_SIZE_FIELDS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from .requests import FIELDS, HIRES_UPSCALERS, SDXL_SIZE_FIELDS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from .upscalers import UpscalerCache, upscale_with_model
 
 log = logging.getLogger(__name__)
 quiet_logs.install()
@@ -113,6 +116,7 @@ class PipelineManager:
         max_controlnets: int = 4,
         variant: str | None = None,
         fast_path: FastPath | None | str = "auto",
+        upscaler_dir: str = "",
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -132,6 +136,8 @@ class PipelineManager:
         self.fast_runtime: FastPathRuntime | None = None  # background compile + graphs (fast_path.py)
         self.model: ModelInfo | None = None
         self.controlnets = ControlNetCache(max_controlnets)
+        self.upscaler_dir = upscaler_dir  # model upscalers for the hires fix (A1111's models/ESRGAN)
+        self._upscalers = UpscalerCache()
         self._inpaint_unet = None  # (source text, 9-channel UNet): one at a time
         self._refiner = None  # (source text, SDXL refiner pipeline sharing the base's VAE): one at a time
         self._base: DiffusionPipeline | None = None
@@ -327,14 +333,52 @@ class PipelineManager:
     def _txt2img(self, request, on_step, job) -> GenerationResult:
         if request.refiner.strip() not in ("", "None"):
             if self.family.is_xl and request.control is None:
+                if request.enable_hr:
+                    # The refiner hands off mid-schedule (a noisy latent): a hires pass after it
+                    # would need the refiner in both passes. Not offered yet, so say so.
+                    raise RequestError("The hires fix and the SDXL refiner cannot be used together yet: "
+                                       "turn off one of them.")
                 return self._refined_txt2img(request, on_step, job)
             why = "the loaded model is not SDXL" if not self.family.is_xl else "ControlNet units are on"
             request = replace(request, notes=request.notes + (f"The refiner was not used: {why}.",))
+        if request.enable_hr:
+            return self._hires(request, on_step, job)
         if request.control is None:
             return self._generate(self.pipeline("txt2img"), request, {}, on_step, job)
         control, notes = self._control_kwargs(request)
         pipe = self.pipeline("controlnet", controlnet=control["controlnet"])
         return self._generate(pipe, request, {"image": control["maps"], **control["call"]}, on_step, job, notes)
+
+    def _hires(self, request, on_step, job) -> GenerationResult:
+        """txt2img with the hires fix (hires.py): ControlNet maps made again at the final size."""
+        notes: list[str] = []
+        if request.control is None:
+            first, first_call, second, second_call = self.pipeline("txt2img"), {}, self.pipeline("img2img"), {}
+        else:
+            control, notes = self._control_kwargs(request)
+            first = self.pipeline("controlnet", controlnet=control["controlnet"])
+            first_call = {"image": control["maps"], **control["call"]}
+            width, height = request.hires_size
+            big, _ = self._control_kwargs(replace(request, width=width, height=height))
+            second = self.pipeline("controlnet-img2img", controlnet=big["controlnet"])
+            second_call = {"control_image": big["maps"], **big["call"]}
+        width, height = request.hires_size  # SDXL: each pass conditioned on its own size
+        first_call = {**first_call, **call_kwargs_of(self.family, request)}
+        second_call = {**second_call, **call_kwargs_of(self.family, replace(request, width=width, height=height))}
+        sampler = hires_sampler(request, first, first_call, second, second_call, self._scheduler_config,
+                                self._model_upscale(request.hr_upscaler))
+        return self._run_sampler(second, request, sampler, on_step, job, notes)
+
+    def _model_upscale(self, name: str):
+        """upscale(image, W, H) for a model upscaler on this host's disk; None for the built-in ones."""
+        if name in HIRES_UPSCALERS:
+            return None
+        path = upscaler_models(self.upscaler_dir).get(name)
+        if path is None:
+            raise RequestError(f"The hires upscaler {name[:80]!r} is not on this host. Choose one of: "
+                               f"{', '.join([*HIRES_UPSCALERS, *upscaler_models(self.upscaler_dir)])}.")
+        model = self._upscalers.get(path, self.device)
+        return lambda image, width, height: upscale_with_model(model, image, width, height)
 
     def _img2img(self, request: Img2ImgRequest, on_step, job) -> GenerationResult:
         init = fit(request.init_image, request.width, request.height, request.resize_mode)
@@ -413,7 +457,10 @@ class PipelineManager:
             return GenerationResult("inpaint", images, list(request.notes) + notes +
                                     ["Denoising strength × steps rounds to 0 denoising steps: the input is returned unchanged."])
         if request.mode == "RePaint" and request.control is None:
-            extra.update({"RePaint r": request.repaint_r, "RePaint j": request.repaint_j})
+            # RePaint's own update is DDIM's with η (η = 1: DDPM's posterior): record that, not
+            # the scheduler dropdown it ignores, so PNG info brings back what ran.
+            extra.update({"Sampler": "DDIM", "Eta": request.sampling.eta,
+                          "RePaint r": request.repaint_r, "RePaint j": request.repaint_j})
             pipe = self.pipeline("txt2img")
             sampler = repaint_sampler(pipe, request, plan, self._scheduler_config)
             if request.sampling.scheduler not in ("DDIM", "DDPM"):
@@ -425,7 +472,7 @@ class PipelineManager:
         modules = {}
         if request.mode == "inpainting model":
             modules["unet"] = self.inpaint_unet(request.inpaint_model)
-            extra["Inpainting model"] = request.inpaint_model
+            extra["Inpainting model"] = model_name(request.inpaint_model)
         elif request.repaint_r > 1:
             notes.append("With ControlNet, inpainting blends the known region every step without RePaint resampling (r = 1).")
         if request.control is None:

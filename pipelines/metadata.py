@@ -111,15 +111,22 @@ def infotext_to_fields(parsed: dict, scheduler_names=SCHEDULER_NAMES) -> tuple[d
     unknown sampler, say). "Size: WxH" gives width and height (A1111's Size-1, Size-2)."""
     notes: list[str] = []
     parsed = dict(parsed)
-    size = parsed.get("Size", "")
-    if re.fullmatch(r"\d+x\d+", size):
-        parsed["Size-1"], parsed["Size-2"] = size.split("x")
+    for key in ("Size", "Hires resize", "Seed resize from"):  # "WxH" → its declared halves
+        if re.fullmatch(r"\d+x\d+", parsed.get(key, "").strip()):
+            parsed[f"{key}-1"], parsed[f"{key}-2"] = parsed[key].strip().split("x")
     fields: dict = {}
     for name, declared in FIELDS.items():
         if declared.infotext in parsed and name != "scheduler":
             value = declared.parse(parsed[declared.infotext])
             if value is not None:
                 fields[name] = value
+    # Absent keys mean off (a variation or hires fix left in the widgets must not linger).
+    fields.setdefault("subseed_strength", 0.0)
+    fields["enable_hr"] = any(k in parsed for k in ("Hires upscale", "Hires resize", "Hires upscaler", "Hires steps"))
+    if fields["enable_hr"]:
+        fields.setdefault("hr_second_pass_steps", 0)
+        fields.setdefault("hr_resize_x", 0)
+        fields.setdefault("hr_resize_y", 0)
     if "Steps" in parsed and "Clip skip" not in parsed:
         fields["clip_skip"] = 1  # A1111 writes Clip skip only when it is not 1
     sampler = parsed.get("Sampler")

@@ -123,6 +123,7 @@ def repaint(
     on_step: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_known: KnownHook | None = None,
+    vary_noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
     added_cond: dict | None = None,
     added_uncond: dict | None = None,
 ) -> RePaintOutput:
@@ -145,6 +146,8 @@ def repaint(
     should_stop(): checked before every UNet step and re-noising; True ends the run there.
     on_known(t, x_known, noise): the known-region latent and its noise at every step
         (t = the level stepped to, −1 for the clean end); for tests.
+    vary_noise: the start noise (the seeds' draw) → the noise to start from (noise.py's
+        variation seed); None keeps the draw.
     added_cond / added_uncond: the UNet's added_cond_kwargs (SDXL: text_embeds, time_ids;
         batch 1 or B) for the prompt and the negative prompt; None for SD 1.x/2.x UNets.
     """
@@ -196,10 +199,13 @@ def repaint(
 
     if n == 0:
         return RePaintOutput(x0.clone(), None, 0, 0, False)
+    start_noise = _randn(generators, x0)
+    if vary_noise is not None:
+        start_noise = vary_noise(start_noise)
     if strength >= 1.0:
-        x = _randn(generators, x0)  # x_T ~ N(0, I): nothing of the input leaks through √ᾱ_T
+        x = start_noise  # x_T ~ N(0, I): nothing of the input leaks through √ᾱ_T
     else:
-        x = q_sample(start, abar(levels[0]), _randn(generators, x0))  # x_τ ~ q(x_τ | x_0)
+        x = q_sample(start, abar(levels[0]), start_noise)  # x_τ ~ q(x_τ | x_0)
 
     denoised, done = None, 0
     for here, there in zip(path, path[1:]):

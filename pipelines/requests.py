@@ -34,6 +34,17 @@ RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
 INPAINT_MODES = ("RePaint", "inpainting model")
 INPAINT_AREAS = ("whole picture", "only masked")
 MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
+# Hires fix upscalers, named as A1111 names them: latent ones resize the first pass's latents
+# (interpolation mode in pipelines/hires.py); pixel ones decode, resize the image, re-encode.
+LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                    "Latent (nearest)", "Latent (nearest-exact)")
+PIXEL_UPSCALERS = ("Lanczos", "Nearest")
+HIRES_UPSCALERS = LATENT_UPSCALERS + PIXEL_UPSCALERS  # + model upscalers on disk (catalog.upscaler_models), by name
+
+
+def _is_model_name(text: str) -> bool:
+    """A catalogue name (a file stem), never a path: the manager looks it up on its own disk."""
+    return 0 < len(text.strip()) <= 200 and not any(c in text for c in "/\\\0") and text.strip() not in (".", "..")
 
 
 def _require_image(value, missing: str, what: str) -> None:
@@ -76,7 +87,6 @@ class Sampling:
     batch_size: int = declare(1, "Batch size", minimum=1, maximum=64, step=1, limit="max_batch_size",
                               infotext="Batch size", a1111="batch_size")
     batch_count: int = declare(1, "Batch count", minimum=1, maximum=1000, step=1, limit="max_batch_count", a1111="n_iter")
-
     def __post_init__(self):
         check_fields(self)
 
@@ -166,6 +176,35 @@ class Txt2ImgRequest:
     clip_skip: int = declare(1, "Clip skip", minimum=1, maximum=MAX_CLIP_SKIP, step=1, infotext="Clip skip", axis=True)
     control: Control | None = None  # ControlNet units, if any
     notes: tuple[str, ...] = ()  # corrections made on the way, shown to the user
+    # Hires fix (txt2img only; A1111's REST names): first pass at width×height, upscale,
+    # then an img2img pass at the final size (pipelines/hires.py). Infotext: infotext.hires_params.
+    enable_hr: bool = declare(False, "Hires fix", a1111="enable_hr",
+                              info="first pass at the size above, then upscale and refine at the final size")
+    hr_upscaler: str = declare("Latent", "Upscaler", title="Hires upscaler", infotext="Hires upscaler", a1111="hr_upscaler")
+    hr_scale: float = declare(2.0, "Upscale by", title="Hires upscale by", minimum=1.0, maximum=8.0, step=0.05,
+                              slider=(1.0, 4.0), infotext="Hires upscale", a1111="hr_scale")
+    hr_second_pass_steps: int = declare(0, "Hires steps", minimum=0, maximum=1000, step=1, limit="max_steps",
+                                        info="0 = same as the first pass", infotext="Hires steps",
+                                        a1111="hr_second_pass_steps", axis=True)
+    denoising_strength: float = declare(0.7, "Denoising strength", title="Hires denoising strength", minimum=0.0,
+                                        maximum=1.0, step=0.01, infotext="Denoising strength", axis=True)  # REST: api/fields.py
+    hr_resize_x: int = declare(0, "Resize width to", title="Hires resize width", minimum=0, maximum=16384, step=8,
+                               limit="max_width", info="0 = by the factor", infotext="Hires resize-1", a1111="hr_resize_x")
+    hr_resize_y: int = declare(0, "Resize height to", title="Hires resize height", minimum=0, maximum=16384, step=8,
+                               limit="max_height", infotext="Hires resize-2", a1111="hr_resize_y")
+    # Variation seed (A1111's "Extra" seed options): the initial noise is slerp'd from the
+    # seed's towards the subseed's by subseed_strength (0 = the seed's own image); resize
+    # seed from w/h draws the seed's noise at that size, centred (pipelines/noise.py).
+    # Declared after width/height so the API's positional order stays as it was.
+    subseed: int = declare(-1, "Variation seed", minimum=-1, maximum=MAX_SEED, step=1, info="−1 = random",
+                           infotext="Variation seed", a1111="subseed", axis=True)
+    subseed_strength: float = declare(0.0, "Variation strength", minimum=0.0, maximum=1.0, step=0.01,
+                                      info="0: the seed's image; 1: the variation seed's noise",
+                                      infotext="Variation seed strength", a1111="subseed_strength", axis=True)
+    seed_resize_from_w: int = declare(0, "Resize seed from width", minimum=0, maximum=16384, step=8, info="0 = off",
+                                      limit="max_width", infotext="Seed resize from-1")
+    seed_resize_from_h: int = declare(0, "Resize seed from height", minimum=0, maximum=16384, step=8,
+                                      limit="max_height", infotext="Seed resize from-2")
     # the model's own VAE, or a name from the catalogue's VAE/ list (pipelines/adapters.py)
     vae: str = declare("Automatic", "VAE", info="Automatic = the model's own; others from the models folder's VAE/",
                        infotext="VAE")
@@ -200,6 +239,33 @@ class Txt2ImgRequest:
             raise RequestError("sampling must be a Sampling object.")
         if self.control is not None and not isinstance(self.control, Control):
             raise RequestError("control must be a Control object.")
+        if self.enable_hr and self.task != "txt2img":
+            raise RequestError("Hires fix is a txt2img option: for an init image, raise the size and use img2img.")
+        if self.hr_upscaler not in HIRES_UPSCALERS and not _is_model_name(self.hr_upscaler):
+            raise RequestError(f"Unknown hires upscaler {self.hr_upscaler[:80]!r}. Choose one of: {', '.join(HIRES_UPSCALERS)}, "
+                               "or a model upscaler of this host by its name.")
+
+    @property
+    def hires_size(self) -> tuple[int, int]:
+        """The hires fix's final (width, height), multiples of 8: base × hr_scale, or the
+        resize target (one side 0: kept in proportion), as A1111."""
+        x, y = self.hr_resize_x, self.hr_resize_y
+        if x == 0 and y == 0:
+            w, h = self.width * self.hr_scale, self.height * self.hr_scale
+        elif y == 0:
+            w, h = x, x * self.height / self.width
+        elif x == 0:
+            w, h = y * self.width / self.height, y
+        else:
+            w, h = x, y
+        return max(8, int(w + 1e-6) // 8 * 8), max(8, int(h + 1e-6) // 8 * 8)  # ε: 96 × (256/96) is 256
+
+    @property
+    def seed_resize(self) -> tuple[int, int] | None:
+        """(width, height) the seed's noise is drawn at, or None when off (either one 0)."""
+        if self.seed_resize_from_w <= 0 or self.seed_resize_from_h <= 0:
+            return None
+        return self.seed_resize_from_w, self.seed_resize_from_h
 
     @property
     def loras(self) -> tuple[LoraTag, ...]:
@@ -218,8 +284,9 @@ class Txt2ImgRequest:
 
     @property
     def is_normalized(self) -> bool:
-        """Sizes are multiples of 8 (the VAE downsamples by 8) and the seed is drawn."""
-        return self.width % 8 == 0 and self.height % 8 == 0 and self.sampling.seed >= 0
+        """Sizes are multiples of 8 (the VAE downsamples by 8) and the seeds are drawn."""
+        return (self.width % 8 == 0 and self.height % 8 == 0 and self.sampling.seed >= 0
+                and (self.subseed >= 0 or self.subseed_strength == 0))
 
 
 @dataclass(frozen=True)
@@ -322,4 +389,24 @@ class Limits:
         if s.seed < 0:
             changes["seed"] = random.randint(0, MAX_SEED)
         sampling = replace(s, **changes) if changes else s
-        return replace(request, sampling=sampling, notes=tuple(notes), **size)
+        own = self._fit_hires(replace(request, **size), notes) if request.enable_hr else {}
+        if request.subseed < 0 and request.subseed_strength > 0:  # drawn only when it acts (no random field otherwise)
+            own["subseed"] = random.randint(0, MAX_SEED)
+        return replace(request, sampling=sampling, notes=tuple(notes), **size, **own)
+
+    def _fit_hires(self, request: Txt2ImgRequest, notes: list[str]) -> dict:
+        """The host's limits apply to the hires fix's final size: shrink the factor (or the
+        resize target) in proportion, and say so."""
+        w, h = request.hires_size
+        if w <= self.max_width and h <= self.max_height:
+            return {}
+        shrink = min(self.max_width / w, self.max_height / h)
+        if request.hr_resize_x == 0 and request.hr_resize_y == 0:
+            scale = min(self.max_width / request.width, self.max_height / request.height)
+            notes.append(f"Hires fix to {w}x{h} is over this host's limit of {self.max_width}x{self.max_height}: "
+                         f"upscale by {scale:.3g} instead of {request.hr_scale:g}.")
+            return {"hr_scale": max(1.0, scale)}
+        x, y = int(request.hr_resize_x * shrink) // 8 * 8, int(request.hr_resize_y * shrink) // 8 * 8
+        notes.append(f"Hires fix to {w}x{h} is over this host's limit of {self.max_width}x{self.max_height}: "
+                     f"resized to {x or 'auto'}x{y or 'auto'} instead.")
+        return {"hr_resize_x": x, "hr_resize_y": y}

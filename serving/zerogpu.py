@@ -25,6 +25,10 @@ def gpu_seconds(request) -> int:
     s = request.sampling
     megapixels = request.width * request.height / 1e6
     steps = s.steps * getattr(request, "repaint_r", 1) * s.batch_count
+    if getattr(request, "enable_hr", False):  # the hires pass, as first-pass steps of equal cost
+        width, height = request.hires_size
+        second = (request.hr_second_pass_steps or s.steps) * request.denoising_strength
+        steps += second * width * height / 1e6 / megapixels * s.batch_count
     cfg = 2 if s.cfg else 1
     units = 1 + len(request.control.units) if getattr(request, "control", None) else 1
     estimate = MIN_SECONDS + SECONDS_PER_STEP_PER_MEGAPIXEL * steps * megapixels * s.batch_size * cfg / 2 * units

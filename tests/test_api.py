@@ -38,8 +38,10 @@ def api_server(tiny_model_dir, tiny_controlnet_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("hub")
     hub_cache(cache, CONTROLNET_ID, tiny_controlnet_dir)
     outputs = tmp_path_factory.mktemp("api-outputs")
+    styles = tmp_path_factory.mktemp("styles") / "styles.csv"
+    styles.write_text('name,prompt,negative_prompt\nCinematic,"{prompt}, film grain",blurry\n')
     server = AppServer(["--model", str(tiny_model_dir), "--outputs-dir", str(outputs), "--max-size", "256",
-                        "--max-batch-size", "4", "--max-upload-megapixels", "0.25", "--max-prompt-chars", "500", "--api", "--api-auth", f"{USER}:{PASSWORD}"],
+                        "--max-batch-size", "4", "--max-upload-megapixels", "0.25", "--max-prompt-chars", "500", "--styles-file", str(styles), "--api", "--api-auth", f"{USER}:{PASSWORD}"],
                        env={"HF_HUB_CACHE": str(cache)}, log_path=tmp_path_factory.mktemp("logs") / "api.log")
     try:
         server.wait_ready()
@@ -258,7 +260,11 @@ def png_claiming(width: int, height: int) -> str:
     ("txt2img", '{"width": 4096, "height": 64}', 422, "limit of 256"),
     ("txt2img", '{"width": 64, "height": 64, "steps": 500}', 422, "steps 500 is over"),
     ("txt2img", '{"width": 64, "height": 64, "override_settings": {"sd_model_checkpoint": "/etc/passwd"}}', 422, "Unknown model"),
-    ("txt2img", '{"width": 64, "height": 64, "enable_hr": true}', 422, "hires fix"),
+    ("img2img", '{"width": 64, "height": 64, "init_images": ["%s"], "enable_hr": true}' % b64(Image.new("RGB", (8, 8))), 422,
+     "Hires fix is a txt2img option"),
+    ("txt2img", '{"width": 64, "height": 64, "enable_hr": true, "hr_prompt": "other"}', 422, "separate hires prompt"),
+    ("txt2img", '{"width": 64, "height": 64, "enable_hr": true, "hr_scale": 8}', 422, "hires width (hr_scale, hr_resize_x) 512 is over"),
+    ("txt2img", '{"width": 64, "height": 64, "styles": ["Nope"]}', 422, "Unknown style"),
     ("txt2img", '{"width": 64, "height": 64, "override_settings": {"sd_vae": "other.vae.pt"}}', 422, "VAE"),
     ("txt2img", '{"width": 64, "height": 64, "alwayson_scripts": {"controlnet": {"args": [{"module": "canny", "model": "/x"}]}}}',
      422, "needs an image"),
@@ -355,6 +361,26 @@ def test_api_flags_and_environment(monkeypatch):
     assert Settings.from_args(["--no-api"]).api is False
     with pytest.raises(ValueError):
         parse_accounts("no-colon")
+
+
+def test_hires_fix_and_variation_seeds_through_the_api(api):
+    data, info = txt2img(api, sampler_name="Euler", enable_hr=True, hr_scale=2, hr_upscaler="Latent (nearest)",
+                         hr_second_pass_steps=3, denoising_strength=0.5, subseed=77, subseed_strength=0.5)
+    assert unb64(data["images"][0]).size == (128, 128)
+    assert info["subseed"] == 77 and info["subseed_strength"] == 0.5 and info["denoising_strength"] == 0.5
+    assert "Hires upscale: 2, Hires steps: 3, Hires upscaler: Latent (nearest)" in info["infotexts"][0]
+    plain, _ = txt2img(api, sampler_name="Euler", seed=77)
+    full, _ = txt2img(api, sampler_name="Euler", subseed=77, subseed_strength=1, seed_resize_from_w=-1)
+    assert np.array_equal(pixels(unb64(plain["images"][0])), pixels(unb64(full["images"][0])))  # the variation seed's image
+    assert {"name": "Latent (nearest)"} in api.get("/sdapi/v1/latent-upscale-modes").json()
+    assert "Lanczos" in [u["name"] for u in api.get("/sdapi/v1/upscalers").json()]
+
+
+def test_prompt_styles_from_the_hosts_styles_file_apply_by_name(api):
+    assert api.get("/sdapi/v1/prompt-styles").json() == [
+        {"name": "Cinematic", "prompt": "{prompt}, film grain", "negative_prompt": "blurry"}]
+    _, info = txt2img(api, steps=2, prompt="a cat", negative_prompt="ugly", styles=["Cinematic"])
+    assert info["prompt"] == "a cat, film grain" and info["negative_prompt"] == "ugly, blurry"
 
 
 def test_clip_skip_from_override_settings_and_options_reaches_the_image(api):

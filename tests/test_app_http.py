@@ -36,7 +36,7 @@ def test_every_tab_has_a_named_api_endpoint(client):
 def test_txt2img_over_http_returns_a_png_with_its_parameters_and_saves_it(client, app_server):
     # outputs: live preview, gallery, notes, infotext (the last-seed state stays server side)
     preview, gallery, notes, infotext = client.predict(*t2i_args(seed=11, batch_size=2), api_name="/txt2img")
-    assert len(gallery) == 2 and "Seed: 11," in infotext
+    assert len(gallery) == 3 and gallery[2]["caption"] == "grid" and "Seed: 11," in infotext  # 2 images + the batch grid
     image = Image.open(gallery[1]["image"])
     assert image.format == "PNG" and image.size == (64, 64)
     params = parse_infotext(read_infotext(image))
@@ -95,7 +95,11 @@ def raw_call(app_server, endpoint: str, body: str) -> str:
     return httpx.get(f"{url}/{event}", timeout=60).text
 
 
-NO_GRID = ', 1, "Automatic", 0, 0, 0, 0, 0, 0, "", 0.8, "Nothing", "", "Nothing", "", true'  # clip skip, the VAE, SDXL's fields, then the X/Y grid's inputs, off (a raw call sends every input)
+# The inputs after width and height, at their defaults (a raw call sends every input): clip
+# skip (1), the hires fix's (off), the variation seed's (none), the VAE, SDXL's size, crop and
+# refiner fields, then the X/Y grid's (off).
+NO_GRID = (', 1, false, "Latent", 2, 0, 0.7, 0, 0, -1, 0, 0, 0, "Automatic", 0, 0, 0, 0, 0, 0, "", 0.8,'
+           ' "Nothing", "", "Nothing", "", true')
 
 
 def test_nan_and_out_of_range_slider_values_from_the_api_get_clear_messages(app_server):

@@ -23,6 +23,9 @@ def test_infotext_round_trips_through_a_png():
     assert fields == {
         "prompt": "a red circle, centred\nsecond line", "negative_prompt": "blurry", "steps": 20, "cfg_scale": 7.5,
         "seed": 4294967295, "strength": 0.35, "width": 128, "height": 96, "scheduler": "DPM++ 2M Karras",
+        # no variation seed and no hires fix in the text: those are sent as off; "Denoising
+        # strength" is both img2img's strength and the hires pass's
+        "subseed_strength": 0.0, "enable_hr": False, "denoising_strength": 0.35,
         "clip_skip": 1,  # absent = 1: A1111 writes Clip skip only when it is not 1
     }
     assert notes == []

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.errors import ModelLoadError
+from pipelines.errors import ModelLoadError, RequestError
 from pipelines.families import SD, SDXL, family_of_single_file, single_file_config
 from pipelines.manager import PipelineManager
 from pipelines.requests import Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling, Txt2ImgRequest
@@ -151,6 +151,20 @@ def test_sdxl_refiner_hand_off(xl, tmp_path):
     assert not np.array_equal(pixels(plain), pixels(refined))
     assert xl._refiner[1].vae is xl._base.vae  # one VAE for both
     assert xl.memory_report()["extra_bytes"] > 0
+
+
+def test_sdxl_hires_fix_makes_the_final_size_with_each_pass_conditioned_on_its_own(xl):
+    result = xl.run(t2i(sampling=Sampling(steps=2, seed=3), enable_hr=True, hr_scale=2, denoising_strength=0.5))
+    assert result.images[0].image.size == (128, 128)
+    assert "Hires upscale: 2" in result.images[0].infotext
+
+
+def test_hires_fix_with_the_sdxl_refiner_is_refused_with_a_sentence(xl, tmp_path):
+    from tiny_sdxl import save_tiny_xl_refiner
+
+    folder = save_tiny_xl_refiner(tmp_path / "xl-refiner")
+    with pytest.raises(RequestError, match="hires fix and the SDXL refiner cannot be used together"):
+        xl.run(t2i(sampling=Sampling(steps=2, seed=3), refiner=str(folder), enable_hr=True))
 
 
 def test_an_sdxl_single_file_loads_with_the_same_weights(xl, xl_dir, tmp_path):

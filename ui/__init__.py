@@ -11,6 +11,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from pipelines.catalog import upscaler_models
+
 from . import controlnet, img2img, inpaint, lab, models, pnginfo, remember, sdxl, send_to, txt2img, uploads
 from .common import GenerationService
 from .errors import StudioBlocks
@@ -26,16 +28,16 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
     uploads.MODELS.catalogue_only = bool(os.environ.get("SPACE_ID")) or not settings.allow_model_change
     store = OutputStore(settings.outputs_dir, settings.save_outputs)
     host = HostLimits(settings.max_prompt_chars, settings.max_grid_megapixels)
-    service = GenerationService(manager, settings.limits, store, host)
+    service = GenerationService(manager, settings.limits, store, host, grid_for_batches=settings.grid_for_batches)
     status_text = " ".join(filter(None, [startup_message or manager.describe(), store.startup_problem()]))
     size = manager.native_size
     with StudioBlocks(title="SD Studio", analytics_enabled=False, delete_cache=settings.delete_cache) as app:
         status = gr.Markdown(status_text, elem_id="status")
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                t2i = txt2img.build(service, size)
+                t2i = txt2img.build(service, size, settings.styles_file, list(upscaler_models(settings.upscaler_dir)))
             with gr.Tab("img2img", id="img2img"):
-                i2i = img2img.build(service, size)
+                i2i = img2img.build(service, size, settings.styles_file)
             with gr.Tab("Inpaint", id="inpaint"):
                 inp = inpaint.build(service, size)
             with gr.Tab("ControlNet", id="controlnet"):

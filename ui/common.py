@@ -15,6 +15,7 @@ from PIL import Image
 from pipelines import catalog
 from pipelines.backend import Backend
 from pipelines.errors import StudioError
+from pipelines.batch_grid import batch_grid
 from pipelines.grid import CELLS_KEY, cells_chunk, grid_infotext
 from pipelines.jobs import StepInfo
 from pipelines.metadata import PNG_KEY
@@ -149,6 +150,13 @@ def sampler_controls(form: Form, native_size: int) -> SamplerControls:
         seed = form.field("seed", scale=4)
         random_seed = gr.Button("Random", elem_id=f"{tab}_random_seed", scale=0, min_width=80, size="sm")
         reuse_seed = gr.Button("Last seed", elem_id=f"{tab}_reuse_seed", scale=0, min_width=80, size="sm")
+    with gr.Accordion("Extra seed options (variation seed)", open=False, elem_id=f"{tab}_seed_extra"):
+        with gr.Row():  # A1111's "Extra": variation seed + strength, resize seed from width/height
+            form.field("subseed")
+            form.field("subseed_strength")
+        with gr.Row():
+            form.field("seed_resize_from_w", elem="seed_resize_w")
+            form.field("seed_resize_from_h", elem="seed_resize_h")
     scheduler.change(lambda name: gr.update(visible=name in ETA_SCHEDULERS), scheduler, eta, queue=False, api_visibility="private")
     cfg.change(lambda on: gr.update(interactive=on), cfg, cfg_scale, queue=False, api_visibility="private")
     random_seed.click(lambda: -1, None, seed, queue=False, api_visibility="private")
@@ -213,8 +221,10 @@ class GenerationService:
     workers: a pipelines.backend.Backend) streams per-step progress and previews back to the
     session that asked."""
 
-    def __init__(self, backend: Backend, limits: Limits, store: OutputStore, host: HostLimits = HostLimits()):
+    def __init__(self, backend: Backend, limits: Limits, store: OutputStore, host: HostLimits = HostLimits(),
+                 grid_for_batches: bool = False):
         self.backend = backend
+        self.grid_for_batches = grid_for_batches
         self.limits = limits
         self.store = store
         self.host = host
@@ -300,15 +310,33 @@ class GenerationService:
         items = [str(p) for p in saved.paths] if saved.paths else [with_infotext(item) for item in result.images]
         gallery = [(item, f"seed {image.seed}") for item, image in zip(items, result.images)]
         worker = f" on {self.worker_label(result.worker)}" if result.worker else ""
-        lines = [f"{len(result.images)} image(s) in {result.seconds:.1f} s{worker}"
-                 + (" — interrupted" if result.interrupted else "")]
-        lines += [f"- {note}" for note in result.notes]
+        # Paragraphs apart: Markdown joins single-newline lines into one (the worker ran into the path).
+        paragraphs = [f"{len(result.images)} image(s) in {result.seconds:.1f} s{worker}"
+                      + (" — interrupted" if result.interrupted else "")]
+        if result.notes:
+            paragraphs.append("\n".join(f"- {note}" for note in result.notes))
         if saved.note:
-            lines.append(saved.note)
+            paragraphs.append(saved.note)
+        if self.grid_for_batches and len(result.images) > 1:
+            grid_item, grid_note = self._batch_grid(result)
+            gallery.append((grid_item, "grid"))
+            paragraphs += [grid_note] if grid_note else []
         infotext = result.images[0].infotext if result.images else ""
         seed = result.images[0].seed if result.images else gr.skip()
         preview = result.images[0].image if result.images else gr.skip()
-        return preview, gallery, "\n".join(lines), infotext, seed
+        return preview, gallery, "\n\n".join(paragraphs), infotext, seed
+
+    def _batch_grid(self, result):
+        """A1111's batch grid: every image of the job in one labelled picture, saved with the
+        first image's infotext (PNG info reads it like any image's). Last in the gallery, so
+        the images keep their places."""
+        grid = batch_grid([image.image for image in result.images], [f"seed {image.seed}" for image in result.images])
+        infotext = result.images[0].infotext
+        saved = self.store.save_grid(result.task, grid, infotext, {})
+        if saved.paths:
+            return str(saved.paths[0]), saved.note
+        grid.info[PNG_KEY] = infotext
+        return grid, saved.note
 
     # ----------------------------------------------------------------- X/Y grids (issue 8)
     def stream_grid(self, build_plan: Callable[[], object], compose: Callable, session: str, progress: gr.Progress):

@@ -12,6 +12,7 @@ from . import xy_grid
 from .common import (GenerationService, PromptBox, ResultPanel, SafeImage, SamplerControls, open_image, prompt_box,
                      result_panel, sampler_controls, vae_field, wire_common)
 from .fields import Form
+from .styles import style_controls
 
 
 @dataclass
@@ -25,11 +26,12 @@ class Img2ImgTab:
     panel: ResultPanel
 
 
-def build(service: GenerationService, native_size: int) -> Img2ImgTab:
+def build(service: GenerationService, native_size: int, styles_file: str = "") -> Img2ImgTab:
     form = Form("img2img", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
             prompts = prompt_box(form, service.count_tokens)
+            style_controls("img2img", prompts, styles_file)
             init_image = form.add("init_image", SafeImage(label="Init image", type="filepath", image_mode=None,
                                                           sources=["upload", "clipboard"], height=320, elem_id="img2img_init"))
             with gr.Row():

@@ -46,6 +46,21 @@ def mask_outline(image: Image.Image, mask: Image.Image) -> Image.Image:
     return Image.fromarray(array)
 
 
+def outline_view(show, editor_value, mask_path, invert_mask, result):
+    """The result with the mask's outline, or hidden. result is what the live-preview image
+    holds: a numpy array (Gradio's default image type), or a PIL image."""
+    if not show or result is None:
+        return gr.update(visible=False)
+    if isinstance(result, np.ndarray):
+        result = Image.fromarray(result.astype(np.uint8))
+    mask = open_image(mask_path, "mask") if mask_path else painted_mask(editor_value)
+    if mask is None:
+        return gr.update(visible=False)
+    if invert_mask:
+        mask = Image.fromarray(255 - np.asarray(mask.convert("L")))
+    return gr.update(value=mask_outline(result, mask), visible=True)
+
+
 def build(service: GenerationService, native_size: int) -> TabParts:
     form = Form("inpaint", service.limits)
     with gr.Row():
@@ -117,18 +132,8 @@ def build(service: GenerationService, native_size: int) -> TabParts:
     event = panel.generate.click(generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), api_name="inpaint",
                                  **service.gpu_event)
 
-    def outline_view(show, editor_value, mask_path, invert_mask, result):
-        if not show or result is None:
-            return gr.update(visible=False)
-        mask = open_image(mask_path, "mask") if mask_path else painted_mask(editor_value)
-        if mask is None:
-            return gr.update(visible=False)
-        if invert_mask:
-            mask = Image.fromarray(255 - np.asarray(mask.convert("L")))
-        return gr.update(value=mask_outline(result, mask), visible=True)
-
     outline_inputs = [show_outline, editor, mask_upload, invert, panel.progress_preview]
-    show_outline.change(outline_view, outline_inputs, outline, api_visibility="private")
+    show_outline.change(outline_view, outline_inputs, outline, api_name="inpaint_outline")
     event.then(outline_view, outline_inputs, outline, api_visibility="private")
 
     def extend_canvas(editor_value, l, r, u, d):

@@ -55,7 +55,9 @@ def catalogue_text(cat: catalog.Catalog) -> str:
 
 
 def build(manager, allow_change: bool, status: gr.Markdown, gpu_event: dict) -> None:
-    info = gr.Markdown(_details(manager), elem_id="models_info")
+    # A callable value is computed on every page load: the text follows what is loaded now
+    # (modes derived, ControlNets cached), not what was loaded when the app started.
+    info = gr.Markdown(lambda: _details(manager), elem_id="models_info")
     source = gr.Dropdown(catalog.names("checkpoint"), value=None, allow_custom_value=True, label="Base model",
                          info="a checkpoint from the catalogue" + (", or a path / Hub id" if allow_change else ""),
                          interactive=allow_change, elem_id="models_source")

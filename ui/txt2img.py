@@ -6,11 +6,12 @@ from dataclasses import dataclass
 import gradio as gr
 
 from pipelines.fields import assemble
-from pipelines.requests import Txt2ImgRequest
+from pipelines.requests import HIRES_UPSCALERS, Txt2ImgRequest
 
 from . import sdxl, xy_grid
 from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, vae_field, wire_common
 from .fields import Form
+from .styles import style_controls
 
 
 @dataclass
@@ -22,13 +23,29 @@ class Txt2ImgTab:
     sdxl: gr.Accordion  # shown only with an SDXL model
 
 
-def build(service: GenerationService, native_size: int) -> Txt2ImgTab:
+def hires_controls(form: Form, model_upscalers: list[str]) -> None:
+    with gr.Accordion("Hires fix", open=False, elem_id="txt2img_hires"):
+        form.field("enable_hr")
+        with gr.Row():
+            form.field("hr_upscaler", component=gr.Dropdown, choices=[*HIRES_UPSCALERS, *model_upscalers])
+            form.field("hr_scale")
+        with gr.Row():
+            form.field("hr_second_pass_steps", elem="hr_steps")
+            form.field("denoising_strength", elem="hr_strength")
+        with gr.Row():
+            form.field("hr_resize_x")
+            form.field("hr_resize_y")
+
+
+def build(service: GenerationService, native_size: int, styles_file: str = "", model_upscalers=()) -> Txt2ImgTab:
     form = Form("txt2img", service.limits)
     with gr.Row():
         with gr.Column(scale=1):
             prompts = prompt_box(form, service.count_tokens)
+            style_controls("txt2img", prompts, styles_file)
             sampler = sampler_controls(form, native_size)
             vae_field(form)
+            hires_controls(form, list(model_upscalers))
             xl = sdxl.sdxl_controls(form, service.backend)
             xy_grid.grid_controls(form, Txt2ImgRequest)
         with gr.Column(scale=1):
