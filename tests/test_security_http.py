@@ -291,7 +291,7 @@ def test_a_read_only_outputs_folder_still_returns_the_images_with_a_note(unwrita
     status = next(c for c in client.config["components"] if c.get("props", {}).get("elem_id") == "status")
     assert "Images will not be saved: the outputs folder is not writable" in status["props"]["value"]
     _, gallery, notes, infotext = client.predict(**t2i(steps=2, batch_size=2), api_name="/txt2img")
-    assert len(gallery) == 2 and "Seed: 5" in infotext
+    assert len(gallery) == 2 + 1 and "Seed: 5" in infotext  # both images, then the batch's grid
     assert "Not saved: the outputs folder is not writable" in notes and "/sys/" not in notes
     assert Image.open(gallery[0]["image"]).size == (64, 64)
     assert unwritable_host.output().count("outputs folder /sys/kernel/sd-studio-outputs") == 1  # reported once
