@@ -63,7 +63,7 @@ def local_devices(settings: Settings) -> list[str | None]:
 def create_backend(settings: Settings):
     """(backend, message): the manager(s) or workers that generate, with the start-up model
     loaded; message says plainly what is missing when no model could be loaded."""
-    from pipelines.errors import ModelLoadError
+    from pipelines.core.errors import ModelLoadError
     from serving.zerogpu import ZeroGPUBackend, on_zerogpu
 
     source = settings.model_source
@@ -101,8 +101,8 @@ def create_backend(settings: Settings):
         except ModelLoadError as error:
             message = f"**Model not loaded.** {error}"
         if not message and settings.warmup and not on_zerogpu():
-            from pipelines.errors import RequestError
-            from pipelines.warmup import parse_sizes, warm_up
+            from pipelines.core.errors import RequestError
+            from pipelines.core.warmup import parse_sizes, warm_up
 
             try:
                 for manager in getattr(backend, "managers", [backend]):
@@ -116,7 +116,7 @@ def create_backend(settings: Settings):
 
 def create_app(settings: Settings):
     """The backend with its initial model, and the Gradio app around it."""
-    from pipelines import catalog
+    from pipelines.core import catalog
     from ui import build_app
 
     from serving.fair import FairGate

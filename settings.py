@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from pipelines.requests import Limits
+from pipelines.core.requests import Limits
 
 ROOT = Path(__file__).resolve().parent
 DEMO_MODEL = ROOT / "assets" / "models" / "demo"

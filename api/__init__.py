@@ -1,7 +1,7 @@
 """AUTOMATIC1111-compatible REST API (`/sdapi/v1/…`, the ControlNet extension's routes),
 served by the Gradio app's own server and port when enabled (--api / SD_STUDIO_API).
 
-Like ui/, it only turns JSON into the request objects of pipelines/requests.py and results
+Like ui/, it only turns JSON into the request objects of pipelines/core/requests.py and results
 back into JSON; it never imports torch. Jobs share the browser tabs' backend through one
 first-come-first-served line (serving/fair.py)."""
 from __future__ import annotations

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from pipelines.preprocess_extra import PREPROCESSORS, available_preprocessors
-from pipelines.requests import MAX_CONTROL_UNITS, RESIZE_MODES, Control, ControlUnit
+from pipelines.core.requests import MAX_CONTROL_UNITS, RESIZE_MODES, Control, ControlUnit
 
 from .errors import ApiError
 from .images import decode_image

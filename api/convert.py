@@ -6,10 +6,10 @@ import json
 import time
 from dataclasses import dataclass, fields as dataclass_fields
 
-from pipelines.errors import RequestError
-from pipelines.infotext import VERSION
-from pipelines.metadata import parse_infotext
-from pipelines.requests import Img2ImgRequest, InpaintRequest, Sampling, Txt2ImgRequest
+from pipelines.core.errors import RequestError
+from pipelines.core.infotext import VERSION
+from pipelines.core.metadata import parse_infotext
+from pipelines.core.requests import Img2ImgRequest, InpaintRequest, Sampling, Txt2ImgRequest
 
 from . import controlnet
 from .errors import ApiError
@@ -123,7 +123,7 @@ def _catalogue_entry(name, key: str, listing: str) -> str:
     """Only models of this server's catalogue, by name: a client never names a server path."""
     from pathlib import Path
 
-    from pipelines import catalog
+    from pipelines.core import catalog
 
     sources = getattr(catalog, listing)()
     match = next((s for s in sources if isinstance(name, str) and name.strip() in (Path(s).name, s)

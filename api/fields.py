@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from pipelines.requests import MASKED_CONTENT, RESIZE_MODES
-from pipelines.schedulers import SCHEDULER_NAMES
+from pipelines.core.requests import MASKED_CONTENT, RESIZE_MODES
+from pipelines.core.schedulers import SCHEDULER_NAMES
 
 from .errors import ApiError
 

@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
 
-from pipelines.errors import StudioError
+from pipelines.core.errors import StudioError
 
 from .errors import ApiError
 

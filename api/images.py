@@ -9,7 +9,7 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.metadata import png_bytes
+from pipelines.core.metadata import png_bytes
 
 from .errors import ApiError
 

@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pipelines.jobs import GenerationResult, Job, StepInfo
+from pipelines.core.jobs import GenerationResult, Job, StepInfo
 
 from .errors import ApiError
 

@@ -8,12 +8,12 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
-from pipelines import catalog
-from pipelines import styles as style_lib
-from pipelines.errors import ModelLoadError, RequestError
-from pipelines.infotext import model_name
-from pipelines.metadata import parse_infotext, read_infotext
-from pipelines.requests import LATENT_UPSCALERS, PIXEL_UPSCALERS, Limits, Sampling, Txt2ImgRequest
+from pipelines.core import catalog
+from pipelines.core import styles as style_lib
+from pipelines.core.errors import ModelLoadError, RequestError
+from pipelines.core.infotext import model_name
+from pipelines.core.metadata import parse_infotext, read_infotext
+from pipelines.core.requests import LATENT_UPSCALERS, PIXEL_UPSCALERS, Limits, Sampling, Txt2ImgRequest
 
 from . import controlnet
 from .convert import apply_options, convert, info, parameters_echo

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline  # noqa: E402
 
 from pipelines.manager import PipelineManager  # noqa: E402
-from pipelines.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
+from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -96,7 +96,7 @@ def main() -> None:
 
 def extra_models(model: str, manager) -> tuple[str, str]:
     """A 9-channel UNet and a ControlNet for the model: the demo family's, or tiny ones."""
-    from pipelines import catalog
+    from pipelines.core import catalog
 
     if Path(model).resolve().parent == catalog.ASSET_MODELS:
         return catalog.inpaint_models()[0], catalog.default_controlnet("canny")

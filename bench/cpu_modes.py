@@ -20,10 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from pipelines import catalog  # noqa: E402
+from pipelines.core import catalog  # noqa: E402
 from pipelines.manager import PipelineManager  # noqa: E402
 from pipelines.pose import preset_pose  # noqa: E402
-from pipelines.requests import (Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling,  # noqa: E402
+from pipelines.core.requests import (Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling,  # noqa: E402
                                 Txt2ImgRequest)
 
 

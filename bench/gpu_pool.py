@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from gpu_speed import PROMPT, build_random_sd15  # noqa: E402
 from pipelines.fast_path import FastPath  # noqa: E402
 from pipelines.manager import PipelineManager  # noqa: E402
-from pipelines.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
+from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
 from serving.pool import ManagerPool  # noqa: E402
 
 

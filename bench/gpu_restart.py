@@ -29,8 +29,8 @@ def main() -> None:
     import torch
 
     from pipelines.manager import PipelineManager
-    from pipelines.requests import Limits, Sampling, Txt2ImgRequest
-    from pipelines.warmup import parse_sizes, warm_up
+    from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest
+    from pipelines.core.warmup import parse_sizes, warm_up
 
     manager = PipelineManager(device="cuda", dtype="fp16")
     manager.load_base(str(Path(args.folder) / "sd15"))

@@ -107,7 +107,7 @@ def bench_recipe(folder, args, card, baseline, reference):
 @section("sdxl ours")
 def bench_ours(folder, args, card, baseline, reference):
     from pipelines.manager import PipelineManager
-    from pipelines.requests import (Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling,
+    from pipelines.core.requests import (Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling,
                                     Txt2ImgRequest)
 
     torch.cuda.reset_peak_memory_stats()

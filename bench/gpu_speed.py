@@ -140,7 +140,7 @@ def bench_recipe(folder, args, card, reference):
 
 
 def mode_requests(folder, args, init):
-    from pipelines.requests import Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling, Txt2ImgRequest
+    from pipelines.core.requests import Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling, Txt2ImgRequest
 
     size, s = args.size, Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=3)
     mask = Image.new("L", (size, size), 0)
@@ -185,7 +185,7 @@ def bench_eager_modes(folder, args, card, requests):
 def bench_fast(folder, args, card, requests, eager, reference):
     from pipelines.fast_path import FastPath
     from pipelines.manager import PipelineManager
-    from pipelines.requests import Limits, Sampling, Txt2ImgRequest
+    from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest
 
     manager = PipelineManager(device="cuda", dtype="fp16", fast_path=FastPath(compile=args.compile))
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import torch  # noqa: E402
 
 from pipelines.manager import PipelineManager  # noqa: E402
-from pipelines.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
+from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
 
 
 def seconds(manager, request, repeats: int) -> float:

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from pipelines.masks import outpaint_canvas, seam_metric  # noqa: E402
-from pipelines.requests import InpaintRequest, Limits, Sampling  # noqa: E402
+from pipelines.core.requests import InpaintRequest, Limits, Sampling  # noqa: E402
 
 
 def scene(size: int) -> Image.Image:

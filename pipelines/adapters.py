@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from . import catalog
-from .errors import ModelLoadError, RequestError
-from .hashes import lora_hash, model_hash
+from .core import catalog
+from .core.errors import ModelLoadError, RequestError
+from .core.hashes import lora_hash, model_hash
 
 log = logging.getLogger(__name__)
 

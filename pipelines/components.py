@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from .errors import ModelLoadError
+from .core.errors import ModelLoadError
 from .loading import ModelSource, load_module, resolve_source
 
 CONTROLNET_WHAT_TO_PASS = "Pass a ControlNet folder (containing config.json), a single .safetensors file, or a Hub id."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from .requests import ControlUnit
+from .core.requests import ControlUnit
 
 
 def control_maps(units: tuple[ControlUnit, ...], width: int, height: int) -> tuple[list[Image.Image], list[str]]:

@@ -14,7 +14,7 @@ inpainting.py) and the training stages (training/):
 
 ᾱ may be a Python float (RePaint: exact float64 scalars) or a tensor, scalar or one value per
 sample; tensors are shaped to broadcast over the batch and cast to its dtype. Generation's own
-samplers are diffusers' schedulers (pipelines/schedulers.py); Schedule below is the float64
+samplers are diffusers' schedulers (pipelines/core/schedulers.py); Schedule below is the float64
 reference the tests hold them (and these functions) to, and what the lab plots.
 
 Index convention: diffusers' timestep index t = 0 … T−1 is the paper's step t+1 = 1 … T, so

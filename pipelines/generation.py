@@ -15,12 +15,12 @@ from PIL import Image
 
 from .diffusion_math import vae_decode
 from .families import vae_precision
-from .jobs import GeneratedImage, GenerationResult, Job, StepInfo
+from .core.jobs import GeneratedImage, GenerationResult, Job, StepInfo
 from .noise import NoiseSpec, sampler_noise
 from .preview import DenoisedTap, latent_to_image
 from .prompt_encoding import effective_clip_skip, encode_prompts, tokenize
-from .prompt_syntax import parse_prompt
-from .schedulers import build_scheduler
+from .core.prompt_syntax import parse_prompt
+from .core.schedulers import build_scheduler
 
 Sampler = Callable[[list[int], Callable], torch.Tensor]
 

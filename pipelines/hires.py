@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .generation import Sampler, decode, diffusers_sampler
-from .requests import LATENT_UPSCALERS
+from .core.requests import LATENT_UPSCALERS
 
 # A1111's latent upscale modes: (torch interpolation mode, antialias)
 LATENT_MODES = {

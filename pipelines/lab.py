@@ -28,14 +28,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from .diffusion_math import Schedule, cfg_combine, make_betas, q_sample, vae_decode, vae_encode, x0_from_eps
-from .errors import RequestError, StudioError
+from .core.errors import RequestError, StudioError
 from .families import text_conditioning
-from .grid import compose_grid
-from .images import fit
-from .jobs import Job, StepInfo
-from .lab_requests import LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
+from .core.grid import compose_grid
+from .core.images import fit
+from .core.jobs import Job, StepInfo
+from .core.lab_requests import LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
 from .prompt_encoding import encode_prompts
-from .schedulers import build_scheduler
+from .core.schedulers import build_scheduler
 
 # The two β schedules the seed compares: DDPM's linear betas (pixels) and LDM/SD's scaled-linear.
 DDPM_LINEAR = dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, num_train_timesteps=1000)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
-from .errors import ModelLoadError
+from .core.errors import ModelLoadError
 from .families import Family, family_of_folder, family_of_single_file, is_refiner_file, single_file_config as config_for
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")

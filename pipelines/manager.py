@@ -22,28 +22,29 @@ import torch
 from diffusers import DiffusionPipeline, MultiControlNetModel
 from PIL import Image
 
-from . import catalog, quiet_logs
+from . import quiet_logs
+from .core import catalog
 from .adapters import Adapters
 from .components import ControlNetCache, load_inpaint_unet
 from .control import control_maps
-from .errors import GenerationError, RequestError
+from .core.errors import GenerationError, RequestError
 from .families import SD, Family, family_of_pipeline, single_file_config as config_for
 from .families import call_kwargs as call_kwargs_of
 from .fast_path import FastPath, FastPathRuntime, FifoLock, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
-from .images import fit
+from .core.images import fit
 from .hires import hires_sampler
-from .infotext import model_name, request_infotext
+from .core.infotext import model_name, request_infotext
 from .inpainting import repaint_sampler
-from .jobs import GeneratedImage, GenerationResult, Job, StepInfo, stream_run
-from .lab_requests import LabRequest
+from .core.jobs import GeneratedImage, GenerationResult, Job, StepInfo, stream_run
+from .core.lab_requests import LabRequest
 from .loading import ModelSource, load_pipeline, resolve_source
 from .masks import prepare_inpaint
 from .preview import fit_latent_to_rgb
-from .catalog import upscaler_models
+from .core.catalog import upscaler_models
 from .prompt_encoding import count_tokens
 from .refiner import load_refiner, refined_sampler
-from .requests import FIELDS, HIRES_UPSCALERS, SDXL_SIZE_FIELDS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
+from .core.requests import FIELDS, HIRES_UPSCALERS, SDXL_SIZE_FIELDS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from .upscalers import UpscalerCache, upscale_with_model
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def _weight_storages(modules) -> dict[int, int]:
 
 
 class PipelineManager:
-    """Implements pipelines.backend.Backend on one device."""
+    """Implements pipelines.core.backend.Backend on one device."""
 
     concurrency = 1  # one job at a time on this device
     model: ModelInfo | None = None  # the loaded base model

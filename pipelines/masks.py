@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from .errors import RequestError
-from .images import fit, to_rgb
-from .requests import INPAINT_AREAS, MASKED_CONTENT  # pixel side: of the contents only "fill" acts here
+from .core.errors import RequestError
+from .core.images import fit, to_rgb
+from .core.requests import INPAINT_AREAS, MASKED_CONTENT  # pixel side: of the contents only "fill" acts here
 OUTPAINT_FILLS = ("fill", "stretch")
 THRESHOLD = 128  # a mask pixel ≥ this (after alpha) is inpainted
 EMPTY_MASK = "The mask is empty: paint over the area to inpaint (white = inpaint), or upload a mask image."

@@ -35,7 +35,7 @@ from typing import Mapping, Optional, Union
 import numpy as np
 from PIL import Image
 
-from pipelines.errors import ModelLoadError
+from pipelines.core.errors import ModelLoadError
 from pipelines.preprocess import JOINT_INDEX, OPENPOSE_JOINTS, draw_openpose, to_rgb_array
 
 N_JOINTS = len(OPENPOSE_JOINTS)  # 18
@@ -186,7 +186,7 @@ def empty_pose(width: int, height: int, message: str = "", detector: str = "") -
 
 def _as_rgb(image) -> np.ndarray:
     if isinstance(image, Image.Image):
-        from pipelines.images import to_rgb  # EXIF rotation, alpha flattened onto white
+        from pipelines.core.images import to_rgb  # EXIF rotation, alpha flattened onto white
 
         image = to_rgb(image)
     return to_rgb_array(image)

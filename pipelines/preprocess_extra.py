@@ -7,7 +7,7 @@
 Names: "none", "canny", "pose (mediapipe)", "pose (openpose)" (only listed by
 available_preprocessors() when its weights are on disk), "lineart standard", "shuffle".
 
-control_map() first fits the input to the generation size (pipelines.images.fit, the same
+control_map() first fits the input to the generation size (pipelines.core.images.fit, the same
 resize modes as img2img) and runs the preprocessor there, so edges stay one pixel wide and
 pose keypoints come out in generation pixels, ready for the pose editor.
 
@@ -30,12 +30,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipelines.errors import RequestError
-from pipelines.fields import Field
-from pipelines.images import fit, to_rgb
+from pipelines.core.errors import RequestError
+from pipelines.core.fields import Field
+from pipelines.core.images import fit, to_rgb
 from pipelines.pose import PoseResult, detect_pose_mediapipe, detect_pose_openpose, openpose_available
 from pipelines.preprocess import canny, to_rgb_array
-from pipelines.requests import RESIZE_MODES
+from pipelines.core.requests import RESIZE_MODES
 
 
 def _rgb(image) -> np.ndarray:
@@ -98,7 +98,7 @@ def content_shuffle(image, f: int = 256, seed: int = 0) -> Image.Image:
 # ---------------------------------------------------------------------------------------------
 
 def Param(default: float, minimum: float, maximum: float, step: float, label: str) -> Field:
-    """One preprocessor parameter, declared as a request field is (pipelines/fields.py): the
+    """One preprocessor parameter, declared as a request field is (pipelines/core/fields.py): the
     ControlNet units build their sliders from it."""
     return Field("", type(default), default, label, minimum=minimum, maximum=maximum, step=step)
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .prompt_syntax import ParsedPrompt, parse_prompt
-from .prompt_tokens import CHUNK, TokenizedPrompt, tokenize_prompt
+from .core.prompt_syntax import ParsedPrompt, parse_prompt
+from .core.prompt_tokens import CHUNK, TokenizedPrompt, tokenize_prompt
 
 CHUNK_TOKENS = CHUNK + 2  # 77: BOS + 75 + EOS
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 
-from .errors import ModelLoadError
+from .core.errors import ModelLoadError
 from .loading import ModelSource, _with_variant, explain, resolve_source
 from .preview import DenoisedTap
-from .schedulers import build_scheduler
+from .core.schedulers import build_scheduler
 
 REFINER_WHAT_TO_PASS = ("Pass an SDXL refiner as a diffusers folder (containing model_index.json) or a Hub id "
                         "such as stabilityai/stable-diffusion-xl-refiner-1.0.")

@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from .diffusion_math import cfg_combine, ddim_sigma, ddim_step, prediction_to_eps_x0, q_sample
-from .requests import MASKED_CONTENT
+from .core.requests import MASKED_CONTENT
 
 CLEAN = -1  # the "timestep" of the clean end of the chain, ᾱ = 1
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import GenerationError, ModelLoadError
+from .core.errors import GenerationError, ModelLoadError
 
 MAX_PASSES = 4  # a ×2 model reaches ×16: more would only be a mistake in the request
 

@@ -10,7 +10,7 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 
-from pipelines.jobs import GenerationResult, Job, StepInfo, stream_run
+from pipelines.core.jobs import GenerationResult, Job, StepInfo, stream_run
 
 
 class FairGate:
@@ -80,7 +80,7 @@ class FairGate:
         with self.turn():
             return self.backend.load_base(source)
 
-    # The rest of the Backend protocol (pipelines/backend.py), passed through as it is.
+    # The rest of the Backend protocol (pipelines/core/backend.py), passed through as it is.
     @property
     def concurrency(self) -> int:
         return self.slots

@@ -7,11 +7,11 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
-from pipelines.jobs import GenerationResult, Job, stream_run
+from pipelines.core.jobs import GenerationResult, Job, stream_run
 
 
 class ManagerPool:
-    """Implements pipelines.backend.Backend over several PipelineManagers."""
+    """Implements pipelines.core.backend.Backend over several PipelineManagers."""
 
     def __init__(self, managers: list):
         if not managers:

@@ -21,8 +21,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray must not phone home
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from pipelines.errors import ModelLoadError  # noqa: E402
-from pipelines.jobs import GenerationResult, Job, result_of  # noqa: E402
+from pipelines.core.errors import ModelLoadError  # noqa: E402
+from pipelines.core.jobs import GenerationResult, Job, result_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS_ACTOR = "sd-studio-cancelled-jobs"
@@ -93,7 +93,7 @@ class GenerationWorker:
 
 
 class RayBackend:
-    """The front end's side of Ray Serve: implements pipelines.backend.Backend; every request
+    """The front end's side of Ray Serve: implements pipelines.core.backend.Backend; every request
     (generation or Diffusion lab) runs on a replica."""
 
     def __init__(self, model: str, manager_kwargs: dict, address: str | None = None, replicas: int = 1,

@@ -18,7 +18,7 @@ def on_zerogpu() -> bool:
 
 def gpu_seconds(request) -> int:
     """How long to book the GPU for one request (ZeroGPU kills calls that overrun)."""
-    from pipelines.lab_requests import LabRequest
+    from pipelines.core.lab_requests import LabRequest
 
     if isinstance(request, LabRequest):
         return LAB_SECONDS
@@ -37,7 +37,7 @@ def gpu_seconds(request) -> int:
 
 class ZeroGPUBackend:
     """Wraps a backend so that each request's stream runs inside `spaces.GPU`; implements
-    pipelines.backend.Backend by handing every other member to the wrapped backend."""
+    pipelines.core.backend.Backend by handing every other member to the wrapped backend."""
 
     def __init__(self, backend):
         import spaces  # the `spaces` package; its decorator is a no-op outside Spaces
@@ -49,16 +49,16 @@ class ZeroGPUBackend:
         yield from self.backend.stream(request, job)
 
     def stream(self, request, job=None):
-        from pipelines.jobs import Job
+        from pipelines.core.jobs import Job
 
-        from pipelines.lab_requests import LabRequest
+        from pipelines.core.lab_requests import LabRequest
 
         if isinstance(request, LabRequest) and not request.needs_device:  # the lab's schedules: config only
             return self.backend.stream(request, job or Job())
         return self._gpu_stream(request, job or Job())
 
     def run(self, request, on_step=None, job=None):
-        from pipelines.jobs import result_of
+        from pipelines.core.jobs import result_of
 
         return result_of(self.stream(request, job), on_step)
 

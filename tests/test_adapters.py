@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import catalog
-from pipelines.errors import RequestError, StudioError
-from pipelines.metadata import infotext_to_fields, parse_infotext
-from pipelines.requests import Sampling, Txt2ImgRequest
-from pipelines.schedulers import SCHEDULER_NAMES
+from pipelines.core import catalog
+from pipelines.core.errors import RequestError, StudioError
+from pipelines.core.metadata import infotext_to_fields, parse_infotext
+from pipelines.core.requests import Sampling, Txt2ImgRequest
+from pipelines.core.schedulers import SCHEDULER_NAMES
 from tiny_adapters import (save_diffusers_lora, save_embedding, save_kohya_lora, save_vae_file, save_vae_folder)
 
 

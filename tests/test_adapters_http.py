@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines.metadata import parse_infotext, read_infotext
+from pipelines.core.metadata import parse_infotext, read_infotext
 from tiny_adapters import save_vae_folder
 from training import adapters as demo, data, models
 

@@ -10,7 +10,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from pipelines.metadata import parse_infotext, read_infotext
+from pipelines.core.metadata import parse_infotext, read_infotext
 
 
 def t2i_args(prompt="a red circle", steps=6, seed=5, width=64, height=64, cfg=True, batch_size=1, batch_count=1, scheduler="Euler a"):

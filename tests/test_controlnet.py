@@ -6,9 +6,9 @@ import pytest
 from diffusers import ControlNetModel
 from PIL import Image
 
-from pipelines.errors import ModelLoadError, RequestError
+from pipelines.core.errors import ModelLoadError, RequestError
 from pipelines.manager import PipelineManager
-from pipelines.requests import Control, ControlUnit, Img2ImgRequest, Limits, Sampling, Txt2ImgRequest
+from pipelines.core.requests import Control, ControlUnit, Img2ImgRequest, Limits, Sampling, Txt2ImgRequest
 from tiny_sd import save_tiny_controlnet
 
 SIZE = 64

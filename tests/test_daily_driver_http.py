@@ -8,7 +8,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from pipelines.metadata import parse_infotext, read_infotext
+from pipelines.core.metadata import parse_infotext, read_infotext
 
 def t2i(prompt="a red circle", steps=4, seed=5, width=64, height=64, batch_size=1, scheduler="Euler",
         subseed=-1, subseed_strength=0.0, resize_from=(0, 0), hires=None) -> dict:

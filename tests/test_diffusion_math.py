@@ -350,7 +350,7 @@ def test_scaled_linear_keeps_more_signal_than_linear():
 
 @pytest.mark.parametrize("name", ["DDIM", "DDPM"])
 def test_app_schedulers_do_not_clip_latents(name):
-    from pipelines.schedulers import build_scheduler
+    from pipelines.core.schedulers import build_scheduler
 
     sched = build_scheduler(name, PNDMScheduler(**SD_SCHEDULER_CONFIG).config)
     sched.set_timesteps(50)
@@ -426,9 +426,9 @@ def test_repaints_update_is_ddim_step_of_the_cfg_combination_bit_for_bit(tiny_un
 
 def test_lab_forward_process_is_q_sample_of_the_vae_encode_bit_for_bit(manager):
     """The lab's latent x_t (run as the UI runs it) is q_sample(vae_encode(image), ᾱ_t, ε) with ε from its seed."""
-    from pipelines.images import fit
+    from pipelines.core.images import fit
     from pipelines.lab import demo_image, to_tensor
-    from pipelines.lab_requests import LabForwardRequest
+    from pipelines.core.lab_requests import LabForwardRequest
 
     view = manager.run(LabForwardRequest(None, 300, 5))
     vae = manager.pipeline("txt2img").vae

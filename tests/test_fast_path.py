@@ -10,8 +10,8 @@ from PIL import Image
 
 from pipelines.fast_path import FastPath
 from pipelines.manager import PipelineManager
-from pipelines.requests import Control, ControlUnit, InpaintRequest, Limits, Sampling, Txt2ImgRequest
-from pipelines.warmup import parse_sizes, warm_up
+from pipelines.core.requests import Control, ControlUnit, InpaintRequest, Limits, Sampling, Txt2ImgRequest
+from pipelines.core.warmup import parse_sizes, warm_up
 
 SIZE = 64
 

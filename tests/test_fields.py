@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pipelines.errors import RequestError
-from pipelines.fields import a1111_fields, assemble
-from pipelines.requests import FIELDS, Img2ImgRequest, Txt2ImgRequest
+from pipelines.core.errors import RequestError
+from pipelines.core.fields import a1111_fields, assemble
+from pipelines.core.requests import FIELDS, Img2ImgRequest, Txt2ImgRequest
 
 
 @pytest.mark.parametrize("name", [n for n, f in FIELDS.items() if f.kind is not object])

@@ -9,9 +9,9 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
+from pipelines.core.metadata import infotext_to_fields, parse_infotext, read_infotext
 from pipelines.preprocess_extra import PREPROCESSORS
-from pipelines.requests import FIELDS
+from pipelines.core.requests import FIELDS
 
 SAMPLING = dict(prompt="a red circle", negative_prompt="blurry", scheduler="DDIM", steps=4, cfg=False, cfg_scale=4.5,
                 eta=0.35, seed=1234, batch_size=2, batch_count=3, width=80, height=72, clip_skip=2)

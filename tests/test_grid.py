@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.errors import RequestError
-from pipelines.grid import (AXES, MAX_GRID_CELLS, axis_values, compose_grid, grid_image, grid_infotext, parse_values,
+from pipelines.core.errors import RequestError
+from pipelines.core.grid import (AXES, MAX_GRID_CELLS, axis_values, compose_grid, grid_image, grid_infotext, parse_values,
                             plan_grid)
-from pipelines.metadata import parse_infotext
-from pipelines.requests import Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling, Txt2ImgRequest
+from pipelines.core.metadata import parse_infotext
+from pipelines.core.requests import Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling, Txt2ImgRequest
 
 
 # ----------------------------------------------------------------- syntax

@@ -11,8 +11,8 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from pipelines.grid import CELLS_KEY
-from pipelines.metadata import parse_infotext, read_infotext
+from pipelines.core.grid import CELLS_KEY
+from pipelines.core.metadata import parse_infotext, read_infotext
 from test_app_http import cn_args, control_image, t2i_args, wait_until_running  # noqa: F401 — control_image: fixture
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.jobs import Job
-from pipelines.metadata import infotext_to_fields, parse_infotext
+from pipelines.core.jobs import Job
+from pipelines.core.metadata import infotext_to_fields, parse_infotext
 from pipelines.noise import NoiseSpec, paste_centred, slerp
-from pipelines.errors import RequestError
-from pipelines.requests import (Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling,
+from pipelines.core.errors import RequestError
+from pipelines.core.requests import (Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling,
                                 Txt2ImgRequest)
-from pipelines.schedulers import SCHEDULER_NAMES
+from pipelines.core.schedulers import SCHEDULER_NAMES
 from tiny_sd import save_tiny_inpaint_unet
 
 SIZE = 64
@@ -217,7 +217,7 @@ def upscaler_dir(tmp_path_factory):
 
 
 def test_a_model_upscaler_on_disk_is_offered_and_used_by_name(tiny_model_dir, upscaler_dir):
-    from pipelines.catalog import upscaler_models
+    from pipelines.core.catalog import upscaler_models
     from pipelines.manager import PipelineManager
 
     assert list(upscaler_models(upscaler_dir)) == ["tiny-esrgan-x2"] and upscaler_models("/no/such/dir") == {}
@@ -245,7 +245,7 @@ def test_png_info_turns_hires_and_variation_keys_back_into_fields(manager):
 
 
 def test_xy_grid_varies_variation_strength_and_the_hires_pass(manager):
-    from pipelines.grid import axis_values, plan_grid
+    from pipelines.core.grid import axis_values, plan_grid
 
     plan = plan_grid(hires(sampling={"subseed": 9}), axis_values("Variation strength", "0, 1"), axis_values("Hires steps", "2, 4"))
     assert [(c.subseed_strength, c.hr_second_pass_steps) for c in plan.cells] == [(0, 2), (1, 2), (0, 4), (1, 4)]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.errors import ModelLoadError, RequestError
-from pipelines.jobs import Job
+from pipelines.core.errors import ModelLoadError, RequestError
+from pipelines.core.jobs import Job
 from pipelines.manager import PipelineManager
-from pipelines.requests import Control, ControlUnit, InpaintRequest, Limits, Sampling
+from pipelines.core.requests import Control, ControlUnit, InpaintRequest, Limits, Sampling
 from tiny_sd import save_tiny_inpaint_unet
 
 SIZE = 64

@@ -10,13 +10,13 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from pipelines.errors import GenerationError, RequestError
-from pipelines.images import fit
-from pipelines.jobs import Job, StepInfo
+from pipelines.core.errors import GenerationError, RequestError
+from pipelines.core.images import fit
+from pipelines.core.jobs import Job, StepInfo
 from pipelines.lab import DDPM_LINEAR, SD_SCALED_LINEAR, LabInterrupted, demo_image, to_image, to_tensor
-from pipelines.lab_requests import LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
+from pipelines.core.lab_requests import LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
 from pipelines.manager import PipelineManager
-from pipelines.requests import Limits, Sampling, Txt2ImgRequest
+from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest
 from ui.lab_plots import schedule_figure
 
 SIZE = 64  # the tiny model's native size

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.errors import GenerationError, ModelLoadError, RequestError
-from pipelines.jobs import Job
+from pipelines.core.errors import GenerationError, ModelLoadError, RequestError
+from pipelines.core.jobs import Job
 from pipelines.manager import PipelineManager
-from pipelines.requests import Img2ImgRequest, Limits, Sampling, Txt2ImgRequest
-from pipelines.schedulers import SCHEDULER_NAMES
+from pipelines.core.requests import Img2ImgRequest, Limits, Sampling, Txt2ImgRequest
+from pipelines.core.schedulers import SCHEDULER_NAMES
 
 SIZE = 64
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.errors import RequestError
+from pipelines.core.errors import RequestError
 from pipelines.masks import (crop_box, feather, fill_masked, latent_mask, mask_bbox, outpaint_canvas, paste_back,
                              prepare_inpaint, seam_metric, to_mask)
 

@@ -3,8 +3,8 @@ from io import BytesIO
 
 from PIL import Image
 
-from pipelines.metadata import build_infotext, infotext_to_fields, parse_infotext, png_bytes, read_infotext
-from pipelines.schedulers import SCHEDULER_NAMES
+from pipelines.core.metadata import build_infotext, infotext_to_fields, parse_infotext, png_bytes, read_infotext
+from pipelines.core.schedulers import SCHEDULER_NAMES
 
 
 def test_infotext_round_trips_through_a_png():

@@ -16,7 +16,7 @@ import skimage.data
 from PIL import Image
 
 from pipelines import pose as P
-from pipelines.errors import ModelLoadError
+from pipelines.core.errors import ModelLoadError
 from pipelines.preprocess import JOINT_INDEX, OPENPOSE_COLOURS, OPENPOSE_JOINTS, draw_openpose_array
 
 # --- network audit: every socket lookup/connection attempted by this thread while recording ---

@@ -9,8 +9,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from pipelines.errors import ModelLoadError, RequestError
-from pipelines.images import fit
+from pipelines.core.errors import ModelLoadError, RequestError
+from pipelines.core.images import fit
 from pipelines.preprocess import canny, canny_edges
 from pipelines.preprocess_extra import (
     PREPROCESSORS, RESIZE_MODES, ControlMap, available_preprocessors, content_shuffle, control_map,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipelines.prompt_encoding import count_tokens, encode_prompts, tokenize
-from pipelines.prompt_syntax import parse_prompt
-from pipelines.prompt_tokens import CHUNK
+from pipelines.core.prompt_syntax import parse_prompt
+from pipelines.core.prompt_tokens import CHUNK
 from tiny_sd import tiny_pipeline
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.prompt_syntax import BREAK, LoraTag, parse_attention, parse_prompt
+from pipelines.core.prompt_syntax import BREAK, LoraTag, parse_attention, parse_prompt
 
 B = ("BREAK", -1.0)
 

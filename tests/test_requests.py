@@ -4,8 +4,8 @@ import math
 import pytest
 from PIL import Image
 
-from pipelines.errors import RequestError
-from pipelines.requests import Img2ImgRequest, Limits, Sampling, Txt2ImgRequest
+from pipelines.core.errors import RequestError
+from pipelines.core.requests import Img2ImgRequest, Limits, Sampling, Txt2ImgRequest
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.errors import ModelLoadError, RequestError
+from pipelines.core.errors import ModelLoadError, RequestError
 from pipelines.families import SD, SDXL, family_of_single_file, single_file_config
 from pipelines.manager import PipelineManager
-from pipelines.requests import Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling, Txt2ImgRequest
+from pipelines.core.requests import Control, ControlUnit, Img2ImgRequest, InpaintRequest, Limits, Sampling, Txt2ImgRequest
 
 LIMITS = Limits()
 
@@ -133,7 +133,7 @@ def test_sdxl_controlnet_unit(xl, scene, tmp_path):
 
 
 def test_an_sd_controlnet_on_sdxl_is_a_clear_error(xl, tiny_controlnet_dir, scene):
-    from pipelines.errors import StudioError
+    from pipelines.core.errors import StudioError
 
     control = Control(units=(ControlUnit(model=str(tiny_controlnet_dir), image=scene[0]),))
     with pytest.raises(StudioError, match="another base architecture"):
@@ -226,7 +226,7 @@ def test_a_refiner_single_file_as_base_is_a_clear_error(tmp_path):
 
 
 def test_the_lab_trajectory_on_sdxl_is_the_apps_own_ddim(xl):
-    from pipelines.lab_requests import LabCfgRequest, LabTrajectoryRequest
+    from pipelines.core.lab_requests import LabCfgRequest, LabTrajectoryRequest
 
     size = xl.native_size
     result = xl.run(LabTrajectoryRequest("a red circle", steps=4, every=2, cfg_scale=5.0, seed=11))

@@ -8,7 +8,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from conftest import AppServer
-from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
+from pipelines.core.metadata import infotext_to_fields, parse_infotext, read_infotext
 
 pytestmark = pytest.mark.slow  # builds two tiny SDXLs and starts an app
 

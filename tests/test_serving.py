@@ -13,11 +13,11 @@ from gradio_client.exceptions import AppError
 
 from conftest import ROOT, AppServer
 from pipelines.manager import PipelineManager
-from pipelines.requests import Limits, Sampling, Txt2ImgRequest
+from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest
 from serving.pool import ManagerPool
 from serving.fair import FairGate
-from pipelines.backend import Backend, backend_members
-from pipelines.lab_requests import LabForwardRequest, LabSchedulesRequest
+from pipelines.core.backend import Backend, backend_members
+from pipelines.core.lab_requests import LabForwardRequest, LabSchedulesRequest
 from serving.zerogpu import ZeroGPUBackend, gpu_seconds
 
 
@@ -144,7 +144,7 @@ def _positional(signature: inspect.Signature) -> list[inspect.Parameter]:
 
 @pytest.mark.parametrize("cls", backend_classes(), ids=lambda cls: cls.__name__)
 def test_every_backend_class_offers_each_member_of_the_backend_protocol(cls):
-    """What ui/ may call (pipelines/backend.py) is written out on every backend: each property is a
+    """What ui/ may call (pipelines/core/backend.py) is written out on every backend: each property is a
     property or plain value, each method takes the protocol's arguments at the same positions,
     optional where the protocol's are. Nothing reaches ui/ by __getattr__ forwarding."""
     assert "__getattr__" not in vars(cls)

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from pipelines.jobs import GenerationResult, Job
-from pipelines.requests import Limits, Sampling, Txt2ImgRequest
+from pipelines.core.jobs import GenerationResult, Job
+from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest
 from serving.fair import FairGate
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.errors import RequestError
-from pipelines.styles import Style, apply_styles, load, merge, parse_csv, save, to_csv, upsert
+from pipelines.core.errors import RequestError
+from pipelines.core.styles import Style, apply_styles, load, merge, parse_csv, save, to_csv, upsert
 
 A1111_FILE = '''name,prompt,negative_prompt
 Cinematic,"{prompt}, cinematic still, film grain","cartoon, drawing"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from pipelines.jobs import Job
-from pipelines.requests import Limits
+from pipelines.core.jobs import Job
+from pipelines.core.requests import Limits
 from settings import Settings
 from ui.jobs import SessionJobs
 from ui.progress import Eta

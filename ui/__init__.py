@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.catalog import upscaler_models
+from pipelines.core.catalog import upscaler_models
 
 from . import controlnet, img2img, inpaint, lab, models, pnginfo, remember, sdxl, send_to, txt2img, uploads
 from .common import GenerationService

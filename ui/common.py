@@ -12,15 +12,15 @@ from typing import Callable
 import gradio as gr
 from PIL import Image
 
-from pipelines import catalog
-from pipelines.backend import Backend
-from pipelines.errors import StudioError
-from pipelines.batch_grid import batch_grid
-from pipelines.grid import CELLS_KEY, cells_chunk, grid_infotext
-from pipelines.jobs import StepInfo
-from pipelines.metadata import PNG_KEY
-from pipelines.requests import Limits
-from pipelines.schedulers import ETA_SCHEDULERS
+from pipelines.core import catalog
+from pipelines.core.backend import Backend
+from pipelines.core.errors import StudioError
+from pipelines.core.batch_grid import batch_grid
+from pipelines.core.grid import CELLS_KEY, cells_chunk, grid_infotext
+from pipelines.core.jobs import StepInfo
+from pipelines.core.metadata import PNG_KEY
+from pipelines.core.requests import Limits
+from pipelines.core.schedulers import ETA_SCHEDULERS
 
 from .fields import Form
 from .jobs import SessionJobs, cancel_waiting
@@ -218,7 +218,7 @@ class PreviewThrottle:
 
 class GenerationService:
     """Runs requests for every tab: the backend (one manager, a pool of them, Ray Serve
-    workers: a pipelines.backend.Backend) streams per-step progress and previews back to the
+    workers: a pipelines.core.backend.Backend) streams per-step progress and previews back to the
     session that asked."""
 
     def __init__(self, backend: Backend, limits: Limits, store: OutputStore, host: HostLimits = HostLimits(),
@@ -341,7 +341,7 @@ class GenerationService:
     # ----------------------------------------------------------------- X/Y grids (issue 8)
     def stream_grid(self, build_plan: Callable[[], object], compose: Callable, session: str, progress: gr.Progress):
         """Generator of result-panel outputs for an X/Y grid: build_plan() gives a
-        pipelines.grid.GridPlan whose cells run one after another as one job (progress over
+        pipelines.core.grid.GridPlan whose cells run one after another as one job (progress over
         the whole grid, one Interrupt for all); compose(plan, images) draws the grid from the
         finished cells. An interrupt keeps the cells finished so far."""
         try:

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines import catalog
-from pipelines.errors import StudioError
+from pipelines.core import catalog
+from pipelines.core.errors import StudioError
 from pipelines.pose import PRESET_POSES, pose_from_json, preset_pose
 from pipelines.preprocess import OPENPOSE_JOINTS
 from pipelines.preprocess_extra import PREPROCESSORS, available_preprocessors, control_map
-from pipelines.fields import assemble
-from pipelines.requests import MAX_CONTROL_UNITS, Control, ControlUnit
+from pipelines.core.fields import assemble
+from pipelines.core.requests import MAX_CONTROL_UNITS, Control, ControlUnit
 
 from .common import SafeImage, open_image
 from .fields import Form, take, widget

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.fields import assemble
-from pipelines.requests import ControlUnit, Img2ImgRequest, Txt2ImgRequest
+from pipelines.core.fields import assemble
+from pipelines.core.requests import ControlUnit, Img2ImgRequest, Txt2ImgRequest
 
 from . import xy_grid
 from .common import GenerationService, SafeImage, TabParts, open_image, prompt_box, result_panel, sampler_controls, wire_common

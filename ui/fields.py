@@ -1,4 +1,4 @@
-"""Widgets made from the field declarations (pipelines/fields.py), and a tab's inputs by name.
+"""Widgets made from the field declarations (pipelines/core/fields.py), and a tab's inputs by name.
 
 A tab's layout calls ``form.field("steps")`` where the widget goes; the Form remembers it
 under its name, and the Generate event passes ``inputs_kwargs=form.inputs``: the handler
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.fields import NUMBER_WIDGET_SPAN, Field, fields_of
-from pipelines.requests import FIELDS
+from pipelines.core.fields import NUMBER_WIDGET_SPAN, Field, fields_of
+from pipelines.core.requests import FIELDS
 
 
 def widget(field: Field | str, elem_id: str, limits=None, of=None, component=None, **overrides):

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.fields import assemble
-from pipelines.requests import Img2ImgRequest
+from pipelines.core.fields import assemble
+from pipelines.core.requests import Img2ImgRequest
 
 from . import xy_grid
 from .common import (GenerationService, PromptBox, ResultPanel, SafeImage, SamplerControls, open_image, prompt_box,

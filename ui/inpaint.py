@@ -6,11 +6,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipelines import catalog
-from pipelines.errors import StudioError
+from pipelines.core import catalog
+from pipelines.core.errors import StudioError
 from pipelines.masks import outpaint_canvas
-from pipelines.fields import assemble
-from pipelines.requests import ControlUnit, InpaintRequest
+from pipelines.core.fields import assemble
+from pipelines.core.requests import ControlUnit, InpaintRequest
 
 from . import xy_grid
 from .common import GenerationService, SafeImage, TabParts, open_image, prompt_box, result_panel, sampler_controls, wire_common

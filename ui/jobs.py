@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from pipelines.jobs import Job
+from pipelines.core.jobs import Job
 
 
 class SessionJobs:

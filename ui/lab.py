@@ -1,6 +1,6 @@
 """Diffusion lab tab: the seed's processes made visible on the loaded model — the forward
 process, the training schedules, a denoising trajectory (DDIM η = 0 vs 1) and the anatomy of
-classifier-free guidance. Each action builds a lab request (pipelines/lab_requests.py) and runs
+classifier-free guidance. Each action builds a lab request (pipelines/core/lab_requests.py) and runs
 it like a generation: service.run → backend.stream with this session's Job (interruptible,
 on whichever backend serves: a manager, a pool, Ray); pipelines/lab.py is the torch side.
 Every action is a named API endpoint."""
@@ -12,9 +12,9 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from pipelines.errors import StudioError
-from pipelines.grid import AXES, parse_values
-from pipelines.lab_requests import MAX_SCALES, LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
+from pipelines.core.errors import StudioError
+from pipelines.core.grid import AXES, parse_values
+from pipelines.core.lab_requests import MAX_SCALES, LabCfgRequest, LabForwardRequest, LabSchedulesRequest, LabTrajectoryRequest
 
 from .common import GenerationService, SafeImage, open_image
 from .fields import widget

@@ -1,6 +1,6 @@
 """Host limits checked before any model call: what one request may cost a shared server.
 
-Sizes, steps and batches are pipelines.requests.Limits; these are the rest (settings.py sets
+Sizes, steps and batches are pipelines.core.requests.Limits; these are the rest (settings.py sets
 them from flags, SD_STUDIO_* variables and the Space defaults). Each refusal is a sentence
 with the limit in it, raised before the request reaches the GPU queue's worker."""
 from __future__ import annotations

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines import catalog
-from pipelines.errors import StudioError
+from pipelines.core import catalog
+from pipelines.core.errors import StudioError
 
 KIND_TITLES = {"checkpoint": "Checkpoints", "inpaint": "Inpainting models", "lora": "LoRA", "embedding": "Embeddings",
                "vae": "VAE", "controlnet": "ControlNet"}

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from pipelines.jobs import GeneratedImage
-from pipelines.metadata import PNG_KEY, png_bytes
+from pipelines.core.jobs import GeneratedImage
+from pipelines.core.metadata import PNG_KEY, png_bytes
 
 log = logging.getLogger(__name__)
 

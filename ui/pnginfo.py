@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
-from pipelines.requests import FIELDS
+from pipelines.core.metadata import infotext_to_fields, parse_infotext, read_infotext
+from pipelines.core.requests import FIELDS
 
 from .common import SafeImage, open_image
 

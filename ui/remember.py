@@ -18,8 +18,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.errors import RequestError
-from pipelines.requests import FIELDS
+from pipelines.core.errors import RequestError
+from pipelines.core.requests import FIELDS
 
 log = logging.getLogger(__name__)
 

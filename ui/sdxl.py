@@ -1,14 +1,14 @@
 """SDXL-only fields (size/crop conditioning, refiner), shown only while an SDXL model is loaded.
 
 The tabs never branch on the model family: the fields are declared on the request
-(pipelines/requests.py, 0 = "the generation size", empty refiner = none) and the pipelines/
+(pipelines/core/requests.py, 0 = "the generation size", empty refiner = none) and the pipelines/
 side applies them where the family uses them. This module only decides what the user sees."""
 from __future__ import annotations
 
 import gradio as gr
 
-from pipelines import catalog
-from pipelines.requests import SDXL_SIZE_FIELDS
+from pipelines.core import catalog
+from pipelines.core.requests import SDXL_SIZE_FIELDS
 
 from .fields import Form
 from .uploads import model_choices, resolve_model

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from pipelines.metadata import infotext_to_fields, parse_infotext, read_infotext
-from pipelines.requests import FIELDS
+from pipelines.core.metadata import infotext_to_fields, parse_infotext, read_infotext
+from pipelines.core.requests import FIELDS
 
 from .fields import Form
 from .uploads import require_received

@@ -1,6 +1,6 @@
 """Prompt styles under a tab's prompt box: choose styles and Apply them to the prompts;
 import an A1111 styles.csv; save the current prompts as a style. The logic is in
-pipelines/styles.py.
+pipelines/core/styles.py.
 
 Each browser session holds its own list (a gr.State, starting from the host's styles file),
 so what one visitor imports is never shown to another; "Save" writes the host's file only
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from pipelines import styles as style_lib
-from pipelines.errors import StudioError
+from pipelines.core import styles as style_lib
+from pipelines.core.errors import StudioError
 
 from .common import PromptBox
 

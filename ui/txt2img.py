@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.fields import assemble
-from pipelines.requests import HIRES_UPSCALERS, Txt2ImgRequest
+from pipelines.core.fields import assemble
+from pipelines.core.requests import HIRES_UPSCALERS, Txt2ImgRequest
 
 from . import sdxl, xy_grid
 from .common import GenerationService, PromptBox, ResultPanel, SamplerControls, prompt_box, result_panel, sampler_controls, vae_field, wire_common

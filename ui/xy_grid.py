@@ -1,13 +1,13 @@
 """The X/Y grid accordion every generation tab includes: choose up to two parameters and
 their values; Generate then runs the whole grid as one job (GenerationService.stream_grid)
-instead of a single request. The grid logic itself lives in pipelines/grid.py."""
+instead of a single request. The grid logic itself lives in pipelines/core/grid.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.grid import NO_AXIS, SYNTAX_HELP, axes_for, axis_values, grid_image, plan_grid
+from pipelines.core.grid import NO_AXIS, SYNTAX_HELP, axes_for, axis_values, grid_image, plan_grid
 
 from .common import GenerationService
 from .fields import Form, take

@@ -1,7 +1,7 @@
 """Validated request objects: the single contract between the UI (or API, tests, a remote
 worker) and the pipeline manager. One dataclass per task. Every field is declared once,
 here, with ``declare(default, label, range/choices, infotext key, A1111 key, …)``: widgets,
-API names, grid axes and PNG info follow from it (pipelines/fields.py: how to add one).
+API names, grid axes and PNG info follow from it (pipelines/core/fields.py: how to add one).
 
 Two layers:
 - the dataclasses' ``__post_init__`` enforce invariants and reject what cannot be meant

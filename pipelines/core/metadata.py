@@ -107,7 +107,7 @@ def read_infotext(image: Image.Image) -> str | None:
 
 def infotext_to_fields(parsed: dict, scheduler_names=SCHEDULER_NAMES) -> tuple[dict, list[str]]:
     """Parsed infotext → request field values by name (every declared field with an
-    infotext key, pipelines/requests.py), plus notes on what could not be taken over (an
+    infotext key, pipelines/core/requests.py), plus notes on what could not be taken over (an
     unknown sampler, say). "Size: WxH" gives width and height (A1111's Size-1, Size-2)."""
     notes: list[str] = []
     parsed = dict(parsed)

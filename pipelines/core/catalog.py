@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 ASSET_MODELS = ROOT / "assets" / "models"
 DEFAULT_MODELS_DIR = "models"
 

@@ -8,7 +8,7 @@ Value syntax (comma-separated items, each one of):
     1-10 (+2)      1, 3, 5, 7, 9: from 1 in steps of 2, up to 10
     1-10 [5]       5 evenly spaced values from 1 to 10, both ends included
 Scheduler values are names: "Euler a, DDIM, DPM++ 2M". Every request field declared with
-axis=True (pipelines/requests.py) is an axis.
+axis=True (pipelines/core/requests.py) is an axis.
 
 No torch and no gradio here: requests in, requests out, PIL for the picture.
 """
@@ -32,7 +32,7 @@ NO_AXIS = "Nothing"
 
 
 # ----------------------------------------------------------------- axes
-# Every field declared with axis=True is an axis (pipelines/requests.py); these checks say
+# Every field declared with axis=True is an axis (pipelines/core/requests.py); these checks say
 # why an axis cannot act on a given request, instead of a grid of identical images.
 def _needs_cfg(request):
     if not request.sampling.cfg:

@@ -60,7 +60,7 @@ def hires_params(request) -> dict:
 def request_infotext(request, seed: int, model_name: str | None, extra: dict | None = None) -> str:
     """The sampling head in A1111's order, then what the engine reports (extra: a key set to
     None is deliberately left out), then every other declared field that has an infotext key
-    and differs from its default (pipelines/requests.py: a new field needs no line here)."""
+    and differs from its default (pipelines/core/requests.py: a new field needs no line here)."""
     s = request.sampling
     params = {
         "Steps": s.steps,

@@ -13,7 +13,7 @@ the infotext, PNG-info read-back and send-to (``infotext``), and the A1111 REST 
 in requests.py gives the order).
 
 How to add a field (say ``clip_skip``)
-1. Declare it on its request dataclass in ``pipelines/requests.py``: ``Sampling`` for the
+1. Declare it on its request dataclass in ``pipelines/core/requests.py``: ``Sampling`` for the
    sampling settings every task shares, ``Txt2ImgRequest`` for what every generation has,
    ``Img2ImgRequest``/``InpaintRequest``/``ControlUnit`` for theirs:
        clip_skip: int = declare(1, "Clip skip", minimum=1, maximum=12, step=1,
@@ -24,7 +24,7 @@ How to add a field (say ``clip_skip``)
    registers it under its name; the handler receives it by name and ``assemble(Request,
    values)`` puts it where it belongs (nested Sampling included). Nothing else to thread.
 3. Nothing else: the infotext writes it under its ``infotext`` key when it differs from its
-   default (``pipelines/infotext.py``; the engine passes the key as None where the field did
+   default (``pipelines/core/infotext.py``; the engine passes the key as None where the field did
    not act), PNG info reads it back and sends it to the tabs that show it. Add its value to
    the dicts of tests/test_fields_http.py, which send every field over HTTP and read it back.
 
