@@ -12,10 +12,12 @@ from contextlib import contextmanager
 
 from pipelines.core.jobs import GenerationResult, Job, StepInfo, stream_run
 
+from .wrapped import WrappedBackend
 
-class FairGate:
+
+class FairGate(WrappedBackend):
     def __init__(self, backend, slots: int | None = None):
-        self.backend = backend
+        super().__init__(backend)
         self.slots = max(1, slots or getattr(backend, "concurrency", 1))
         self._line: deque = deque()
         self._running = 0
@@ -80,32 +82,6 @@ class FairGate:
         with self.turn():
             return self.backend.load_base(source)
 
-    # The rest of the Backend protocol (pipelines/core/backend.py), passed through as it is.
     @property
     def concurrency(self) -> int:
         return self.slots
-
-    @property
-    def model(self):
-        return self.backend.model
-
-    @property
-    def native_size(self) -> int:
-        return self.backend.native_size
-
-    @property
-    def family_name(self) -> str:
-        return getattr(self.backend, "family_name", "SD")
-
-    @property
-    def train_steps(self) -> int:
-        return self.backend.train_steps
-
-    def describe(self) -> str:
-        return self.backend.describe()
-
-    def memory_report(self) -> dict:
-        return self.backend.memory_report()
-
-    def count_tokens(self, text: str):
-        return self.backend.count_tokens(text)  # not a job: never waits for a turn

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from .wrapped import WrappedBackend
+
 SECONDS_PER_STEP_PER_MEGAPIXEL = 0.12  # SD 1.5 fp16 with CFG on a shared A100/H200 slice, measured loosely
 MIN_SECONDS, MAX_SECONDS = 20, 300
 LAB_SECONDS = 60  # a Diffusion-lab experiment: at most a few hundred UNet steps at the native size
@@ -35,14 +37,14 @@ def gpu_seconds(request) -> int:
     return int(min(MAX_SECONDS, estimate))
 
 
-class ZeroGPUBackend:
+class ZeroGPUBackend(WrappedBackend):
     """Wraps a backend so that each request's stream runs inside `spaces.GPU`; implements
     pipelines.core.backend.Backend by handing every other member to the wrapped backend."""
 
     def __init__(self, backend):
         import spaces  # the `spaces` package; its decorator is a no-op outside Spaces
 
-        self.backend = backend
+        super().__init__(backend)
         self._gpu_stream = spaces.GPU(duration=lambda request, job: gpu_seconds(request))(self._stream)
 
     def _stream(self, request, job):
@@ -64,32 +66,3 @@ class ZeroGPUBackend:
 
     def load_base(self, source: str):
         return self.backend.load_base(source)
-
-    @property
-    def concurrency(self) -> int:
-        return self.backend.concurrency
-
-    @property
-    def model(self):
-        return self.backend.model
-
-    @property
-    def native_size(self) -> int:
-        return self.backend.native_size
-
-    @property
-    def family_name(self) -> str:
-        return getattr(self.backend, "family_name", "SD")
-
-    @property
-    def train_steps(self) -> int:
-        return self.backend.train_steps
-
-    def describe(self) -> str:
-        return self.backend.describe()
-
-    def memory_report(self) -> dict:
-        return self.backend.memory_report()
-
-    def count_tokens(self, text: str):
-        return self.backend.count_tokens(text)  # the tokenizer only: no GPU booked

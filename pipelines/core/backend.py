@@ -29,6 +29,10 @@ class Backend(Protocol):
         """The resolution the loaded model was trained at."""
 
     @property
+    def family_name(self) -> str:
+        """The loaded model's family ("SD", "SDXL"): the UI shows family-only fields by it."""
+
+    @property
     def train_steps(self) -> int:
         """T of the loaded model's training schedule (the lab's t slider)."""
 
