@@ -79,6 +79,7 @@ COMMON: dict[str, Field | Unsupported] = {
     "eta": Field("sampling.eta"),
     # SD Studio extras (A1111 clients never send them): CFG off = one UNet pass per step.
     "cfg": Field("sampling.cfg", _bool("cfg")),
+    "turbo": Field("turbo"),  # "Off" / "DeepCache 2" / "DeepCache 3": lossy step-feature caching (pipelines/turbo.py)
     "restore_faces": Unsupported("face restoration"),
     "tiling": Unsupported("tiling"),
     "subseed": Field("subseed"),

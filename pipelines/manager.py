@@ -44,6 +44,7 @@ from .preview import fit_latent_to_rgb
 from .core.catalog import upscaler_models
 from .prompt_encoding import count_tokens
 from .refiner import load_refiner, refined_sampler
+from .turbo import turbo_sampler
 from .core.requests import FIELDS, HIRES_UPSCALERS, SDXL_SIZE_FIELDS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from .upscalers import UpscalerCache, upscale_with_model
 
@@ -147,6 +148,7 @@ class PipelineManager:
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
         self._lock = FifoLock()  # one job per device at a time, in arrival order
+        self.turbo_counts: dict[str, int] = {}  # full / shallow UNet calls under turbo (turbo.py), for tests and benches
         # LoRAs, embeddings, VAEs (pipelines/adapters.py); with the fast path LoRAs are always fused
         self.adapters = Adapters(self.device, self.dtype, fuse_always=self.fast_path is not None)
 
@@ -492,12 +494,27 @@ class PipelineManager:
 
     def _run_sampler(self, pipe, request, sampler, on_step, job, notes=None, extra_infotext=None, finish=None):
         all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe, request)
+        sampler, extra_infotext = self._turbo(pipe, request, sampler, all_notes, extra_infotext)
         kwargs = {"finish": finish} if finish else {}
         return run_batches(
             request, sampler, lambda latents: decode(pipe, latents),
             lambda seed: self._infotext(request, seed, extra_infotext), job, on_step,
             lambda: self._preview_weights(pipe), self.preview_every, all_notes, **kwargs,
         )
+
+    def _turbo(self, pipe, request, sampler, notes: list[str], extra_infotext: dict | None):
+        """The sampler with the request's turbo option (turbo.py) on pipe's UNet, or as it is
+        with a note and no "Turbo" in the infotext where it cannot act."""
+        if request.turbo == "Off":
+            return sampler, extra_infotext
+        if self.cpu_offload:
+            # Offloading moves the UNet onto the device inside its own forward; the cache's
+            # views of it run diffusers' forward directly.
+            notes.append(f"Turbo ({request.turbo}) is not available with CPU offload: the image was made without it.")
+            return sampler, {**(extra_infotext or {}), "Turbo": None}
+        if getattr(request, "refiner", "").strip() not in ("", "None") and self.family.is_xl:
+            notes.append(f"Turbo ({request.turbo}) acts on the base model's steps; the refiner's run in full.")
+        return turbo_sampler(sampler, pipe.unet, request.turbo, self.fast_runtime, self.turbo_counts), extra_infotext
 
     def _preview_weights(self, pipe) -> torch.Tensor:
         if self._latent_rgb is None:

@@ -129,6 +129,8 @@ def infotext_to_fields(parsed: dict, scheduler_names=SCHEDULER_NAMES) -> tuple[d
         fields.setdefault("hr_resize_y", 0)
     if "Steps" in parsed and "Clip skip" not in parsed:
         fields["clip_skip"] = 1  # A1111 writes Clip skip only when it is not 1
+    if "Steps" in parsed and "Turbo" not in parsed:
+        fields["turbo"] = "Off"  # written only when on: a lossy option left on must not linger
     sampler = parsed.get("Sampler")
     if sampler:
         # A1111 ≥ 1.9 writes the schedule separately: "Sampler: DPM++ 2M, Schedule type: Karras".

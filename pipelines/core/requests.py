@@ -40,6 +40,9 @@ LATENT_UPSCALERS = ("Latent", "Latent (antialiased)", "Latent (bicubic)", "Laten
                     "Latent (nearest)", "Latent (nearest-exact)")
 PIXEL_UPSCALERS = ("Lanczos", "Nearest")
 HIRES_UPSCALERS = LATENT_UPSCALERS + PIXEL_UPSCALERS  # + model upscalers on disk (catalog.upscaler_models), by name
+# Lossy speed-ups (pipelines/turbo.py): "DeepCache N" runs the whole UNet once every N steps
+# and only its shallow skip branch in between, on the deep features kept from the full step.
+TURBO_MODES = ("Off", "DeepCache 2", "DeepCache 3")
 
 
 def _is_model_name(text: str) -> bool:
@@ -87,6 +90,7 @@ class Sampling:
     batch_size: int = declare(1, "Batch size", minimum=1, maximum=64, step=1, limit="max_batch_size",
                               infotext="Batch size", a1111="batch_size")
     batch_count: int = declare(1, "Batch count", minimum=1, maximum=1000, step=1, limit="max_batch_count", a1111="n_iter")
+
     def __post_init__(self):
         check_fields(self)
 
@@ -226,6 +230,10 @@ class Txt2ImgRequest:
                            infotext="Refiner", a1111="refiner_checkpoint")
     refiner_switch: float = declare(0.8, "Refiner switch at", minimum=0.01, maximum=1.0, step=0.01,
                                     infotext="Refiner switch at", a1111="refiner_switch_at")
+    # Lossy speed-up (pipelines/turbo.py). Declared last so the API's positional order stays as it was.
+    turbo: str = declare("Off", "Turbo", choices=TURBO_MODES, infotext="Turbo", axis=True,
+                         info="lossy speed-up: DeepCache N runs the whole UNet every N-th step and only its "
+                              "outer layers in between (the image changes slightly)")
 
     task: ClassVar[str] = "txt2img"
 

@@ -1,0 +1,264 @@
+"""Turbo: DeepCache-style step-feature caching. Lossy, off by default, written in the
+infotext ("Turbo: DeepCache 3"); the request field is ``Sampling.turbo`` (core/requests.py).
+
+The method (Ma, Fang, Wang: "DeepCache: Accelerating Diffusion Models for Free", CVPR 2024):
+a UNet's deep features change little from one denoising step to the next, while the
+shallow skip branch (conv_in → first down block … last up block → conv_out) carries the
+detail. So every N-th UNet call is *full* and keeps what the deep part produced; the N−1
+calls after it are *shallow*: the first down block and the last up block run on the new
+input, the last up block is fed the kept deep feature beside its fresh skip connections,
+and nothing deeper runs. DeepCache N=3 over 30 steps: 10 full calls, 20 shallow ones.
+
+How, without copying diffusers' forward: two *views* of the UNet share every module and
+weight with it but hold stand-ins in the deep slots (down blocks 1…, the mid block, up
+blocks …−2). In the recording view a stand-in runs its real block and keeps the output; in
+the replaying view it hands back the kept output and runs nothing. diffusers' own forward
+runs on each view, so timestep embeddings, SDXL's added conditioning and ControlNet
+residuals are handled exactly as for the UNet. The UNet object itself is never changed (its
+compiled/graphed fast path stays valid); for one batch of a request its forward is routed
+through a `Stepper` that picks full or shallow per call.
+
+On the GPU fast path the full and the shallow call are two FastCalls of their own, so both
+are served by CUDA graphs (captured at their second call, as the plain UNet's). They are not
+torch.compile'd: the compile runs in a background thread, and a trace of a view is a second
+full-UNet compile for a lossy option; an eager graph already removes the launch overhead.
+
+ControlNet: the ControlNet still runs every step (the pipeline calls it before the UNet);
+its residuals enter the shallow path's skip connections fresh, and the deep ones act
+through the kept features, which are at most N−1 steps old.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .core.requests import TURBO_MODES
+
+# diffusers' UNet keyword arguments a turbo call understands (others: the UNet as it is).
+_PASSED = {"timestep_cond", "cross_attention_kwargs", "attention_mask", "encoder_attention_mask", "class_labels",
+           "down_intrablock_additional_residuals"}  # these must be empty
+_RESIDUALS = ("down_block_additional_residuals", "mid_block_additional_residual")
+
+
+def cache_interval(mode: str) -> int:
+    """'DeepCache 3' → 3 (one full UNet call in 3); 'Off' → 1."""
+    if mode not in TURBO_MODES:
+        raise ValueError(f"unknown turbo mode {mode!r}")
+    return 1 if mode == "Off" else int(mode.split()[-1])
+
+
+class _Keep(nn.Module):
+    """Recording stand-in: runs the real block and keeps its output."""
+
+    def __init__(self, block: nn.Module, kept: list):
+        super().__init__()
+        self.block, self.kept = block, kept
+        _mirror(self, block)
+
+    def forward(self, *args, **kwargs):
+        out = self.block(*args, **kwargs)
+        self.kept.append(out)
+        return out
+
+
+class _Replay(nn.Module):
+    """Replaying stand-in: hands back the kept output of its block; computes nothing."""
+
+    def __init__(self, block: nn.Module, feed: list):
+        super().__init__()
+        self.feed = feed
+        _mirror(self, block)
+
+    def forward(self, *args, **kwargs):
+        return self.feed.pop(0)
+
+
+def _mirror(stand_in: nn.Module, block: nn.Module) -> None:
+    # diffusers' forward reads these off each block: which arguments it takes, and how many
+    # skip connections an up block consumes. Plain attributes (not registered submodules).
+    object.__setattr__(stand_in, "has_cross_attention", getattr(block, "has_cross_attention", False))
+    object.__setattr__(stand_in, "resnets", block.resnets)
+
+
+def _modules_key(unet) -> tuple:
+    return tuple(id(m) for m in unet._modules.values())
+
+
+def _view(unet, stand_in) -> nn.Module:
+    """A UNet sharing unet's modules and weights, with stand_in(block) in the deep slots."""
+    view = object.__new__(type(unet))
+    view.__dict__.update(unet.__dict__)
+    for own in ("forward", "_sd_studio_fast", "_sd_studio_turbo"):  # instance wrappers: the view runs diffusers' forward
+        view.__dict__.pop(own, None)
+    for name, value in unet.__dict__.items():  # hooks on the UNet fire once, on the UNet's own call
+        if "hooks" in name and isinstance(value, dict):
+            view.__dict__[name] = type(value)()
+    view.__dict__["_modules"] = modules = dict(unet._modules)
+    down, up = unet.down_blocks, unet.up_blocks
+    modules["down_blocks"] = nn.ModuleList([down[0], *(stand_in(b) for b in down[1:])])
+    if unet.mid_block is not None:
+        modules["mid_block"] = stand_in(unet.mid_block)
+    modules["up_blocks"] = nn.ModuleList([*(stand_in(b) for b in up[:-1]), up[-1]])
+    return view
+
+
+class DeepCache:
+    """The recording and replaying views of one UNet, and their calls (FastCalls on the
+    fast path). Kept on the UNet; rebuilt when its top-level modules change."""
+
+    def __init__(self, unet, runtime=None):
+        self.key, self.runtime = _modules_key(unet), runtime
+        self.kept: list = []
+        self.feed: list = []
+        self.layout: list[int | None] = []  # per deep slot: None = one tensor, k = (tensor, k skip tensors)
+        self.recording = _view(unet, lambda block: _Keep(block, self.kept))
+        self.replaying = _view(unet, lambda block: _Replay(block, self.feed))
+        self._calls: dict = {}
+
+    @staticmethod
+    def for_unet(unet, runtime=None) -> "DeepCache":
+        cache = unet.__dict__.get("_sd_studio_turbo")
+        if cache is None or cache.key != _modules_key(unet) or cache.runtime is not runtime:
+            cache = unet.__dict__["_sd_studio_turbo"] = DeepCache(unet, runtime)
+        return cache
+
+    @staticmethod
+    def _kwargs(added_keys: tuple, n_res: int, extra) -> dict:
+        kwargs = {}
+        if added_keys:
+            kwargs["added_cond_kwargs"] = dict(zip(added_keys, extra[:len(added_keys)]))
+        if n_res:
+            res = extra[len(added_keys):]
+            kwargs["down_block_additional_residuals"] = tuple(res[:-1])
+            kwargs["mid_block_additional_residual"] = res[-1]
+        return kwargs
+
+    def _call(self, kind: str, spec: tuple, fn):
+        if self.runtime is None:
+            return fn
+        if (kind, spec) not in self._calls:
+            self._calls[kind, spec] = self.runtime.call(f"unet turbo {kind}", fn, compile=False, inline=True)
+        return self._calls[kind, spec]
+
+    def full(self, added_keys: tuple, n_res: int):
+        """fn(x, t, c, *added, *residuals) → (ε, *deep features)."""
+        def fn(x, t, c, *extra):
+            self.kept.clear()
+            eps = self.recording(x, t, c, return_dict=False, **self._kwargs(added_keys, n_res, extra))[0]
+            flat, layout = [], []
+            for out in self.kept:
+                if isinstance(out, tuple):  # a down block: (hidden states, its skip connections)
+                    flat += [out[0], *out[1]]
+                    layout.append(len(out[1]))
+                else:
+                    flat.append(out)
+                    layout.append(None)
+            self.kept.clear()
+            self.layout = layout
+            return (eps, *flat)
+        return self._call("full", (added_keys, n_res), fn)
+
+    def shallow(self, added_keys: tuple, n_res: int, n_deep: int):
+        """fn(x, t, c, *deep features, *added, *residuals) → (ε,)."""
+        def fn(x, t, c, *rest):
+            deep, extra = list(rest[:n_deep]), rest[n_deep:]
+            self.feed.clear()
+            for count in self.layout:
+                if count is None:
+                    self.feed.append(deep.pop(0))
+                else:
+                    self.feed.append((deep.pop(0), tuple(deep.pop(0) for _ in range(count))))
+            eps = self.replaying(x, t, c, return_dict=False, **self._kwargs(added_keys, n_res, extra))[0]
+            self.feed.clear()
+            return (eps,)
+        return self._call("shallow", (added_keys, n_res, n_deep), fn)
+
+
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, (dict, list, tuple)) and not value)
+
+
+class Stepper:
+    """Stands in for unet.forward during one batch: every `interval`-th call full, the
+    others shallow on the kept features. A call it cannot serve (unusual arguments, LoRA
+    scale, T2I adapters) runs the UNet as it is and starts the cycle again."""
+
+    def __init__(self, cache: DeepCache, interval: int, fallback):
+        self.cache, self.interval, self.fallback = cache, interval, fallback
+        self.deep: tuple | None = None
+        self.key = None
+        self.age = 0
+        self.full_calls = self.shallow_calls = self.other_calls = 0
+
+    def __call__(self, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
+        added = kwargs.get("added_cond_kwargs") or {}
+        down, mid = (kwargs.get(name) for name in _RESIDUALS)
+        simple = (not args and torch.is_tensor(timestep) and torch.is_tensor(sample)
+                  and set(kwargs) <= _PASSED | set(_RESIDUALS) | {"added_cond_kwargs"}
+                  and all(_empty(kwargs.get(name)) for name in _PASSED)
+                  and all(torch.is_tensor(v) for v in added.values()) and (down is None) == (mid is None))
+        if not simple:
+            self.deep = None
+            self.other_calls += 1
+            return self.fallback(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
+        added_keys = tuple(sorted(added))
+        extra = [added[k] for k in added_keys] + ([] if down is None else [*down, mid])
+        n_res = 0 if down is None else len(down) + 1
+        # Exact: the UNet embeds timesteps[:, None].float(); one graph serves int and float timesteps.
+        t = timestep.to(device=sample.device, dtype=torch.float32)
+        key = tuple((tuple(v.shape), v.dtype) for v in (sample, t, encoder_hidden_states, *extra))
+        if self.deep is None or key != self.key or self.age >= self.interval:
+            out = self.cache.full(added_keys, n_res)(sample, t, encoder_hidden_states, *extra)
+            eps, self.deep, self.key, self.age = out[0], tuple(out[1:]), key, 1
+            self.full_calls += 1
+        else:
+            call = self.cache.shallow(added_keys, n_res, len(self.deep))
+            eps = call(sample, t, encoder_hidden_states, *self.deep, *extra)[0]
+            self.age += 1
+            self.shallow_calls += 1
+        if return_dict:
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            return UNet2DConditionOutput(sample=eps)
+        return (eps,)
+
+
+@contextmanager
+def deep_cache(unet, interval: int, runtime=None):
+    """unet.forward routed through a Stepper for the block (one sampling run: the kept
+    features belong to its latents). Yields the Stepper (its call counts), or None when
+    interval ≤ 1 (nothing changes)."""
+    if interval <= 1:
+        yield None
+        return
+    had = "forward" in unet.__dict__
+    previous = unet.__dict__.get("forward")
+    stepper = Stepper(DeepCache.for_unet(unet, runtime), interval, unet.forward)
+    unet.forward = stepper
+    try:
+        yield stepper
+    finally:
+        if had:
+            unet.forward = previous
+        else:
+            del unet.forward
+
+
+def turbo_sampler(sample, unet, mode: str, runtime=None, counts: dict | None = None):
+    """A sampler (generation.py) whose every batch runs under deep_cache; `counts` (if
+    given) adds up the full/shallow/other UNet calls, for tests and benches."""
+    interval = cache_interval(mode)
+    if interval <= 1:
+        return sample
+
+    def run(seeds, report):
+        with deep_cache(unet, interval, runtime) as stepper:
+            latents = sample(seeds, report)
+        if counts is not None:
+            for name in ("full_calls", "shallow_calls", "other_calls"):
+                counts[name] = counts.get(name, 0) + getattr(stepper, name)
+        return latents
+
+    return run
