@@ -131,3 +131,30 @@ def test_turbo_acts_in_controlnet_repaint_and_inpainting_model_modes(manager, ti
         assert manager.turbo_counts["shallow_calls"] > 0 and manager.turbo_counts["other_calls"] == 0, name
         assert "Turbo: DeepCache 2" in on.images[0].infotext, name
         assert not np.array_equal(pixels(on), pixels(off)), name
+
+
+def test_on_the_fast_path_full_and_shallow_calls_are_their_own_fast_calls_with_the_same_image(tiny_model_dir, manager):
+    """With the fast path (CPU here: no graphs, a stand-in compiler) the turbo calls go
+    through FastCalls of their own, which a GPU serves by CUDA graphs; the maths is the same."""
+    from pipelines.fast_path import FastPath
+    from pipelines.manager import PipelineManager
+
+    fast = PipelineManager(device="cpu", fast_path=FastPath(compile="full", channels_last=False, fuse_qkv=False,
+                                                           compiler=lambda fn: fn))
+    fast.load_base(str(tiny_model_dir))
+    request = txt2img("DeepCache 3")
+    assert np.array_equal(pixels(fast.run(request)), pixels(manager.run(request)))
+    served = {call.name: sum(call.served.values()) for call in fast.fast_runtime.calls}
+    assert served["unet turbo full"] == 4 and served["unet turbo shallow"] == 8  # 12 steps
+    assert served.get("unet", 0) == 0  # the plain UNet call never ran for this request
+    fast.fast_runtime.close()
+
+
+def test_turbo_is_a_grid_axis_whose_cells_compare_off_with_deep_cache():
+    from pipelines.core.grid import axis_values, plan_grid
+
+    base = Txt2ImgRequest(prompt="a red circle", width=64, height=64, sampling=Sampling(seed=3))
+    plan = plan_grid(base, axis_values("Turbo", "Off, DeepCache 2, DeepCache 3"), None)
+    assert [cell.turbo for cell in plan.cells] == ["Off", "DeepCache 2", "DeepCache 3"]
+    with pytest.raises(RequestError, match="Turbo|turbo"):
+        plan_grid(base, axis_values("Turbo", "DeepCache 7"), None)
