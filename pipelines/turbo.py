@@ -3,20 +3,22 @@ infotext ("Turbo: DeepCache 3"); the request field is ``Sampling.turbo`` (core/r
 
 The method (Ma, Fang, Wang: "DeepCache: Accelerating Diffusion Models for Free", CVPR 2024):
 a UNet's deep features change little from one denoising step to the next, while the
-shallow skip branch (conv_in → first down block … last up block → conv_out) carries the
-detail. So every N-th UNet call is *full* and keeps what the deep part produced; the N−1
-calls after it are *shallow*: the first down block and the last up block run on the new
-input, the last up block is fed the kept deep feature beside its fresh skip connections,
-and nothing deeper runs. DeepCache N=3 over 30 steps: 10 full calls, 20 shallow ones.
+shallowest skip connection (conv_in's output, joined again in the last up block's last
+layer) carries the detail. So every N-th UNet call is *full* and keeps what the rest of the
+network produced; the N−1 calls after it are *shallow*: conv_in, the last up block's last
+layer (resnet + transformer) on [kept feature, fresh conv_in output], and conv_out. That is
+the paper's cache branch 0 for SD (DeepCacheSDHelper's default); nothing else runs. DeepCache
+N=3 over 30 steps: 10 full calls, 20 shallow ones.
 
 How, without copying diffusers' forward: two *views* of the UNet share every module and
-weight with it but hold stand-ins in the deep slots (down blocks 1…, the mid block, up
-blocks …−2). In the recording view a stand-in runs its real block and keeps the output; in
-the replaying view it hands back the kept output and runs nothing. diffusers' own forward
-runs on each view, so timestep embeddings, SDXL's added conditioning and ControlNet
-residuals are handled exactly as for the UNet. The UNet object itself is never changed (its
-compiled/graphed fast path stays valid); for one batch of a request its forward is routed
-through a `Stepper` that picks full or shallow per call.
+weight with it but hold stand-ins in the cached slots (every down block, the mid block, the
+up blocks but the last, and the last one's layers but its last). In the recording view a
+stand-in runs its real module and keeps the output; in the replaying view it hands back the
+kept output and runs nothing. diffusers' own forward runs on each view, so timestep
+embeddings, SDXL's added conditioning and ControlNet residuals are handled exactly as for the
+UNet. The UNet object itself is never changed (its compiled/graphed fast path stays valid);
+for one batch of a request its forward is routed through a `Stepper` that picks full or
+shallow per call.
 
 On the GPU fast path the full and the shallow call are two FastCalls of their own, so both
 are served by CUDA graphs (captured at their second call, as the plain UNet's). They are not
@@ -24,8 +26,8 @@ torch.compile'd: the compile runs in a background thread, and a trace of a view 
 full-UNet compile for a lossy option; an eager graph already removes the launch overhead.
 
 ControlNet: the ControlNet still runs every step (the pipeline calls it before the UNet);
-its residuals enter the shallow path's skip connections fresh, and the deep ones act
-through the kept features, which are at most N−1 steps old.
+its first residual (conv_in's level) enters the shallow path fresh, the others act through
+the kept features, which are at most N−1 steps old.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .core.requests import TURBO_MODES
 
@@ -50,58 +53,68 @@ def cache_interval(mode: str) -> int:
 
 
 class _Keep(nn.Module):
-    """Recording stand-in: runs the real block and keeps its output."""
+    """Recording stand-in: runs the real module and keeps its output."""
 
-    def __init__(self, block: nn.Module, kept: list):
+    def __init__(self, module: nn.Module, kept: list):
         super().__init__()
-        self.block, self.kept = block, kept
-        _mirror(self, block)
+        self.module, self.kept = module, kept
+        _mirror(self, module)
 
     def forward(self, *args, **kwargs):
-        out = self.block(*args, **kwargs)
+        out = self.module(*args, **kwargs)
         self.kept.append(out)
         return out
 
 
 class _Replay(nn.Module):
-    """Replaying stand-in: hands back the kept output of its block; computes nothing."""
+    """Replaying stand-in: hands back the kept output of its module; computes nothing."""
 
-    def __init__(self, block: nn.Module, feed: list):
+    def __init__(self, module: nn.Module, feed: list):
         super().__init__()
         self.feed = feed
-        _mirror(self, block)
+        _mirror(self, module)
 
     def forward(self, *args, **kwargs):
         return self.feed.pop(0)
 
 
-def _mirror(stand_in: nn.Module, block: nn.Module) -> None:
+def _mirror(stand_in: nn.Module, module: nn.Module) -> None:
     # diffusers' forward reads these off each block: which arguments it takes, and how many
     # skip connections an up block consumes. Plain attributes (not registered submodules).
-    object.__setattr__(stand_in, "has_cross_attention", getattr(block, "has_cross_attention", False))
-    object.__setattr__(stand_in, "resnets", block.resnets)
+    for name in ("has_cross_attention", "resnets"):
+        if hasattr(module, name):
+            object.__setattr__(stand_in, name, getattr(module, name))
 
 
 def _modules_key(unet) -> tuple:
-    return tuple(id(m) for m in unet._modules.values())
+    return tuple(id(m) for m in (*unet._modules.values(), *unet.up_blocks[-1]._modules.values()))
 
 
-def _view(unet, stand_in) -> nn.Module:
-    """A UNet sharing unet's modules and weights, with stand_in(block) in the deep slots."""
-    view = object.__new__(type(unet))
-    view.__dict__.update(unet.__dict__)
+def _view(module: nn.Module, replaced: dict) -> nn.Module:
+    """An object of module's class sharing its state, modules and weights, but for the
+    `replaced` children, and with no instance forward wrappers or hooks of its own."""
+    view = object.__new__(type(module))
+    view.__dict__.update(module.__dict__)
     for own in ("forward", "_sd_studio_fast", "_sd_studio_turbo"):  # instance wrappers: the view runs diffusers' forward
         view.__dict__.pop(own, None)
-    for name, value in unet.__dict__.items():  # hooks on the UNet fire once, on the UNet's own call
+    for name, value in module.__dict__.items():  # hooks on the UNet fire once, on the UNet's own call
         if "hooks" in name and isinstance(value, dict):
             view.__dict__[name] = type(value)()
-    view.__dict__["_modules"] = modules = dict(unet._modules)
-    down, up = unet.down_blocks, unet.up_blocks
-    modules["down_blocks"] = nn.ModuleList([down[0], *(stand_in(b) for b in down[1:])])
-    if unet.mid_block is not None:
-        modules["mid_block"] = stand_in(unet.mid_block)
-    modules["up_blocks"] = nn.ModuleList([*(stand_in(b) for b in up[:-1]), up[-1]])
+    view.__dict__["_modules"] = {**module._modules, **replaced}
     return view
+
+
+def _unet_view(unet, stand_in) -> nn.Module:
+    """The UNet with stand_in(module) everywhere but conv_in, the last up block's last layer
+    (resnet, and transformer where it has them), the time embedding and conv_out."""
+    last = unet.up_blocks[-1]
+    layers = {name: nn.ModuleList([*(stand_in(m) for m in getattr(last, name)[:-1]), getattr(last, name)[-1]])
+              for name in ("resnets", "attentions") if getattr(last, name, None) is not None}
+    replaced = {"down_blocks": nn.ModuleList([stand_in(b) for b in unet.down_blocks]),
+                "up_blocks": nn.ModuleList([*(stand_in(b) for b in unet.up_blocks[:-1]), _view(last, layers)])}
+    if unet.mid_block is not None:
+        replaced["mid_block"] = stand_in(unet.mid_block)
+    return _view(unet, replaced)
 
 
 class DeepCache:
@@ -112,9 +125,9 @@ class DeepCache:
         self.key, self.runtime = _modules_key(unet), runtime
         self.kept: list = []
         self.feed: list = []
-        self.layout: list[int | None] = []  # per deep slot: None = one tensor, k = (tensor, k skip tensors)
-        self.recording = _view(unet, lambda block: _Keep(block, self.kept))
-        self.replaying = _view(unet, lambda block: _Replay(block, self.feed))
+        self.layout: list = []  # per cached output, in call order: its pytree structure
+        self.recording = _unet_view(unet, lambda module: _Keep(module, self.kept))
+        self.replaying = _unet_view(unet, lambda module: _Replay(module, self.feed))
         self._calls: dict = {}
 
     @staticmethod
@@ -148,13 +161,10 @@ class DeepCache:
             self.kept.clear()
             eps = self.recording(x, t, c, return_dict=False, **self._kwargs(added_keys, n_res, extra))[0]
             flat, layout = [], []
-            for out in self.kept:
-                if isinstance(out, tuple):  # a down block: (hidden states, its skip connections)
-                    flat += [out[0], *out[1]]
-                    layout.append(len(out[1]))
-                else:
-                    flat.append(out)
-                    layout.append(None)
+            for out in self.kept:  # a tensor, or a tuple (a down block's (hidden states, skip connections))
+                leaves, structure = tree_flatten(out)
+                flat += leaves
+                layout.append((structure, len(leaves)))
             self.kept.clear()
             self.layout = layout
             return (eps, *flat)
@@ -165,11 +175,9 @@ class DeepCache:
         def fn(x, t, c, *rest):
             deep, extra = list(rest[:n_deep]), rest[n_deep:]
             self.feed.clear()
-            for count in self.layout:
-                if count is None:
-                    self.feed.append(deep.pop(0))
-                else:
-                    self.feed.append((deep.pop(0), tuple(deep.pop(0) for _ in range(count))))
+            for structure, count in self.layout:
+                self.feed.append(tree_unflatten(deep[:count], structure))
+                del deep[:count]
             eps = self.replaying(x, t, c, return_dict=False, **self._kwargs(added_keys, n_res, extra))[0]
             self.feed.clear()
             return (eps,)
