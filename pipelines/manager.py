@@ -514,7 +514,7 @@ class PipelineManager:
             return sampler, {**(extra_infotext or {}), "Turbo": None}
         if getattr(request, "refiner", "").strip() not in ("", "None") and self.family.is_xl:
             notes.append(f"Turbo ({request.turbo}) acts on the base model's steps; the refiner's run in full.")
-        return turbo_sampler(sampler, pipe.unet, request.turbo, self.fast_runtime, self.turbo_counts), extra_infotext
+        return turbo_sampler(sampler, pipe, request.turbo, self.fast_runtime, self.turbo_counts), extra_infotext
 
     def _preview_weights(self, pipe) -> torch.Tensor:
         if self._latent_rgb is None:

@@ -31,7 +31,7 @@ the kept features, which are at most N−1 steps old.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
@@ -86,8 +86,9 @@ def _mirror(stand_in: nn.Module, module: nn.Module) -> None:
             object.__setattr__(stand_in, name, getattr(module, name))
 
 
-def _modules_key(unet) -> tuple:
-    return tuple(id(m) for m in (*unet._modules.values(), *unet.up_blocks[-1]._modules.values()))
+def _modules_key(model) -> tuple:
+    last_up = model.up_blocks[-1]._modules.values() if hasattr(model, "up_blocks") else ()
+    return tuple(id(m) for m in (*model._modules.values(), *last_up))
 
 
 def _view(module: nn.Module, replaced: dict) -> nn.Module:
@@ -117,49 +118,46 @@ def _unet_view(unet, stand_in) -> nn.Module:
     return _view(unet, replaced)
 
 
-class DeepCache:
-    """The recording and replaying views of one UNet, and their calls (FastCalls on the
-    fast path). Kept on the UNet; rebuilt when its top-level modules change."""
+def _controlnet_view(controlnet, stand_in) -> nn.Module:
+    """The ControlNet with stand_in(module) for its down and mid blocks: what remains is its
+    conv_in, the control image's embedding, the time embedding and the zero convolutions, so
+    its first residual (the only one a shallow UNet call reads) is fresh."""
+    return _view(controlnet, {"down_blocks": nn.ModuleList([stand_in(b) for b in controlnet.down_blocks]),
+                              "mid_block": stand_in(controlnet.mid_block)})
 
-    def __init__(self, unet, runtime=None):
-        self.key, self.runtime = _modules_key(unet), runtime
+
+class DeepCache:
+    """The recording and replaying views of one model (UNet or ControlNet) and their calls
+    (FastCalls on the fast path). Kept on the model; rebuilt when its modules change."""
+
+    def __init__(self, model, runtime, make_view):
+        self.key, self.runtime = _modules_key(model), runtime
         self.kept: list = []
         self.feed: list = []
-        self.layout: list = []  # per cached output, in call order: its pytree structure
-        self.recording = _unet_view(unet, lambda module: _Keep(module, self.kept))
-        self.replaying = _unet_view(unet, lambda module: _Replay(module, self.feed))
+        self.layout: list = []  # per kept output, in call order: (its pytree structure, its tensor count)
+        self.recording = make_view(model, lambda module: _Keep(module, self.kept))
+        self.replaying = make_view(model, lambda module: _Replay(module, self.feed))
         self._calls: dict = {}
 
     @staticmethod
-    def for_unet(unet, runtime=None) -> "DeepCache":
-        cache = unet.__dict__.get("_sd_studio_turbo")
-        if cache is None or cache.key != _modules_key(unet) or cache.runtime is not runtime:
-            cache = unet.__dict__["_sd_studio_turbo"] = DeepCache(unet, runtime)
+    def of(model, runtime=None, make_view=_unet_view) -> "DeepCache":
+        cache = model.__dict__.get("_sd_studio_turbo")
+        if cache is None or cache.key != _modules_key(model) or cache.runtime is not runtime:
+            cache = model.__dict__["_sd_studio_turbo"] = DeepCache(model, runtime, make_view)
         return cache
-
-    @staticmethod
-    def _kwargs(added_keys: tuple, n_res: int, extra) -> dict:
-        kwargs = {}
-        if added_keys:
-            kwargs["added_cond_kwargs"] = dict(zip(added_keys, extra[:len(added_keys)]))
-        if n_res:
-            res = extra[len(added_keys):]
-            kwargs["down_block_additional_residuals"] = tuple(res[:-1])
-            kwargs["mid_block_additional_residual"] = res[-1]
-        return kwargs
 
     def _call(self, kind: str, spec: tuple, fn):
         if self.runtime is None:
             return fn
         if (kind, spec) not in self._calls:
-            self._calls[kind, spec] = self.runtime.call(f"unet turbo {kind}", fn, compile=False, inline=True)
+            self._calls[kind, spec] = self.runtime.call(f"{kind}", fn, compile=False, inline=True)
         return self._calls[kind, spec]
 
-    def full(self, added_keys: tuple, n_res: int):
-        """fn(x, t, c, *added, *residuals) → (ε, *deep features)."""
-        def fn(x, t, c, *extra):
+    def full(self, name: str, spec: tuple, run):
+        """fn(*inputs) → (*run(recording view, *inputs), *kept tensors)."""
+        def fn(*inputs):
             self.kept.clear()
-            eps = self.recording(x, t, c, return_dict=False, **self._kwargs(added_keys, n_res, extra))[0]
+            outs = run(self.recording, *inputs)
             flat, layout = [], []
             for out in self.kept:  # a tensor, or a tuple (a down block's (hidden states, skip connections))
                 leaves, structure = tree_flatten(out)
@@ -167,38 +165,68 @@ class DeepCache:
                 layout.append((structure, len(leaves)))
             self.kept.clear()
             self.layout = layout
-            return (eps, *flat)
-        return self._call("full", (added_keys, n_res), fn)
+            return (*outs, *flat)
+        return self._call(f"{name} turbo full", spec, fn)
 
-    def shallow(self, added_keys: tuple, n_res: int, n_deep: int):
-        """fn(x, t, c, *deep features, *added, *residuals) → (ε,)."""
-        def fn(x, t, c, *rest):
-            deep, extra = list(rest[:n_deep]), rest[n_deep:]
+    def shallow(self, name: str, spec: tuple, run, n_kept: int):
+        """fn(*kept tensors, *inputs) → run(replaying view, *inputs)."""
+        def fn(*args):
+            kept, inputs = list(args[:n_kept]), args[n_kept:]
             self.feed.clear()
             for structure, count in self.layout:
-                self.feed.append(tree_unflatten(deep[:count], structure))
-                del deep[:count]
-            eps = self.replaying(x, t, c, return_dict=False, **self._kwargs(added_keys, n_res, extra))[0]
+                self.feed.append(tree_unflatten(kept[:count], structure))
+                del kept[:count]
+            outs = run(self.replaying, *inputs)
             self.feed.clear()
-            return (eps,)
-        return self._call("shallow", (added_keys, n_res, n_deep), fn)
+            return outs
+        return self._call(f"{name} turbo shallow", spec, fn)
+
+
+class _Cycle:
+    """Full every `interval`-th call (or when the inputs' shapes change), shallow between."""
+
+    def __init__(self, interval: int):
+        self.interval, self.kept, self.key, self.age = interval, None, None, 0
+        self.full_calls = self.shallow_calls = self.other_calls = 0
+
+    def run(self, cache: DeepCache, name: str, spec: tuple, run, inputs: list, n_out: int) -> tuple:
+        key = (spec, tuple((tuple(v.shape), v.dtype) for v in inputs))
+        if self.kept is None or key != self.key or self.age >= self.interval:
+            out = cache.full(name, spec, run)(*inputs)
+            self.kept, self.key, self.age = tuple(out[n_out:]), key, 1
+            self.full_calls += 1
+            return tuple(out[:n_out])
+        self.age += 1
+        self.shallow_calls += 1
+        return tuple(cache.shallow(name, spec, run, len(self.kept))(*self.kept, *inputs))
+
+    def other(self):
+        self.kept = None
+        self.other_calls += 1
 
 
 def _empty(value) -> bool:
     return value is None or (isinstance(value, (dict, list, tuple)) and not value)
 
 
-class Stepper:
-    """Stands in for unet.forward during one batch: every `interval`-th call full, the
-    others shallow on the kept features. A call it cannot serve (unusual arguments, LoRA
-    scale, T2I adapters) runs the UNet as it is and starts the cycle again."""
+def _unet_kwargs(added_keys: tuple, n_res: int, extra) -> dict:
+    kwargs = {}
+    if added_keys:
+        kwargs["added_cond_kwargs"] = dict(zip(added_keys, extra[:len(added_keys)]))
+    if n_res:
+        res = extra[len(added_keys):]
+        kwargs["down_block_additional_residuals"] = tuple(res[:-1])
+        kwargs["mid_block_additional_residual"] = res[-1]
+    return kwargs
 
-    def __init__(self, cache: DeepCache, interval: int, fallback):
-        self.cache, self.interval, self.fallback = cache, interval, fallback
-        self.deep: tuple | None = None
-        self.key = None
-        self.age = 0
-        self.full_calls = self.shallow_calls = self.other_calls = 0
+
+class Stepper(_Cycle):
+    """Stands in for unet.forward during one batch. A call it cannot serve (unusual
+    arguments, LoRA scale, T2I adapters) runs the UNet as it is and restarts the cycle."""
+
+    def __init__(self, unet, interval: int, runtime=None):
+        super().__init__(interval)
+        self.cache, self.fallback = DeepCache.of(unet, runtime), unet.forward
 
     def __call__(self, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
         added = kwargs.get("added_cond_kwargs") or {}
@@ -208,24 +236,18 @@ class Stepper:
                   and all(_empty(kwargs.get(name)) for name in _PASSED)
                   and all(torch.is_tensor(v) for v in added.values()) and (down is None) == (mid is None))
         if not simple:
-            self.deep = None
-            self.other_calls += 1
+            self.other()
             return self.fallback(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
         added_keys = tuple(sorted(added))
         extra = [added[k] for k in added_keys] + ([] if down is None else [*down, mid])
-        n_res = 0 if down is None else len(down) + 1
+        spec = (added_keys, 0 if down is None else len(down) + 1)
+
+        def run(view, x, t, c, *extra):
+            return (view(x, t, c, return_dict=False, **_unet_kwargs(*spec, extra))[0],)
+
         # Exact: the UNet embeds timesteps[:, None].float(); one graph serves int and float timesteps.
         t = timestep.to(device=sample.device, dtype=torch.float32)
-        key = tuple((tuple(v.shape), v.dtype) for v in (sample, t, encoder_hidden_states, *extra))
-        if self.deep is None or key != self.key or self.age >= self.interval:
-            out = self.cache.full(added_keys, n_res)(sample, t, encoder_hidden_states, *extra)
-            eps, self.deep, self.key, self.age = out[0], tuple(out[1:]), key, 1
-            self.full_calls += 1
-        else:
-            call = self.cache.shallow(added_keys, n_res, len(self.deep))
-            eps = call(sample, t, encoder_hidden_states, *self.deep, *extra)[0]
-            self.age += 1
-            self.shallow_calls += 1
+        eps = self.run(self.cache, "unet", spec, run, [sample, t, encoder_hidden_states, *extra], 1)[0]
         if return_dict:
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
@@ -233,36 +255,93 @@ class Stepper:
         return (eps,)
 
 
+class ControlStepper(_Cycle):
+    """Stands in for a ControlNet's forward during one batch, on the same cycle as the UNet
+    (one ControlNet call per UNet call): on shallow steps only its conv_in level runs. As
+    the fast path does, it runs at conditioning scale 1 and scales outside (exact)."""
+
+    def __init__(self, controlnet, interval: int, runtime=None):
+        super().__init__(interval)
+        self.cache = DeepCache.of(controlnet, runtime, _controlnet_view)
+        self.fallback = controlnet.forward
+
+    def __call__(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0,
+                 class_labels=None, timestep_cond=None, attention_mask=None, added_cond_kwargs=None,
+                 cross_attention_kwargs=None, guess_mode=False, return_dict=True):
+        simple = (all(_empty(v) for v in (class_labels, timestep_cond, attention_mask, added_cond_kwargs,
+                                           cross_attention_kwargs))
+                  and torch.is_tensor(timestep) and torch.is_tensor(controlnet_cond)
+                  and isinstance(conditioning_scale, (int, float)))
+        if not simple:
+            self.other()
+            return self.fallback(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale,
+                                 class_labels, timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs,
+                                 guess_mode, return_dict)
+        guess = bool(guess_mode)
+
+        def run(view, x, t, c, cond):
+            down, mid = view(x, t, c, cond, 1.0, guess_mode=guess, return_dict=False)
+            return (*down, mid)
+
+        t = timestep.to(device=sample.device, dtype=torch.float32)
+        n_out = len(self.cache.recording.controlnet_down_blocks) + 1
+        outs = self.run(self.cache, "controlnet", (guess,), run, [sample, t, encoder_hidden_states, controlnet_cond], n_out)
+        if conditioning_scale != 1.0:
+            outs = tuple(o * conditioning_scale for o in outs)
+        down, mid = tuple(outs[:-1]), outs[-1]
+        if return_dict:
+            from diffusers.models.controlnets.controlnet import ControlNetOutput
+
+            return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
+        return down, mid
+
+
 @contextmanager
-def deep_cache(unet, interval: int, runtime=None):
-    """unet.forward routed through a Stepper for the block (one sampling run: the kept
-    features belong to its latents). Yields the Stepper (its call counts), or None when
-    interval ≤ 1 (nothing changes)."""
-    if interval <= 1:
-        yield None
-        return
-    had = "forward" in unet.__dict__
-    previous = unet.__dict__.get("forward")
-    stepper = Stepper(DeepCache.for_unet(unet, runtime), interval, unet.forward)
-    unet.forward = stepper
+def _routed(module, stepper):
+    """module.forward is stepper inside the block, and what it was after it."""
+    had, previous = "forward" in module.__dict__, module.__dict__.get("forward")
+    module.forward = stepper
     try:
         yield stepper
     finally:
         if had:
-            unet.forward = previous
+            module.forward = previous
         else:
-            del unet.forward
+            del module.forward
 
 
-def turbo_sampler(sample, unet, mode: str, runtime=None, counts: dict | None = None):
-    """A sampler (generation.py) whose every batch runs under deep_cache; `counts` (if
-    given) adds up the full/shallow/other UNet calls, for tests and benches."""
+@contextmanager
+def deep_cache(unet, interval: int, runtime=None, controlnets=()):
+    """unet.forward (and each ControlNet's) routed through a Stepper for the block: one
+    sampling run, as the kept features belong to its latents. Yields the UNet's Stepper (its
+    call counts), or None when interval ≤ 1 (nothing changes)."""
+    if interval <= 1:
+        yield None
+        return
+    with ExitStack() as stack:
+        for controlnet in controlnets:
+            stack.enter_context(_routed(controlnet, ControlStepper(controlnet, interval, runtime)))
+        yield stack.enter_context(_routed(unet, Stepper(unet, interval, runtime)))
+
+
+def controlnets_of(pipe) -> list:
+    """The ControlNetModel(s) a pipeline calls (MultiControlNetModel calls each of its nets)."""
+    controlnet = getattr(pipe, "controlnet", None)
+    if controlnet is None:
+        return []
+    nets = list(getattr(controlnet, "nets", [controlnet]))
+    return [net for net in nets if type(net).__name__ == "ControlNetModel"]
+
+
+def turbo_sampler(sample, pipe, mode: str, runtime=None, counts: dict | None = None):
+    """A sampler (generation.py) whose every batch runs under deep_cache on pipe's UNet and
+    ControlNets; `counts` (if given) adds up the UNet's full/shallow/other calls."""
     interval = cache_interval(mode)
     if interval <= 1:
         return sample
 
     def run(seeds, report):
-        with deep_cache(unet, interval, runtime) as stepper:
+        with deep_cache(pipe.unet, interval, runtime, controlnets_of(pipe)) as stepper:
             latents = sample(seeds, report)
         if counts is not None:
             for name in ("full_calls", "shallow_calls", "other_calls"):

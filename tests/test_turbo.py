@@ -158,3 +158,27 @@ def test_turbo_is_a_grid_axis_whose_cells_compare_off_with_deep_cache():
     assert [cell.turbo for cell in plan.cells] == ["Off", "DeepCache 2", "DeepCache 3"]
     with pytest.raises(RequestError, match="Turbo|turbo"):
         plan_grid(base, axis_values("Turbo", "DeepCache 7"), None)
+
+
+@torch.no_grad()
+def test_a_controlnet_runs_its_down_and_mid_blocks_on_full_steps_only_and_exactly_on_them():
+    from diffusers import ControlNetModel
+
+    unet = tiny_unet().eval()
+    controlnet = ControlNetModel.from_unet(unet).eval()
+    for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+        torch.nn.init.normal_(conv.weight, std=0.5)  # 'trained': zero convs would hide any error
+    x, c, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32), torch.rand(2, 3, 64, 64)
+
+    def step(scale=0.7):
+        down, mid = controlnet(x, torch.tensor(500), c, cond, scale, return_dict=False)
+        return unet(x, torch.tensor(500), c, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+
+    reference = step()
+    with DeepBlockCalls(controlnet) as calls, deep_cache(unet, 3, controlnets=[controlnet]):
+        outs = [step() for _ in range(6)]
+    assert calls.count == 2  # steps 1 and 4
+    assert torch.equal(outs[0], reference)
+    for out in outs[1:]:  # the same input every step: shallow steps rebuild it from what was kept
+        torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    assert "forward" not in controlnet.__dict__
