@@ -182,3 +182,20 @@ def test_a_controlnet_runs_its_down_and_mid_blocks_on_full_steps_only_and_exactl
     for out in outs[1:]:  # the same input every step: shallow steps rebuild it from what was kept
         torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
     assert "forward" not in controlnet.__dict__
+
+
+@torch.no_grad()
+def test_an_sdxl_unet_with_added_conditioning_is_cached_and_rebuilt_exactly():
+    """SDXL's last up block has no transformers and its UNet takes added conditioning (pooled
+    text, size ids): the shallow path reads both like the full forward does."""
+    from tiny_sdxl import HIDDEN_1, HIDDEN_2, tiny_xl_unet
+
+    unet = tiny_xl_unet().eval()
+    x, c = torch.randn(2, 4, 8, 8), torch.randn(2, 77, HIDDEN_1 + HIDDEN_2)
+    added = {"text_embeds": torch.randn(2, HIDDEN_2), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    reference = unet(x, torch.tensor(300), c, added_cond_kwargs=added).sample
+    with deep_cache(unet, 2) as stepper:
+        full, shallow = (unet(x, torch.tensor(300), c, added_cond_kwargs=added).sample for _ in range(2))
+    assert (stepper.full_calls, stepper.shallow_calls, stepper.other_calls) == (1, 1, 0)
+    assert torch.equal(full, reference)
+    torch.testing.assert_close(shallow, reference, rtol=1e-5, atol=1e-5)
