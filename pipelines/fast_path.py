@@ -224,9 +224,9 @@ class FastPathRuntime:
         return fast
 
     def adopt(self, module):
-        """Put a module loaded after the base (ControlNet, 9-channel UNet) on the fast path,
-        once. Returns the module."""
-        if getattr(module, "_sd_studio_fast", None) is not None:
+        """Put a module loaded after the base (ControlNet, 9-channel UNet, the SDXL refiner's
+        UNet and text encoder) on the fast path, once. Returns the module."""
+        if module is None or getattr(module, "_sd_studio_fast", None) is not None:
             return module
         kind = type(module).__name__
         if kind == "ControlNetModel":
@@ -235,6 +235,8 @@ class FastPathRuntime:
         elif kind == "UNet2DConditionModel":
             _prepare(module, self.config)
             _wrap_unet(self, module)
+        elif kind in TEXT_ENCODERS and self.graphs:
+            _wrap_text_encoder(self, module)
         return module
 
     def served(self) -> Counter:

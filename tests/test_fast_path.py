@@ -335,3 +335,17 @@ def test_an_sdxl_lora_on_the_fast_path_follows_the_sd_rule(xl_dirs, xl_plain, tm
         assert np.array_equal(pixels(m.run(without)), pixels(xl_plain.run(without)))  # nothing left behind
     finally:
         catalog.configure(None)
+
+
+def test_the_sdxl_refiner_hand_off_on_the_fast_path_gives_the_plain_image(xl_dirs, xl_plain, tmp_path):
+    from tiny_sdxl import save_tiny_xl_refiner
+
+    folder = str(save_tiny_xl_refiner(tmp_path / "xl-refiner"))
+    m = fast_manager(xl_dirs["base"], FakeCompiler())
+    request = xl_request(refiner=folder, refiner_switch=0.5)
+    plain = pixels(xl_plain.run(request))
+    for _ in range(2):
+        assert np.array_equal(pixels(m.run(request)), plain)
+        assert m.fast_runtime.wait_idle(60)
+    refiner_unet = m.refiner(folder).unet._sd_studio_fast  # its own UNet (5 time ids) on the ladder too
+    assert refiner_unet.served["compiled"] == 2 and refiner_unet is not m.pipeline("txt2img").unet._sd_studio_fast
