@@ -188,6 +188,12 @@ class FastPathRuntime:
         self._closed = False
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
+        # Bumped before and after a request changes module state a trace reads (LoRA layers
+        # merged/disabled): a background trace that overlapped a change is redone.
+        self.state_generation = 0
+
+    def module_state_changed(self) -> None:
+        self.state_generation += 1
 
     # ------------------------------------------------------------------ wrapping modules
     def call(self, name: str, fn, compile: bool = True, inline: bool = False) -> FastCall:
@@ -305,8 +311,9 @@ class FastPathRuntime:
                     continue
                 self._note(f"{call.name} {list(inputs[0].shape)}: eager CUDA graph in {time.perf_counter() - started:.2f}s")
 
-    def _compile(self, call: FastCall, key, inputs, example) -> None:
+    def _compile(self, call: FastCall, key, inputs, example, tries: int = 1) -> None:
         started = time.perf_counter()
+        generation = self.state_generation
         with _COMPILE_LOCK, torch.no_grad(), torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
             compiled = call.compiled()
             # Requests meanwhile launch many small ops, each releasing and re-taking the GIL;
@@ -323,6 +330,13 @@ class FastPathRuntime:
         with self.lock, torch.no_grad():  # between requests
             if self._closed:
                 return
+            if generation != self.state_generation:  # a LoRA switch overlapped the trace
+                if tries < 3:
+                    with self._cv:
+                        self._compile_jobs.append((call, key, inputs, example, tries + 1))
+                self._note(f"{call.name} {list(inputs[0].shape)}: traced during a LoRA switch; "
+                           + ("traced again" if tries < 3 else "stays on the eager graph"))
+                return
             if self.graphs:
                 call.fast[key] = (self._capture(compiled, inputs), "compiled-graph")
             else:
@@ -336,6 +350,15 @@ def _prepare(module, config: FastPath) -> None:
         module.to(memory_format=torch.channels_last)
     if config.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
         module.fuse_qkv_projections()
+
+
+def _lora_unsafe(module) -> bool:
+    """LoRA layers that may act unmerged (extra matmuls a graph of base_layer(x) would skip)
+    take the ordinary forward. Merged-only ones (adapters.py, with the fast path) stay fast:
+    the merge changes weight values in place, which graphs and compiled code read."""
+    if getattr(module, "_sd_studio_lora_merged_only", False):
+        return False
+    return getattr(module, "_hf_peft_config_loaded", False) or getattr(module, "_sd_studio_has_lora", False)
 
 
 def _as_float_timestep(timestep, device):
@@ -366,7 +389,7 @@ def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
         rest = {k: v for k, v in kwargs.items() if k not in ("down_block_additional_residuals", "mid_block_additional_residual")}
         simple = (not args and set(rest) <= allowed and all(_empty(v) for v in rest.values())
                   and torch.is_tensor(timestep) and (down is None) == (mid is None)
-                  and not getattr(unet, "_hf_peft_config_loaded", False))  # LoRA adapters change the module: eager
+                  and not _lora_unsafe(unet))
         if not simple:
             return inner(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
         t = _as_float_timestep(timestep, sample.device)
@@ -404,7 +427,7 @@ def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
         simple = (all(_empty(v) for v in (class_labels, timestep_cond, attention_mask, added_cond_kwargs,
                                            cross_attention_kwargs))
                   and torch.is_tensor(timestep) and torch.is_tensor(controlnet_cond)
-                  and isinstance(conditioning_scale, (int, float)) and not getattr(controlnet, "_hf_peft_config_loaded", False))
+                  and isinstance(conditioning_scale, (int, float)) and not _lora_unsafe(controlnet))
         if not simple:
             return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
                          timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
@@ -472,7 +495,7 @@ def _wrap_text_encoder(runtime: FastPathRuntime, text_encoder) -> None:
     def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         simple = (torch.is_tensor(input_ids) and attention_mask is None and position_ids is None
                   and all(_empty(v) or v is False for v in kwargs.values())
-                  and not getattr(text_encoder, "_hf_peft_config_loaded", False))
+                  and not _lora_unsafe(text_encoder))
         if not simple:
             return inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         from transformers.modeling_outputs import BaseModelOutputWithPooling
