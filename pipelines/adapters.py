@@ -143,12 +143,17 @@ class LoraSet:
             # are always fused (fast path) to_qkv is refreshed from them instead (_refresh_fused_qkv)
             pipe.unet.unfuse_qkv_projections()
             log.info("QKV projections unfused: LoRAs patch to_q/to_k/to_v")
+        if self.on_change:
+            self.on_change()  # injection changes the modules (and PEFT may unmerge a merged set)
         try:
             parts = load_lora_into(pipe, source, adapter)
         except Exception as error:
             self._drop(pipe, adapter)
             raise ModelLoadError(f"LoRA “{name}” could not be loaded: {_first_line(error)} "
                                  "It may be made for another base model (SD 1.x, 2.x and SDXL LoRAs differ).") from error
+        finally:
+            if self.on_change:
+                self.on_change()
         for module in _lora_modules(pipe):
             # The fast path keeps graphs of modules whose LoRA layers only ever act merged
             # (or disabled): both compute base_layer(x), reading weights changed in place.
