@@ -107,16 +107,34 @@ class CapturedGraph:
     def __init__(self, fn, inputs: list[torch.Tensor], pool):
         self.inputs = inputs
         with torch.cuda.device(inputs[0].device):
-            torch.cuda.synchronize()
+            started = time.perf_counter()
             side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # one run off the main stream (workspaces), as capture requires
                 fn(*inputs)
             side.synchronize()
+            warmed = time.perf_counter()
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-                self.outputs = fn(*inputs)
+            try:
+                self.outputs = self._capture(fn, inputs, pool, side)
+            except TypeError:  # another torch's capture_begin: the documented context manager
+                with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+                    self.outputs = fn(*inputs)
             self.graph.replay()
             torch.cuda.synchronize()
+            self.seconds = (round(warmed - started, 2), round(time.perf_counter() - warmed, 2))  # warm run, capture
+
+    def _capture(self, fn, inputs, pool, stream):
+        # Not torch.cuda.graph(): its empty_cache() hands every cached block back to the
+        # driver, and the rest of the request then pays cudaMalloc/cudaFree (device syncs) again.
+        with torch.cuda.stream(stream):
+            self.graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                outputs = fn(*inputs)
+            finally:
+                self.graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
+        return outputs
 
     def __call__(self, *tensors):
         for static, value in zip(self.inputs, tensors):
@@ -295,7 +313,8 @@ class FastPathRuntime:
             log.exception("fast path: capture of %s failed; it stays eager", call.name)
             return None
         call.fast[key] = (graph, "eager-graph")
-        self._note(f"{call.name} {list(tensors[0].shape)}: eager CUDA graph in-request in {time.perf_counter() - started:.2f}s")
+        self._note(f"{call.name} {list(tensors[0].shape)}: eager CUDA graph in-request in "
+                   f"{time.perf_counter() - started:.2f}s (warm run, capture: {graph.seconds})")
         return graph
 
     def _capture_eager(self, jobs) -> None:
@@ -305,11 +324,13 @@ class FastPathRuntime:
                     continue
                 started = time.perf_counter()
                 try:
-                    call.fast[key] = (self._capture(call.fn, inputs), "eager-graph")
+                    graph = self._capture(call.fn, inputs)
                 except Exception:  # that signature stays eager (its compile job may still succeed)
                     log.exception("fast path: capture of %s failed", call.name)
                     continue
-                self._note(f"{call.name} {list(inputs[0].shape)}: eager CUDA graph in {time.perf_counter() - started:.2f}s")
+                call.fast[key] = (graph, "eager-graph")
+                self._note(f"{call.name} {list(inputs[0].shape)}: eager CUDA graph in "
+                           f"{time.perf_counter() - started:.2f}s (warm run, capture: {graph.seconds})")
 
     def _compile(self, call: FastCall, key, inputs, example, tries: int = 1) -> None:
         started = time.perf_counter()
