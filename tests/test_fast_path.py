@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipelines.fast_path import FastPath
@@ -178,7 +179,6 @@ def xl_request(kind="txt2img", steps=4, seed=3, **kw):
 def xl_dirs(tmp_path_factory):
     """A tiny SDXL base, a 9-channel SDXL inpainting model and an SDXL ControlNet whose zero
     convolutions are made non-zero (so its residuals act)."""
-    import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
     from tiny_sdxl import save_tiny_xl_inpaint_model, save_tiny_xl_model
 
@@ -234,8 +234,6 @@ def test_sdxl_txt2img_switches_to_the_compiled_path_between_requests_with_the_pl
 
 
 def test_every_sdxl_mode_on_the_fast_path_gives_the_plain_managers_images(xl_dirs, xl_plain):
-    import torch
-
     m = fast_manager(xl_dirs["base"], FakeCompiler())
     edges = np.zeros((SIZE, SIZE, 3), np.uint8)
     edges[16:48, 16] = edges[16, 16:48] = 255
@@ -271,8 +269,6 @@ def test_every_sdxl_mode_on_the_fast_path_gives_the_plain_managers_images(xl_dir
 def test_the_sdxl_text_encoders_through_the_fast_wrapper_give_the_plain_embeddings(xl_plain):
     """Both encoders with the hidden states SDXL reads (penultimate layer, clip skip) and the
     pooled/projected output, rebuilt from the fast call's flat tuple of tensors."""
-    import torch
-
     from pipelines.fast_path import FastPathRuntime, _wrap_text_encoder
     from pipelines.prompt_encoding import encode_prompts
     from tiny_sdxl import tiny_xl_pipeline
@@ -295,7 +291,6 @@ def test_the_sdxl_text_encoders_through_the_fast_wrapper_give_the_plain_embeddin
 
 def save_tiny_xl_lora(folder, base_dir, seed: int = 2, scale: float = 0.3):
     """A diffusers/PEFT SDXL LoRA (UNet and both text encoders) with random non-zero weights."""
-    import torch
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
     from tiny_adapters import TEXT_TARGETS, UNET_TARGETS
@@ -390,3 +385,23 @@ def test_lora_on_the_fast_path_is_merged_into_the_same_graphs_and_leaves_nothing
         assert np.abs(lora - reference_lora).mean() < 0.1 * effect
     finally:
         catalog.configure(None)
+
+
+def test_an_fp16_sdxl_vae_keeps_its_weights_where_graphs_read_them(xl_dirs):
+    """diffusers' SDXL pipelines convert a force_upcast VAE to fp32 and back around each encode
+    and decode (new storage each time: a captured graph would read freed memory). On the fast
+    path it stays in fp32 with the same storage, and the images are the plain manager's (which
+    does those round trips: the same fp32 maths)."""
+    plain = PipelineManager(device="cpu", dtype="fp16", fast_path=None)
+    plain.load_base(str(xl_dirs["base"]))
+    m = PipelineManager(device="cpu", dtype="fp16", fast_path=FastPath(
+        compile="full", channels_last=False, fuse_qkv=False, compiler=FakeCompiler()))
+    m.load_base(str(xl_dirs["base"]))
+    vae = m.pipeline("txt2img").vae
+    weights = [p.data_ptr() for p in vae.parameters()]
+    for request in (xl_request(steps=2), xl_request("img2img", steps=3)) * 2:
+        assert np.array_equal(pixels(m.run(request)), pixels(plain.run(request)))
+        assert m.fast_runtime.wait_idle(60)
+    assert "sdxl_vae_fp32" in m.fast_path_applied and m.pipeline("img2img").vae.dtype == torch.float32
+    assert [p.data_ptr() for p in vae.parameters()] == weights
+    assert m.fast_runtime.served()["compiled"] > 0
