@@ -232,8 +232,10 @@ def ours_load(folder, args):
     from pipelines.fast_path import FastPath
     from pipelines.manager import PipelineManager
 
+    before = {}
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        before = {"allocated_before_ours_gib": gib(torch.cuda.memory_allocated())}  # what earlier rows left behind
     # --cpu-smoke: the background worker runs for real, with an identity "compile"
     config = FastPath(compile="full") if args.compile else FastPath(compile="full", compiler=lambda fn: fn)
     manager = PipelineManager(device=args.device, dtype="fp16" if args.device == "cuda" else "fp32", fast_path=config)
@@ -248,7 +250,7 @@ def ours_load(folder, args):
                                               manager.device, manager.dtype, False))
     log(stage="SDXL ours loaded", family=manager.family_name, load_s=load_s,
         preload_extra_modules_s=round(time.perf_counter() - t0, 1), weight_gib=gib(manager.model.weight_bytes),
-        fast_path=manager.fast_path_applied)
+        fast_path=manager.fast_path_applied, **before)
     return manager
 
 
