@@ -65,9 +65,7 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
     until the front end's process is gone."""
     label = device or "default device"
     if device and device.startswith("cuda:"):
-        # Only this GPU exists for this process (before torch initialises CUDA): cuda:0 here.
-        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
-        device = "cuda"
+        device = "cuda"  # the only GPU this process sees (CUDA_VISIBLE_DEVICES, set from its birth)
     send = lambda message: events.put(_pack(message))  # noqa: E731
     try:
         from pipelines.core import catalog
@@ -140,6 +138,31 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
 
 
 # ----------------------------------------------------------------------------- the front end's side
+_environ_lock = threading.Lock()
+
+
+@contextmanager
+def _only_gpu(device: str | None):
+    """CUDA_VISIBLE_DEVICES for a process started inside this block (a spawned child copies the
+    environment at birth): cuda:N → the N-th GPU this process sees. Set before the child runs any
+    code, so no import in it can initialise CUDA with every GPU visible."""
+    if not (device and device.startswith("cuda:")):
+        yield
+        return
+    with _environ_lock:
+        before = os.environ.get("CUDA_VISIBLE_DEVICES")
+        index = device.split(":", 1)[1]
+        visible = [v.strip() for v in before.split(",")] if before else []
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[int(index)] if index.isdigit() and int(index) < len(visible) else index
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 class _Life:
     """One process of a worker slot, with the calls waiting for its answers."""
 
@@ -226,7 +249,8 @@ class ProcessPool:
         worker.info, worker.start_error = None, ""
         life = _Life(self._context, (worker.slot, worker.device, self._kwargs), f"sd-studio-{worker.label}")
         worker.life = life
-        life.process.start()
+        with _only_gpu(worker.device):
+            life.process.start()
         threading.Thread(target=self._read_events, args=(worker, life), name=f"events of {worker.label}",
                          daemon=True).start()
 

@@ -98,7 +98,9 @@ class RayBackend:
 
     def __init__(self, model: str, manager_kwargs: dict, address: str | None = None, replicas: int = 1,
                  max_replicas: int | None = None, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0):
-        runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", ""),
+        # This folder first, then whatever PYTHONPATH already held (where Ray itself may live).
+        python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        runtime_env = {"env_vars": {"PYTHONPATH": python_path, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", ""),
                                     "RAY_USAGE_STATS_ENABLED": "0"}}
         if address:
             # A remote cluster has no copy of this folder: ship the code (not the weights' cache).

@@ -130,7 +130,9 @@ def test_the_zerogpu_wrapper_serves_like_the_manager_off_spaces(manager):
 
 
 def backend_classes() -> list[type]:
-    classes = [PipelineManager, ManagerPool, ZeroGPUBackend, FairGate]
+    from serving.procs import ProcessPool
+
+    classes = [PipelineManager, ManagerPool, ProcessPool, ZeroGPUBackend, FairGate]
     try:
         from serving.ray_serve import RayBackend
     except ImportError:  # the Ray backend is optional (requirements-ray.txt)
