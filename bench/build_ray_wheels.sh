@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds .rayw/: Ray 2.60.0 (Serve) for the lent H200 hosts (CPython 3.12, manylinux x86-64),
 # trimmed to fit one device call (<= 50 MB with diffusers' wheel beside it): the Java jars,
-# the dashboard's web client, RLlib and the debug map files are cut out of Ray's wheel, and
+# the dashboard's web client, RLlib, Data, Tune, Train, LLM and the debug map files are cut out of Ray's wheel, and
 # only the dependencies the device image lacks are kept (its list: /work/.library/device/KINDS.md).
 #   bash bench/build_ray_wheels.sh [download dir]
 set -euo pipefail
@@ -29,7 +29,7 @@ from pathlib import Path
 
 src = next(Path(sys.argv[1]).glob("ray-2.60.0-*.whl"))
 dst = Path(sys.argv[2]) / src.name
-DROP = ("ray/jars/", "ray/dashboard/client/build/", "ray/rllib/")
+DROP = ("ray/jars/", "ray/dashboard/client/build/", "ray/rllib/", "ray/data/", "ray/tune/", "ray/train/", "ray/llm/")
 record_name = "ray-2.60.0.dist-info/RECORD"
 rows = []
 with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zout:

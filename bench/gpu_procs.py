@@ -1,7 +1,8 @@
 """Several GPUs in one host, one run: throughput of 16 concurrent txt2img requests through
 (a) one GPU (one worker process), (b) `--devices all` (serving/procs.py: one worker process
 per GPU, CUDA graphs on), (c) the Ray Serve backend with one replica per GPU
-(serving/ray_serve.py); ratios vs (a). SD 1.5 shapes with random weights, fp16, 512², 30
+(serving/ray_serve.py), and for reference (d) the ordinary one-GPU app (the manager in this
+process, no worker process); ratios vs (a). SD 1.5 shapes with random weights, fp16, 512², 30
 steps, Euler, CFG 7.5; fast path with CUDA graphs, compile "none" by default (compiling
 would not fit the time budget of one call).
 
@@ -25,8 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+for quiet in ("HF_HUB_DISABLE_PROGRESS_BARS", "DIFFUSERS_NO_PROGRESS_BARS"):  # workers load quietly too
+    os.environ.setdefault(quiet, "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from gpu_speed import PROMPT, log, section  # noqa: E402
+import json  # noqa: E402
+
+from gpu_speed import PROMPT, ROWS, log, section  # noqa: E402
 from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
 
 RESULTS: dict[str, float] = {}
@@ -105,10 +112,27 @@ def bench_ray(args, source, devices, kwargs, requests):
         backend.shutdown()
 
 
+@section("in-process manager")
+def bench_in_process(args, source, devices, kwargs, requests):
+    """Reference: the ordinary single-device app (the manager in this process, no worker)."""
+    from pipelines.manager import PipelineManager
+
+    started = time.perf_counter()
+    manager = PipelineManager(device=devices[0], **kwargs)
+    manager.load_base(source)
+    measure("in-process manager, one GPU (reference)", manager, requests, 1, started)
+
+
+def save_rows() -> None:
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_procs.json").write_text(json.dumps(ROWS, indent=1))
+
+
 def watchdog(seconds: float) -> None:
     def stop():
         time.sleep(seconds)
         log(watchdog=f"time budget of {seconds:.0f} s used up: stopping with the parts above", results=RESULTS)
+        save_rows()
         sys.stdout.flush()
         os._exit(0)
 
@@ -154,9 +178,11 @@ def main() -> None:
     bench_processes(args, source, devices, kwargs, requests)
     if not args.skip_ray:
         bench_ray(args, source, devices, kwargs, requests)
+    bench_in_process(args, source, devices, kwargs, requests)
     base = RESULTS.get("one GPU")
     log(summary={name: {"wall_s": round(s, 2), "throughput_vs_one_gpu": round(base / s, 2) if base else None}
                  for name, s in RESULTS.items()}, card=card, requests=args.requests, size=args.size, steps=args.steps)
+    save_rows()
     sys.stdout.flush()
     os._exit(0)  # Ray's and the workers' threads need no orderly interpreter teardown
 
