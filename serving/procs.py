@@ -54,6 +54,16 @@ def _error_payload(error: BaseException) -> tuple[str, str, str]:
     return name, str(error), traceback.format_exc()
 
 
+DEVICE_FAULT = ("The GPU reported a fault during this job; its worker process is being restarted and the "
+                "other workers keep serving. Please try again.")
+
+
+def _device_fault(error: BaseException) -> bool:
+    """A CUDA error that leaves this process's context broken (every later call would fail too)."""
+    text = str(error)
+    return type(error).__name__ == "AcceleratorError" or "CUDA error" in text or "cudaError" in text
+
+
 def _snapshot(manager) -> dict:
     """What the front end's read-only Backend members answer, as of now."""
     return {"model": manager.model, "native_size": manager.native_size, "family_name": manager.family_name,
@@ -129,6 +139,12 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
             else:  # warmup
                 reply = ("done", call_id, warm_up(manager, payload))
         except BaseException as error:  # noqa: BLE001 — the job's error, raised in the front end
+            if _device_fault(error):  # the CUDA context is unusable: tell the job, then make way for a new process
+                log.error("device fault in %s:\n%s", label, traceback.format_exc())
+                send(("error", call_id, ("GenerationError", DEVICE_FAULT, "")))
+                events.close()
+                events.join_thread()  # the message is out before the process ends
+                os._exit(70)
             reply = ("error", call_id, _error_payload(error))
         finally:
             jobs.pop(call_id, None)

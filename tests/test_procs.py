@@ -163,3 +163,25 @@ def test_a_killed_worker_fails_its_job_with_a_sentence_and_the_pool_keeps_servin
     assert fresh not in (None, victim)
     results = in_threads(lambda: pool.run(txt2img(steps=20, seed=11)), lambda: pool.run(txt2img(steps=20, seed=12)))
     assert {r.worker.split(":")[-2] for r in results} == {str(p) for p in pool.worker_pids()}
+
+
+@pytest.mark.slow
+def test_the_app_with_two_devices_serves_two_browser_users_from_two_worker_processes(tiny_model_dir, tmp_path):
+    from gradio_client import Client
+
+    from conftest import AppServer
+
+    server = AppServer(["--model", str(tiny_model_dir), "--devices", "cpu,cpu", "--no-save-outputs"],
+                       log_path=tmp_path / "app.log")
+    try:
+        server.wait_ready(timeout=180)
+        clients = [Client(server.url, verbose=False) for _ in range(2)]
+        jobs = [c.submit(f"request {i}", "", "Euler", 30, True, 7, 0, i, 1, 1, 64, 64, api_name="/txt2img")
+                for i, c in enumerate(clients)]
+        results = [job.result(timeout=180) for job in jobs]
+        for i, (_, gallery, notes, infotext) in enumerate(results):
+            assert len(gallery) == 1 and infotext.startswith(f"request {i}\n")
+        workers = {notes.split(" on ")[1].split("\n")[0].split(" —")[0] for _, _, notes, _ in results}
+        assert workers == {"worker 1", "worker 2"}, workers
+    finally:
+        server.stop()
