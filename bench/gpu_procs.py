@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--compile", default="none", choices=("none", "regional", "full"))
     parser.add_argument("--skip-ray", action="store_true")
-    parser.add_argument("--budget-s", type=float, default=400)
+    parser.add_argument("--budget-s", type=float, default=360, help="end the run after this long, with what it has")
     parser.add_argument("--cpu-smoke", action="store_true", help="2 CPU workers, the tiny test model, 64², 4 steps")
     args = parser.parse_args()
     watchdog(args.budget_s)

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 900.0  # a worker's start: importing torch, CUDA init (a model load is timed apart)
 POLL_S = 0.1  # how often a waiting front end looks at its job's Interrupt / Skip buttons
 COUNT_TIMEOUT_S = 0.5  # the live token counter never waits longer than this
-WAIT_FOR_WORKER_S = 300.0  # a job arriving while every worker restarts waits this long for one
+WAIT_FOR_WORKER_S = 300.0
+INFO_EVERY_S = 2.0  # how fresh the memory report a worker sends after its jobs is  # a job arriving while every worker restarts waits this long for one
 USER_ERRORS = {cls.__name__: cls for cls in (RequestError, GenerationError, ModelLoadError, StudioError)}
 
 
@@ -121,8 +122,17 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
 
     threading.Thread(target=read_commands, name="commands", daemon=True).start()
     send(("ready", None, _snapshot(manager)))
-    catalog_seen = None
-    while (message := work.get()) is not None:
+    catalog_seen, info_sent, stale = None, time.monotonic(), False
+    while True:
+        try:
+            message = work.get(timeout=INFO_EVERY_S)
+        except queue.Empty:
+            if stale:  # idle now: the report the last jobs skipped
+                send(("info", None, _snapshot(manager)))
+                info_sent, stale = time.monotonic(), False
+            continue
+        if message is None:
+            break
         kind, call_id, payload = message
         try:
             if kind == "job":
@@ -149,7 +159,12 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
         finally:
             jobs.pop(call_id, None)
         send(reply)
-        send(("info", None, _snapshot(manager)))
+        # The memory report walks every weight storage: after each load, and after
+        # jobs at most every INFO_EVERY_S (a job adds at most a mode or an extra module).
+        stale = True
+        if kind != "job" or time.monotonic() - info_sent >= INFO_EVERY_S:
+            send(("info", None, _snapshot(manager)))
+            info_sent, stale = time.monotonic(), False
     os._exit(0)  # skip interpreter teardown under live compile threads
 
 
