@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 900.0  # a worker's start: importing torch, CUDA init (a model load is timed apart)
 POLL_S = 0.1  # how often a waiting front end looks at its job's Interrupt / Skip buttons
 COUNT_TIMEOUT_S = 0.5  # the live token counter never waits longer than this
-WAIT_FOR_WORKER_S = 300.0
-INFO_EVERY_S = 2.0  # how fresh the memory report a worker sends after its jobs is  # a job arriving while every worker restarts waits this long for one
+WAIT_FOR_WORKER_S = 300.0  # a job arriving while every worker restarts waits this long for one
+INFO_EVERY_S = 2.0  # how fresh the memory report a worker sends after its jobs is
 USER_ERRORS = {cls.__name__: cls for cls in (RequestError, GenerationError, ModelLoadError, StudioError)}
 
 
@@ -214,7 +214,8 @@ class _Life:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                return replies.get(timeout=POLL_S if deadline is None else min(POLL_S, max(0.0, deadline - time.monotonic())))
+                left = POLL_S if deadline is None else max(0.0, deadline - time.monotonic())
+                return replies.get(timeout=min(POLL_S, left))
             except queue.Empty:
                 if self.lost and replies.empty():
                     return "lost", None
