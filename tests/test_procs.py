@@ -56,6 +56,31 @@ def in_threads(*calls):
     return outcomes
 
 
+def _visible_gpus(answers) -> None:
+    answers.put(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+@pytest.mark.parametrize("parent_sees, child_sees", [(None, "1"), ("4,6", "6")])
+def test_a_gpu_worker_is_born_seeing_only_its_own_gpu(monkeypatch, parent_sees, child_sees):
+    """cuda:1 → the second GPU this process sees, set before the child runs any import."""
+    import multiprocessing
+
+    from serving.procs import _only_gpu
+
+    if parent_sees is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", parent_sees)
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    with _only_gpu("cuda:1"):
+        child = context.Process(target=_visible_gpus, args=(answers,))
+        child.start()
+    assert answers.get(timeout=120) == child_sees
+    child.join(30)
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == parent_sees  # this process keeps its own view
+
+
 def test_requests_and_results_survive_pickling(tiny_model_dir):
     from PIL import Image
 
