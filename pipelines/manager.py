@@ -176,6 +176,7 @@ class PipelineManager:
             self._scheduler_config = dict(pipe.scheduler.config)
             self._pipelines = {"txt2img": pipe}
             self.adapters.attach(pipe)  # embeddings/ words into its tokenizer + text encoder
+            self.adapters.loras.on_change = runtime.module_state_changed if runtime else None
             self.model = ModelInfo(source.name, source, time.perf_counter() - started, self.family.name,
                                    sum(_weight_storages(pipe.components.values()).values()))
             log.info("loaded %s (%s, %s, %.0f MiB) in %.1fs on %s/%s", source.name, self.family.name, source.kind,
@@ -416,9 +417,11 @@ class PipelineManager:
         if self._refiner is None or self._refiner[0] != source_text:
             self._refiner = None
             self._free_memory()
-            self._refiner = (source_text, load_refiner(catalog.source_for("checkpoint", source_text), self._base,
-                                                       self.device, self.dtype,
-                                                       self.allow_download, self.variant))
+            refiner = load_refiner(catalog.source_for("checkpoint", source_text), self._base, self.device, self.dtype,
+                                   self.allow_download, self.variant)
+            for name in ("unet", "text_encoder_2"):  # its VAE is the base's, already on the fast path
+                self._fast(getattr(refiner, name, None))
+            self._refiner = (source_text, refiner)
         return self._refiner[1]
 
     def _refined_txt2img(self, request, on_step, job) -> GenerationResult:
