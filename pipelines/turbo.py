@@ -318,10 +318,15 @@ def deep_cache(unet, interval: int, runtime=None, controlnets=()):
     if interval <= 1:
         yield None
         return
+    from .fast_path import _lora_unsafe
+
+    def graphed(model):  # LoRA layers that may act unmerged change after a capture: those run eager
+        return None if runtime is None or _lora_unsafe(model) else runtime
+
     with ExitStack() as stack:
         for controlnet in controlnets:
-            stack.enter_context(_routed(controlnet, ControlStepper(controlnet, interval, runtime)))
-        yield stack.enter_context(_routed(unet, Stepper(unet, interval, runtime)))
+            stack.enter_context(_routed(controlnet, ControlStepper(controlnet, interval, graphed(controlnet))))
+        yield stack.enter_context(_routed(unet, Stepper(unet, interval, graphed(unet))))
 
 
 def controlnets_of(pipe) -> list:
