@@ -9,7 +9,8 @@ seeds for every row; rows: turbo off, DeepCache 2, DeepCache 3. Per row: the pro
 PSNR and mean |Δ| of the pixels against turbo off, the latents' relative error
 ‖z − z_off‖ / ‖z_off‖, full/shallow UNet call counts, and s/image (wall, and this process's
 CPU seconds) on a batch of `--time-n` captions (rows interleaved, `--rounds` times after a
-warm-up round, median; ratios within this run only).
+warm-up round, min: other load only adds time; ratios within this run only), and the cost
+of one full and one shallow UNet call (min of 20) with the speed-up they imply for the UNet.
 Prints one JSON line per row.
 """
 from __future__ import annotations
@@ -48,6 +49,24 @@ def sample(pipe, prompts: list[str], mode: str, seed: int = 0) -> tuple[torch.Te
     return latents, (np.asarray(images) * 255 + 0.5).clip(0, 255).astype(np.uint8), counts
 
 
+@torch.no_grad()
+def call_costs(pipe, batch: int, repeats: int = 20) -> tuple[float, float]:
+    """ms of one full and one shallow UNet call at the probe's shape (CFG batch), min of `repeats`."""
+    unet, size = pipe.unet, data.IMAGE_SIZE // pipe.vae_scale_factor
+    x = torch.randn(2 * batch, unet.config.in_channels, size, size)
+    c = torch.randn(2 * batch, 77, unet.config.cross_attention_dim)
+    t = torch.tensor(500)
+    best = {"full": float("inf"), "shallow": float("inf")}
+    with deep_cache(unet, 2) as stepper:  # calls alternate full, shallow
+        for index in range(2 * repeats):
+            start = time.perf_counter()
+            unet(x, t, c)
+            kind = "full" if index % 2 == 0 else "shallow"
+            best[kind] = min(best[kind], time.perf_counter() - start)
+    assert stepper.full_calls == stepper.shallow_calls == repeats
+    return round(best["full"] * 1000, 2), round(best["shallow"] * 1000, 2)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = ((a.astype(np.float64) - b) ** 2).mean()
     return float("inf") if mse == 0 else round(10 * np.log10(255 ** 2 / mse), 2)
@@ -73,9 +92,11 @@ def main() -> None:
                 times[mode].append((time.perf_counter() - start) / args.time_n)
                 cpu_times[mode].append((time.process_time() - cpu_start) / args.time_n)
     off_latents, off_images, _ = results["Off"]
-    off_s, off_cpu = statistics.median(times["Off"]), statistics.median(cpu_times["Off"])
+    # min over rounds: other load on a shared machine only ever adds time
+    off_s, off_cpu = min(times["Off"]), min(cpu_times["Off"])
+    full_ms, shallow_ms = call_costs(pipe, args.time_n)
     for mode, (latents, images, counts) in results.items():
-        s, cpu = statistics.median(times[mode]), statistics.median(cpu_times[mode])
+        s, cpu = min(times[mode]), min(cpu_times[mode])
         print(json.dumps({
             "turbo": mode, "n": args.n, **score_objects(images, truths),
             "psnr_vs_off_db": psnr(images, off_images),
@@ -85,6 +106,10 @@ def main() -> None:
             # CPU seconds of this process: the work done, less sensitive to other load on a shared machine
             "cpu_s_per_image": round(cpu, 4), "cpu_speedup_vs_off": round(off_cpu / cpu, 2),
             "threads": torch.get_num_threads(),
+            # from one full and one shallow UNet call's cost (min of 20 each) and the call counts
+            "unet_ms_full_call": full_ms, "unet_ms_shallow_call": shallow_ms,
+            "unet_speedup_from_call_costs": round(sum(counts.values()) * full_ms /
+                                                  (counts["full"] * full_ms + counts["shallow"] * shallow_ms), 2),
         }), flush=True)
 
 
