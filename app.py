@@ -35,6 +35,7 @@ def manager_kwargs(settings: Settings) -> dict:
         variant=settings.variant or None,
         fast_path=fast_path(settings),
         upscaler_dir=settings.upscaler_dir,
+        fp8=settings.fp8,
     )
 
 

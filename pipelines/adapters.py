@@ -335,6 +335,11 @@ class Adapters:
         if getattr(self, "_generation", None) != catalog.current().generation:
             self.attach(base)  # the catalogue was rescanned (Refresh): new embeddings become words
         tags = [t for t in request.loras if t.weight != 0.0]
+        if tags and getattr(base.unet, "_sd_studio_fp8", None):
+            # The UNet's linears hold fp8 weights: merging a LoRA would mean re-quantizing from
+            # a kept fp16 copy at every change of set (docs/performance.md#fp8), so: refused.
+            raise RequestError("LoRAs can't be used on this server: it runs the model's UNet in fp8 "
+                               "(started with --fp8). Remove the <lora:…> tags, or restart it without --fp8.")
         if len(tags) > MAX_LORAS_PER_REQUEST:
             raise RequestError(f"At most {MAX_LORAS_PER_REQUEST} LoRAs per request, got {len(tags)}.")
         weighted = [(self.loras.get(base, t.name), t.weight) for t in tags]

@@ -55,6 +55,10 @@ class FastPath:
     fuse_qkv: bool = True
     compile_vae: bool = True  # the VAE decode too (diffusers' recipe does)
     max_signatures: int = 8  # per module: sizes × batch shapes kept fast; more run eager
+    # fp8 linears in the UNet (pipelines/fp8.py; Ada/Hopper + torchao, else refused with a log
+    # line): lossy, off by default. Layers with a side below fp8_min_features stay as they are.
+    fp8: bool = False
+    fp8_min_features: int = 256
     # fn -> compiled fn; None: torch.compile(fn, fullgraph=True, dynamic=False). Tests pass a fake.
     compiler: Callable | None = field(default=None, compare=False)
 
@@ -176,6 +180,7 @@ class FastPathRuntime:
     def __init__(self, config: FastPath, device: torch.device, lock: threading.Lock):
         self.config, self.device, self.lock = config, torch.device(device), lock
         self.graphs = config.cuda_graphs and self.device.type == "cuda"
+        self.fp8 = False  # set by apply_fast_path once the device is checked
         self.compiles = config.compile == "full"
         # Weak: an evicted ControlNet (or replaced 9-channel UNet) is freed with its graphs.
         self.calls: weakref.WeakSet[FastCall] = weakref.WeakSet()
@@ -205,7 +210,7 @@ class FastPathRuntime:
             _prepare(module, self.config)
             _wrap_controlnet(self, module)
         elif kind == "UNet2DConditionModel":
-            _prepare(module, self.config)
+            _prepare(module, self.config, fp8=self.fp8)
             _wrap_unet(self, module)
         return module
 
@@ -331,11 +336,18 @@ class FastPathRuntime:
 
 
 # ---------------------------------------------------------------------- module wrappers
-def _prepare(module, config: FastPath) -> None:
+def _prepare(module, config: FastPath, fp8: bool = False) -> None:
     if config.channels_last:
         module.to(memory_format=torch.channels_last)
     if config.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
         module.fuse_qkv_projections()
+    if fp8:  # after fusing: the fused to_qkv is the layer that runs
+        from .fp8 import quantize_unet_fp8
+
+        try:
+            quantize_unet_fp8(module, config.fp8_min_features)
+        except Exception:  # noqa: BLE001 — layers already converted keep working; the rest stay as they are
+            log.exception("fp8: quantizing the UNet failed; its remaining layers stay in %s", next(module.parameters()).dtype)
 
 
 def _as_float_timestep(timestep, device):
@@ -491,7 +503,16 @@ def apply_fast_path(pipe, config: FastPath, device=None, lock: threading.Lock | 
     runtime = FastPathRuntime(config, device or pipe.unet.device, lock or threading.Lock())
     applied = runtime.applied
     unet, vae = pipe.unet, pipe.vae
-    _prepare(unet, config)
+    if config.fp8:
+        from .fp8 import fp8_unavailable_reason
+
+        reason = fp8_unavailable_reason(runtime.device)
+        if reason:
+            log.warning("%s Generating without it.", reason)
+        runtime.fp8 = reason is None
+    _prepare(unet, config, fp8=runtime.fp8)
+    if runtime.fp8:
+        applied.append(f"fp8 ({len(getattr(unet, '_sd_studio_fp8', []))} UNet linears)")
     if config.channels_last:
         vae.to(memory_format=torch.channels_last)
         applied.append("channels_last")

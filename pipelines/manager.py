@@ -118,6 +118,7 @@ class PipelineManager:
         variant: str | None = None,
         fast_path: FastPath | None | str = "auto",
         upscaler_dir: str = "",
+        fp8: bool = False,
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -132,6 +133,10 @@ class PipelineManager:
         # CUDA graphs + fast compilation on CUDA (not with CPU offload: modules move between devices)
         if fast_path == "auto":
             fast_path = FastPath() if self.device.type == "cuda" and not self.cpu_offload else None
+        if fp8 and fast_path is not None:
+            fast_path = replace(fast_path, fp8=True)  # checked against the device at load (fast_path.py)
+        elif fp8:
+            log.warning("fp8 is off: it is an option of the GPU fast path, which is off here. Generating without it.")
         self.fast_path: FastPath | None = fast_path
         self.fast_path_applied: list[str] = []
         self.fast_runtime: FastPathRuntime | None = None  # background compile + graphs (fast_path.py)
@@ -510,6 +515,8 @@ class PipelineManager:
         acted = {"Refiner": None, "Refiner switch at": None}
         if not self.family.is_xl:
             acted.update({FIELDS[name].infotext: None for name in SDXL_SIZE_FIELDS})
+        if self.fast_runtime is not None and self.fast_runtime.fp8:
+            acted["FP8 weight"] = "UNet linears"  # lossy (docs/performance.md#fp8): say so in every image
         extra = {**acted, **self.adapters.infotext(request), **(extra or {})}  # Lora hashes, TI hashes, VAE hash
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
 
