@@ -7,7 +7,9 @@ shared/reference/MEASUREMENTS.md), so the levers are, in order of gain:
   replayed (one launch instead of ~1000); calls a graph cannot serve (LoRA adapters, tiling,
   CLIP skip, unusual arguments) run the ordinary forward;
 - torch.compile (whole module, fullgraph) under those graphs, except the text encoder;
-  channels_last, fused QKV.
+  channels_last, fused QKV;
+- optionally (`fp8`, off by default, lossy) the UNet's large linears in fp8 on Ada/Hopper
+  (pipelines/fp8.py), quantized before anything is graphed or compiled.
 
 No visible warm-up: a new signature (mode, size, batch) is served at once by the ordinary
 eager forward. When it repeats (the second call: inside the first request for the step loop's

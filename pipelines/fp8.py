@@ -87,17 +87,19 @@ def fp8_linear_names(unet, min_features: int = MIN_FEATURES) -> list[str]:
     return names
 
 
-def quantize_unet_fp8(unet, min_features: int = MIN_FEATURES) -> list[str]:
+def quantize_unet_fp8(unet, min_features: int = MIN_FEATURES, per_row: bool | None = None) -> list[str]:
     """Quantize the chosen linears of `unet` in place (call fp8_unavailable_reason first).
-    Returns their names; also kept as `unet._sd_studio_fp8` (LoRAs check it)."""
+    Returns their names; also kept as `unet._sd_studio_fp8` (LoRAs check it). per_row: None
+    follows the dtype (per-row under bf16 only); the benchmark sets it to compare the two."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
     names = set(fp8_linear_names(unet, min_features))
     dtype = next(unet.parameters()).dtype
-    granularity = PerRow() if dtype == torch.bfloat16 else PerTensor()
+    per_row = dtype == torch.bfloat16 if per_row is None else per_row
+    granularity = PerRow() if per_row else PerTensor()
     config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=False)
     quantize_(unet, config, filter_fn=lambda module, name: name in names)
     unet._sd_studio_fp8 = sorted(names)
     log.info("fp8: %d linear layers of the UNet quantized (%s scales, %s activations)", len(names),
-             "per-row" if dtype == torch.bfloat16 else "per-tensor", dtype)
+             "per-row" if per_row else "per-tensor", dtype)
     return unet._sd_studio_fp8

@@ -89,13 +89,26 @@ class ModelInfo:
     weight_bytes: int = 0  # the base's weights, each storage counted once
 
 
+def _plain_tensors(tensor):
+    """The tensors holding a parameter's data: itself, or the inner tensors of a wrapper
+    subclass (torchao's fp8 weights: float8 data + scale), which has no storage of its own."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if is_traceable_wrapper_subclass(tensor):
+        for name in tensor.__tensor_flatten__()[0]:
+            yield from _plain_tensors(getattr(tensor, name))
+    else:
+        yield tensor
+
+
 def _weight_storages(modules) -> dict[int, int]:
     """data pointer → bytes of every parameter/buffer storage (each counted once)."""
     seen: dict[int, int] = {}
     for module in modules:
         if isinstance(module, torch.nn.Module):
             for tensor in list(module.parameters()) + list(module.buffers()):
-                seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+                for plain in _plain_tensors(tensor):
+                    seen[plain.untyped_storage().data_ptr()] = plain.untyped_storage().nbytes()
     return seen
 
 

@@ -110,3 +110,49 @@ def test_a_lora_on_an_fp8_unet_is_refused_with_a_sentence_and_the_next_request_r
         assert generate(m)[0].shape == (64, 64, 3)
     finally:
         catalog.configure(None)
+
+
+def test_memory_report_counts_fp8_weights_by_their_float8_bytes(tiny_model_dir):
+    # torchao's fp8 weight is a wrapper tensor without a storage of its own: the report reads
+    # its float8 data and scale. Built here with torchao's own constructor (the fp8 *matmul*
+    # needs a GPU; holding the weight does not).
+    pytest.importorskip("torchao")
+    from torchao.quantization import Float8Tensor, PerTensor
+
+    m = PipelineManager(device="cpu")
+    m.load_base(str(tiny_model_dir))
+    before = m.memory_report()["base_bytes"]
+    unet = m.pipeline("txt2img").unet
+    layers = dict(unet.named_modules())
+    names = fp8_linear_names(unet, min_features=16)
+    saved = 0
+    for name in names:
+        weight = layers[name].weight
+        layers[name].weight = torch.nn.Parameter(Float8Tensor.from_hp(weight.detach(), granularity=PerTensor()), requires_grad=False)
+        saved += weight.numel() * (weight.element_size() - 1) - 4  # fp32 -> 1 byte each, plus a 4-byte scale
+    assert names and m.memory_report()["base_bytes"] == before - saved
+    # every mode derived afterwards shares that UNet, fp8 weights and all (from_pipe moves nothing)
+    for task in ("img2img", "inpaint"):
+        derived = m.pipeline(task).unet
+        assert derived is unet and isinstance(dict(derived.named_modules())[names[0]].weight, Float8Tensor)
+
+
+def test_torchao_quantize_hands_our_filter_the_module_names_fp8_selects_by():
+    pytest.importorskip("torchao")
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerTensor, quantize_
+
+    unet = tiny_unet()
+    unet.fuse_qkv_projections()
+    names = set(fp8_linear_names(unet, min_features=16))
+    seen = []
+
+    def chosen(module, name):
+        seen.append(name)
+        return name in names
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor(), set_inductor_config=False)
+    try:
+        quantize_(unet, config, filter_fn=chosen)
+    except AssertionError:  # no Ada/Hopper GPU here: torchao refuses at the first chosen layer
+        pass
+    assert set(seen) <= set(dict(unet.named_modules())) and names & set(seen)
