@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gpu_speed import PROMPT, build_random_sd15, log, median_s, psnr, section  # noqa: E402
+from gpu_speed import PROMPT, bench_profile, build_random_sd15, log, median_s, psnr, section  # noqa: E402
 
 
 def seconds_median(fn, repeats: int, device: str) -> float:
@@ -110,17 +110,25 @@ def bench_manager(folder: Path, card: str, args, fp8: bool) -> dict | None:
     before = _served(manager)
     s = seconds_median(lambda: manager.run(request), args.repeats, args.device)
     after = _served(manager)
-    unet_ms = None
+    unet_ms, unet_how = None, None
     fast = getattr(unet, "_sd_studio_fast", None)
     if fast is not None and args.device == "cuda":
-        x = torch.randn(2, 4, args.size // 8, args.size // 8, device="cuda", dtype=torch.float16)
-        c = torch.randn(2, 77, 768, device="cuda", dtype=torch.float16)
-        t = torch.tensor(500.0, device="cuda")
-        with torch.no_grad():
-            unet_ms = round(median_s(lambda: fast(x, t, c), 30) * 1000, 2)
-    log(config=f"manager fast path, {label}", card=card, s_per_image=s, unet_ms_per_cfg_call=unet_ms,
+        # One UNet call of the very signature the requests ran (the best version installed for it).
+        best = {"compiled-graph": 0, "compiled": 1, "eager-graph": 2}
+        served = sorted(fast.fast.items(), key=lambda item: best.get(item[1][1], 9))
+        if served:
+            signature, (_, unet_how) = served[0]
+            inputs = [torch.randn(shape, device=device).to(dtype) if dtype.is_floating_point
+                      else torch.zeros(shape, device=device, dtype=dtype) for shape, dtype, device in signature]
+            if inputs[1].dtype.is_floating_point:
+                inputs[1].fill_(500.0)  # the timestep
+            with torch.no_grad():
+                unet_ms = round(median_s(lambda: fast(*inputs), 30) * 1000, 2)
+    log(config=f"manager fast path, {label}", card=card, s_per_image=s, unet_ms_per_cfg_call=unet_ms, unet_call_served_by=unet_how,
         warmup_s=round(seconds, 1), compile_events=events,
         served_during={k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)})
+    if args.device == "cuda":
+        bench_profile(f"ours txt2img, {label}", lambda: manager.run(request))  # GPU busy vs wall, top kernels
     result = dict(s=s, unet_ms=unet_ms, eager_latent=eager_latent, eager_image=eager_image,
                   compiled_latent=compiled_latent, compiled_image=compiled_image)
     if runtime:
