@@ -283,6 +283,11 @@ def main() -> None:
 
 def bench_fp8(folder: Path | None, card: str, args) -> None:
     """Every fp8 row; `folder` holds build_random_sd15's sd15/ (None: built here)."""
+    defaults = dict(device="cuda", dtype="fp16", steps=30, size=512, repeats=5, compile="full", compile_vae=False,
+                    compile_wait_s=150.0, demo_models=str(ROOT / "assets" / "models"), probe_n=100)
+    for name, value in defaults.items():  # called from another bench's main with its own args
+        if not hasattr(args, name):
+            setattr(args, name, value)
     check_torchao_api(args)
     if folder is None:
         folder = Path(tempfile.mkdtemp())
