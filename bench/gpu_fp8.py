@@ -9,7 +9,8 @@ quality, one process, one card.
 - the shipped demo model (bf16 on CUDA) read back on held-out captions (training/evaluate.py's
   probe: colour, shape, background, position), without fp8 and with fp8 per-row and per-tensor
   (every linear ≥ 16 wide: the default 256 filter takes none of the demo's 64/128-wide layers);
-- SDPA: each backend per SD 1.5 attention shape (head size 40/80/160, self and cross).
+- SDPA: each backend per SD 1.5 attention shape (head size 40/80/160, self and cross);
+- cuDNN's convolution autotuning (`torch.backends.cudnn.benchmark`) on the fp16 UNet, off vs on.
 
     PYTHONUNBUFFERED=1 python bench/gpu_fp8.py [--demo-models assets/models]   # ~3 min on an H200 (cold compile cache)
     python bench/gpu_fp8.py --cpu-smoke     # the same code on a tiny model on the CPU: fp8 is refused there
@@ -229,6 +230,42 @@ def bench_sdpa_shapes(card: str, args) -> None:
         log(sdpa_shape=name, card=card, us_per_call=row)
 
 
+@section("cudnn benchmark")
+def bench_cudnn_benchmark(folder: Path, card: str, args) -> None:
+    """Convolutions are the largest kernel share of an image (~50 of 194 ms, run 3's profile),
+    picked by cuDNN's heuristics; `torch.backends.cudnn.benchmark` times every algorithm per
+    shape instead. The fp16 UNet (fused QKV, channels_last) in one eager CUDA graph, both ways."""
+    if args.device != "cuda":
+        log(section="cudnn benchmark", skipped="CUDA only")
+        return
+    from diffusers import UNet2DConditionModel
+
+    from pipelines.fast_path import CapturedGraph
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "sd15", subfolder="unet", torch_dtype=torch.float16).to("cuda")
+    unet.fuse_qkv_projections()
+    unet.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, args.size // 8, args.size // 8, device="cuda", dtype=torch.float16)
+    c = torch.randn(2, 77, 768, device="cuda", dtype=torch.float16)
+    t = torch.tensor(500.0, device="cuda")
+    row, outputs = {}, {}
+    was = torch.backends.cudnn.benchmark
+    try:
+        for on in (False, True):
+            torch.backends.cudnn.benchmark = on
+            with torch.no_grad():
+                graph = CapturedGraph(lambda a, b, e: (unet(a, b, e, return_dict=False)[0],), [x, t, c], None)
+                row[f"benchmark={on}"] = round(median_s(lambda: graph(x, t, c), 30) * 1000, 2)
+                outputs[on] = graph(x, t, c)[0].float()
+            del graph
+    finally:
+        torch.backends.cudnn.benchmark = was
+    log(cudnn_benchmark_unet_eager_graph_ms=row, card=card,
+        rel_output_difference=round(rel_error(outputs[True], outputs[False]), 6) if len(outputs) == 2 else None)
+    del unet
+    torch.cuda.empty_cache()
+
+
 @section("fp8 api")
 def check_torchao_api(args) -> None:
     """The installed torchao has the names pipelines/fp8.py uses; where fp8 cannot run, the
@@ -300,6 +337,7 @@ def bench_fp8(folder: Path | None, card: str, args) -> None:
         compare(card, fp16, fp8)
     bench_demo_probes(card, args)
     bench_sdpa_shapes(card, args)
+    bench_cudnn_benchmark(folder, card, args)
 
 
 if __name__ == "__main__":
