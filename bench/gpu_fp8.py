@@ -170,7 +170,8 @@ def bench_demo_probes(card: str, args) -> None:
     if not (models / "demo" / "model_index.json").is_file():
         log(section="fp8 demo probes", skipped=f"no demo model under {models} (pass --demo-models DIR)")
         return
-    from pipelines.fp8 import MIN_FEATURES, fp8_linear_names, fp8_unavailable_reason, quantize_unet_fp8
+    from pipelines.fp8 import (MIN_FEATURES, emulate_fp8_on_cpu, fp8_linear_names, fp8_unavailable_reason,
+                               quantize_unet_fp8)
     from training.evaluate import CFG, STEPS, generate, heldout_probes, load_pipeline, score_objects
 
     probes = heldout_probes(args.probe_n)
@@ -182,14 +183,20 @@ def bench_demo_probes(card: str, args) -> None:
     t0 = time.perf_counter()
     reference = generate(pipe, prompts, CFG)
     log(probe="demo model, no fp8", card=card, seconds=round(time.perf_counter() - t0, 1), **score_objects(reference, truths))
-    reason = fp8_unavailable_reason(args.device)
+    # On a CPU the same fp8 weights run on the CPU's torch._scaled_mm (emulate_fp8_on_cpu).
+    emulated = args.device == "cpu"
+    reason = None if emulated else fp8_unavailable_reason(args.device)
     for per_row in (True, False):
-        row = f"demo model, fp8 {'per-row' if per_row else 'per-tensor'} (linears >= 16 wide)"
+        row = (f"demo model, fp8 {'per-row' if per_row else 'per-tensor'} (linears >= 16 wide)"
+               + (", emulated on the CPU" if emulated else ""))
         if reason:
             log(probe=row, skipped=reason)
             continue
         pipe = load_pipeline(models, args.device)  # fresh weights for each granularity
-        layers = quantize_unet_fp8(pipe.unet, min_features=16, per_row=per_row)
+        if emulated:
+            layers = emulate_fp8_on_cpu(pipe.unet, min_features=16, per_row=per_row)
+        else:
+            layers = quantize_unet_fp8(pipe.unet, min_features=16, per_row=per_row)
         t0 = time.perf_counter()
         images = generate(pipe, prompts, CFG)
         diff = np.mean([psnr(a, b) for a, b in zip(images, reference)])
@@ -302,16 +309,18 @@ def main() -> None:
                         help="compile the VAE decode too (the same in both rows: off saves ~16 s of budget)")
     parser.add_argument("--compile-wait-s", type=float, default=150, help="longest wait for each manager's compiles")
     parser.add_argument("--demo-models", default=str(ROOT / "assets" / "models"), help="folder holding demo/ (the demo family)")
-    parser.add_argument("--probe-n", type=int, default=100)
+    parser.add_argument("--probe-n", type=int, default=None, help="held-out captions (default 100; 2 with --cpu-smoke)")
     parser.add_argument("--folder", default="", help="an existing build_random_sd15 folder (else built here)")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU: every code path that runs there")
     args = parser.parse_args()
     if args.cpu_smoke:
-        args.device, args.dtype, args.size, args.steps, args.repeats, args.probe_n = "cpu", "fp32", 64, 3, 1, 2
+        args.device, args.dtype, args.size, args.steps, args.repeats = "cpu", "fp32", 64, 3, 1
+        args.probe_n = args.probe_n or 2
         args.compile = "none"
         card = "cpu"
     else:
         args.device, args.dtype = "cuda", "fp16"
+        args.probe_n = args.probe_n or 100
         card = torch.cuda.get_device_name()
     bench_fp8(Path(args.folder) if args.folder else None, card, args)
     sys.stdout.flush()

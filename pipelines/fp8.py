@@ -103,3 +103,23 @@ def quantize_unet_fp8(unet, min_features: int = MIN_FEATURES, per_row: bool | No
     log.info("fp8: %d linear layers of the UNet quantized (%s scales, %s activations)", len(names),
              "per-row" if per_row else "per-tensor", dtype)
     return unet._sd_studio_fp8
+
+
+def emulate_fp8_on_cpu(unet, min_features: int = MIN_FEATURES, per_row: bool = False) -> list[str]:
+    """Tests and the CPU bench only: the chosen linears get the same torchao fp8 weights that
+    quantize_unet_fp8 makes (float8 e4m3 data, scales, dynamic activation scaling), built
+    without torchao's GPU check, so the CPU's torch._scaled_mm runs the fp8 maths."""
+    from torchao.float8.inference import Float8MMConfig
+    from torchao.quantization import Float8Tensor, PerRow, PerTensor
+    from torchao.quantization.quantize_.workflows.float8.float8_tensor import QuantizeTensorToFloat8Kwargs
+
+    granularity = PerRow() if per_row else PerTensor()
+    layers = dict(unet.named_modules())
+    names = fp8_linear_names(unet, min_features)
+    for name in names:
+        weight = Float8Tensor.from_hp(layers[name].weight.detach(), granularity=granularity,
+                                      mm_config=Float8MMConfig(use_fast_accum=True),
+                                      act_quant_kwargs=QuantizeTensorToFloat8Kwargs(torch.float8_e4m3fn, granularity))
+        layers[name].weight = torch.nn.Parameter(weight, requires_grad=False)
+    unet._sd_studio_fp8 = names
+    return names

@@ -156,3 +156,20 @@ def test_torchao_quantize_hands_our_filter_the_module_names_fp8_selects_by():
     except AssertionError:  # no Ada/Hopper GPU here: torchao refuses at the first chosen layer
         pass
     assert set(seen) <= set(dict(unet.named_modules())) and names & set(seen)
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_fp8_maths_keeps_the_unets_prediction_within_a_few_percent(per_row):
+    # The fp8 weights torchao makes, run by the CPU's torch._scaled_mm (emulate_fp8_on_cpu):
+    # e4m3 keeps 3 mantissa bits, so each product is off by up to ~6 %; the UNet's output
+    # (residual paths, convs and norms in full precision) moves by about 1 %.
+    pytest.importorskip("torchao")
+    from pipelines.fp8 import emulate_fp8_on_cpu
+
+    x, c, t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.randn(2, 77, 32), torch.tensor(500.0)
+    plain, quantized = tiny_unet(), tiny_unet()
+    names = emulate_fp8_on_cpu(quantized, min_features=16, per_row=per_row)
+    with torch.no_grad():
+        a, b = plain(x, t, c).sample, quantized(x, t, c).sample
+    error = float((a - b).norm() / a.norm())
+    assert names and 0.001 < error < 0.05
