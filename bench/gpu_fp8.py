@@ -179,7 +179,8 @@ def bench_demo_probes(card: str, args) -> None:
     pipe = load_pipeline(models, args.device)
     log(probe="demo model", card=card, dtype=str(pipe.unet.dtype), n=args.probe_n, cfg=CFG, steps=STEPS,
         fp8_layers_default_filter=len(fp8_linear_names(pipe.unet, MIN_FEATURES)),
-        fp8_layers_min16=len(fp8_linear_names(pipe.unet, 16)))
+        fp8_layers_min16_per_row=len(fp8_linear_names(pipe.unet, 16, per_row=True)),
+        fp8_layers_min16_per_tensor=len(fp8_linear_names(pipe.unet, 16, per_row=False)))
     t0 = time.perf_counter()
     reference = generate(pipe, prompts, CFG)
     log(probe="demo model, no fp8", card=card, seconds=round(time.perf_counter() - t0, 1), **score_objects(reference, truths))

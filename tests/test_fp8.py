@@ -173,3 +173,14 @@ def test_fp8_maths_keeps_the_unets_prediction_within_a_few_percent(per_row):
         a, b = plain(x, t, c).sample, quantized(x, t, c).sample
     error = float((a - b).norm() / a.norm())
     assert names and 0.001 < error < 0.05
+
+
+def test_fp8_per_tensor_leaves_out_128x128_weights_that_torchao_would_mistake_for_blocks():
+    from settings import DEMO_MODEL
+
+    with torch.device("meta"):  # the shipped demo UNet's architecture (64/128/128 channels)
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(DEMO_MODEL, subfolder="unet"))
+    shapes = {n: tuple(m.weight.shape) for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear)}
+    per_row, per_tensor = fp8_linear_names(unet, 16, per_row=True), fp8_linear_names(unet, 16)
+    assert {shapes[n] for n in set(per_row) - set(per_tensor)} == {(128, 128)}
+    assert (128, 128) not in {shapes[n] for n in per_tensor}
