@@ -202,7 +202,7 @@ def bench_demo_probes(card: str, args) -> None:
         images = generate(pipe, prompts, CFG)
         psnrs = [psnr(a, b) for a, b in zip(images, reference)]  # inf where identical
         log(probe=row, card=card, layers=len(layers), seconds=round(time.perf_counter() - t0, 1),
-            median_psnr_vs_no_fp8_db=float(np.median(psnrs)), min_psnr_vs_no_fp8_db=float(np.min(psnrs)),
+            median_psnr_vs_no_fp8_db=round(float(np.median(psnrs)), 1), min_psnr_vs_no_fp8_db=round(float(np.min(psnrs)), 1),
             **score_objects(images, truths))
 
 
