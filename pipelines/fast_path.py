@@ -72,17 +72,39 @@ class FifoLock:
         self._cv = threading.Condition(threading.Lock())
         self._next_ticket = 0
         self._serving = 0
+        self._abandoned: set[int] = set()  # tickets given up before their turn
+
+    def ticket(self) -> int:
+        """A place in line; wait(ticket) then takes the lock in that order."""
+        with self._cv:
+            self._next_ticket += 1
+            return self._next_ticket - 1
+
+    def wait(self, ticket: int, unless=None) -> bool:
+        """Hold the lock once it is this ticket's turn (True), or give the place up as soon as
+        unless() is true (False; the line skips it): a request already served in another's
+        batch (batching.py) stops waiting at once instead of at its turn."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._serving == ticket or (unless is not None and unless()))
+            if self._serving == ticket:
+                return True
+            self._abandoned.add(ticket)
+            return False
 
     def acquire(self) -> bool:
-        with self._cv:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._cv.wait_for(lambda: self._serving == ticket)
-        return True
+        return self.wait(self.ticket())
 
     def release(self) -> None:
         with self._cv:
             self._serving += 1
+            while self._serving in self._abandoned:
+                self._abandoned.discard(self._serving)
+                self._serving += 1
+            self._cv.notify_all()
+
+    def wake(self) -> None:
+        """Re-check every waiter's unless() (after one was served elsewhere)."""
+        with self._cv:
             self._cv.notify_all()
 
     def __enter__(self):

@@ -30,6 +30,7 @@ from .control import control_maps
 from .core.errors import GenerationError, RequestError
 from .families import SD, Family, family_of_pipeline, single_file_config as config_for
 from .families import call_kwargs as call_kwargs_of
+from .batching import Batcher, Member, NotBatched, batch_key, default_max_batch, sample_together
 from .fast_path import FastPath, FastPathRuntime, FifoLock, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .core.images import fit
@@ -118,6 +119,7 @@ class PipelineManager:
         variant: str | None = None,
         fast_path: FastPath | None | str = "auto",
         upscaler_dir: str = "",
+        max_batch: int = 0,
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -147,6 +149,12 @@ class PipelineManager:
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
         self._lock = FifoLock()  # one job per device at a time, in arrival order
+        # Compatible waiting txt2img requests share one UNet batch (batching.py); 0 = auto
+        # (4 on CUDA, 1 = off elsewhere). As many requests may wait here as one batch holds,
+        # so the line in front (FairGate, Gradio) lets that many through.
+        self.max_batch = max_batch if max_batch > 0 else default_max_batch(self.device)
+        self.concurrency = self.max_batch
+        self.batching = Batcher(self._lock, self.max_batch, self._run_locked, self._batch_key, self._run_batch)
         # LoRAs, embeddings, VAEs (pipelines/adapters.py); with the fast path LoRAs are always fused
         self.adapters = Adapters(self.device, self.dtype, fuse_always=self.fast_path is not None)
 
@@ -154,7 +162,7 @@ class PipelineManager:
     def load_base(self, source_text: str) -> ModelInfo:
         """Load a base model; on failure the previously loaded model stays in place."""
         source = resolve_source(catalog.source_for("checkpoint", source_text))
-        with self._lock:
+        with self.batching.alone():  # no batch spans two models
             started = time.perf_counter()
             pipe = load_pipeline(source, self.dtype, self.allow_download, self.single_file_config, self.variant)
             pipe.set_progress_bar_config(disable=True)
@@ -195,7 +203,7 @@ class PipelineManager:
     def refresh_models(self) -> None:
         """Rescan the model folders; new embeddings become words of the loaded model."""
         catalog.refresh()
-        with self._lock:
+        with self.batching.alone():  # new embedding words: no batch spans the change
             if self._base is not None:
                 self.adapters.attach(self._base)
 
@@ -282,23 +290,61 @@ class PipelineManager:
         if not request.is_normalized:
             raise RequestError("The request was not normalized (sizes must be multiples of 8, seed drawn): call Limits.normalize first.")
         job = job or Job()
+        if self.max_batch > 1:
+            return self.batching.run(request, on_step, job)
         with self._lock:
-            if self._base is None:
-                raise GenerationError(NO_MODEL)
-            started = time.perf_counter()
-            try:
-                with self.adapters.applied(self._base, self._pipelines, request):  # LoRA set + VAE
-                    result = self._dispatch(request, on_step, job)
-            except torch.OutOfMemoryError as error:
-                self._free_memory()
-                raise GenerationError(
-                    f"Out of GPU memory at {request.width}×{request.height}, batch size {request.sampling.batch_size}. "
-                    "Lower the size or batch size, or start with --vae-tiling / --cpu-offload. "
-                    "The memory was freed; the app keeps serving."
-                ) from error
+            return self._run_locked(request, on_step, job)
+
+    def _run_locked(self, request, on_step, job: Job) -> GenerationResult:
+        """One request, the lock held."""
+        if self._base is None:
+            raise GenerationError(NO_MODEL)
+        started = time.perf_counter()
+        try:
+            with self.adapters.applied(self._base, self._pipelines, request):  # LoRA set + VAE
+                result = self._dispatch(request, on_step, job)
+        except torch.OutOfMemoryError as error:
+            self._free_memory()
+            raise GenerationError(
+                f"Out of GPU memory at {request.width}×{request.height}, batch size {request.sampling.batch_size}. "
+                "Lower the size or batch size, or start with --vae-tiling / --cpu-offload. "
+                "The memory was freed; the app keeps serving."
+            ) from error
+        result.seconds = time.perf_counter() - started
+        result.worker = f"{os.getpid()}:{self.device}"
+        return result
+
+    def _batch_key(self, request):
+        """batching.batch_key on the loaded model; None (runs alone) without one."""
+        if self._base is None:
+            return None
+        return batch_key(self.pipeline("txt2img"), self.family, request)
+
+    def _run_batch(self, entries) -> None:
+        """Several txt2img requests with one key as one batch, the lock held (batching.py).
+        Raises when the batch as a whole failed: the members not served then run alone."""
+        started = time.perf_counter()
+
+        def stamp(result: GenerationResult) -> GenerationResult:
             result.seconds = time.perf_counter() - started
             result.worker = f"{os.getpid()}:{self.device}"
             return result
+
+        members = [Member(entry, lambda seed, request=entry.request: self._infotext(request, seed), stamp)
+                   for entry in entries]
+        pipe = self.pipeline("txt2img")
+        try:
+            with self.adapters.applied(self._base, self._pipelines, entries[0].request):  # equal for all (the key)
+                sample_together(pipe, members, self._scheduler_config, call_kwargs_of(self.family, entries[0].request),
+                                lambda: self._preview_weights(pipe), self.preview_every)
+        except torch.OutOfMemoryError:
+            self._free_memory()  # each member then runs alone and gets its own message
+            raise
+        except NotBatched:
+            raise
+        except Exception:
+            log.exception("a batch of %d requests failed; its members run alone", len(entries))
+            raise
 
     def stream(self, request: Txt2ImgRequest, job: Job | None = None):
         """run() as a generator: StepInfo per step, then the GenerationResult."""

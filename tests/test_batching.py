@@ -1,0 +1,126 @@
+"""Waiting compatible txt2img requests share one UNet batch (pipelines/batching.py), and each
+user still gets exactly their own request: image (up to kernel numerics), infotext, progress,
+interrupt."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from pipelines.core.jobs import Job
+from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest
+
+
+@pytest.fixture(scope="module")
+def batching(tiny_model_dir):
+    from pipelines.manager import PipelineManager
+
+    manager = PipelineManager(device="cpu", max_batch=4)
+    manager.load_base(str(tiny_model_dir))
+    return manager
+
+
+def txt2img(prompt, seed, cfg_scale=7.0, steps=6, width=64, scheduler="Euler a", negative=""):
+    return Limits().normalize(Txt2ImgRequest(prompt=prompt, negative_prompt=negative, width=width, height=64,
+                                             sampling=Sampling(scheduler=scheduler, steps=steps, seed=seed,
+                                                               cfg_scale=cfg_scale)))
+
+
+def while_busy(manager, calls):
+    """Run calls [(request, on_step, job)] from threads while the device is busy with another
+    request, so they all wait in line together; return their results (or errors) in order."""
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(info):
+        busy.set()
+        release.wait(60)
+
+    blocker = threading.Thread(target=manager.run, args=(txt2img("busy", 1, steps=2),), kwargs={"on_step": hold})
+    blocker.start()
+    assert busy.wait(60)
+    outcomes = [None] * len(calls)
+
+    def call(i, request, on_step, job):
+        try:
+            outcomes[i] = manager.run(request, on_step=on_step, job=job)
+        except Exception as error:  # noqa: BLE001 — handed back to the test
+            outcomes[i] = error
+
+    threads = [threading.Thread(target=call, args=(i, *c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for _ in range(600):
+        if manager.batching.waiting == len(calls):
+            break
+        threading.Event().wait(0.05)
+    served_before = len(manager.batching.served)
+    release.set()
+    for thread in threads + [blocker]:
+        thread.join(120)
+    return outcomes, manager.batching.served[served_before:]
+
+
+def pixels(result):
+    return np.asarray(result.images[0].image, np.int16)
+
+
+def test_two_waiting_requests_run_as_one_batch_and_each_gets_its_own_image(batching):
+    first = txt2img("a red circle", 11, cfg_scale=7.0)
+    second = txt2img("a blue square", 12, cfg_scale=4.5, negative="blurry")
+    progress = {0: [], 1: []}
+    (one, two), served = while_busy(batching, [(first, lambda i: progress[0].append(i.step), Job()),
+                                               (second, lambda i: progress[1].append(i.step), Job())])
+    assert served == [2]  # one generation served both
+    alone = [batching.run(first), batching.run(second)]
+    for together, solo in zip((one, two), alone):
+        assert not together.interrupted
+        assert together.images[0].seed == solo.images[0].seed
+        assert together.images[0].infotext == solo.images[0].infotext  # its own prompt, seed, CFG scale
+        assert np.abs(pixels(together) - pixels(solo)).max() <= 2  # same noise, same maths
+    assert "a red circle" in one.images[0].infotext and "a blue square" in two.images[0].infotext
+    assert "CFG scale: 4.5" in two.images[0].infotext and "Seed: 12" in two.images[0].infotext
+    assert progress[0] == progress[1] == list(range(1, 7))  # each user sees their own steps
+    assert np.abs(pixels(one) - pixels(two)).mean() > 1  # and they are different images
+
+
+def test_requests_of_another_size_or_step_count_are_not_batched(batching):
+    calls = [(txt2img("a", 1), None, Job()), (txt2img("b", 2, steps=5), None, Job()),
+             (txt2img("c", 3, width=72), None, Job())]
+    results, served = while_busy(batching, calls)
+    assert served == [1, 1, 1]
+    assert all(len(r.images) == 1 and not r.interrupted for r in results)
+
+
+def test_interrupting_one_member_leaves_the_others_image_intact(batching):
+    stopped, kept = txt2img("a red circle", 21), txt2img("a blue square", 22)
+    job = Job()
+
+    def stop_at_two(info):
+        if info.step == 2:
+            job.cancel()
+
+    (cut, whole), served = while_busy(batching, [(stopped, stop_at_two, job), (kept, None, Job())])
+    assert served == [2]
+    assert cut.interrupted and any("Interrupted at step 2/6" in note for note in cut.notes)
+    assert len(cut.images) == 1  # its image so far
+    assert not whole.interrupted
+    assert np.abs(pixels(whole) - pixels(batching.run(kept))).max() <= 2
+    # The stopped member's partial image is the one it would have got alone.
+    alone_job = Job()
+    alone = batching.run(stopped, on_step=lambda i: alone_job.cancel() if i.step == 2 else None, job=alone_job)
+    assert np.abs(pixels(cut) - pixels(alone)).max() <= 2
+
+
+def test_a_member_whose_progress_callback_fails_does_not_stop_the_other(batching):
+    def broken(info):
+        raise ValueError("client went away")
+
+    (failed, fine), served = while_busy(batching, [(txt2img("x", 31), broken, Job()), (txt2img("y", 32), None, Job())])
+    assert served == [2]
+    assert isinstance(failed, ValueError)
+    assert not fine.interrupted and len(fine.images) == 1
+
+
+def test_without_batching_the_manager_serves_one_request_per_generation(manager):
+    assert manager.max_batch == 1 and manager.concurrency == 1  # CPU default: off
