@@ -18,7 +18,8 @@ What stays per member (so a batched image equals the one run alone, up to kernel
   (out of memory …), falls back to running alone at its own turn, so an error only ever
   reaches the request that caused it.
 
-What must be equal (batch_key): task (txt2img), size, steps, sampler, η, whether CFG runs,
+What must be equal (batch_key): task (txt2img, or img2img with the same strength and no
+variation seed; each member its own init image), size, steps, sampler, η, whether CFG runs,
 the LoRA set and VAE (they are written into the shared weights), the prompt length in
 77-token chunks (cross-attention length), SDXL's size conditioning; no ControlNet, hires fix
 or refiner, batch count 1. Requests never join a batch across a model load (Batcher.alone).
@@ -34,7 +35,7 @@ import torch
 
 from .core.jobs import GeneratedImage, GenerationResult, Job
 from .core.prompt_syntax import parse_prompt
-from .core.requests import Txt2ImgRequest
+from .core.requests import Img2ImgRequest, Txt2ImgRequest
 from .core.schedulers import build_scheduler
 from .fast_path import FifoLock
 from .generation import StepReporter, close_batch, decode, pooled_kwargs, prompt_notes
@@ -210,7 +211,19 @@ def batch_key(pipe, family, request) -> tuple | None:
     from .families import call_kwargs
 
     s = request.sampling
-    if type(request) is not Txt2ImgRequest or request.control is not None or request.enable_hr:
+    if type(request) is Txt2ImgRequest:
+        task = ("txt2img",)
+    elif type(request) is Img2ImgRequest:
+        # Strength picks the timesteps; 0 denoising steps or strength 1 take other paths
+        # (the input back; pure noise); variation seeds vary the noise add_noise gets (per batch).
+        if int(s.steps * request.strength) == 0 or request.strength >= 1.0:
+            return None
+        if NoiseSpec.of(request, [s.seed]).varies:
+            return None
+        task = ("img2img", request.strength)
+    else:
+        return None
+    if request.control is not None or request.enable_hr:
         return None
     if request.refiner.strip() not in ("", "None") or s.batch_count != 1:
         return None
@@ -220,8 +233,8 @@ def batch_key(pipe, family, request) -> tuple | None:
     if s.guidance_scale > 1:
         chunks = max(chunks, len(tokenize(pipe, parse_prompt(request.negative_prompt)).chunks))
     loras = tuple(sorted((t.name, t.weight) for t in request.loras if t.weight != 0.0))
-    return (request.width, request.height, s.steps, s.scheduler, s.eta, s.guidance_scale > 1, loras,
-            request.vae, chunks, repr(sorted(call_kwargs(family, request).items())))
+    return task + (request.width, request.height, s.steps, s.scheduler, s.eta, s.guidance_scale > 1, loras,
+                   request.vae, chunks, repr(sorted(call_kwargs(family, request).items())))
 
 
 @dataclass
@@ -239,8 +252,10 @@ class Member:
 
 
 def sample_together(pipe, members: list[Member], scheduler_config: dict, call_kwargs: dict,
-                    preview_weights, preview_every: int) -> None:
-    """One diffusers call for every member (same key); each gets its own GenerationResult."""
+                    preview_weights, preview_every: int, init_image=None) -> None:
+    """One diffusers call for every member (same key); each gets its own GenerationResult.
+    img2img: init_image(request) is a member's init image fitted to the size; the pipeline gets
+    one per image and encodes and noises each with that image's own generator (as alone)."""
     prepared: list[Member] = []
     for member in members:
         request = member.entry.request
@@ -263,12 +278,17 @@ def sample_together(pipe, members: list[Member], scheduler_config: dict, call_kw
     scheduler = build_scheduler(s.scheduler, scheduler_config)
     tap = DenoisedTap(scheduler)
     pipe.scheduler = scheduler
-    latents, generators, row = [], [], 0
+    task = head.task
+    noise_call = {"strength": head.strength} if task == "img2img" else {}
+    latents, generators, images, row = [], [], [], 0
     for member in prepared:
         request = member.entry.request
-        noise, gens = sampler_noise(pipe, scheduler, {}, NoiseSpec.of(request, member.seeds),
+        noise, gens = sampler_noise(pipe, scheduler, noise_call, NoiseSpec.of(request, member.seeds),
                                     request.width, request.height)
-        latents.append(noise["latents"])
+        if task == "img2img":
+            images += [init_image(request)] * len(member.seeds)
+        else:
+            latents.append(noise["latents"])
         generators += gens
         member.rows = slice(row, row + len(member.seeds))
         row += len(member.seeds)
@@ -290,8 +310,8 @@ def sample_together(pipe, members: list[Member], scheduler_config: dict, call_kw
         notes = list(member.notes)
         rows, interrupted = close_batch(member.entry.job, member.reporter, rows, 0, notes)
         images = decode(pipe, rows)
-        result = GenerationResult("txt2img", [GeneratedImage(image, seed, member.infotext(seed))
-                                              for image, seed in zip(images, member.seeds)], notes, interrupted)
+        result = GenerationResult(task, [GeneratedImage(image, seed, member.infotext(seed))
+                                         for image, seed in zip(images, member.seeds)], notes, interrupted)
         member.entry.deliver(member.stamp(result))
 
     def callback(p, index, timestep, tensors):
@@ -323,7 +343,8 @@ def sample_together(pipe, members: list[Member], scheduler_config: dict, call_kw
         generator=generators,
         output_type="latent",
         callback_on_step_end=callback,
-        latents=torch.cat(latents),
+        **({"latents": torch.cat(latents)} if latents else {}),
+        **({"image": images, **noise_call} if task == "img2img" else {}),
         **call_kwargs,
     ).images
     if not active:
@@ -338,6 +359,6 @@ def sample_together(pipe, members: list[Member], scheduler_config: dict, call_kw
     for member, rows, notes, interrupted in closed:
         own = images[start:start + len(member.seeds)]
         start += len(member.seeds)
-        result = GenerationResult("txt2img", [GeneratedImage(image, seed, member.infotext(seed))
-                                              for image, seed in zip(own, member.seeds)], notes, interrupted)
+        result = GenerationResult(task, [GeneratedImage(image, seed, member.infotext(seed))
+                                         for image, seed in zip(own, member.seeds)], notes, interrupted)
         member.entry.deliver(member.stamp(result))

@@ -321,7 +321,7 @@ class PipelineManager:
         return batch_key(self.pipeline("txt2img"), self.family, request)
 
     def _run_batch(self, entries) -> None:
-        """Several txt2img requests with one key as one batch, the lock held (batching.py).
+        """Several txt2img (or img2img) requests with one key as one batch, the lock held (batching.py).
         Raises when the batch as a whole failed: the members not served then run alone."""
         started = time.perf_counter()
 
@@ -332,11 +332,12 @@ class PipelineManager:
 
         members = [Member(entry, lambda seed, request=entry.request: self._infotext(request, seed), stamp)
                    for entry in entries]
-        pipe = self.pipeline("txt2img")
+        pipe = self.pipeline(entries[0].request.task)  # txt2img or img2img
         try:
             with self.adapters.applied(self._base, self._pipelines, entries[0].request):  # equal for all (the key)
                 sample_together(pipe, members, self._scheduler_config, call_kwargs_of(self.family, entries[0].request),
-                                lambda: self._preview_weights(pipe), self.preview_every)
+                                lambda: self._preview_weights(pipe), self.preview_every,
+                                lambda request: fit(request.init_image, request.width, request.height, request.resize_mode))
         except torch.OutOfMemoryError:
             self._free_memory()  # each member then runs alone and gets its own message
             raise

@@ -27,7 +27,7 @@ def txt2img(prompt, seed, cfg_scale=7.0, steps=6, width=64, scheduler="Euler a",
                                                                cfg_scale=cfg_scale)))
 
 
-def while_busy(manager, calls):
+def while_busy(manager, calls, run=None):
     """Run calls [(request, on_step, job)] from threads while the device is busy with another
     request, so they all wait in line together; return their results (or errors) in order."""
     busy, release = threading.Event(), threading.Event()
@@ -43,14 +43,14 @@ def while_busy(manager, calls):
 
     def call(i, request, on_step, job):
         try:
-            outcomes[i] = manager.run(request, on_step=on_step, job=job)
+            outcomes[i] = (run or manager.run)(request, on_step=on_step, job=job)
         except Exception as error:  # noqa: BLE001 — handed back to the test
             outcomes[i] = error
 
     threads = [threading.Thread(target=call, args=(i, *c)) for i, c in enumerate(calls)]
     for thread in threads:
         thread.start()
-    for _ in range(600):
+    for _ in range(200):
         if manager.batching.waiting == len(calls):
             break
         threading.Event().wait(0.05)
@@ -124,3 +124,51 @@ def test_a_member_whose_progress_callback_fails_does_not_stop_the_other(batching
 
 def test_without_batching_the_manager_serves_one_request_per_generation(manager):
     assert manager.max_batch == 1 and manager.concurrency == 1  # CPU default: off
+
+
+def img2img(prompt, seed, colour, strength=0.6):
+    from PIL import Image
+
+    from pipelines.core.requests import Img2ImgRequest
+
+    return Limits().normalize(Img2ImgRequest(prompt=prompt, width=64, height=64, init_image=Image.new("RGB", (80, 64), colour),
+                                             strength=strength, sampling=Sampling(scheduler="Euler a", steps=6, seed=seed)))
+
+
+def test_img2img_requests_with_their_own_init_images_share_a_batch(batching):
+    red, blue = img2img("a red circle", 41, "red"), img2img("a blue square", 42, "blue")
+    (one, two), served = while_busy(batching, [(red, None, Job()), (blue, None, Job())])
+    assert served == [2]
+    for together, request in ((one, red), (two, blue)):
+        solo = batching.run(request)
+        assert together.task == "img2img" and together.images[0].infotext == solo.images[0].infotext
+        assert np.abs(pixels(together) - pixels(solo)).max() <= 2
+    assert pixels(one)[..., 0].mean() > pixels(two)[..., 0].mean()  # each started from its own image
+    # Another denoising strength is another schedule: not batched.
+    _, served = while_busy(batching, [(red, None, Job()), (img2img("a", 43, "green", strength=0.8), None, Job())])
+    assert served == [1, 1]
+
+
+def test_a_request_of_several_images_keeps_its_seeds_in_a_batch(batching):
+    several = Limits().normalize(Txt2ImgRequest(prompt="dots", width=64, height=64, sampling=Sampling(
+        scheduler="Euler a", steps=6, seed=50, batch_size=2)))
+    (two, one), served = while_busy(batching, [(several, None, Job()), (txt2img("a line", 60), None, Job())])
+    assert served == [2]
+    solo = batching.run(several)
+    assert [i.seed for i in two.images] == [50, 51] and len(one.images) == 1
+    for together, alone in zip(two.images, solo.images):
+        assert together.infotext == alone.infotext
+        assert np.abs(np.asarray(together.image, np.int16) - np.asarray(alone.image, np.int16)).max() <= 2
+
+
+def test_requests_from_the_shared_line_reach_the_manager_together(batching):
+    """Browser and REST jobs pass FairGate: it lets as many through as one batch holds, so
+    requests waiting for a busy device can be batched."""
+    from serving.fair import FairGate
+
+    gate = FairGate(batching)
+    assert gate.slots == batching.max_batch == 4
+    calls = [(txt2img("a", 71), None, Job()), (txt2img("b", 72), None, Job())]
+    results, served = while_busy(batching, calls, run=gate.run)
+    assert served == [2]
+    assert [r.images[0].seed for r in results] == [71, 72]
