@@ -30,6 +30,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -123,6 +124,9 @@ class LoraSet:
         self.fused: tuple | None = None
         self._backup: dict[int, torch.Tensor] = {}
         self._repeats = 0
+        # Called before and after adapter state changes: the fast path's background compile
+        # traces outside the request lock and retraces if a change overlapped its trace.
+        self.on_change: Callable[[], None] | None = None
 
     def get(self, pipe, name: str) -> LoraSlot:
         if name in self.slots:
@@ -134,16 +138,28 @@ class LoraSet:
             raise RequestError(f"Unknown LoRA “{name}” in the prompt. LoRAs here: {known}.")
         self._counter += 1
         adapter = f"lora{self._counter}"
-        if getattr(pipe.unet, "original_attn_processors", None) is not None:
-            # fused QKV (fast path) reads to_qkv, not the to_q/to_k/to_v layers LoRAs patch
+        if getattr(pipe.unet, "original_attn_processors", None) is not None and not self.fuse_always:
+            # fused QKV reads to_qkv, not the to_q/to_k/to_v layers LoRAs patch; when LoRAs
+            # are always fused (fast path) to_qkv is refreshed from them instead (_refresh_fused_qkv)
             pipe.unet.unfuse_qkv_projections()
             log.info("QKV projections unfused: LoRAs patch to_q/to_k/to_v")
+        if self.on_change:
+            self.on_change()  # injection changes the modules (and PEFT may unmerge a merged set)
         try:
             parts = load_lora_into(pipe, source, adapter)
         except Exception as error:
             self._drop(pipe, adapter)
             raise ModelLoadError(f"LoRA “{name}” could not be loaded: {_first_line(error)} "
                                  "It may be made for another base model (SD 1.x, 2.x and SDXL LoRAs differ).") from error
+        finally:
+            if self.on_change:
+                self.on_change()
+        for module in _lora_modules(pipe):
+            # The fast path keeps graphs of modules whose LoRA layers only ever act merged
+            # (or disabled): both compute base_layer(x), reading weights changed in place.
+            if any(True for _ in _tuner_layers(module)):
+                module._sd_studio_has_lora = True
+                module._sd_studio_lora_merged_only = self.fuse_always
         slot = LoraSlot(name, adapter, source, lora_hash(source), parts)
         self.slots[name] = slot
         while len(self.slots) > self.capacity:
@@ -160,15 +176,25 @@ class LoraSet:
 
     def activate(self, pipe, weighted: list[tuple[LoraSlot, float]], device: torch.device) -> None:
         """Make exactly these adapters (with these weights) act; none → adapter layers off."""
-        from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
-
         key = tuple((slot.adapter, weight) for slot, weight in weighted)
         self._repeats = self._repeats + 1 if key == self.active else 1
+        if self.fused == key or not (key or self.slots):
+            self.active = key
+            return  # nothing changes: this set is merged already, or no LoRA was ever loaded
+        if self.on_change:
+            self.on_change()
+        try:
+            self._switch(pipe, key, weighted, device)
+        finally:
+            if self.on_change:
+                self.on_change()
+
+    def _switch(self, pipe, key, weighted, device) -> None:
+        from diffusers.utils.peft_utils import set_adapter_layers, set_weights_and_activate_adapters
+
         if self.fused is not None and self.fused != key:
             self._unfuse(pipe)
         self.active = key
-        if self.fused == key:
-            return
         for module in _lora_modules(pipe):
             present = [(slot.adapter, w) for slot, w in weighted if _has_adapter(module, slot.adapter)]
             if not present:
@@ -177,7 +203,7 @@ class LoraSet:
                 continue
             set_adapter_layers(module, enabled=True)
             set_weights_and_activate_adapters(module, [a for a, _ in present], [w for _, w in present])
-        if key and device.type == "cuda" and (self.fuse_always or self._repeats >= FUSE_AFTER):
+        if key and (self.fuse_always or (device.type == "cuda" and self._repeats >= FUSE_AFTER)):
             self._fuse(pipe, key)
 
     def _fuse(self, pipe, key) -> None:
@@ -190,6 +216,7 @@ class LoraSet:
                     base = layer.get_base_layer()
                     self._backup[id(base)] = base.weight.detach().to("cpu", copy=True)
                     layer.merge(adapter_names=[a for a, _ in key if a in layer.lora_A])
+        _refresh_fused_qkv(pipe)
         self.fused = key
         log.info("fused LoRA set %s", key)
 
@@ -201,6 +228,7 @@ class LoraSet:
                     base.weight.data.copy_(self._backup.pop(id(base)))
                     layer.merged_adapters.clear()
         self._backup.clear()
+        _refresh_fused_qkv(pipe)
         self.fused = None
 
     def count_bytes(self, pipe) -> int:
@@ -211,6 +239,21 @@ class LoraSet:
                     seen.add(p.data_ptr())
                     total += p.numel() * p.element_size()
         return total
+
+
+@torch.no_grad()
+def _refresh_fused_qkv(pipe) -> None:
+    """Fused attention projections (the fast path's to_qkv / to_kv) copied again, in place,
+    from the to_q/to_k/to_v weights a LoRA merge or restore just changed: graphs and compiled
+    code keep reading the same storage."""
+    for module in _lora_modules(pipe):
+        for attn in module.modules():
+            if not getattr(attn, "fused_projections", False):
+                continue
+            if getattr(attn, "to_qkv", None) is not None and not attn.is_cross_attention:
+                attn.to_qkv.weight.copy_(torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]))
+            elif getattr(attn, "to_kv", None) is not None:
+                attn.to_kv.weight.copy_(torch.cat([attn.to_k.weight, attn.to_v.weight]))
 
 
 def _tuner_layers(module):
