@@ -259,6 +259,10 @@ def sample_together(pipe, members: list[Member], scheduler_config: dict, call_kw
     prepared: list[Member] = []
     for member in members:
         request = member.entry.request
+        if member.entry.job.cancelled:
+            member.entry.solo = True  # alone it ends at once, with no image, as a cancelled job does
+            continue
+        member.entry.job.take_skip()  # a skip from before the start does not carry over (run_batches)
         try:
             member.seeds = request.sampling.image_seeds()[0]
             member.notes = list(request.notes) + prompt_notes(pipe, request)
@@ -347,18 +351,5 @@ def sample_together(pipe, members: list[Member], scheduler_config: dict, call_kw
         **({"image": images, **noise_call} if task == "img2img" else {}),
         **call_kwargs,
     ).images
-    if not active:
-        return
-    closed = []
-    for member in active:
-        notes = list(member.notes)
-        rows, interrupted = close_batch(member.entry.job, member.reporter, out[member.rows], 0, notes)
-        closed.append((member, rows, notes, interrupted))
-    images = decode(pipe, torch.cat([rows for _, rows, _, _ in closed]))  # one VAE batch
-    start = 0
-    for member, rows, notes, interrupted in closed:
-        own = images[start:start + len(member.seeds)]
-        start += len(member.seeds)
-        result = GenerationResult(task, [GeneratedImage(image, seed, member.infotext(seed))
-                                         for image, seed in zip(own, member.seeds)], notes, interrupted)
-        member.entry.deliver(member.stamp(result))
+    for member in active:  # decoded one member at a time: the VAE's peak memory stays what it is alone
+        finish(member, out[member.rows])

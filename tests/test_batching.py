@@ -172,3 +172,39 @@ def test_requests_from_the_shared_line_reach_the_manager_together(batching):
     results, served = while_busy(batching, calls, run=gate.run)
     assert served == [2]
     assert [r.images[0].seed for r in results] == [71, 72]
+
+
+def test_per_sample_cfg_scale_is_the_scalar_combine_of_each_sample():
+    import torch
+
+    from pipelines.batching import PerSampleScale
+
+    scales = PerSampleScale([7.0, 4.5, 7.3])
+    assert scales > 1 and float(scales) == 7.3  # diffusers' "is CFG on" test sees a float
+    for dtype in (torch.float32, torch.float16):
+        diff = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+        combined = scales * diff
+        assert combined.dtype == dtype
+        for k, s in enumerate((7.0, 4.5, 7.3)):
+            assert torch.equal(combined[k], (s * diff[k:k + 1])[0])  # bit for bit the scalar multiply
+
+
+def test_a_waiter_served_elsewhere_leaves_the_line_without_stalling_it():
+    from pipelines.fast_path import FifoLock
+
+    lock, served = FifoLock(), threading.Event()
+    lock.acquire()
+    first, second = lock.ticket(), lock.ticket()
+    outcome = {}
+    waiter = threading.Thread(target=lambda: outcome.setdefault("first", lock.wait(first, unless=served.is_set)))
+    waiter.start()
+    served.set()
+    lock.wake()
+    waiter.join(10)
+    assert outcome == {"first": False}
+    lock.release()  # the line skips the abandoned ticket: the second waiter's turn
+    got = threading.Thread(target=lambda: outcome.setdefault("second", lock.wait(second)))
+    got.start()
+    got.join(10)
+    assert outcome["second"] is True
+    lock.release()
