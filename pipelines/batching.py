@@ -71,7 +71,11 @@ class PerSampleScale(float):
 
     def __mul__(self, other):
         if isinstance(other, torch.Tensor) and other.dim() > 0 and other.shape[0] == len(self.scales):
-            scale = torch.tensor(self.scales, dtype=torch.float32, device=other.device)
+            # Made once per device: building it every step would copy host→device (a sync) every step.
+            cache = self.__dict__.setdefault("_on", {})
+            if other.device not in cache:
+                cache[other.device] = torch.tensor(self.scales, dtype=torch.float32, device=other.device)
+            scale = cache[other.device]
             return (scale.view(-1, *[1] * (other.dim() - 1)) * other.float()).to(other.dtype)
         return float(self) * other
 
@@ -158,6 +162,8 @@ class Batcher:
                 return entry.outcome()
             members = [entry] if entry.solo else self._take(entry)
             self.served.append(len(members))
+            if len(self.served) > 10_000:
+                del self.served[:5_000]  # a long-running server keeps the recent history only
             if len(members) > 1:
                 try:
                     self._run_together(members)

@@ -208,3 +208,44 @@ def test_a_waiter_served_elsewhere_leaves_the_line_without_stalling_it():
     got.join(10)
     assert outcome["second"] is True
     lock.release()
+
+
+def test_a_model_switch_in_the_shared_line_has_the_device_to_itself(batching):
+    """With a batch's worth of slots, a job that loads a model first (the REST API's
+    override) still waits for the jobs admitted before it and lets none in beside it."""
+    from serving.fair import FairGate
+
+    gate = FairGate(batching)
+    order, first_in, release = [], threading.Event(), threading.Event()
+
+    def normal(name, hold=None):
+        with gate.turn() as admitted:
+            assert admitted
+            order.append(f"{name} in")
+            if hold is not None:
+                first_in.set()
+                hold.wait(30)
+            order.append(f"{name} out")
+
+    def switch():
+        with gate.turn(exclusive=True):
+            order.append("switch in")
+            threading.Event().wait(0.3)  # time for the next job to try to slip in
+            order.append("switch out")
+
+    threads = [threading.Thread(target=normal, args=("first", release))]
+    threads[0].start()
+    assert first_in.wait(30)
+    threads.append(threading.Thread(target=switch))
+    threads[1].start()
+    while gate.waiting < 1:
+        threading.Event().wait(0.01)
+    threads.append(threading.Thread(target=normal, args=("after",)))
+    threads[2].start()
+    while gate.waiting < 2:
+        threading.Event().wait(0.01)
+    assert order == ["first in"]  # the switch waits for the job already admitted; "after" waits behind it
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert order == ["first in", "first out", "switch in", "switch out", "after in", "after out"]
