@@ -249,3 +249,31 @@ def test_a_model_switch_in_the_shared_line_has_the_device_to_itself(batching):
     for thread in threads:
         thread.join(30)
     assert order == ["first in", "first out", "switch in", "switch out", "after in", "after out"]
+
+
+def test_a_request_queued_after_a_model_load_never_joins_a_batch_before_it(batching, tiny_model_dir):
+    busy, release = threading.Event(), threading.Event()
+    blocker = threading.Thread(target=batching.run, args=(txt2img("busy", 1, steps=2),),
+                               kwargs={"on_step": lambda i: (busy.set(), release.wait(60))})
+    blocker.start()
+    assert busy.wait(60)
+    results = {}
+    before_load = threading.Thread(target=lambda: results.setdefault("before", batching.run(txt2img("a", 81))))
+    before_load.start()
+    while batching.batching.waiting < 1:
+        threading.Event().wait(0.01)
+    epoch = batching.batching._epoch
+    load = threading.Thread(target=batching.load_base, args=(str(tiny_model_dir),))
+    load.start()
+    while batching.batching._epoch == epoch:
+        threading.Event().wait(0.01)
+    after_load = threading.Thread(target=lambda: results.setdefault("after", batching.run(txt2img("b", 82))))
+    after_load.start()
+    while batching.batching.waiting < 2:
+        threading.Event().wait(0.01)
+    served = len(batching.batching.served)
+    release.set()
+    for thread in (blocker, before_load, load, after_load):
+        thread.join(120)
+    assert batching.batching.served[served:] == [1, 1]  # compatible, but a model load lies between them
+    assert set(results) == {"before", "after"}
