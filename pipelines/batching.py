@@ -1,8 +1,8 @@
 """Compatible queued requests through the UNet as one batch, each user's request unchanged.
 
-Many users on one GPU: a UNet call at batch 1–2 leaves an H200 mostly idle (3.45 ms per latent
-at batch 8 vs 4.89 at batch 2), so when the device becomes free the request at the head of the
-line takes up to N−1 *compatible* requests waiting behind it and they are sampled together.
+Many users on one GPU: small UNet calls under-use a big GPU (an H200 spends 4.89 ms per latent at
+batch 2, 3.45 at batch 8), so when the device becomes free the request at the head of the line
+takes up to N−1 *compatible* requests waiting behind it and they are sampled together.
 Transparent to callers: each thread still calls manager.run(request) and gets its own result.
 
 What stays per member (so a batched image equals the one run alone, up to kernel numerics):
@@ -26,6 +26,7 @@ or refiner, batch count 1. Requests never join a batch across a model load (Batc
 """
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from .noise import NoiseSpec, sampler_noise
 from .preview import DenoisedTap
 from .prompt_encoding import encode_prompts, tokenize
 
+log = logging.getLogger(__name__)
+
 CUDA_MAX_BATCH = 4
 
 
@@ -51,8 +54,8 @@ def default_max_batch(device: torch.device) -> int:
     calls, so every member finishes sooner than it would waiting in line; beyond ~4–8 the gain
     per latent flattens while the head of the line waits for the whole batch, and each batch
     size is one more CUDA graph / compiled signature. On a CPU a single request already keeps
-    every core busy: batching would add no throughput and only make the first user wait for
-    the others' images."""
+    the cores busy with real models, so batching would mostly make the first user wait for the
+    others' images (a conservative default: --max-batch raises it on any device)."""
     return CUDA_MAX_BATCH if device.type == "cuda" else 1
 
 
@@ -165,6 +168,7 @@ class Batcher:
             if len(self.served) > 10_000:
                 del self.served[:5_000]  # a long-running server keeps the recent history only
             if len(members) > 1:
+                log.debug("sampling %d waiting requests as one batch", len(members))
                 try:
                     self._run_together(members)
                 except Exception:  # noqa: BLE001 — each member learns its own error by running alone
