@@ -4,7 +4,8 @@ It loads a base model once (VAE, text encoder, tokenizer, UNet) and derives each
 diffusers pipeline from it with ``from_pipe``, so txt2img, img2img, inpainting and ControlNet
 hold the *same* module objects — no copies. The 9-channel inpainting UNet and ControlNets are
 extra modules loaded on demand (ControlNets cached with a size cap). One job runs at a time
-per device (a lock; the Gradio queue in front of it keeps the order). A scheduler is built
+per device (a lock; the Gradio queue in front of it keeps the order), except that compatible
+waiting txt2img/img2img requests may run as one batch (batching.py). A scheduler is built
 per request.
 """
 from __future__ import annotations
@@ -103,7 +104,7 @@ def _weight_storages(modules) -> dict[int, int]:
 class PipelineManager:
     """Implements pipelines.core.backend.Backend on one device."""
 
-    concurrency = 1  # one job at a time on this device
+    concurrency = 1  # jobs let through to this device at once: max_batch (set in __init__)
     model: ModelInfo | None = None  # the loaded base model
 
     def __init__(
@@ -149,7 +150,7 @@ class PipelineManager:
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
         self._lock = FifoLock()  # one job per device at a time, in arrival order
-        # Compatible waiting txt2img requests share one UNet batch (batching.py); 0 = auto
+        # Compatible waiting txt2img/img2img requests share one UNet batch (batching.py); 0 = auto
         # (4 on CUDA, 1 = off elsewhere). As many requests may wait here as one batch holds,
         # so the line in front (FairGate, Gradio) lets that many through.
         self.max_batch = max_batch if max_batch > 0 else default_max_batch(self.device)
@@ -342,8 +343,8 @@ class PipelineManager:
         except torch.OutOfMemoryError:
             self._free_memory()  # each member then runs alone and gets its own message
             raise
-        except NotBatched:
-            raise
+        except (NotBatched, RequestError, GenerationError):
+            raise  # fewer than two could be prepared, or a user's error each member meets alone
         except Exception:
             log.exception("a batch of %d requests failed; its members run alone", len(entries))
             raise
