@@ -277,3 +277,26 @@ def test_a_request_queued_after_a_model_load_never_joins_a_batch_before_it(batch
         thread.join(120)
     assert batching.batching.served[served:] == [1, 1]  # compatible, but a model load lies between them
     assert set(results) == {"before", "after"}
+
+
+def test_a_crowd_of_mixed_requests_each_gets_its_own_answer(batching):
+    """Twelve users at once: two sizes, a cancelled one, one with a malformed LoRA weight in
+    its prompt; nobody waits forever and every result belongs to its request."""
+    calls = []
+    for i in range(12):
+        job = Job()
+        if i == 5:
+            job.cancel()
+        prompt = "<lora:missing-lora:1> x" if i == 7 else f"user {i}"
+        calls.append((txt2img(prompt, 100 + i, steps=2, width=64 if i % 3 else 72), None, job))
+    results, served = while_busy(batching, calls)
+    assert sum(served) == 12 and max(served) <= 4 and max(served) > 1
+    for i, outcome in enumerate(results):
+        if i == 7:
+            assert isinstance(outcome, Exception) and "missing-lora" in str(outcome)  # its own error, nobody else's
+        elif i == 5:
+            assert outcome.interrupted and outcome.images == []
+        else:
+            assert [image.seed for image in outcome.images] == [100 + i]
+            assert f"user {i}" in outcome.images[0].infotext
+            assert outcome.images[0].image.width == (64 if i % 3 else 72)
