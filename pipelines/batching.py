@@ -195,12 +195,12 @@ class Batcher:
         """The head and, in arrival order, waiting requests with its key, up to max_batch images."""
         if self.max_batch <= 1 or head.job.cancelled or head.images >= self.max_batch:
             return [head]
-        key = self._safe_key(head)
+        with self._order:
+            candidates = list(self._pending)
+        key = self._safe_key(head) if candidates else None  # nobody waiting: no key to compute
         if key is None:
             return [head]
         members, images = [head], head.images
-        with self._order:
-            candidates = list(self._pending)
         for entry in candidates:
             if images >= self.max_batch:
                 break
