@@ -300,3 +300,29 @@ def test_a_crowd_of_mixed_requests_each_gets_its_own_answer(batching):
             assert [image.seed for image in outcome.images] == [100 + i]
             assert f"user {i}" in outcome.images[0].infotext
             assert outcome.images[0].image.width == (64 if i % 3 else 72)
+
+
+def test_a_worker_process_takes_a_batch_worth_of_jobs_and_answers_each(tiny_model_dir, batching):
+    """--devices … with one worker process per device: a worker whose manager batches runs that
+    many jobs side by side (so they can meet in a batch); each answer is its own."""
+    from app import manager_kwargs
+    from serving.procs import ProcessPool
+    from settings import Settings
+
+    settings = Settings.from_args(["--model", str(tiny_model_dir), "--max-batch", "4"])
+    pool = ProcessPool(["cpu"], manager_kwargs(settings))
+    try:
+        pool.load_base(str(tiny_model_dir))
+        assert pool.concurrency == 4
+        requests = [txt2img(f"user {i}", 200 + i) for i in range(4)]
+        results = [None] * 4
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, pool.run(requests[i]))) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        for request, result in zip(requests, results):
+            assert result.images[0].seed == request.sampling.seed
+            assert np.abs(pixels(result) - pixels(batching.run(request))).max() <= 2
+    finally:
+        pool.shutdown()
