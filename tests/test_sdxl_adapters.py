@@ -212,3 +212,4 @@ def test_a_unet_lora_acts_on_the_sd15_nine_channel_inpainting_unet_without_its_c
         assert np.array_equal(pixels(inpaint(m, "a red circle", model, scene)), plain)
     finally:
         catalog.configure(None)
+
