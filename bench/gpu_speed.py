@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -245,6 +246,13 @@ def bench_fast(folder, args, card, requests, eager, reference):
     return steady, manager
 
 
+@section("lora")
+def lora_section(*args):
+    from gpu_lora import bench_lora
+
+    bench_lora(*args)
+
+
 @section("sdpa backends")
 def bench_sdpa(unet, args):
     """The UNet (fused QKV, channels_last) in one eager CUDA graph per SDPA backend."""
@@ -297,6 +305,7 @@ def main() -> None:
     parser.add_argument("--catch-up-s", type=float, default=300, help="longest wait for the background compiles")
     parser.add_argument("--skip-recipe", action="store_true")
     parser.add_argument("--skip-eager", action="store_true")
+    parser.add_argument("--skip-lora", action="store_true")
     parser.add_argument("--keep", default="", help="copy the random models here (for bench/gpu_restart.py)")
     args = parser.parse_args()
     card = torch.cuda.get_device_name()
@@ -321,6 +330,8 @@ def main() -> None:
         if s:
             print(f"| {label} | {s:.3f} | {vanilla_s / s if vanilla_s else float('nan'):.2f}x | "
                   f"{recipe_s / s if recipe_s else float('nan'):.2f}x |")
+    if manager is not None and not args.skip_lora:
+        lora_section(folder, args, card, manager, requests["txt2img"], steady.get("txt2img"), vanilla_pipe)
     if vanilla_pipe is not None:
         bench_sdpa(vanilla_pipe.unet, args)
     if manager is not None:

@@ -30,6 +30,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -163,6 +164,9 @@ class LoraSet:
         self.fused: tuple | None = None
         self._backup: dict[int, torch.Tensor] = {}
         self._repeats = 0
+        # Called before and after adapter state changes: the fast path's background compile
+        # traces outside the request lock and retraces if a change overlapped its trace.
+        self.on_change: Callable[[], None] | None = None
         # A UNet that runs in place of the base's (the 9-channel inpainting UNet): the LoRAs'
         # UNet halves go into it too, and the names of those that did not fit its layers.
         self.extra_unet = None
@@ -170,6 +174,25 @@ class LoraSet:
 
     def _modules(self, pipe) -> list[torch.nn.Module]:
         return _lora_modules(pipe) + ([self.extra_unet] if self.extra_unet is not None else [])
+
+    @contextmanager
+    def _changing(self):
+        """Adapter state changes inside: the fast path hears of it before and after."""
+        if self.on_change:
+            self.on_change()
+        try:
+            yield
+        finally:
+            if self.on_change:
+                self.on_change()
+
+    def _mark(self, modules) -> None:
+        for module in modules:
+            # The fast path keeps graphs of modules whose LoRA layers only ever act merged
+            # (or disabled): both compute base_layer(x), reading weights changed in place.
+            if any(True for _ in _tuner_layers(module)):
+                module._sd_studio_has_lora = True
+                module._sd_studio_lora_merged_only = self.fuse_always
 
     def get(self, pipe, name: str) -> LoraSlot:
         if name in self.slots:
@@ -187,19 +210,26 @@ class LoraSet:
                                f"{FAMILY_LABELS[loaded]}: use a LoRA made for {FAMILY_LABELS[loaded]}, or load such a model.")
         self._counter += 1
         adapter = f"lora{self._counter}"
-        if getattr(pipe.unet, "original_attn_processors", None) is not None:
-            # fused QKV (fast path) reads to_qkv, not the to_q/to_k/to_v layers LoRAs patch
+        if getattr(pipe.unet, "original_attn_processors", None) is not None and not self.fuse_always:
+            # fused QKV reads to_qkv, not the to_q/to_k/to_v layers LoRAs patch; when LoRAs
+            # are always fused (fast path) to_qkv is refreshed from them instead (_refresh_fused_qkv)
             pipe.unet.unfuse_qkv_projections()
             log.info("QKV projections unfused: LoRAs patch to_q/to_k/to_v")
+        if self.on_change:
+            self.on_change()  # injection changes the modules (and PEFT may unmerge a merged set)
         try:
             parts = load_lora_into(pipe, source, adapter)
         except Exception as error:
             self._drop(pipe, adapter)
             raise ModelLoadError(f"LoRA “{name}” could not be loaded: {_first_line(error)} "
                                  "It may be made for another base model (SD 1.x, 2.x and SDXL LoRAs differ).") from error
+        finally:
+            if self.on_change:
+                self.on_change()
         slot = LoraSlot(name, adapter, source, lora_hash(source), parts)
         if self.extra_unet is not None and "unet" in parts and not self._load_unet_half(pipe, slot, self.extra_unet):
             self.extra_misses.add(name)
+        self._mark(self._modules(pipe))
         self.slots[name] = slot
         while len(self.slots) > self.capacity:
             _, old = self.slots.popitem(last=False)
@@ -213,16 +243,18 @@ class LoraSet:
         set and weights; conv_in (9 input channels there, 4 in the base) is left out."""
         if unet is self.extra_unet:
             return
-        fused = self.fused
-        if fused is not None:
-            self._unfuse(pipe)  # restores the old extra UNet's weights too, before it is let go
-        self.extra_unet, self.extra_misses = unet, set()
-        for slot in self.slots.values():
-            if "unet" in slot.parts and not self._load_unet_half(pipe, slot, unet):
-                self.extra_misses.add(slot.name)
-        self._enable(unet, list(self.active))
-        if fused is not None:
-            self._fuse(pipe, fused)
+        with self._changing():
+            fused = self.fused
+            if fused is not None:
+                self._unfuse(pipe)  # restores the old extra UNet's weights too, before it is let go
+            self.extra_unet, self.extra_misses = unet, set()
+            for slot in self.slots.values():
+                if "unet" in slot.parts and not self._load_unet_half(pipe, slot, unet):
+                    self.extra_misses.add(slot.name)
+            self._mark([unet])
+            self._enable(unet, list(self.active))
+            if fused is not None:
+                self._fuse(pipe, fused)
 
     def _load_unet_half(self, pipe, slot: LoraSlot, unet) -> bool:
         from diffusers.utils.peft_utils import delete_adapter_layers
@@ -231,10 +263,11 @@ class LoraSet:
         keep = lambda key: not key.startswith(("unet.conv_in.", "conv_in."))  # noqa: E731
         state = {k: v for k, v in state.items() if keep(k)}
         alphas = {k: v for k, v in alphas.items() if keep(k)} if alphas else alphas
-        if getattr(unet, "original_attn_processors", None) is not None:
-            unet.unfuse_qkv_projections()  # as for the base: LoRAs patch to_q/to_k/to_v
+        if getattr(unet, "original_attn_processors", None) is not None and not self.fuse_always:
+            unet.unfuse_qkv_projections()  # as for the base (get): LoRAs patch to_q/to_k/to_v
         try:
-            type(pipe).load_lora_into_unet(state, alphas, unet=unet, adapter_name=slot.adapter, _pipeline=pipe)
+            with self._changing():
+                type(pipe).load_lora_into_unet(state, alphas, unet=unet, adapter_name=slot.adapter, _pipeline=pipe)
             return True
         except Exception as error:  # another architecture: the LoRA then acts on the text encoders only
             if _has_adapter(unet, slot.adapter):
@@ -253,14 +286,24 @@ class LoraSet:
         """Make exactly these adapters (with these weights) act; none → adapter layers off."""
         key = tuple((slot.adapter, weight) for slot, weight in weighted)
         self._repeats = self._repeats + 1 if key == self.active else 1
+        if self.fused == key or not (key or self.slots):
+            self.active = key
+            return  # nothing changes: this set is merged already, or no LoRA was ever loaded
+        if self.on_change:
+            self.on_change()
+        try:
+            self._switch(pipe, key, weighted, device)
+        finally:
+            if self.on_change:
+                self.on_change()
+
+    def _switch(self, pipe, key, weighted, device) -> None:
         if self.fused is not None and self.fused != key:
             self._unfuse(pipe)
         self.active = key
-        if self.fused == key:
-            return
         for module in self._modules(pipe):
             self._enable(module, list(key))
-        if key and device.type == "cuda" and (self.fuse_always or self._repeats >= FUSE_AFTER):
+        if key and (self.fuse_always or (device.type == "cuda" and self._repeats >= FUSE_AFTER)):
             self._fuse(pipe, key)
 
     @staticmethod
@@ -286,6 +329,7 @@ class LoraSet:
                     base = layer.get_base_layer()
                     self._backup[id(base)] = base.weight.detach().to("cpu", copy=True)
                     layer.merge(adapter_names=[a for a, _ in key if a in layer.lora_A])
+        _refresh_fused_qkv(self._modules(pipe))
         self.fused = key
         log.info("fused LoRA set %s", key)
 
@@ -297,6 +341,7 @@ class LoraSet:
                     base.weight.data.copy_(self._backup.pop(id(base)))
                     layer.merged_adapters.clear()
         self._backup.clear()
+        _refresh_fused_qkv(self._modules(pipe))
         self.fused = None
 
     def count_bytes(self, pipe) -> int:
@@ -307,6 +352,21 @@ class LoraSet:
                     seen.add(p.data_ptr())
                     total += p.numel() * p.element_size()
         return total
+
+
+@torch.no_grad()
+def _refresh_fused_qkv(modules) -> None:
+    """Fused attention projections (the fast path's to_qkv / to_kv) copied again, in place,
+    from the to_q/to_k/to_v weights a LoRA merge or restore just changed: graphs and compiled
+    code keep reading the same storage."""
+    for module in modules:
+        for attn in module.modules():
+            if not getattr(attn, "fused_projections", False):
+                continue
+            if getattr(attn, "to_qkv", None) is not None and not attn.is_cross_attention:
+                attn.to_qkv.weight.copy_(torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]))
+            elif getattr(attn, "to_kv", None) is not None:
+                attn.to_kv.weight.copy_(torch.cat([attn.to_k.weight, attn.to_v.weight]))
 
 
 def _tuner_layers(module):

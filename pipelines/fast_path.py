@@ -107,16 +107,34 @@ class CapturedGraph:
     def __init__(self, fn, inputs: list[torch.Tensor], pool):
         self.inputs = inputs
         with torch.cuda.device(inputs[0].device):
-            torch.cuda.synchronize()
+            started = time.perf_counter()
             side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # one run off the main stream (workspaces), as capture requires
                 fn(*inputs)
             side.synchronize()
+            warmed = time.perf_counter()
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-                self.outputs = fn(*inputs)
+            try:
+                self.outputs = self._capture(fn, inputs, pool, side)
+            except TypeError:  # another torch's capture_begin: the documented context manager
+                with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+                    self.outputs = fn(*inputs)
             self.graph.replay()
             torch.cuda.synchronize()
+            self.seconds = (round(warmed - started, 2), round(time.perf_counter() - warmed, 2))  # warm run, capture
+
+    def _capture(self, fn, inputs, pool, stream):
+        # Not torch.cuda.graph(): its empty_cache() hands every cached block back to the
+        # driver, and the rest of the request then pays cudaMalloc/cudaFree (device syncs) again.
+        with torch.cuda.stream(stream):
+            self.graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                outputs = fn(*inputs)
+            finally:
+                self.graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
+        return outputs
 
     def __call__(self, *tensors):
         for static, value in zip(self.inputs, tensors):
@@ -188,6 +206,12 @@ class FastPathRuntime:
         self._closed = False
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
+        # Bumped before and after a request changes module state a trace reads (LoRA layers
+        # merged/disabled): a background trace that overlapped a change is redone.
+        self.state_generation = 0
+
+    def module_state_changed(self) -> None:
+        self.state_generation += 1
 
     # ------------------------------------------------------------------ wrapping modules
     def call(self, name: str, fn, compile: bool = True, inline: bool = False) -> FastCall:
@@ -289,7 +313,8 @@ class FastPathRuntime:
             log.exception("fast path: capture of %s failed; it stays eager", call.name)
             return None
         call.fast[key] = (graph, "eager-graph")
-        self._note(f"{call.name} {list(tensors[0].shape)}: eager CUDA graph in-request in {time.perf_counter() - started:.2f}s")
+        self._note(f"{call.name} {list(tensors[0].shape)}: eager CUDA graph in-request in "
+                   f"{time.perf_counter() - started:.2f}s (warm run, capture: {graph.seconds})")
         return graph
 
     def _capture_eager(self, jobs) -> None:
@@ -299,14 +324,17 @@ class FastPathRuntime:
                     continue
                 started = time.perf_counter()
                 try:
-                    call.fast[key] = (self._capture(call.fn, inputs), "eager-graph")
+                    graph = self._capture(call.fn, inputs)
                 except Exception:  # that signature stays eager (its compile job may still succeed)
                     log.exception("fast path: capture of %s failed", call.name)
                     continue
-                self._note(f"{call.name} {list(inputs[0].shape)}: eager CUDA graph in {time.perf_counter() - started:.2f}s")
+                call.fast[key] = (graph, "eager-graph")
+                self._note(f"{call.name} {list(inputs[0].shape)}: eager CUDA graph in "
+                           f"{time.perf_counter() - started:.2f}s (warm run, capture: {graph.seconds})")
 
-    def _compile(self, call: FastCall, key, inputs, example) -> None:
+    def _compile(self, call: FastCall, key, inputs, example, tries: int = 1) -> None:
         started = time.perf_counter()
+        generation = self.state_generation
         with _COMPILE_LOCK, torch.no_grad(), torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
             compiled = call.compiled()
             # Requests meanwhile launch many small ops, each releasing and re-taking the GIL;
@@ -323,6 +351,13 @@ class FastPathRuntime:
         with self.lock, torch.no_grad():  # between requests
             if self._closed:
                 return
+            if generation != self.state_generation:  # a LoRA switch overlapped the trace
+                if tries < 3:
+                    with self._cv:
+                        self._compile_jobs.append((call, key, inputs, example, tries + 1))
+                self._note(f"{call.name} {list(inputs[0].shape)}: traced during a LoRA switch; "
+                           + ("traced again" if tries < 3 else "stays on the eager graph"))
+                return
             if self.graphs:
                 call.fast[key] = (self._capture(compiled, inputs), "compiled-graph")
             else:
@@ -336,6 +371,15 @@ def _prepare(module, config: FastPath) -> None:
         module.to(memory_format=torch.channels_last)
     if config.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
         module.fuse_qkv_projections()
+
+
+def _lora_unsafe(module) -> bool:
+    """LoRA layers that may act unmerged (extra matmuls a graph of base_layer(x) would skip)
+    take the ordinary forward. Merged-only ones (adapters.py, with the fast path) stay fast:
+    the merge changes weight values in place, which graphs and compiled code read."""
+    if getattr(module, "_sd_studio_lora_merged_only", False):
+        return False
+    return getattr(module, "_hf_peft_config_loaded", False) or getattr(module, "_sd_studio_has_lora", False)
 
 
 def _as_float_timestep(timestep, device):
@@ -366,7 +410,7 @@ def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
         rest = {k: v for k, v in kwargs.items() if k not in ("down_block_additional_residuals", "mid_block_additional_residual")}
         simple = (not args and set(rest) <= allowed and all(_empty(v) for v in rest.values())
                   and torch.is_tensor(timestep) and (down is None) == (mid is None)
-                  and not getattr(unet, "_hf_peft_config_loaded", False))  # LoRA adapters change the module: eager
+                  and not _lora_unsafe(unet))
         if not simple:
             return inner(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
         t = _as_float_timestep(timestep, sample.device)
@@ -404,7 +448,7 @@ def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
         simple = (all(_empty(v) for v in (class_labels, timestep_cond, attention_mask, added_cond_kwargs,
                                            cross_attention_kwargs))
                   and torch.is_tensor(timestep) and torch.is_tensor(controlnet_cond)
-                  and isinstance(conditioning_scale, (int, float)) and not getattr(controlnet, "_hf_peft_config_loaded", False))
+                  and isinstance(conditioning_scale, (int, float)) and not _lora_unsafe(controlnet))
         if not simple:
             return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
                          timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
@@ -472,7 +516,7 @@ def _wrap_text_encoder(runtime: FastPathRuntime, text_encoder) -> None:
     def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         simple = (torch.is_tensor(input_ids) and attention_mask is None and position_ids is None
                   and all(_empty(v) or v is False for v in kwargs.values())
-                  and not getattr(text_encoder, "_hf_peft_config_loaded", False))
+                  and not _lora_unsafe(text_encoder))
         if not simple:
             return inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         from transformers.modeling_outputs import BaseModelOutputWithPooling

@@ -174,6 +174,7 @@ class PipelineManager:
             self._scheduler_config = dict(pipe.scheduler.config)
             self._pipelines = {"txt2img": pipe}
             self.adapters.attach(pipe)  # embeddings/ words into its tokenizer + text encoder
+            self.adapters.loras.on_change = runtime.module_state_changed if runtime else None
             self.model = ModelInfo(source.name, source, time.perf_counter() - started, self.family.name,
                                    sum(_weight_storages(pipe.components.values()).values()))
             log.info("loaded %s (%s, %s, %.0f MiB) in %.1fs on %s/%s", source.name, self.family.name, source.kind,

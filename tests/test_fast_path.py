@@ -152,3 +152,37 @@ def test_an_evicted_controlnet_is_freed_with_its_fast_path(tiny_model_dir, tiny_
     m._pipelines.pop("controlnet", None)  # the latest derived pipeline, kept for memory reports
     gc.collect()
     assert controlnet() is None
+
+
+def test_lora_on_the_fast_path_is_merged_into_the_same_graphs_and_leaves_nothing_behind(tiny_model_dir, manager,
+                                                                                        tmp_path):
+    """With the fast path a LoRA is merged into the weights in place (fused QKV refreshed too),
+    so LoRA requests replay the same compiled graphs as plain ones, and the weights come back
+    bit for bit afterwards."""
+    from pipelines.core import catalog
+    from tiny_adapters import save_kohya_lora
+
+    save_kohya_lora(tmp_path / "Lora" / "tiny-kohya.safetensors", tiny_model_dir, seed=0)
+    catalog.configure(tmp_path)
+    try:
+        config = FastPath(compile="full", channels_last=False, fuse_qkv=True, compiler=FakeCompiler())
+        m = PipelineManager(device="cpu", fast_path=config)
+        m.load_base(str(tiny_model_dir))
+        unet = m.pipeline("txt2img").unet._sd_studio_fast
+        with_lora = Limits().normalize(Txt2ImgRequest(prompt="a red circle <lora:tiny-kohya:1>", width=SIZE, height=SIZE,
+                                                      sampling=Sampling(scheduler="Euler", steps=4, seed=3)))
+        m.run(txt2img())
+        assert m.fast_runtime.wait_idle(60)
+        plain = pixels(m.run(txt2img()))
+        compiled_before = unet.served["compiled"]
+        lora = pixels(m.run(with_lora))
+        assert unet.served["compiled"] == compiled_before + 4  # the LoRA request replayed the compiled UNet
+        after = pixels(m.run(txt2img()))
+        assert np.array_equal(after, plain), "the plain request after a LoRA one must see the base weights bit for bit"
+        # the same LoRA unmerged, without the fast path: the merged one matches it closely
+        reference_lora, reference_plain = pixels(manager.run(with_lora)), pixels(manager.run(txt2img()))
+        effect = np.abs(reference_lora - reference_plain).mean()
+        assert effect > 1.0
+        assert np.abs(lora - reference_lora).mean() < 0.1 * effect
+    finally:
+        catalog.configure(None)

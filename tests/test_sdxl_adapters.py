@@ -213,3 +213,29 @@ def test_a_unet_lora_acts_on_the_sd15_nine_channel_inpainting_unet_without_its_c
     finally:
         catalog.configure(None)
 
+
+
+def test_a_lora_on_the_fast_path_is_merged_into_the_inpainting_unet_too(models_dir, tiny_model_dir, scene):
+    """With the fast path LoRAs are always merged in place: the 9-channel UNet's matching layers
+    get the merge too (fused QKV refreshed), and its weights come back bit for bit afterwards."""
+    from pipelines.fast_path import FastPath
+    from pipelines.manager import PipelineManager
+    from test_fast_path import FakeCompiler
+
+    catalog.configure(models_dir)
+    try:
+        config = FastPath(compile="full", channels_last=False, fuse_qkv=True, compiler=FakeCompiler())
+        m = PipelineManager(device="cpu", fast_path=config)
+        m.load_base(str(tiny_model_dir))
+        model = str(models_dir / "inpaint" / "tiny-sd-inpaint")
+        plain = pixels(inpaint(m, "a red circle", model, scene))
+        weights = {k: v.clone() for k, v in m._inpaint_unet[1].state_dict().items() if "lora_" not in k}
+        with_lora = pixels(inpaint(m, "a red circle <lora:sd15-unet-conv-in:1>", model, scene))
+        assert m.adapters.loras.fused is not None  # merged, not run as extra matmuls
+        assert np.abs(with_lora - plain).mean() > 0.5
+        assert np.array_equal(pixels(inpaint(m, "a red circle", model, scene)), plain)
+        after = {k.replace(".base_layer", ""): v for k, v in m._inpaint_unet[1].state_dict().items() if "lora_" not in k}
+        assert after.keys() == weights.keys() and all(torch.equal(after[k], v) for k, v in weights.items())
+        assert m.fast_runtime.wait_idle(60)
+    finally:
+        catalog.configure(None)
