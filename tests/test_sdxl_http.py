@@ -26,9 +26,15 @@ def xl_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def xl_server(xl_files, tmp_path_factory):
+    from tiny_sdxl_adapters import save_xl_embedding, save_xl_kohya_lora
+
     folder, _ = xl_files
+    models = tmp_path_factory.mktemp("xl-models")  # an A1111 models folder with an SDXL LoRA and embedding
+    save_xl_kohya_lora(models / "Lora" / "xl-lora.safetensors", scale=0.5)
+    save_xl_embedding(models / "embeddings" / "xlword.safetensors")
     # The tiny architecture's configs for single files come from its folder (as for SD tests).
     server = AppServer(["--model", str(folder), "--single-file-config", str(folder), "--max-size", "256",
+                        "--models-dir", str(models),
                         "--outputs-dir", str(tmp_path_factory.mktemp("xl-out"))],
                        log_path=tmp_path_factory.mktemp("xl-logs") / "app.log")
     try:
@@ -73,6 +79,20 @@ def test_img2img_and_inpaint_take_the_sdxl_size_fields_and_png_info_reads_them_b
         names = {p["parameter_name"] for p in api[endpoint]["parameters"]}
         assert set(SIZE_FIELDS) <= names, endpoint
         assert ("refiner" in names) is (endpoint == "/txt2img"), endpoint  # the refiner hands off in txt2img only
+
+
+def test_an_sdxl_lora_and_embedding_over_http(xl_server, xl_files):
+    client = Client(xl_server.url, verbose=False)
+    client.predict(str(xl_files[0]), api_name="/load_model")  # whatever another test left loaded
+
+    def pixels(prompt):
+        return np.asarray(txt2img(client, prompt=prompt, height=64)[0], dtype=np.int16)
+
+    plain = pixels("a red circle")
+    assert np.abs(pixels("a red circle <lora:xl-lora:1>") - plain).mean() > 1.0
+    assert np.array_equal(pixels("a red circle <lora:xl-lora:0>"), plain)
+    assert np.array_equal(pixels("a red circle"), plain)  # no leftover weights between requests
+    assert np.abs(pixels("a red circle xlword") - pixels("a red circle word")).mean() > 1.0
 
 
 def test_an_sdxl_folder_via_model_generates_and_switches_through_the_models_tab(xl_server, xl_files, tiny_model_dir,
