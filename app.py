@@ -81,20 +81,18 @@ def create_backend(settings: Settings):
                              replicas=settings.ray_replicas, max_replicas=settings.ray_max_replicas or None,
                              gpus_per_replica=(1.0 if torch.cuda.is_available() else 0.0) if gpus < 0 else gpus)
         return backend, message
-    from pipelines.manager import PipelineManager
-    from serving.pool import ManagerPool
-
     devices = local_devices(settings)
     kwargs = manager_kwargs(settings)
-    if len(devices) > 1 and kwargs["fast_path"] is not None:
-        # CUDA graph capture in one device's thread while another device works aborted the
-        # process on a 2×H100 host: a pool compiles but does not capture graphs.
-        from pipelines.fast_path import FastPath
+    if len(devices) > 1:
+        # One worker process per device, each with CUDA graphs (serving/procs.py); a pool of
+        # threads in this process had to do without graphs and shared one GIL.
+        from serving.procs import ProcessPool
 
-        compile_mode = kwargs["fast_path"].compile if isinstance(kwargs["fast_path"], FastPath) else "full"
-        kwargs["fast_path"] = FastPath(compile=compile_mode, cuda_graphs=False)
-    managers = [PipelineManager(device=device, **kwargs) for device in devices]
-    backend = managers[0] if len(managers) == 1 else ManagerPool(managers)
+        backend = ProcessPool(devices, kwargs)
+    else:
+        from pipelines.manager import PipelineManager
+
+        backend = PipelineManager(device=devices[0], **kwargs)
     if source:
         try:
             backend.load_base(source)
@@ -105,8 +103,11 @@ def create_backend(settings: Settings):
             from pipelines.core.warmup import parse_sizes, warm_up
 
             try:
-                for manager in getattr(backend, "managers", [backend]):
-                    warm_up(manager, parse_sizes(settings.warmup))
+                sizes = parse_sizes(settings.warmup)
+                if len(devices) > 1:
+                    backend.warm_up(sizes)  # every worker process at once
+                else:
+                    warm_up(backend, sizes)
             except (ValueError, RequestError) as error:
                 raise SystemExit(f"Warm-up not done: {error}") from None
     if on_zerogpu():

@@ -1,5 +1,6 @@
 """Several GPUs in one host: throughput of a ManagerPool (one manager and weight copy per
 device) against one device, same process, SD 1.5-shaped random weights, fp16, 512², 30 steps.
+(`--devices` now starts a worker process per GPU instead: bench/gpu_procs.py measures that.)
 
     PYTHONUNBUFFERED=1 python bench/gpu_pool.py [--requests 8] [--fast-path regional|none]
 """

@@ -415,9 +415,11 @@ class PipelineManager:
         if self._refiner is None or self._refiner[0] != source_text:
             self._refiner = None
             self._free_memory()
-            self._refiner = (source_text, load_refiner(catalog.source_for("checkpoint", source_text), self._base,
-                                                       self.device, self.dtype,
-                                                       self.allow_download, self.variant))
+            refiner = load_refiner(catalog.source_for("checkpoint", source_text), self._base, self.device, self.dtype,
+                                   self.allow_download, self.variant)
+            for name in ("unet", "text_encoder_2"):  # its VAE is the base's, already on the fast path
+                self._fast(getattr(refiner, name, None))
+            self._refiner = (source_text, refiner)
         return self._refiner[1]
 
     def _refined_txt2img(self, request, on_step, job) -> GenerationResult:

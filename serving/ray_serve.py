@@ -5,8 +5,8 @@ objects and streams StepInfo events and the result back.
     python app.py --backend ray                      # starts a local Ray cluster
     python app.py --backend ray --ray-address auto   # joins a running cluster
 
-Interrupt crosses processes through one small actor holding the cancelled job ids; a worker's
-Job polls it (at most every POLL_S) between steps.
+Interrupt and Skip cross processes through one small actor holding the cancelled (and skipped)
+job ids; a worker's Job polls it (at most every POLL_S) between steps.
 """
 from __future__ import annotations
 
@@ -35,15 +35,23 @@ COUNT_TIMEOUT_S = 0.5
 class CancelledJobs:
     def __init__(self):
         self.ids: set[str] = set()
+        self.skips: dict[str, int] = {}  # job id → Skip presses so far
 
     def cancel(self, job_id: str) -> None:
         self.ids.add(job_id)
 
+    def skip(self, job_id: str) -> None:
+        self.skips[job_id] = self.skips.get(job_id, 0) + 1
+
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self.ids
 
+    def state(self, job_id: str) -> tuple[bool, int]:
+        return job_id in self.ids, self.skips.get(job_id, 0)
+
     def forget(self, job_id: str) -> None:
         self.ids.discard(job_id)
+        self.skips.pop(job_id, None)
 
 
 class RemoteJob(Job):
@@ -51,15 +59,28 @@ class RemoteJob(Job):
 
     def __init__(self, job_id: str, flags):
         super().__init__()
-        self.job_id, self.flags, self._checked = job_id, flags, 0.0
+        self.job_id, self.flags, self._checked, self._skips_seen = job_id, flags, 0.0, 0
+
+    def _poll(self) -> None:
+        if self._cancel.is_set() or time.monotonic() - self._checked < POLL_S:
+            return
+        self._checked = time.monotonic()
+        cancelled, skips = ray.get(self.flags.state.remote(self.job_id))
+        if cancelled:
+            self._cancel.set()
+        if skips > self._skips_seen:  # a new Skip press: the batch loop takes it once
+            self._skips_seen = skips
+            self._skip.set()
 
     @property
     def cancelled(self) -> bool:
-        if not self._cancel.is_set() and time.monotonic() - self._checked >= POLL_S:
-            self._checked = time.monotonic()
-            if ray.get(self.flags.is_cancelled.remote(self.job_id)):
-                self._cancel.set()
+        self._poll()
         return self._cancel.is_set()
+
+    @property
+    def skipping(self) -> bool:
+        self._poll()
+        return self._skip.is_set()
 
 
 @serve.deployment(name="GenerationWorker", max_ongoing_requests=1)  # one job per GPU at a time
@@ -98,7 +119,9 @@ class RayBackend:
 
     def __init__(self, model: str, manager_kwargs: dict, address: str | None = None, replicas: int = 1,
                  max_replicas: int | None = None, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0):
-        runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", ""),
+        # This folder first, then whatever PYTHONPATH already held (where Ray itself may live).
+        python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        runtime_env = {"env_vars": {"PYTHONPATH": python_path, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", ""),
                                     "RAY_USAGE_STATS_ENABLED": "0"}}
         if address:
             # A remote cluster has no copy of this folder: ship the code (not the weights' cache).
@@ -130,6 +153,8 @@ class RayBackend:
                 if job.cancelled and not told:
                     self.flags.cancel.remote(job_id)
                     told = True
+                if job.take_skip():
+                    self.flags.skip.remote(job_id)
                 yield event
         finally:
             if job.cancelled and not told:

@@ -130,7 +130,9 @@ def test_the_zerogpu_wrapper_serves_like_the_manager_off_spaces(manager):
 
 
 def backend_classes() -> list[type]:
-    classes = [PipelineManager, ManagerPool, ZeroGPUBackend, FairGate]
+    from serving.procs import ProcessPool
+
+    classes = [PipelineManager, ManagerPool, ProcessPool, ZeroGPUBackend, FairGate]
     try:
         from serving.ray_serve import RayBackend
     except ImportError:  # the Ray backend is optional (requirements-ray.txt)
@@ -197,3 +199,32 @@ def test_ray_serve_backend_spreads_concurrent_requests_over_two_replicas(tiny_mo
         assert "t = 1000 of 1000" in weights
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_skip_and_interrupt_reach_a_ray_replica(tiny_model_dir):
+    pytest.importorskip("ray.serve", reason="the Ray backend is optional: pip install -r requirements-ray.txt")
+    from pipelines.core.jobs import Job, StepInfo
+    from serving.ray_serve import RayBackend
+
+    backend = RayBackend(str(tiny_model_dir), {"device": "cpu"}, replicas=1)
+    try:
+        def run(job, batch_count, act):
+            steps = []
+            request = Limits().normalize(Txt2ImgRequest(prompt="x", width=64, height=64,
+                                                        sampling=Sampling(steps=80, seed=1, batch_count=batch_count)))
+            for event in backend.stream(request, job):
+                if isinstance(event, StepInfo):
+                    steps.append(event.batch)
+                    if len(steps) == 3:
+                        act(job)
+                else:
+                    return event, steps
+
+        skipped, steps = run(Job(), 2, Job.skip)
+        assert not skipped.interrupted and len(skipped.images) == 2
+        assert steps.count(0) < 80 and steps.count(1) == 80  # the first batch cut short, the second whole
+        stopped, steps = run(Job(), 2, Job.cancel)
+        assert stopped.interrupted and len(steps) < 80
+    finally:
+        backend.shutdown()

@@ -1,8 +1,9 @@
 """What ui/ may call on whatever serves generation: the Backend protocol (torch-free).
 
-PipelineManager (one device), serving.pool.ManagerPool (one manager per GPU of a host),
-serving.ray_serve.RayBackend (Ray Serve replicas) and serving.zerogpu.ZeroGPUBackend (GPU
-booked per call on Spaces) implement it, each member written out: no attribute forwarding,
+PipelineManager (one device), serving.procs.ProcessPool (one worker process per GPU of a host,
+what `--devices` with several devices starts), serving.pool.ManagerPool (one manager per device
+as threads of one process), serving.ray_serve.RayBackend (Ray Serve replicas) and
+serving.zerogpu.ZeroGPUBackend (GPU booked per call on Spaces) implement it, each member written out: no attribute forwarding,
 no probing with hasattr. tests/test_serving.py holds every class to it.
 
 Every piece of work is a request object (requests.py for generation, lab_requests.py for the

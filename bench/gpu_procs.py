@@ -1,0 +1,191 @@
+"""Several GPUs in one host, one run: throughput of 16 concurrent txt2img requests through
+(a) one GPU (one worker process), (b) `--devices all` (serving/procs.py: one worker process
+per GPU, CUDA graphs on), (c) the Ray Serve backend with one replica per GPU
+(serving/ray_serve.py), and for reference (d) the ordinary one-GPU app (the manager in this
+process, no worker process); ratios vs (a). SD 1.5 shapes with random weights, fp16, 512², 30
+steps, Euler, CFG 7.5; fast path with CUDA graphs, compile "none" by default (compiling
+would not fit the time budget of one call).
+
+    PYTHONUNBUFFERED=1 python bench/gpu_procs.py [--requests 16] [--compile none] [--skip-ray]
+    python bench/gpu_procs.py --cpu-smoke      # the same code on 2 CPU workers, tiny model
+
+Prints one JSON line per measurement as it goes (a failing part is logged, the next runs)
+and a summary line at the end; a watchdog ends the run at --budget-s with what it has.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+for quiet in ("HF_HUB_DISABLE_PROGRESS_BARS", "DIFFUSERS_NO_PROGRESS_BARS"):  # workers load quietly too
+    os.environ.setdefault(quiet, "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import json  # noqa: E402
+
+from gpu_speed import PROMPT, ROWS, log, section  # noqa: E402
+from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
+
+RESULTS: dict[str, float] = {}
+
+
+def run_concurrently(backend, requests) -> tuple[float, Counter, list[float]]:
+    """All requests at once from their own threads (as many users would); wall seconds,
+    jobs per worker, and each request's own latency."""
+    workers, latencies, lock = Counter(), [], threading.Lock()
+
+    def one(request):
+        started = time.perf_counter()
+        try:
+            worker = backend.run(request).worker.split(":", 1)[-1] or "?"  # pid:device
+        except Exception as error:  # noqa: BLE001 — counted, so a failure shows in the figures
+            worker = f"failed: {type(error).__name__}: {str(error)[:200]}"
+        with lock:
+            workers[worker] += 1
+            latencies.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in requests]
+    started = time.perf_counter()
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return time.perf_counter() - started, workers, sorted(latencies)
+
+
+def measure(name, backend, requests, slots, started):
+    ready = time.perf_counter() - started
+    warm = [round(run_concurrently(backend, requests[: 2 * slots])[0], 2) for _ in range(2)]  # eager, then graphs
+    wall, workers, latencies = run_concurrently(backend, requests)
+    RESULTS[name] = wall
+    base = RESULTS.get("one GPU")
+    log(backend=name, workers=slots, requests=len(requests), start_and_load_s=round(ready, 1), warm_rounds_s=warm,
+        wall_s=round(wall, 2), images_per_s=round(len(requests) / wall, 2),
+        throughput_vs_one_gpu=round(base / wall, 2) if base else None,
+        latency_median_s=round(latencies[len(latencies) // 2], 2), latency_max_s=round(latencies[-1], 2),
+        jobs_per_worker=dict(workers))
+
+
+@section("one GPU")
+def bench_one(args, source, devices, kwargs, requests):
+    from serving.procs import ProcessPool
+
+    started = time.perf_counter()
+    pool = ProcessPool(devices[:1], kwargs)
+    try:
+        pool.load_base(source)
+        measure("one GPU", pool, requests, 1, started)
+    finally:
+        pool.shutdown()
+
+
+@section("--devices all")
+def bench_processes(args, source, devices, kwargs, requests):
+    from serving.procs import ProcessPool
+
+    started = time.perf_counter()
+    pool = ProcessPool(devices, kwargs)
+    try:
+        pool.load_base(source)
+        measure("--devices all (process per GPU)", pool, requests, len(devices), started)
+    finally:
+        pool.shutdown()
+
+
+@section("ray")
+def bench_ray(args, source, devices, kwargs, requests):
+    from serving.ray_serve import RayBackend
+
+    started = time.perf_counter()
+    backend = RayBackend(source, kwargs, replicas=len(devices), gpus_per_replica=0.0 if args.cpu_smoke else 1.0)
+    try:
+        measure("Ray Serve (replica per GPU)", backend, requests, len(devices), started)
+    finally:
+        backend.shutdown()
+
+
+@section("in-process manager")
+def bench_in_process(args, source, devices, kwargs, requests):
+    """Reference: the ordinary single-device app (the manager in this process, no worker)."""
+    from pipelines.manager import PipelineManager
+
+    started = time.perf_counter()
+    manager = PipelineManager(device=devices[0], **kwargs)
+    manager.load_base(source)
+    measure("in-process manager, one GPU (reference)", manager, requests, 1, started)
+
+
+def save_rows() -> None:
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_procs.json").write_text(json.dumps(ROWS, indent=1))
+
+
+def watchdog(seconds: float) -> None:
+    def stop():
+        time.sleep(seconds)
+        log(watchdog=f"time budget of {seconds:.0f} s used up: stopping with the parts above", results=RESULTS)
+        save_rows()
+        sys.stdout.flush()
+        os._exit(0)
+
+    threading.Thread(target=stop, daemon=True).start()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--compile", default="none", choices=("none", "regional", "full"))
+    parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=360, help="end the run after this long, with what it has")
+    parser.add_argument("--cpu-smoke", action="store_true", help="2 CPU workers, the tiny test model, 64², 4 steps")
+    args = parser.parse_args()
+    watchdog(args.budget_s)
+    folder = Path(tempfile.mkdtemp())
+    if args.cpu_smoke:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tiny_sd import save_tiny_model
+
+        source = str(save_tiny_model(folder / "tiny-sd"))
+        devices, kwargs = ["cpu", "cpu"], {"fast_path": None}
+        args.size, args.steps, args.requests = 64, 4, min(args.requests, 8)
+        card = "cpu"
+    else:
+        import torch
+
+        from gpu_speed import build_random_sd15
+        from pipelines.fast_path import FastPath
+
+        source = str(build_random_sd15(folder) / "sd15")
+        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        kwargs = {"dtype": "fp16", "fast_path": FastPath(compile=args.compile)}
+        card = f"{len(devices)} x {torch.cuda.get_device_name()}"
+        torch.cuda.empty_cache()
+    log(stage="built the model", card=card, devices=devices, compile=args.compile)
+    requests = [Limits().normalize(Txt2ImgRequest(prompt=PROMPT, width=args.size, height=args.size,
+                                                  sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=i)))
+                for i in range(args.requests)]
+    bench_one(args, source, devices, kwargs, requests)
+    bench_processes(args, source, devices, kwargs, requests)
+    if not args.skip_ray:
+        bench_ray(args, source, devices, kwargs, requests)
+    bench_in_process(args, source, devices, kwargs, requests)
+    base = RESULTS.get("one GPU")
+    log(summary={name: {"wall_s": round(s, 2), "throughput_vs_one_gpu": round(base / s, 2) if base else None}
+                 for name, s in RESULTS.items()}, card=card, requests=args.requests, size=args.size, steps=args.steps)
+    save_rows()
+    sys.stdout.flush()
+    os._exit(0)  # Ray's and the workers' threads need no orderly interpreter teardown
+
+
+if __name__ == "__main__":
+    main()
