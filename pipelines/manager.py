@@ -490,6 +490,8 @@ class PipelineManager:
             unet, _ = load_inpaint_unet(catalog.source_for("inpaint", source_text), self._base.unet, self.device, self.dtype,
                                         self.allow_download, config_for(self.family, self.single_file_config), self.variant)
             self._inpaint_unet = (source_text, self._fast(unet))
+        # LoRAs trained on the base act on the inpainting UNet's matching layers too (adapters.py)
+        self.adapters.loras.attach_unet(self._base, self._inpaint_unet[1])
         return self._inpaint_unet[1]
 
     def _inpaint(self, request: InpaintRequest, on_step, job) -> GenerationResult:
@@ -525,6 +527,8 @@ class PipelineManager:
         if request.mode == "inpainting model":
             modules["unet"] = self.inpaint_unet(request.inpaint_model)
             extra["Inpainting model"] = model_name(request.inpaint_model)
+            notes += [f"LoRA “{t.name}” does not fit the inpainting model's UNet: only its text-encoder part acted."
+                      for t in request.loras if t.weight != 0 and t.name in self.adapters.loras.extra_misses]
         elif request.repaint_r > 1:
             notes.append("With ControlNet, inpainting blends the known region every step without RePaint resampling (r = 1).")
         if request.control is None:
@@ -542,7 +546,7 @@ class PipelineManager:
         return self._run_sampler(pipe, request, sampler, on_step, job, notes, extra_infotext, finish)
 
     def _run_sampler(self, pipe, request, sampler, on_step, job, notes=None, extra_infotext=None, finish=None):
-        all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe, request)
+        all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe, request) + self.adapters.notes(request)
         kwargs = {"finish": finish} if finish else {}
         return run_batches(
             request, sampler, lambda latents: decode(pipe, latents),
