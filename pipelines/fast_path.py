@@ -3,6 +3,7 @@
 On an H100/H200 the SD 1.5 UNet step is launch-bound (a CUDA graph alone gives 2.3×, see
 shared/reference/MEASUREMENTS.md), so the levers are, in order of gain:
 - CUDA graphs: the UNet call (plain, or with ControlNet residuals), each ControlNet call, the
+<<<<<<< HEAD
   VAE encode and decode and the text encoder are captured once per input signature and
   replayed (one launch instead of ~1000); calls a graph cannot serve (LoRA adapters, tiling,
   CLIP skip, unusual arguments) run the ordinary forward;
@@ -10,6 +11,19 @@ shared/reference/MEASUREMENTS.md), so the levers are, in order of gain:
   channels_last, fused QKV;
 - optionally (`fp8`, off by default, lossy) the UNet's large linears in fp8 on Ada/Hopper
   (pipelines/fp8.py), quantized before anything is graphed or compiled.
+=======
+  VAE encode and decode and the text encoder(s) are captured once per input signature and
+  replayed (one launch instead of ~1000); calls a graph cannot serve (unmerged LoRA adapters,
+  tiling, attention masks, unusual arguments) run the ordinary forward;
+- torch.compile (whole module, fullgraph) under those graphs, except the text encoders;
+  channels_last, fused QKV.
+>>>>>>> main
+
+SDXL rides the same ladder: the UNet's and ControlNet's ``added_cond_kwargs`` (text_embeds,
+time_ids) are flattened into positional tensors of the call's signature, both text encoders
+are graphed with the hidden states SDXL reads, and a VAE that must run in fp32
+(``force_upcast``) is kept in fp32 for good: diffusers otherwise converts it to fp32 and back
+around every encode and decode, which reallocates the weights under a captured graph.
 
 No visible warm-up: a new signature (mode, size, batch) is served at once by the ordinary
 eager forward. When it repeats (the second call: inside the first request for the step loop's
@@ -78,17 +92,39 @@ class FifoLock:
         self._cv = threading.Condition(threading.Lock())
         self._next_ticket = 0
         self._serving = 0
+        self._abandoned: set[int] = set()  # tickets given up before their turn
+
+    def ticket(self) -> int:
+        """A place in line; wait(ticket) then takes the lock in that order."""
+        with self._cv:
+            self._next_ticket += 1
+            return self._next_ticket - 1
+
+    def wait(self, ticket: int, unless=None) -> bool:
+        """Hold the lock once it is this ticket's turn (True), or give the place up as soon as
+        unless() is true (False; the line skips it): a request already served in another's
+        batch (batching.py) stops waiting at once instead of at its turn."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._serving == ticket or (unless is not None and unless()))
+            if self._serving == ticket:
+                return True
+            self._abandoned.add(ticket)
+            return False
 
     def acquire(self) -> bool:
-        with self._cv:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._cv.wait_for(lambda: self._serving == ticket)
-        return True
+        return self.wait(self.ticket())
 
     def release(self) -> None:
         with self._cv:
             self._serving += 1
+            while self._serving in self._abandoned:
+                self._abandoned.discard(self._serving)
+                self._serving += 1
+            self._cv.notify_all()
+
+    def wake(self) -> None:
+        """Re-check every waiter's unless() (after one was served elsewhere)."""
+        with self._cv:
             self._cv.notify_all()
 
     def __enter__(self):
@@ -105,6 +141,28 @@ def _signature(tensors) -> tuple:
 
 def _empty(value) -> bool:
     return value is None or (isinstance(value, (dict, list, tuple)) and not value)
+
+
+ADDED_COND = ("text_embeds", "time_ids")  # SDXL's added_cond_kwargs, in signature order
+
+
+def _is_xl(module) -> bool:
+    return getattr(module.config, "addition_embed_type", None) == "text_time"
+
+
+def _added_tensors(xl: bool, added) -> tuple | None:
+    """The added_cond_kwargs as positional tensors: () for SD (which must get none), the two
+    SDXL tensors in order, or None for anything else (the call then runs eager)."""
+    if not xl:
+        return () if _empty(added) else None
+    if not isinstance(added, dict) or set(added) != set(ADDED_COND):
+        return None
+    values = tuple(added[k] for k in ADDED_COND)
+    return values if all(torch.is_tensor(v) for v in values) else None
+
+
+def _added(values) -> dict | None:
+    return dict(zip(ADDED_COND, values)) if values else None
 
 
 class CapturedGraph:
@@ -227,9 +285,9 @@ class FastPathRuntime:
         return fast
 
     def adopt(self, module):
-        """Put a module loaded after the base (ControlNet, 9-channel UNet) on the fast path,
-        once. Returns the module."""
-        if getattr(module, "_sd_studio_fast", None) is not None:
+        """Put a module loaded after the base (ControlNet, 9-channel UNet, the SDXL refiner's
+        UNet and text encoder) on the fast path, once. Returns the module."""
+        if module is None or getattr(module, "_sd_studio_fast", None) is not None:
             return module
         kind = type(module).__name__
         if kind == "ControlNetModel":
@@ -238,6 +296,8 @@ class FastPathRuntime:
         elif kind == "UNet2DConditionModel":
             _prepare(module, self.config, fp8=self.fp8)
             _wrap_unet(self, module)
+        elif kind in TEXT_ENCODERS and self.graphs:
+            _wrap_text_encoder(self, module)
         return module
 
     def served(self) -> Counter:
@@ -403,17 +463,25 @@ def _as_float_timestep(timestep, device):
 
 
 def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
-    """Route UNet calls (sample, t, text embeddings[, ControlNet residuals]) through FastCalls."""
+    """Route UNet calls (sample, t, text embeddings[, SDXL text_embeds + time_ids][, ControlNet
+    residuals]) through FastCalls."""
     inner = unet.forward
-    plain = runtime.call("unet", lambda x, t, c: (inner(x, t, c, return_dict=False)[0],), inline=True)
+    xl = _is_xl(unet)
+
+    def plain_core(x, t, c, *added):
+        return (inner(x, t, c, added_cond_kwargs=_added(added), return_dict=False)[0],)
+
+    plain = runtime.call("unet", plain_core, inline=True)
     with_residuals: dict[int, FastCall] = {}
-    allowed = {"timestep_cond", "cross_attention_kwargs", "added_cond_kwargs", "attention_mask",
+    allowed = {"timestep_cond", "cross_attention_kwargs", "attention_mask",
                "encoder_attention_mask", "class_labels", "down_intrablock_additional_residuals"}
+    extra = len(ADDED_COND) if xl else 0  # positional tensors between the context and the residuals
 
     def residual_call(count: int) -> FastCall:
         if count not in with_residuals:
-            def core(x, t, c, *res):
-                return (inner(x, t, c, down_block_additional_residuals=tuple(res[:-1]),
+            def core(x, t, c, *rest):
+                added, res = rest[:extra], rest[extra:]
+                return (inner(x, t, c, added_cond_kwargs=_added(added), down_block_additional_residuals=tuple(res[:-1]),
                               mid_block_additional_residual=res[-1], return_dict=False)[0],)
             with_residuals[count] = runtime.call("unet+controlnet residuals", core, inline=True)
         return with_residuals[count]
@@ -421,17 +489,19 @@ def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
     def forward(sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
         down = kwargs.get("down_block_additional_residuals")
         mid = kwargs.get("mid_block_additional_residual")
-        rest = {k: v for k, v in kwargs.items() if k not in ("down_block_additional_residuals", "mid_block_additional_residual")}
-        simple = (not args and set(rest) <= allowed and all(_empty(v) for v in rest.values())
+        added = _added_tensors(xl, kwargs.get("added_cond_kwargs"))
+        rest = {k: v for k, v in kwargs.items()
+                if k not in ("down_block_additional_residuals", "mid_block_additional_residual", "added_cond_kwargs")}
+        simple = (not args and added is not None and set(rest) <= allowed and all(_empty(v) for v in rest.values())
                   and torch.is_tensor(timestep) and (down is None) == (mid is None)
                   and not _lora_unsafe(unet))
         if not simple:
             return inner(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
         t = _as_float_timestep(timestep, sample.device)
         if down is None:
-            out = plain(sample, t, encoder_hidden_states)[0]
+            out = plain(sample, t, encoder_hidden_states, *added)[0]
         else:
-            out = residual_call(len(down) + 1)(sample, t, encoder_hidden_states, *down, mid)[0]
+            out = residual_call(len(down) + 1)(sample, t, encoder_hidden_states, *added, *down, mid)[0]
         if return_dict:
             from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
@@ -446,12 +516,14 @@ def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
     """Graph/compile a ControlNet at conditioning scale 1 and apply the scale outside, so one
     graph serves every weight and guidance window (outside it the pipeline passes scale 0)."""
     inner = controlnet.forward
+    xl = _is_xl(controlnet)
     calls: dict[bool, FastCall] = {}
 
     def call_for(guess_mode: bool) -> FastCall:
         if guess_mode not in calls:
-            def core(x, t, c, cond):
-                down, mid = inner(x, t, c, cond, 1.0, guess_mode=guess_mode, return_dict=False)
+            def core(x, t, c, cond, *added):
+                down, mid = inner(x, t, c, cond, 1.0, added_cond_kwargs=_added(added), guess_mode=guess_mode,
+                                  return_dict=False)
                 return (*down, mid)
             calls[guess_mode] = runtime.call("controlnet", core, inline=True)
         return calls[guess_mode]
@@ -459,15 +531,16 @@ def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
     def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, class_labels=None,
                 timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
                 guess_mode=False, return_dict=True):
-        simple = (all(_empty(v) for v in (class_labels, timestep_cond, attention_mask, added_cond_kwargs,
-                                           cross_attention_kwargs))
+        added = _added_tensors(xl, added_cond_kwargs)
+        simple = (added is not None and all(_empty(v) for v in (class_labels, timestep_cond, attention_mask,
+                                                                 cross_attention_kwargs))
                   and torch.is_tensor(timestep) and torch.is_tensor(controlnet_cond)
                   and isinstance(conditioning_scale, (int, float)) and not _lora_unsafe(controlnet))
         if not simple:
             return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
                          timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
         outs = call_for(bool(guess_mode))(sample, _as_float_timestep(timestep, sample.device), encoder_hidden_states,
-                                          controlnet_cond)
+                                          controlnet_cond, *added)
         if conditioning_scale != 1.0:  # sample * scale, as the module does (exact at scale 1)
             outs = tuple(o * conditioning_scale for o in outs)
         down, mid = tuple(outs[:-1]), outs[-1]
@@ -481,11 +554,14 @@ def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
     controlnet._sd_studio_fast = calls
 
 
-def _wrap_vae_decode(runtime: FastPathRuntime, vae, compile_it: bool) -> None:
+def _wrap_vae_decode(runtime: FastPathRuntime, vae, compile_it: bool, cast: bool = False) -> None:
+    """cast: the VAE is pinned to fp32 (_pin_vae_fp32) and half-precision latents come in."""
     inner = vae.decode
     fast = runtime.call("vae decode", lambda z: (inner(z, return_dict=False)[0],), compile=compile_it)
 
     def decode(z, return_dict: bool = True, generator=None):
+        if cast:
+            z = z.to(torch.float32)
         if getattr(vae, "use_tiling", False) or getattr(vae, "use_slicing", False):
             return inner(z, return_dict=return_dict)
         sample = fast(z)[0]
@@ -499,13 +575,15 @@ def _wrap_vae_decode(runtime: FastPathRuntime, vae, compile_it: bool) -> None:
     vae._sd_studio_fast = fast
 
 
-def _wrap_vae_encode(runtime: FastPathRuntime, vae, compile_it: bool) -> None:
+def _wrap_vae_encode(runtime: FastPathRuntime, vae, compile_it: bool, cast: bool = False) -> None:
     """The encoder half (img2img, inpainting): diffusers' encode() builds the posterior from
     the moments our _encode returns."""
     inner = vae._encode
     fast = runtime.call("vae encode", lambda x: (inner(x),), compile=compile_it)
 
     def _encode(x):
+        if cast:
+            x = x.to(torch.float32)
         if getattr(vae, "use_tiling", False):
             return inner(x)
         return fast(x)[0]
@@ -513,32 +591,74 @@ def _wrap_vae_encode(runtime: FastPathRuntime, vae, compile_it: bool) -> None:
     vae._encode = _encode
 
 
+TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")  # SD's, SDXL's first and second
+
+
 def _wrap_text_encoder(runtime: FastPathRuntime, text_encoder) -> None:
-    """Plain prompt encodings (token ids in, last hidden state and pooled output out) replay an
-    eager CUDA graph: ~200 small launches per prompt otherwise. Not compiled. CLIP skip
-    (hidden states asked for), attention masks and LoRA take the ordinary forward."""
-    if type(text_encoder).__name__ != "CLIPTextModel":
+    """Plain prompt encodings (token ids in; last hidden state and pooled output — or SDXL's
+    projected text_embeds — out, and with ``output_hidden_states`` every layer's hidden state,
+    which SDXL and CLIP skip read) replay an eager CUDA graph: ~200 (CLIP-L) to ~500 (bigG)
+    small launches per prompt otherwise. Not compiled: a handful of calls per request at
+    77·k tokens, already one launch each as a graph, while every chunk count would be a
+    compile of its own. Attention masks, position ids and LoRA adapters take the ordinary forward."""
+    kind = type(text_encoder).__name__
+    if kind not in TEXT_ENCODERS or getattr(text_encoder, "_sd_studio_fast", None) is not None:
         return
     inner = text_encoder.forward
+    projected = kind == "CLIPTextModelWithProjection"
 
-    def core(ids):
-        out = inner(input_ids=ids)
-        return out.last_hidden_state, out.pooler_output
+    def outputs(out, hidden: bool) -> tuple:
+        first = out.text_embeds if projected else out.pooler_output
+        return (out.last_hidden_state, first, *(out.hidden_states if hidden else ()))
 
-    fast = runtime.call("text encoder", core, compile=False)
+    fast = {hidden: runtime.call("text encoder 2" if projected else "text encoder",
+                                 lambda ids, hidden=hidden: outputs(inner(input_ids=ids, output_hidden_states=hidden), hidden),
+                                 compile=False)
+            for hidden in (False, True)}
 
     def forward(input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        hidden = bool(kwargs.pop("output_hidden_states", False))
         simple = (torch.is_tensor(input_ids) and attention_mask is None and position_ids is None
                   and all(_empty(v) or v is False for v in kwargs.values())
                   and not _lora_unsafe(text_encoder))
         if not simple:
-            return inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+            return inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         output_hidden_states=hidden, **kwargs)
+        last, first, *states = fast[hidden](input_ids)
+        states = tuple(states) if hidden else None
+        if projected:
+            from transformers.models.clip.modeling_clip import CLIPTextModelOutput
+
+            return CLIPTextModelOutput(text_embeds=first, last_hidden_state=last, hidden_states=states)
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        last, pooled = fast(input_ids)
-        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled)
+        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=first, hidden_states=states)
 
     text_encoder.forward = forward
+    text_encoder._sd_studio_fast = fast
+
+
+def _pin_vae_fp32(vae) -> bool:
+    """An SDXL VAE that must run in fp32 (``force_upcast``: its fp16 decoder overflows) stays in
+    fp32 from now on. diffusers' SDXL pipelines and our vae_precision would otherwise convert
+    it to fp32 and back around every encode and decode: new weight storage each time, under
+    graphs captured on the old one. Only dtype changes are dropped; device moves still act.
+    Costs the VAE's size once more (≈ 160 MiB for SDXL's); the maths is the one diffusers runs."""
+    if not getattr(vae.config, "force_upcast", False):
+        return False
+    vae.to(torch.float32)
+    plain_to = vae.to
+
+    def to(*args, **kwargs):
+        device, _dtype, non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None:
+            plain_to(device, non_blocking=non_blocking)
+        if memory_format is not None:
+            plain_to(memory_format=memory_format)
+        return vae
+
+    vae.to = to
+    return True
 
 
 def apply_fast_path(pipe, config: FastPath, device=None, lock: threading.Lock | None = None) -> FastPathRuntime:
@@ -570,10 +690,15 @@ def apply_fast_path(pipe, config: FastPath, device=None, lock: threading.Lock | 
     elif config.compile == "full":
         applied.append("background_compile")
     _wrap_unet(runtime, unet)
-    _wrap_vae_decode(runtime, vae, compile_it=config.compile == "full" and config.compile_vae)
-    _wrap_vae_encode(runtime, vae, compile_it=config.compile == "full" and config.compile_vae)
+    pinned = _is_xl(unet) and _pin_vae_fp32(vae)
+    if pinned:
+        applied.append("sdxl_vae_fp32")
+    _wrap_vae_decode(runtime, vae, compile_it=config.compile == "full" and config.compile_vae, cast=pinned)
+    _wrap_vae_encode(runtime, vae, compile_it=config.compile == "full" and config.compile_vae, cast=pinned)
     if config.cuda_graphs and runtime.graphs:  # nothing to gain from the wrapper without graphs
-        _wrap_text_encoder(runtime, pipe.text_encoder)
+        for name in ("text_encoder", "text_encoder_2"):
+            if getattr(pipe, name, None) is not None:
+                _wrap_text_encoder(runtime, getattr(pipe, name))
     if config.cuda_graphs:
         applied.append("cuda_graphs")
     log.info("fast path: %s", ", ".join(applied))

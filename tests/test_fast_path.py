@@ -4,8 +4,11 @@ On a GPU the same worker also captures CUDA graphs (bench/gpu_speed.py measures 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from pipelines.fast_path import FastPath
@@ -154,6 +157,202 @@ def test_an_evicted_controlnet_is_freed_with_its_fast_path(tiny_model_dir, tiny_
     assert controlnet() is None
 
 
+# ------------------------------------------------------------------------------------- SDXL
+# The tiny SDXL (tests/tiny_sdxl.py): its UNet and ControlNet calls carry added_cond_kwargs
+# (pooled text embedding + size/crop time_ids), flattened into the fast calls' signatures.
+def xl_request(kind="txt2img", steps=4, seed=3, **kw):
+    from pipelines.core.requests import Img2ImgRequest
+
+    s = Sampling(scheduler="DDIM" if kind == "repaint" else "Euler", steps=steps, seed=seed)
+    common = {"prompt": "a red circle", "negative_prompt": "blurry", "width": SIZE, "height": SIZE, "sampling": s, **kw}
+    if kind == "txt2img":
+        return Limits().normalize(Txt2ImgRequest(**common))
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8))
+    if kind == "img2img":
+        return Limits().normalize(Img2ImgRequest(init_image=init, strength=0.6, **common))
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    return Limits().normalize(InpaintRequest(init_image=init, mask=mask, **common))
+
+
+@pytest.fixture(scope="module")
+def xl_dirs(tmp_path_factory):
+    """A tiny SDXL base, a 9-channel SDXL inpainting model and an SDXL ControlNet whose zero
+    convolutions are made non-zero (so its residuals act)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from tiny_sdxl import save_tiny_xl_inpaint_model, save_tiny_xl_model
+
+    root = tmp_path_factory.mktemp("xl-fast")
+    base = save_tiny_xl_model(root / "tiny-sdxl")
+    inpaint = save_tiny_xl_inpaint_model(root / "tiny-sdxl-inpaint")
+    controlnet = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(base, subfolder="unet"))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in [*controlnet.controlnet_down_blocks.parameters(), *controlnet.controlnet_mid_block.parameters(),
+                  *controlnet.controlnet_cond_embedding.conv_out.parameters()]:
+            p.normal_(0, 0.2)
+    controlnet.save_pretrained(root / "tiny-sdxl-controlnet")
+    return {"base": base, "inpaint": inpaint, "controlnet": root / "tiny-sdxl-controlnet"}
+
+
+@pytest.fixture(scope="module")
+def xl_plain(xl_dirs):
+    m = PipelineManager(device="cpu", fast_path=None)
+    m.load_base(str(xl_dirs["base"]))
+    return m
+
+
+def test_sdxl_txt2img_switches_to_the_compiled_path_between_requests_with_the_plain_images(xl_dirs, xl_plain):
+    compiler = FakeCompiler(blocked=True)
+    m = fast_manager(xl_dirs["base"], compiler)
+    unet = m.pipeline("txt2img").unet._sd_studio_fast
+    plain = pixels(xl_plain.run(xl_request()))
+    during = []
+
+    def on_step(info):
+        if info.step == 2:  # the UNet's compile finishes while this request is half-way
+            compiler.release.set()
+            assert compiler.compiled.wait(60)
+        during.append(dict(unet.served))
+
+    first = m.run(xl_request(), on_step=on_step)
+    assert during[-1] == {"eager": 4}  # the whole first request ran eager, also after the compile
+    assert m.fast_runtime.wait_idle(60)
+    second = m.run(xl_request())
+    assert unet.served == {"eager": 4, "compiled": 4}  # SDXL's UNet (added_cond_kwargs and all) compiled
+    assert m.fast_runtime.wait_idle(60)
+    third = m.run(xl_request())
+    assert m.fast_runtime.served()["compiled"] == 4 + 5  # then the UNet steps and the VAE decode too
+    for result in (first, second, third):
+        assert np.array_equal(pixels(result), plain)  # the plain manager's image, whichever path served
+    # The size conditioning is an input of the compiled call, not a constant of it: other
+    # time_ids, same signature, served compiled, and the plain manager's image again.
+    other = xl_request(original_width=16, original_height=16, crop_top=8)
+    before = unet.served["compiled"]
+    assert np.array_equal(pixels(m.run(other)), pixels(xl_plain.run(other)))
+    assert unet.served["compiled"] == before + 4 and not np.array_equal(pixels(xl_plain.run(other)), plain)
+
+
+def test_every_sdxl_mode_on_the_fast_path_gives_the_plain_managers_images(xl_dirs, xl_plain):
+    m = fast_manager(xl_dirs["base"], FakeCompiler())
+    edges = np.zeros((SIZE, SIZE, 3), np.uint8)
+    edges[16:48, 16] = edges[16, 16:48] = 255
+    control = Control(units=(ControlUnit(model=str(xl_dirs["controlnet"]), image=Image.fromarray(edges), weight=0.7,
+                                         end=0.75),))
+    requests = {
+        "img2img": xl_request("img2img"),
+        "RePaint": xl_request("repaint"),
+        "9-channel": xl_request("inpaint", mode="inpainting model", inpaint_model=str(xl_dirs["inpaint"])),
+        "ControlNet": xl_request(control=control),
+    }
+    for name, request in requests.items():
+        plain = pixels(xl_plain.run(request))
+        assert np.array_equal(pixels(m.run(request)), plain), name  # eager, through the wrappers
+        assert m.fast_runtime.wait_idle(60)
+        assert np.array_equal(pixels(m.run(request)), plain), name  # compiled
+        assert m.fast_runtime.wait_idle(60)
+    served = {}
+    for call in m.fast_runtime.calls:
+        served.setdefault(call.name, []).append(dict(call.served))
+    assert served["controlnet"][0]["compiled"] == 4  # the second ControlNet request, every step ...
+    assert served["unet+controlnet residuals"][0]["compiled"] == 4  # ... and the UNet with its residuals
+    assert served["vae encode"][0]["compiled"] >= 1
+    nine = m.inpaint_unet(str(xl_dirs["inpaint"]))._sd_studio_fast
+    assert nine.served["compiled"] > 0 and nine is not m.pipeline("txt2img").unet._sd_studio_fast
+    # The fp32 SDXL VAE (force_upcast) keeps its weights where graphs captured them.
+    vae = m.pipeline("txt2img").vae
+    pointer = vae.decoder.conv_out.weight.data_ptr()
+    vae.to(torch.float16)
+    assert vae.dtype == torch.float32 and vae.decoder.conv_out.weight.data_ptr() == pointer
+
+
+def test_the_sdxl_text_encoders_through_the_fast_wrapper_give_the_plain_embeddings(xl_plain):
+    """Both encoders with the hidden states SDXL reads (penultimate layer, clip skip) and the
+    pooled/projected output, rebuilt from the fast call's flat tuple of tensors."""
+    from pipelines.fast_path import FastPathRuntime, _wrap_text_encoder
+    from pipelines.prompt_encoding import encode_prompts
+    from tiny_sdxl import tiny_xl_pipeline
+
+    pipe, cpu = tiny_xl_pipeline(seed=0), torch.device("cpu")
+    prompts = [("a (red:1.3) circle", "blurry", 1), (" ".join(["red circle"] * 50), "", 2)]  # emphasis; 2 chunks, clip skip
+    before = [encode_prompts(pipe, p, n, skip, True, cpu) for p, n, skip in prompts]
+    runtime = FastPathRuntime(FastPath(compile="none"), cpu, threading.Lock())
+    _wrap_text_encoder(runtime, pipe.text_encoder)
+    _wrap_text_encoder(runtime, pipe.text_encoder_2)
+    after = [encode_prompts(pipe, p, n, skip, True, cpu) for p, n, skip in prompts]
+    for b, a in zip(before, after):
+        for field in ("cond", "uncond", "pooled", "uncond_pooled"):
+            assert torch.equal(getattr(b, field), getattr(a, field)), field
+    served = Counter()
+    for call in runtime.calls:  # per encoder: one call with the hidden states, one without
+        served[call.name] += sum(call.served.values())
+    assert served["text encoder"] > 0 and served["text encoder 2"] > 0  # every encoding went through them
+
+
+def save_tiny_xl_lora(folder, base_dir, seed: int = 2, scale: float = 0.3):
+    """A diffusers/PEFT SDXL LoRA (UNet and both text encoders) with random non-zero weights."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from tiny_adapters import TEXT_TARGETS, UNET_TARGETS
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    modules = [inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=targets), loader.from_pretrained(base_dir, subfolder=sub))
+               for loader, sub, targets in ((UNet2DConditionModel, "unet", UNET_TARGETS),
+                                            (CLIPTextModel, "text_encoder", TEXT_TARGETS),
+                                            (CLIPTextModelWithProjection, "text_encoder_2", TEXT_TARGETS))]
+    g = torch.Generator().manual_seed(seed)
+    unet, one, two = [{k: torch.randn(v.shape, generator=g) * scale for k, v in get_peft_model_state_dict(m).items()}
+                      for m in modules]
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=unet, text_encoder_lora_layers=one,
+                                                text_encoder_2_lora_layers=two)
+    return folder
+
+
+def test_an_sdxl_lora_on_the_fast_path_follows_the_sd_rule(xl_dirs, xl_plain, tmp_path):
+    """As for SD 1.x (the test above): the LoRA (UNet and both text encoders) is merged in place,
+    fused QKV/KV projections refreshed, so LoRA requests replay the same compiled UNet; its image
+    is close to diffusers' unmerged LoRA's, and a request without the tag is the plain image bit
+    for bit."""
+    from pipelines.core import catalog
+
+    save_tiny_xl_lora(tmp_path / "Lora" / "xl-lora", xl_dirs["base"])
+    catalog.configure(tmp_path)
+    try:
+        config = FastPath(compile="full", channels_last=False, fuse_qkv=True, compiler=FakeCompiler())
+        m = PipelineManager(device="cpu", fast_path=config)
+        m.load_base(str(xl_dirs["base"]))
+        unet = m.pipeline("txt2img").unet._sd_studio_fast
+        without, with_lora = xl_request(), xl_request(prompt="a red circle <lora:xl-lora:0.8>")
+        m.run(without)
+        assert m.fast_runtime.wait_idle(60)
+        plain = pixels(m.run(without))
+        compiled_before = unet.served["compiled"]
+        lora = pixels(m.run(with_lora))
+        assert unet.served["compiled"] == compiled_before + 4  # the LoRA request replayed the compiled UNet
+        assert np.array_equal(pixels(m.run(without)), plain)  # nothing left behind, bit for bit
+        reference_lora, reference_plain = pixels(xl_plain.run(with_lora)), pixels(xl_plain.run(without))
+        effect = np.abs(reference_lora - reference_plain).mean()
+        assert effect > 1.0  # the LoRA acts ...
+        assert np.abs(lora - reference_lora).mean() < 0.1 * effect  # ... merged as unmerged, up to rounding
+        assert np.abs(plain - reference_plain).mean() < 0.1 * effect  # fused QKV: rounding only
+    finally:
+        catalog.configure(None)
+
+
+def test_the_sdxl_refiner_hand_off_on_the_fast_path_gives_the_plain_image(xl_dirs, xl_plain, tmp_path):
+    from tiny_sdxl import save_tiny_xl_refiner
+
+    folder = str(save_tiny_xl_refiner(tmp_path / "xl-refiner"))
+    m = fast_manager(xl_dirs["base"], FakeCompiler())
+    request = xl_request(refiner=folder, refiner_switch=0.5)
+    plain = pixels(xl_plain.run(request))
+    for _ in range(2):
+        assert np.array_equal(pixels(m.run(request)), plain)
+        assert m.fast_runtime.wait_idle(60)
+    refiner_unet = m.refiner(folder).unet._sd_studio_fast  # its own UNet (5 time ids) on the ladder too
+    assert refiner_unet.served["compiled"] == 2 and refiner_unet is not m.pipeline("txt2img").unet._sd_studio_fast
+
+
 def test_lora_on_the_fast_path_is_merged_into_the_same_graphs_and_leaves_nothing_behind(tiny_model_dir, manager,
                                                                                         tmp_path):
     """With the fast path a LoRA is merged into the weights in place (fused QKV refreshed too),
@@ -186,3 +385,23 @@ def test_lora_on_the_fast_path_is_merged_into_the_same_graphs_and_leaves_nothing
         assert np.abs(lora - reference_lora).mean() < 0.1 * effect
     finally:
         catalog.configure(None)
+
+
+def test_an_fp16_sdxl_vae_keeps_its_weights_where_graphs_read_them(xl_dirs):
+    """diffusers' SDXL pipelines convert a force_upcast VAE to fp32 and back around each encode
+    and decode (new storage each time: a captured graph would read freed memory). On the fast
+    path it stays in fp32 with the same storage, and the images are the plain manager's (which
+    does those round trips: the same fp32 maths)."""
+    plain = PipelineManager(device="cpu", dtype="fp16", fast_path=None)
+    plain.load_base(str(xl_dirs["base"]))
+    m = PipelineManager(device="cpu", dtype="fp16", fast_path=FastPath(
+        compile="full", channels_last=False, fuse_qkv=False, compiler=FakeCompiler()))
+    m.load_base(str(xl_dirs["base"]))
+    vae = m.pipeline("txt2img").vae
+    weights = [p.data_ptr() for p in vae.parameters()]
+    for request in (xl_request(steps=2), xl_request("img2img", steps=3)) * 2:
+        assert np.array_equal(pixels(m.run(request)), pixels(plain.run(request)))
+        assert m.fast_runtime.wait_idle(60)
+    assert "sdxl_vae_fp32" in m.fast_path_applied and m.pipeline("img2img").vae.dtype == torch.float32
+    assert [p.data_ptr() for p in vae.parameters()] == weights
+    assert m.fast_runtime.served()["compiled"] > 0

@@ -225,7 +225,7 @@ class Txt2ImgRequest:
     refiner: str = declare("", "Refiner", info="an SDXL refiner (diffusers folder or Hub id); empty = none",
                            infotext="Refiner", a1111="refiner_checkpoint")
     refiner_switch: float = declare(0.8, "Refiner switch at", minimum=0.01, maximum=1.0, step=0.01,
-                                    infotext="Refiner switch at", a1111="refiner_switch_at")
+                                    infotext="Refiner switch at", a1111="refiner_switch_at", axis=True)
 
     task: ClassVar[str] = "txt2img"
 
