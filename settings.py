@@ -81,11 +81,8 @@ class Settings:
     styles_file: str = "styles.csv"  # A1111's prompt styles file; "" = styles live only in each session
     preview_every: int = 0  # 0: every step on CPU, every 5th on a GPU
     fast_path: str = "auto"  # auto (on for CUDA), off, or a compile mode: regional, full, none
-<<<<<<< HEAD
     fp8: bool = False  # fast path: fp8 UNet linears on Ada/Hopper with torchao (lossy; docs/performance.md#fp8)
-=======
     max_batch: int = 0  # waiting compatible txt2img requests sampled as one batch: 0 = auto (4 on CUDA, 1 = off on CPU)
->>>>>>> main
     warmup: str = ""  # sizes compiled before serving, e.g. "512" or "512,768x512"; "" = compile in the background
     backend: str = "local"  # "local": managers in this process; "ray": Ray Serve workers
     devices: str = ""  # local: "" one (auto), "all" every CUDA device, or "cuda:0,cuda:1"

@@ -3,21 +3,13 @@
 On an H100/H200 the SD 1.5 UNet step is launch-bound (a CUDA graph alone gives 2.3×, see
 shared/reference/MEASUREMENTS.md), so the levers are, in order of gain:
 - CUDA graphs: the UNet call (plain, or with ControlNet residuals), each ControlNet call, the
-<<<<<<< HEAD
-  VAE encode and decode and the text encoder are captured once per input signature and
-  replayed (one launch instead of ~1000); calls a graph cannot serve (LoRA adapters, tiling,
-  CLIP skip, unusual arguments) run the ordinary forward;
-- torch.compile (whole module, fullgraph) under those graphs, except the text encoder;
-  channels_last, fused QKV;
-- optionally (`fp8`, off by default, lossy) the UNet's large linears in fp8 on Ada/Hopper
-  (pipelines/fp8.py), quantized before anything is graphed or compiled.
-=======
   VAE encode and decode and the text encoder(s) are captured once per input signature and
   replayed (one launch instead of ~1000); calls a graph cannot serve (unmerged LoRA adapters,
   tiling, attention masks, unusual arguments) run the ordinary forward;
 - torch.compile (whole module, fullgraph) under those graphs, except the text encoders;
-  channels_last, fused QKV.
->>>>>>> main
+  channels_last, fused QKV;
+- optionally (`fp8`, off by default, lossy) the UNet's large linears in fp8 on Ada/Hopper
+  (pipelines/fp8.py), quantized before anything is graphed or compiled.
 
 SDXL rides the same ladder: the UNet's and ControlNet's ``added_cond_kwargs`` (text_embeds,
 time_ids) are flattened into positional tensors of the call's signature, both text encoders

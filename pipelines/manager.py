@@ -133,11 +133,8 @@ class PipelineManager:
         variant: str | None = None,
         fast_path: FastPath | None | str = "auto",
         upscaler_dir: str = "",
-<<<<<<< HEAD
         fp8: bool = False,
-=======
         max_batch: int = 0,
->>>>>>> main
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
