@@ -35,7 +35,16 @@ def manager_kwargs(settings: Settings) -> dict:
         variant=settings.variant or None,
         fast_path=fast_path(settings),
         upscaler_dir=settings.upscaler_dir,
+        fp8=settings.fp8,
+        max_batch=max_batch(settings),
     )
+
+
+def max_batch(settings: Settings) -> int:
+    """--max-batch: 0 = auto (4 on CUDA, 1 elsewhere); 1 on ZeroGPU, which lends the GPU per call."""
+    from serving.zerogpu import on_zerogpu
+
+    return 1 if on_zerogpu() else max(0, settings.max_batch)
 
 
 def fast_path(settings: Settings):

@@ -81,6 +81,8 @@ class Settings:
     styles_file: str = "styles.csv"  # A1111's prompt styles file; "" = styles live only in each session
     preview_every: int = 0  # 0: every step on CPU, every 5th on a GPU
     fast_path: str = "auto"  # auto (on for CUDA), off, or a compile mode: regional, full, none
+    fp8: bool = False  # fast path: fp8 UNet linears on Ada/Hopper with torchao (lossy; docs/performance.md#fp8)
+    max_batch: int = 0  # waiting compatible txt2img requests sampled as one batch: 0 = auto (4 on CUDA, 1 = off on CPU)
     warmup: str = ""  # sizes compiled before serving, e.g. "512" or "512,768x512"; "" = compile in the background
     backend: str = "local"  # "local": managers in this process; "ray": Ray Serve workers
     devices: str = ""  # local: "" one (auto), "all" every CUDA device, or "cuda:0,cuda:1"
@@ -152,7 +154,12 @@ class Settings:
             "api": "serve the AUTOMATIC1111-compatible REST API (/sdapi/v1/..., docs at /docs) on the same port",
             "api_auth": "user:password[,user2:password2]: HTTP Basic login the REST API requires",
             "grid_for_batches": "also save and show a labelled grid of every batch of more than one image",
+            "fp8": "GPU fast path: run the UNet's large linear layers in fp8 (Ada/Hopper, needs torchao: "
+                   "requirements-gpu.txt); slightly lossy, LoRAs are refused while it is on; env SD_STUDIO_FP8=1",
             "upscaler_dir": "folder of model upscalers (ESRGAN & co.) the hires fix offers",
+            "max_batch": "up to this many images of waiting compatible txt2img requests (same size, steps, sampler, "
+                         "LoRAs) share one UNet batch, each keeping its own prompt, seed, CFG, progress and "
+                         "interrupt; 0 = auto (4 on CUDA, 1 = off elsewhere)",
             "styles_file": "A1111 styles.csv the Styles menus read and save to ('' = per session only)",
         }
         helps.update({

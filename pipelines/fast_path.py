@@ -7,7 +7,9 @@ shared/reference/MEASUREMENTS.md), so the levers are, in order of gain:
   replayed (one launch instead of ~1000); calls a graph cannot serve (unmerged LoRA adapters,
   tiling, attention masks, unusual arguments) run the ordinary forward;
 - torch.compile (whole module, fullgraph) under those graphs, except the text encoders;
-  channels_last, fused QKV.
+  channels_last, fused QKV;
+- optionally (`fp8`, off by default, lossy) the UNet's large linears in fp8 on Ada/Hopper
+  (pipelines/fp8.py), quantized before anything is graphed or compiled.
 
 SDXL rides the same ladder: the UNet's and ControlNet's ``added_cond_kwargs`` (text_embeds,
 time_ids) are flattened into positional tensors of the call's signature, both text encoders
@@ -61,6 +63,10 @@ class FastPath:
     fuse_qkv: bool = True
     compile_vae: bool = True  # the VAE decode too (diffusers' recipe does)
     max_signatures: int = 8  # per module: sizes × batch shapes kept fast; more run eager
+    # fp8 linears in the UNet (pipelines/fp8.py; Ada/Hopper + torchao, else refused with a log
+    # line): lossy, off by default. Layers with a side below fp8_min_features stay as they are.
+    fp8: bool = False
+    fp8_min_features: int = 256
     # fn -> compiled fn; None: torch.compile(fn, fullgraph=True, dynamic=False). Tests pass a fake.
     compiler: Callable | None = field(default=None, compare=False)
 
@@ -78,17 +84,39 @@ class FifoLock:
         self._cv = threading.Condition(threading.Lock())
         self._next_ticket = 0
         self._serving = 0
+        self._abandoned: set[int] = set()  # tickets given up before their turn
+
+    def ticket(self) -> int:
+        """A place in line; wait(ticket) then takes the lock in that order."""
+        with self._cv:
+            self._next_ticket += 1
+            return self._next_ticket - 1
+
+    def wait(self, ticket: int, unless=None) -> bool:
+        """Hold the lock once it is this ticket's turn (True), or give the place up as soon as
+        unless() is true (False; the line skips it): a request already served in another's
+        batch (batching.py) stops waiting at once instead of at its turn."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._serving == ticket or (unless is not None and unless()))
+            if self._serving == ticket:
+                return True
+            self._abandoned.add(ticket)
+            return False
 
     def acquire(self) -> bool:
-        with self._cv:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._cv.wait_for(lambda: self._serving == ticket)
-        return True
+        return self.wait(self.ticket())
 
     def release(self) -> None:
         with self._cv:
             self._serving += 1
+            while self._serving in self._abandoned:
+                self._abandoned.discard(self._serving)
+                self._serving += 1
+            self._cv.notify_all()
+
+    def wake(self) -> None:
+        """Re-check every waiter's unless() (after one was served elsewhere)."""
+        with self._cv:
             self._cv.notify_all()
 
     def __enter__(self):
@@ -222,6 +250,7 @@ class FastPathRuntime:
     def __init__(self, config: FastPath, device: torch.device, lock: threading.Lock):
         self.config, self.device, self.lock = config, torch.device(device), lock
         self.graphs = config.cuda_graphs and self.device.type == "cuda"
+        self.fp8 = False  # set by apply_fast_path once the device is checked
         self.compiles = config.compile == "full"
         # Weak: an evicted ControlNet (or replaced 9-channel UNet) is freed with its graphs.
         self.calls: weakref.WeakSet[FastCall] = weakref.WeakSet()
@@ -257,7 +286,7 @@ class FastPathRuntime:
             _prepare(module, self.config)
             _wrap_controlnet(self, module)
         elif kind == "UNet2DConditionModel":
-            _prepare(module, self.config)
+            _prepare(module, self.config, fp8=self.fp8)
             _wrap_unet(self, module)
         elif kind in TEXT_ENCODERS and self.graphs:
             _wrap_text_encoder(self, module)
@@ -396,11 +425,18 @@ class FastPathRuntime:
 
 
 # ---------------------------------------------------------------------- module wrappers
-def _prepare(module, config: FastPath) -> None:
+def _prepare(module, config: FastPath, fp8: bool = False) -> None:
     if config.channels_last:
         module.to(memory_format=torch.channels_last)
     if config.fuse_qkv and hasattr(module, "fuse_qkv_projections"):
         module.fuse_qkv_projections()
+    if fp8:  # after fusing: the fused to_qkv is the layer that runs
+        from .fp8 import quantize_unet_fp8
+
+        try:
+            quantize_unet_fp8(module, config.fp8_min_features)
+        except Exception:  # noqa: BLE001 — layers already converted keep working; the rest stay as they are
+            log.exception("fp8: quantizing the UNet failed; its remaining layers stay in %s", next(module.parameters()).dtype)
 
 
 def _lora_unsafe(module) -> bool:
@@ -625,7 +661,16 @@ def apply_fast_path(pipe, config: FastPath, device=None, lock: threading.Lock | 
     runtime = FastPathRuntime(config, device or pipe.unet.device, lock or threading.Lock())
     applied = runtime.applied
     unet, vae = pipe.unet, pipe.vae
-    _prepare(unet, config)
+    if config.fp8:
+        from .fp8 import fp8_unavailable_reason
+
+        reason = fp8_unavailable_reason(runtime.device)
+        if reason:
+            log.warning("%s Generating without it.", reason)
+        runtime.fp8 = reason is None
+    _prepare(unet, config, fp8=runtime.fp8)
+    if runtime.fp8:
+        applied.append(f"fp8 ({len(getattr(unet, '_sd_studio_fp8', []))} UNet linears)")
     if config.channels_last:
         vae.to(memory_format=torch.channels_last)
         applied.append("channels_last")

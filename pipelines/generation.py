@@ -115,22 +115,29 @@ def run_batches(
             break
         job.take_skip()  # a skip that arrived between batches does not carry over (as A1111)
         report = StepReporter(job, on_step, preview_weights, preview_every, batch, len(seed_batches))
-        latents = sample(seeds, report)
-        cut_short = report.steps_done < report.total
-        if job.cancelled:
-            interrupted = True
-            notes.append(f"Interrupted at step {report.steps_done}/{report.total} of batch {batch + 1}.")
-        elif job.take_skip() and cut_short:
-            notes.append(f"Skipped at step {report.steps_done}/{report.total} of batch {batch + 1}; the next batch went on.")
-        else:
-            cut_short = False
-        if cut_short and report.latest_x0 is not None:
-            latents = report.latest_x0  # the denoised estimate is the image "so far"
+        latents, interrupted = close_batch(job, report, sample(seeds, report), batch, notes)
         for image, seed in zip(finish(decode_latents(latents), seeds), seeds):
             images.append(GeneratedImage(image, seed, infotext(seed)))
         if interrupted:
             break
     return GenerationResult(request.task, images, notes, interrupted)
+
+
+def close_batch(job: Job, report: StepReporter, latents: torch.Tensor, batch: int, notes: list[str]):
+    """(latents to decode, interrupted) of one sampled batch: an interrupted or skipped batch
+    keeps its denoised estimate so far (the image "so far"), with a note saying where it stopped."""
+    cut_short = report.steps_done < report.total
+    interrupted = False
+    if job.cancelled:
+        interrupted = True
+        notes.append(f"Interrupted at step {report.steps_done}/{report.total} of batch {batch + 1}.")
+    elif job.take_skip() and cut_short:
+        notes.append(f"Skipped at step {report.steps_done}/{report.total} of batch {batch + 1}; the next batch went on.")
+    else:
+        cut_short = False
+    if cut_short and report.latest_x0 is not None:
+        latents = report.latest_x0
+    return latents, interrupted
 
 
 def pooled_kwargs(embeddings, n: int) -> dict:

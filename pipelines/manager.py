@@ -4,7 +4,8 @@ It loads a base model once (VAE, text encoder, tokenizer, UNet) and derives each
 diffusers pipeline from it with ``from_pipe``, so txt2img, img2img, inpainting and ControlNet
 hold the *same* module objects — no copies. The 9-channel inpainting UNet and ControlNets are
 extra modules loaded on demand (ControlNets cached with a size cap). One job runs at a time
-per device (a lock; the Gradio queue in front of it keeps the order). A scheduler is built
+per device (a lock; the Gradio queue in front of it keeps the order), except that compatible
+waiting txt2img/img2img requests may run as one batch (batching.py). A scheduler is built
 per request.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .control import control_maps
 from .core.errors import GenerationError, RequestError
 from .families import SD, Family, family_of_pipeline, single_file_config as config_for
 from .families import call_kwargs as call_kwargs_of
+from .batching import Batcher, Member, NotBatched, batch_key, default_max_batch, sample_together
 from .fast_path import FastPath, FastPathRuntime, FifoLock, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .core.images import fit
@@ -90,20 +92,33 @@ class ModelInfo:
     weight_bytes: int = 0  # the base's weights, each storage counted once
 
 
+def _plain_tensors(tensor):
+    """The tensors holding a parameter's data: itself, or the inner tensors of a wrapper
+    subclass (torchao's fp8 weights: float8 data + scale), which has no storage of its own."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if is_traceable_wrapper_subclass(tensor):
+        for name in tensor.__tensor_flatten__()[0]:
+            yield from _plain_tensors(getattr(tensor, name))
+    else:
+        yield tensor
+
+
 def _weight_storages(modules) -> dict[int, int]:
     """data pointer → bytes of every parameter/buffer storage (each counted once)."""
     seen: dict[int, int] = {}
     for module in modules:
         if isinstance(module, torch.nn.Module):
             for tensor in list(module.parameters()) + list(module.buffers()):
-                seen[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+                for plain in _plain_tensors(tensor):
+                    seen[plain.untyped_storage().data_ptr()] = plain.untyped_storage().nbytes()
     return seen
 
 
 class PipelineManager:
     """Implements pipelines.core.backend.Backend on one device."""
 
-    concurrency = 1  # one job at a time on this device
+    concurrency = 1  # jobs let through to this device at once: max_batch (set in __init__)
     model: ModelInfo | None = None  # the loaded base model
 
     def __init__(
@@ -119,6 +134,8 @@ class PipelineManager:
         variant: str | None = None,
         fast_path: FastPath | None | str = "auto",
         upscaler_dir: str = "",
+        fp8: bool = False,
+        max_batch: int = 0,
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -133,6 +150,10 @@ class PipelineManager:
         # CUDA graphs + fast compilation on CUDA (not with CPU offload: modules move between devices)
         if fast_path == "auto":
             fast_path = FastPath() if self.device.type == "cuda" and not self.cpu_offload else None
+        if fp8 and fast_path is not None:
+            fast_path = replace(fast_path, fp8=True)  # checked against the device at load (fast_path.py)
+        elif fp8:
+            log.warning("fp8 is off: it is an option of the GPU fast path, which is off here. Generating without it.")
         self.fast_path: FastPath | None = fast_path
         self.fast_path_applied: list[str] = []
         self.fast_runtime: FastPathRuntime | None = None  # background compile + graphs (fast_path.py)
@@ -149,6 +170,12 @@ class PipelineManager:
         self._latent_rgb: torch.Tensor | None = None
         self._lock = FifoLock()  # one job per device at a time, in arrival order
         self.turbo_counts: dict[str, int] = {}  # full / shallow UNet calls under turbo (turbo.py), for tests and benches
+        # Compatible waiting txt2img/img2img requests share one UNet batch (batching.py); 0 = auto
+        # (4 on CUDA, 1 = off elsewhere). As many requests may wait here as one batch holds,
+        # so the line in front (FairGate, Gradio) lets that many through.
+        self.max_batch = max_batch if max_batch > 0 else default_max_batch(self.device)
+        self.concurrency = self.max_batch
+        self.batching = Batcher(self._lock, self.max_batch, self._run_locked, self._batch_key, self._run_batch)
         # LoRAs, embeddings, VAEs (pipelines/adapters.py); with the fast path LoRAs are always fused
         self.adapters = Adapters(self.device, self.dtype, fuse_always=self.fast_path is not None)
 
@@ -156,7 +183,7 @@ class PipelineManager:
     def load_base(self, source_text: str) -> ModelInfo:
         """Load a base model; on failure the previously loaded model stays in place."""
         source = resolve_source(catalog.source_for("checkpoint", source_text))
-        with self._lock:
+        with self.batching.alone():  # no batch spans two models
             started = time.perf_counter()
             pipe = load_pipeline(source, self.dtype, self.allow_download, self.single_file_config, self.variant)
             pipe.set_progress_bar_config(disable=True)
@@ -198,7 +225,7 @@ class PipelineManager:
     def refresh_models(self) -> None:
         """Rescan the model folders; new embeddings become words of the loaded model."""
         catalog.refresh()
-        with self._lock:
+        with self.batching.alone():  # new embedding words: no batch spans the change
             if self._base is not None:
                 self.adapters.attach(self._base)
 
@@ -285,23 +312,62 @@ class PipelineManager:
         if not request.is_normalized:
             raise RequestError("The request was not normalized (sizes must be multiples of 8, seed drawn): call Limits.normalize first.")
         job = job or Job()
+        if self.max_batch > 1:
+            return self.batching.run(request, on_step, job)
         with self._lock:
-            if self._base is None:
-                raise GenerationError(NO_MODEL)
-            started = time.perf_counter()
-            try:
-                with self.adapters.applied(self._base, self._pipelines, request):  # LoRA set + VAE
-                    result = self._dispatch(request, on_step, job)
-            except torch.OutOfMemoryError as error:
-                self._free_memory()
-                raise GenerationError(
-                    f"Out of GPU memory at {request.width}×{request.height}, batch size {request.sampling.batch_size}. "
-                    "Lower the size or batch size, or start with --vae-tiling / --cpu-offload. "
-                    "The memory was freed; the app keeps serving."
-                ) from error
+            return self._run_locked(request, on_step, job)
+
+    def _run_locked(self, request, on_step, job: Job) -> GenerationResult:
+        """One request, the lock held."""
+        if self._base is None:
+            raise GenerationError(NO_MODEL)
+        started = time.perf_counter()
+        try:
+            with self.adapters.applied(self._base, self._pipelines, request):  # LoRA set + VAE
+                result = self._dispatch(request, on_step, job)
+        except torch.OutOfMemoryError as error:
+            self._free_memory()
+            raise GenerationError(
+                f"Out of GPU memory at {request.width}×{request.height}, batch size {request.sampling.batch_size}. "
+                "Lower the size or batch size, or start with --vae-tiling / --cpu-offload. "
+                "The memory was freed; the app keeps serving."
+            ) from error
+        result.seconds = time.perf_counter() - started
+        result.worker = f"{os.getpid()}:{self.device}"
+        return result
+
+    def _batch_key(self, request):
+        """batching.batch_key on the loaded model; None (runs alone) without one."""
+        if self._base is None:
+            return None
+        return batch_key(self.pipeline("txt2img"), self.family, request)
+
+    def _run_batch(self, entries) -> None:
+        """Several txt2img (or img2img) requests with one key as one batch, the lock held (batching.py).
+        Raises when the batch as a whole failed: the members not served then run alone."""
+        started = time.perf_counter()
+
+        def stamp(result: GenerationResult) -> GenerationResult:
             result.seconds = time.perf_counter() - started
             result.worker = f"{os.getpid()}:{self.device}"
             return result
+
+        members = [Member(entry, lambda seed, request=entry.request: self._infotext(request, seed), stamp)
+                   for entry in entries]
+        pipe = self.pipeline(entries[0].request.task)  # txt2img or img2img
+        try:
+            with self.adapters.applied(self._base, self._pipelines, entries[0].request):  # equal for all (the key)
+                sample_together(pipe, members, self._scheduler_config, call_kwargs_of(self.family, entries[0].request),
+                                lambda: self._preview_weights(pipe), self.preview_every,
+                                lambda request: fit(request.init_image, request.width, request.height, request.resize_mode))
+        except torch.OutOfMemoryError:
+            self._free_memory()  # each member then runs alone and gets its own message
+            raise
+        except (NotBatched, RequestError, GenerationError):
+            raise  # fewer than two could be prepared, or a user's error each member meets alone
+        except Exception:
+            log.exception("a batch of %d requests failed; its members run alone", len(entries))
+            raise
 
     def stream(self, request: Txt2ImgRequest, job: Job | None = None):
         """run() as a generator: StepInfo per step, then the GenerationResult."""
@@ -444,6 +510,8 @@ class PipelineManager:
             unet, _ = load_inpaint_unet(catalog.source_for("inpaint", source_text), self._base.unet, self.device, self.dtype,
                                         self.allow_download, config_for(self.family, self.single_file_config), self.variant)
             self._inpaint_unet = (source_text, self._fast(unet))
+        # LoRAs trained on the base act on the inpainting UNet's matching layers too (adapters.py)
+        self.adapters.loras.attach_unet(self._base, self._inpaint_unet[1])
         return self._inpaint_unet[1]
 
     def _inpaint(self, request: InpaintRequest, on_step, job) -> GenerationResult:
@@ -479,6 +547,8 @@ class PipelineManager:
         if request.mode == "inpainting model":
             modules["unet"] = self.inpaint_unet(request.inpaint_model)
             extra["Inpainting model"] = model_name(request.inpaint_model)
+            notes += [f"LoRA “{t.name}” does not fit the inpainting model's UNet: only its text-encoder part acted."
+                      for t in request.loras if t.weight != 0 and t.name in self.adapters.loras.extra_misses]
         elif request.repaint_r > 1:
             notes.append("With ControlNet, inpainting blends the known region every step without RePaint resampling (r = 1).")
         if request.control is None:
@@ -496,7 +566,7 @@ class PipelineManager:
         return self._run_sampler(pipe, request, sampler, on_step, job, notes, extra_infotext, finish)
 
     def _run_sampler(self, pipe, request, sampler, on_step, job, notes=None, extra_infotext=None, finish=None):
-        all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe, request)
+        all_notes = list(request.notes) + list(notes or []) + prompt_notes(pipe, request) + self.adapters.notes(request)
         sampler, extra_infotext = self._turbo(pipe, request, sampler, all_notes, extra_infotext)
         kwargs = {"finish": finish} if finish else {}
         return run_batches(
@@ -530,6 +600,8 @@ class PipelineManager:
         acted = {"Refiner": None, "Refiner switch at": None}
         if not self.family.is_xl:
             acted.update({FIELDS[name].infotext: None for name in SDXL_SIZE_FIELDS})
+        if self.fast_runtime is not None and self.fast_runtime.fp8:
+            acted["FP8 weight"] = "UNet linears"  # lossy (docs/performance.md#fp8): say so in every image
         extra = {**acted, **self.adapters.infotext(request), **(extra or {})}  # Lora hashes, TI hashes, VAE hash
         return request_infotext(request, seed, self.model.name if self.model else None, extra)
 

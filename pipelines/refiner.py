@@ -52,6 +52,23 @@ def check_refiner(refiner, base, source: ModelSource) -> None:
                              f"{base.unet.config.in_channels}, as the base.")
 
 
+def refiner_prompt_embeds(refiner, request) -> dict:
+    """The prompts through the refiner's one encoder (OpenCLIP bigG) with the app's A1111
+    encoding, as the base's: LoRA tags out, emphasis, BREAK and 75-token chunks, clip skip.
+    (diffusers' own encoding would read "<lora:x:1>" and "(red:1.2)" as words.)"""
+    from .prompt_encoding import encode_prompts
+
+    cfg = request.sampling.cfg
+    e = encode_prompts(refiner, request.prompt, request.negative_prompt, request.clip_skip, cfg)
+    embeds = {"prompt_embeds": e.cond, "pooled_prompt_embeds": e.pooled}
+    if cfg:
+        uncond, uncond_pooled = e.uncond, e.uncond_pooled
+        if not request.negative_prompt and refiner.config.get("force_zeros_for_empty_prompt", False):
+            uncond, uncond_pooled = torch.zeros_like(uncond), torch.zeros_like(uncond_pooled)  # as diffusers does
+        embeds.update(negative_prompt_embeds=uncond, negative_pooled_prompt_embeds=uncond_pooled)
+    return embeds
+
+
 def refined_sampler(base_sample_with, refiner, request, scheduler_config: dict):
     """A sampler that runs the base to the switch point, then the refiner from it.
     base_sample_with(extra_call_kwargs) → the base's sampler with those extra arguments."""
@@ -79,9 +96,10 @@ def refined_sampler(base_sample_with, refiner, request, scheduler_config: dict):
                 p._interrupt = True
             return {}
 
+        n = len(seeds)
+        prompts = refiner_prompt_embeds(refiner, request)
         return refiner(
-            prompt=[request.prompt] * len(seeds),
-            negative_prompt=[request.negative_prompt] * len(seeds) if s.cfg and request.negative_prompt else None,
+            **{k: v.repeat(n, *[1] * (v.dim() - 1)) for k, v in prompts.items()},
             image=latents,
             num_inference_steps=s.steps,
             denoising_start=switch,

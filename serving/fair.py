@@ -24,14 +24,18 @@ class FairGate(WrappedBackend):
         self._cond = threading.Condition()
 
     @contextmanager
-    def turn(self, job: Job | None = None):
+    def turn(self, job: Job | None = None, exclusive: bool = False):
         """Wait for this caller's turn (FIFO); yields False when the job was cancelled while
-        it waited (it then never reaches the backend)."""
+        it waited (it then never reaches the backend). An exclusive turn (a model change, a
+        request that switches the model first) waits until nothing runs and lets nothing in
+        beside it: with several slots (a pool, or a manager batching requests) no other job may
+        come between the switch and its generation."""
         ticket = object()
+        weight = self.slots if exclusive else 1
         with self._cond:
             self._line.append(ticket)
             try:
-                while not (self._line[0] is ticket and self._running < self.slots):
+                while not (self._line[0] is ticket and self._running + weight <= self.slots):
                     if job is not None and job.cancelled:
                         break
                     self._cond.wait(0.1)
@@ -39,14 +43,14 @@ class FairGate(WrappedBackend):
                 self._line.remove(ticket)
                 admitted = not (job is not None and job.cancelled)
                 if admitted:
-                    self._running += 1
+                    self._running += weight
                 self._cond.notify_all()
         try:
             yield admitted
         finally:
             if admitted:
                 with self._cond:
-                    self._running -= 1
+                    self._running -= weight
                     self._cond.notify_all()
 
     @property
@@ -63,7 +67,7 @@ class FairGate(WrappedBackend):
 
     def run(self, request, on_step=None, job: Job | None = None, prepare=None) -> GenerationResult:
         job = job or Job()
-        with self.turn(job) as admitted:
+        with self.turn(job, exclusive=prepare is not None) as admitted:
             if not admitted:
                 return GenerationResult(request.task, [], ["Interrupted before it started."], interrupted=True)
             if prepare is not None:
@@ -79,7 +83,7 @@ class FairGate(WrappedBackend):
     def load_base(self, source: str):
         """A model change waits its turn too: it must not swap weights under a running job
         (the manager's lock ensures that) nor jump the line."""
-        with self.turn():
+        with self.turn(exclusive=True):
             return self.backend.load_base(source)
 
     @property

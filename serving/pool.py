@@ -49,7 +49,8 @@ class ManagerPool:
 
     @property
     def concurrency(self) -> int:
-        return len(self.managers)
+        # each manager lets as many requests wait as one of its batches holds (batching.py)
+        return sum(getattr(m, "concurrency", 1) for m in self.managers)
 
     @property
     def model(self):

@@ -68,7 +68,8 @@ def _device_fault(error: BaseException) -> bool:
 def _snapshot(manager) -> dict:
     """What the front end's read-only Backend members answer, as of now."""
     return {"model": manager.model, "native_size": manager.native_size, "family_name": manager.family_name,
-            "train_steps": manager.train_steps, "describe": manager.describe(), "memory": manager.memory_report()}
+            "train_steps": manager.train_steps, "describe": manager.describe(), "memory": manager.memory_report(),
+            "concurrency": manager.concurrency}
 
 
 def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, events) -> None:
@@ -121,25 +122,24 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
                 work.put(message)
 
     threading.Thread(target=read_commands, name="commands", daemon=True).start()
+    # A manager that batches (pipelines/batching.py) needs its jobs waiting side by side:
+    # up to manager.concurrency jobs run on threads of their own (one job: in this loop, as ever).
+    job_slots = threading.BoundedSemaphore(manager.concurrency)
     send(("ready", None, _snapshot(manager)))
     catalog_seen, info_sent, stale = None, time.monotonic(), False
-    while True:
-        try:
-            message = work.get(timeout=INFO_EVERY_S)
-        except queue.Empty:
-            if stale:  # idle now: the report the last jobs skipped
-                send(("info", None, _snapshot(manager)))
-                info_sent, stale = time.monotonic(), False
-            continue
-        if message is None:
-            break
+    state_lock = threading.Lock()  # the bookkeeping above, shared by jobs running side by side
+
+    def handle(message):
+        """One command, in this loop or (a job, when the manager batches) on a thread of its own."""
+        nonlocal catalog_seen, info_sent, stale
         kind, call_id, payload = message
         try:
             if kind == "job":
                 request, catalog_generation = payload
-                if catalog_generation != catalog_seen:  # the front end rescanned the model folders
-                    catalog.refresh()
-                    catalog_seen = catalog_generation
+                with state_lock:
+                    if catalog_generation != catalog_seen:  # the front end rescanned the model folders
+                        catalog.refresh()
+                        catalog_seen = catalog_generation
                 result = manager.run(request, on_step=lambda step: send(("step", call_id, step)), job=jobs[call_id])
                 if isinstance(result, GenerationResult):
                     result.worker = name
@@ -161,10 +161,36 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
         send(reply)
         # The memory report walks every weight storage: after each load, and after
         # jobs at most every INFO_EVERY_S (a job adds at most a mode or an extra module).
-        stale = True
-        if kind != "job" or time.monotonic() - info_sent >= INFO_EVERY_S:
-            send(("info", None, _snapshot(manager)))
-            info_sent, stale = time.monotonic(), False
+        with state_lock:
+            stale = True
+            if kind != "job" or time.monotonic() - info_sent >= INFO_EVERY_S:
+                send(("info", None, _snapshot(manager)))
+                info_sent, stale = time.monotonic(), False
+    while True:
+        try:
+            message = work.get(timeout=INFO_EVERY_S)
+        except queue.Empty:
+            if stale:  # idle now: the report the last jobs skipped
+                send(("info", None, _snapshot(manager)))
+                info_sent, stale = time.monotonic(), False
+            continue
+        if message is None:
+            break
+        kind, call_id, payload = message
+        if kind == "job" and manager.concurrency > 1:
+            job_slots.acquire()
+
+            def side_by_side(message=message):
+                try:
+                    handle(message)
+                finally:
+                    job_slots.release()
+
+            threading.Thread(target=side_by_side, name=f"job {call_id}", daemon=True).start()
+            continue
+        handle(message)
+    for _ in range(manager.concurrency if manager.concurrency > 1 else 0):
+        job_slots.acquire()  # jobs sent before the stop finish first, as when they ran in this loop
     os._exit(0)  # skip interpreter teardown under live compile threads
 
 
@@ -503,7 +529,8 @@ class ProcessPool:
 
     @property
     def concurrency(self) -> int:
-        return len(self._workers)
+        # a worker whose manager batches takes that many jobs at once (pipelines/batching.py)
+        return sum((w.info or {}).get("concurrency", 1) for w in self._workers)
 
     @property
     def model(self):

@@ -3,6 +3,7 @@ built in code (tests/tiny_sdxl.py), as a diffusers folder and as one LDM single 
 every mode; switching families leaves nothing of the other in memory."""
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 
@@ -286,3 +287,28 @@ def test_an_sdxl_nine_channel_single_file(xl_dir, scene, tmp_path):
     assert result.images[0].image.size == (64, 64)
     loaded = m._inpaint_unet[1].state_dict()
     assert all(torch.equal(v, loaded[k]) for k, v in unet.state_dict().items())
+
+
+def test_the_refiner_switch_is_a_grid_axis_only_where_a_refiner_runs():
+    from pipelines.core.grid import axis_values, plan_grid
+
+    base = Txt2ImgRequest(prompt="x", width=64, height=64, sampling=Sampling(steps=4, seed=1))
+    with pytest.raises(RequestError, match="needs txt2img with an SDXL refiner"):
+        plan_grid(base, axis_values("Refiner switch at", "0.5, 0.8"), None)
+    plan = plan_grid(dataclasses.replace(base, refiner="tiny-refiner"), axis_values("Refiner switch at", "0.5, 0.8"), None)
+    assert [cell.refiner_switch for cell in plan.cells] == [0.5, 0.8]
+
+
+def test_the_refiner_reads_the_prompt_with_a1111_syntax(xl, tmp_path):
+    """The refiner's prompt goes through the same encoding as the base's: a LoRA tag and
+    weight-1 emphasis are syntax, not words (diffusers' own encoding would read them as text)."""
+    from tiny_sdxl import save_tiny_xl_refiner
+
+    folder = save_tiny_xl_refiner(tmp_path / "xl-refiner")
+
+    def refined(prompt):
+        return pixels(xl.run(t2i(prompt=prompt, sampling=Sampling(steps=4, seed=3), refiner=str(folder), refiner_switch=0.5)))
+
+    plain = refined("a red circle")
+    assert np.array_equal(refined("a (red:1.0) circle <lora:not-loaded:0>"), plain)
+    assert not np.array_equal(refined("a (red:1.6) circle"), plain)

@@ -26,9 +26,15 @@ def xl_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def xl_server(xl_files, tmp_path_factory):
+    from tiny_sdxl_adapters import save_xl_embedding, save_xl_kohya_lora
+
     folder, _ = xl_files
+    models = tmp_path_factory.mktemp("xl-models")  # an A1111 models folder with an SDXL LoRA and embedding
+    save_xl_kohya_lora(models / "Lora" / "xl-lora.safetensors", scale=0.5)
+    save_xl_embedding(models / "embeddings" / "xlword.safetensors")
     # The tiny architecture's configs for single files come from its folder (as for SD tests).
     server = AppServer(["--model", str(folder), "--single-file-config", str(folder), "--max-size", "256",
+                        "--models-dir", str(models),
                         "--outputs-dir", str(tmp_path_factory.mktemp("xl-out"))],
                        log_path=tmp_path_factory.mktemp("xl-logs") / "app.log")
     try:
@@ -42,6 +48,51 @@ def txt2img(client, **kw):
     args.update(kw)
     _, gallery, notes, infotext = client.predict(**args, api_name="/txt2img")
     return Image.open(gallery[0]["image"]), infotext
+
+
+SIZE_FIELDS = dict(original_width=16, original_height=24, target_width=48, target_height=40, crop_left=8, crop_top=16)
+
+
+def test_img2img_and_inpaint_take_the_sdxl_size_fields_and_png_info_reads_them_back(xl_server, xl_files, tmp_path):
+    client = Client(xl_server.url, verbose=False)
+    client.predict(str(xl_files[0]), api_name="/load_model")  # whatever another test left loaded
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "init.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    init = dict(init_image=handle_file(str(tmp_path / "init.png")), strength=0.8)
+    editor = {"background": handle_file(str(tmp_path / "init.png")), "layers": [], "composite": None}
+    masked = dict(image_and_mask=editor, mask_image=handle_file(str(tmp_path / "mask.png")),
+                  **{f"unit{n}_image": None for n in (1, 2, 3)})
+    for endpoint, inputs in (("/img2img", init), ("/inpaint", masked)):
+        images = []
+        for sizes in ({}, SIZE_FIELDS):
+            gallery = client.predict(prompt="a red circle", steps=3, seed=4, width=64, height=64, **inputs, **sizes,
+                                     api_name=endpoint)[1]
+            images.append(Image.open(gallery[0]["image"]))
+        assert not np.array_equal(*map(np.asarray, images)), endpoint  # the fields reach the UNet in this tab too
+        fields, notes = infotext_to_fields(parse_infotext(read_infotext(images[1])))
+        assert {name: fields.get(name) for name in SIZE_FIELDS} == SIZE_FIELDS and notes == [], endpoint
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for endpoint in ("/txt2img", "/img2img", "/inpaint", "/controlnet"):
+        names = {p["parameter_name"] for p in api[endpoint]["parameters"]}
+        assert set(SIZE_FIELDS) <= names, endpoint
+        assert ("refiner" in names) is (endpoint == "/txt2img"), endpoint  # the refiner hands off in txt2img only
+
+
+def test_an_sdxl_lora_and_embedding_over_http(xl_server, xl_files):
+    client = Client(xl_server.url, verbose=False)
+    client.predict(str(xl_files[0]), api_name="/load_model")  # whatever another test left loaded
+
+    def pixels(prompt):
+        return np.asarray(txt2img(client, prompt=prompt, height=64)[0], dtype=np.int16)
+
+    plain = pixels("a red circle")
+    assert np.abs(pixels("a red circle <lora:xl-lora:1>") - plain).mean() > 1.0
+    assert np.array_equal(pixels("a red circle <lora:xl-lora:0>"), plain)
+    assert np.array_equal(pixels("a red circle"), plain)  # no leftover weights between requests
+    assert np.abs(pixels("a red circle xlword") - pixels("a red circle word")).mean() > 1.0
 
 
 def test_an_sdxl_folder_via_model_generates_and_switches_through_the_models_tab(xl_server, xl_files, tiny_model_dir,
@@ -85,5 +136,8 @@ def test_the_sdxl_fields_show_only_with_an_sdxl_model(xl_server, app_server):
         return {c["props"].get("elem_id"): c["props"] for c in config["components"] if c["props"].get("elem_id")}
 
     xl, sd = components(xl_server), components(app_server)
-    assert xl["txt2img_sdxl"]["visible"] is True and sd["txt2img_sdxl"]["visible"] is False
-    assert xl["txt2img_width"]["value"] == 64  # the tiny SDXL's native size (its UNet's sample size × 8)
+    for tab in ("txt2img", "img2img", "inpaint", "controlnet"):
+        assert xl[f"{tab}_sdxl"]["visible"] is True and sd[f"{tab}_sdxl"]["visible"] is False, tab
+        assert xl[f"{tab}_width"]["value"] == 64, tab  # the tiny SDXL's native size (its UNet's sample size × 8)
+        assert f"{tab}_original_width" in xl and f"{tab}_crop_top" in xl, tab
+    assert "txt2img_refiner" in xl and not any(f"{tab}_refiner" in xl for tab in ("img2img", "inpaint", "controlnet"))

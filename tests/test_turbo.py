@@ -199,3 +199,8 @@ def test_an_sdxl_unet_with_added_conditioning_is_cached_and_rebuilt_exactly():
     assert (stepper.full_calls, stepper.shallow_calls, stepper.other_calls) == (1, 1, 0)
     assert torch.equal(full, reference)
     torch.testing.assert_close(shallow, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_a_turbo_request_is_never_batched_with_others_so_its_turbo_acts(manager):
+    assert manager._batch_key(txt2img()) is not None
+    assert manager._batch_key(txt2img("DeepCache 2")) is None

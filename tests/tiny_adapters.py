@@ -17,6 +17,9 @@ TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 def _random_lora_parts(model_dir: Path, seed: int, rank: int, scale: float):
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
+    from pipelines.adapters import peft_tolerates_old_torchao
+
+    peft_tolerates_old_torchao()
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
     text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
     unet = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS), unet)

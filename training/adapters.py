@@ -151,6 +151,10 @@ def train_lora(out: Path, minutes: float, pool: int, batch: int, seed: int, lr: 
     from safetensors.torch import save_file
     from transformers import CLIPTextModel
 
+    from pipelines.adapters import peft_tolerates_old_torchao
+
+    peft_tolerates_old_torchao()
+
     torch.manual_seed(seed)
     root = models.MODELS_DIR / models.BASE
     vae = models.load(AutoencoderKL, root / "vae").eval().requires_grad_(False)

@@ -53,9 +53,10 @@ def build_app(manager, settings, startup_message: str = "") -> gr.Blocks:
                 host_defaults = remember.HostDefaults.for_settings(settings)
                 remember.defaults_panel(remembered, host_defaults)
         # The loaded model's family decides the native size and whether SDXL fields show.
-        refresh = sdxl.refresh(manager, [t2i.sdxl], [t2i.sampler.width, t2i.sampler.height,
-                                                           i2i.sampler.width, i2i.sampler.height])
-        targets = [t2i.sdxl, t2i.sampler.width, t2i.sampler.height, i2i.sampler.width, i2i.sampler.height]
+        groups = [tab.sdxl for tab in generation_tabs.values()]
+        sizes = [tab.form.widgets[name] for tab in generation_tabs.values() for name in ("width", "height")]
+        refresh = sdxl.refresh(manager, groups, sizes)
+        targets = groups + sizes
         page_load = app.load(refresh, None, targets, queue=False, api_visibility="private")
         loaded.then(refresh, None, targets, queue=False, api_visibility="private")
         # Remembered values come after the native size: what the user chose wins.

@@ -187,6 +187,7 @@ class TabParts:
     (send-to targets them; remembered settings read them)."""
     form: Form
     panel: ResultPanel
+    sdxl: gr.Accordion | None = None  # the SDXL-only fields, shown only with an SDXL model
 
 
 def result_panel(tab: str) -> ResultPanel:

@@ -6,7 +6,7 @@ import gradio as gr
 from pipelines.core.fields import assemble
 from pipelines.core.requests import ControlUnit, Img2ImgRequest, Txt2ImgRequest
 
-from . import xy_grid
+from . import sdxl, xy_grid
 from .common import GenerationService, SafeImage, TabParts, open_image, prompt_box, result_panel, sampler_controls, wire_common
 from .control_units import control_from, control_panel
 from .fields import Form, take
@@ -20,6 +20,7 @@ def build(service: GenerationService, native_size: int) -> TabParts:
         with gr.Column(scale=1):
             prompt_box(form, service.count_tokens)
             sampler = sampler_controls(form, native_size)
+            xl = sdxl.sdxl_controls(form, service.backend, refiner=False)  # the refiner does not run with ControlNet
             control_panel(form, sampler.width, sampler.height)
             with gr.Accordion("Start from an image (img2img)", open=False):
                 form.add("use_init_image", gr.Checkbox(value=False, label="Use an init image", elem_id="controlnet_use_init"))
@@ -47,4 +48,4 @@ def build(service: GenerationService, native_size: int) -> TabParts:
     panel.generate.click(generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), api_name="controlnet",
                          **service.gpu_event)
     wire_common(panel, sampler, service, interrupt_api=None)
-    return TabParts(form, panel)
+    return TabParts(form, panel, xl)

@@ -8,7 +8,7 @@ import gradio as gr
 from pipelines.core.fields import assemble
 from pipelines.core.requests import Img2ImgRequest
 
-from . import xy_grid
+from . import sdxl, xy_grid
 from .common import (GenerationService, PromptBox, ResultPanel, SafeImage, SamplerControls, open_image, prompt_box,
                      result_panel, sampler_controls, vae_field, wire_common)
 from .fields import Form
@@ -24,6 +24,7 @@ class Img2ImgTab:
     strength: gr.Slider
     resize_mode: gr.Radio
     panel: ResultPanel
+    sdxl: gr.Accordion  # shown only with an SDXL model
 
 
 def build(service: GenerationService, native_size: int, styles_file: str = "") -> Img2ImgTab:
@@ -40,6 +41,7 @@ def build(service: GenerationService, native_size: int, styles_file: str = "") -
             strength = form.field("strength")
             sampler = sampler_controls(form, native_size)
             vae_field(form)
+            xl = sdxl.sdxl_controls(form, service.backend, refiner=False)  # the refiner hands off in txt2img only
             xy_grid.grid_controls(form, Img2ImgRequest)
         with gr.Column(scale=1):
             panel = result_panel("img2img")
@@ -60,4 +62,4 @@ def build(service: GenerationService, native_size: int, styles_file: str = "") -
     panel.generate.click(generate, inputs_kwargs=form.inputs, outputs=panel.outputs(), api_name="img2img", **service.gpu_event)
     use_size.click(image_size, init_image, [sampler.width, sampler.height], queue=False, api_visibility="private")
     wire_common(panel, sampler, service, interrupt_api=None)
-    return Img2ImgTab(form, prompts, init_image, sampler, strength, resize_mode, panel)
+    return Img2ImgTab(form, prompts, init_image, sampler, strength, resize_mode, panel, xl)

@@ -12,7 +12,7 @@ from pipelines.masks import outpaint_canvas
 from pipelines.core.fields import assemble
 from pipelines.core.requests import ControlUnit, InpaintRequest
 
-from . import xy_grid
+from . import sdxl, xy_grid
 from .common import GenerationService, SafeImage, TabParts, open_image, prompt_box, result_panel, sampler_controls, wire_common
 from .control_units import control_from, control_panel
 from .fields import Form
@@ -91,6 +91,7 @@ def build(service: GenerationService, native_size: int) -> TabParts:
                 form.field("padding")
             form.field("resize_mode", component=gr.Radio, value="just resize")
             sampler = sampler_controls(form, native_size)
+            xl = sdxl.sdxl_controls(form, service.backend, refiner=False)
             with gr.Accordion("Outpainting", open=False):
                 with gr.Row():
                     left = gr.Slider(0, 512, value=0, step=8, label="Left", elem_id="outpaint_left")
@@ -155,4 +156,4 @@ def build(service: GenerationService, native_size: int) -> TabParts:
     extend.click(extend_canvas, [editor, left, right, up, down], [editor, sampler.width, sampler.height, masked_content],
                  api_visibility="private")
     wire_common(panel, sampler, service, interrupt_api=None)
-    return TabParts(form, panel)
+    return TabParts(form, panel, xl)

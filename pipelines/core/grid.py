@@ -63,7 +63,12 @@ def _needs_hires(request):
         raise RequestError("Hires steps and hires denoising strength need txt2img with Hires fix on.")
 
 
-_REQUIRES = {"cfg_scale": _needs_cfg, "strength": _needs_init_image, "weight": _needs_control, "repaint_r": _needs_repaint,
+def _needs_refiner(request):
+    if request.task != "txt2img" or not request.refiner.strip() or request.control is not None:
+        raise RequestError("Refiner switch at needs txt2img with an SDXL refiner chosen and no ControlNet unit.")
+
+
+_REQUIRES = {"refiner_switch": _needs_refiner, "cfg_scale": _needs_cfg, "strength": _needs_init_image, "weight": _needs_control, "repaint_r": _needs_repaint,
              "hr_second_pass_steps": _needs_hires, "denoising_strength": _needs_hires}
 
 

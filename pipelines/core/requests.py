@@ -229,7 +229,7 @@ class Txt2ImgRequest:
     refiner: str = declare("", "Refiner", info="an SDXL refiner (diffusers folder or Hub id); empty = none",
                            infotext="Refiner", a1111="refiner_checkpoint")
     refiner_switch: float = declare(0.8, "Refiner switch at", minimum=0.01, maximum=1.0, step=0.01,
-                                    infotext="Refiner switch at", a1111="refiner_switch_at")
+                                    infotext="Refiner switch at", a1111="refiner_switch_at", axis=True)
     # Lossy speed-up (pipelines/turbo.py). Declared last so the API's positional order stays as it was.
     turbo: str = declare("Off", "Turbo", choices=TURBO_MODES, infotext="Turbo", axis=True,
                          info="lossy speed-up: DeepCache N runs the whole UNet every N-th step and only its "

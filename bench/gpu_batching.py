@@ -1,0 +1,148 @@
+"""Throughput for many users: 8 txt2img requests from 8 threads calling manager.run at once,
+with request batching (pipelines/batching.py) on at --max-batch 4 and 8, against the same 8
+requests one after another and against 8 concurrent ones with batching off. One process, one
+manager (the same weights), the fast path with compile="none" (CUDA graphs only: every new
+batch shape is a new signature, and compiling each would not fit a short device lease).
+SD 1.5 shapes with random weights, fp16, 512², 30 steps, CFG 7.5, Euler a; every request its
+own prompt, seed and CFG scale.
+
+    PYTHONUNBUFFERED=1 python bench/gpu_batching.py            # H200: well under 2 minutes
+    python bench/gpu_batching.py --cpu-smoke                   # tiny model on the CPU: a dry run
+
+One JSON line per measurement: seconds for the 8 (median of --repeats rounds, after warm-up
+rounds that capture the graphs of new shapes), images per second, ratios against serial in the same
+run, the batch sizes served, mean/max per-request latency (last round), and the lowest PSNR of
+a batched image against the same request run alone.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gpu_speed import build_random_sd15, log, median_s, psnr, section  # noqa: E402
+
+import torch  # noqa: E402
+
+from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
+from pipelines.fast_path import FastPath  # noqa: E402
+from pipelines.manager import PipelineManager  # noqa: E402
+
+SUBJECTS = ["an astronaut riding a horse", "a red fox in snow", "a lighthouse at dusk", "a bowl of ramen",
+            "a castle on a hill", "a robot reading a book", "a sailing ship in a storm", "a field of sunflowers"]
+
+
+def requests(args, n: int = 8) -> list[Txt2ImgRequest]:
+    limits = Limits(max_width=4096, max_height=4096)
+    return [limits.normalize(Txt2ImgRequest(
+        prompt=f"a photograph of {SUBJECTS[i % len(SUBJECTS)]}", negative_prompt="blurry" if i % 2 else "",
+        width=args.size, height=args.size,
+        sampling=Sampling(scheduler="Euler a", steps=args.steps, seed=1000 + i, cfg_scale=7.5 - 0.5 * (i % 3))))
+        for i in range(n)]
+
+
+def set_batching(manager: PipelineManager, max_batch: int) -> None:
+    """Batching on (max_batch > 1) or off, on the same manager and weights."""
+    manager.max_batch = manager.batching.max_batch = max_batch
+
+
+def serial(manager, batch):
+    return [manager.run(r) for r in batch]
+
+
+LAST: dict = {}  # the latest concurrent round: results and per-request latencies
+
+
+def concurrent(manager, batch):
+    results, latencies = [None] * len(batch), []
+    start = time.perf_counter()
+
+    def one(i):
+        results[i] = manager.run(batch[i])
+        latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(batch))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    LAST.update(results=results, latencies=latencies)
+    return results
+
+
+def seconds(fn, repeats: int, cuda: bool, warm: int = 2) -> float:
+    for _ in range(warm):  # the second call of every new shape captures its graph
+        fn()
+    if cuda:
+        return median_s(fn, repeats)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times), 4)
+
+
+@section("batching")
+def bench_batching(folder: Path, card: str, args) -> None:
+    cuda = torch.cuda.is_available() and not args.cpu_smoke
+    model = folder / "sd15" if (folder / "sd15").exists() else folder
+    manager = PipelineManager(device="cuda" if cuda else "cpu", dtype="fp16" if cuda else None,
+                              fast_path=FastPath(compile="none") if cuda else None, max_batch=1)
+    manager.load_base(str(model))
+    batch = requests(args)
+    common = dict(card=card, size=args.size, steps=args.steps, requests=len(batch))
+
+    set_batching(manager, 1)
+    alone = serial(manager, batch)
+    serial_s = seconds(lambda: serial(manager, batch), args.repeats, cuda, warm=1)
+    log(config="8 requests one after another", s=serial_s, images_per_s=round(len(batch) / serial_s, 3), ratio=1.0,
+        **common)
+    off_s = seconds(lambda: concurrent(manager, batch), args.repeats, cuda, warm=0)  # the serial shapes
+    log(config="8 concurrent, batching off", s=off_s, images_per_s=round(len(batch) / off_s, 3),
+        ratio=round(serial_s / off_s, 3), **common)
+    for max_batch in args.max_batch:
+        set_batching(manager, max_batch)
+        before = len(manager.batching.served)
+        on_s = seconds(lambda: concurrent(manager, batch), args.repeats, cuda)
+        served = manager.batching.served[before:]
+        together, latencies = LAST["results"], LAST["latencies"]
+        log(config=f"8 concurrent, batching on (--max-batch {max_batch})", s=on_s,
+            images_per_s=round(len(batch) / on_s, 3), ratio=round(serial_s / on_s, 3),
+            ratio_vs_batching_off=round(off_s / on_s, 3), batch_sizes_served=served[-12:],
+            latency_mean_s=round(statistics.mean(latencies), 3), latency_max_s=round(max(latencies), 3),
+            psnr_vs_alone_db=min(psnr(a.images[0].image, b.images[0].image) for a, b in zip(alone, together)),
+            **common)
+    set_batching(manager, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-batch", type=lambda text: [int(x) for x in text.split(",")], default=[4, 8])
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny random model on the CPU, 64², 4 steps")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.cpu_smoke or not torch.cuda.is_available():
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from tiny_sd import save_tiny_model
+
+            args.size, args.steps, args.repeats = 64, 4, 1
+            args.cpu_smoke = True
+            folder, card = save_tiny_model(Path(tmp) / "tiny"), "cpu (tiny model)"
+        else:
+            folder, card = build_random_sd15(Path(tmp)), torch.cuda.get_device_name()
+        bench_batching(folder, card, args)
+
+
+if __name__ == "__main__":
+    main()
