@@ -383,6 +383,15 @@ def test_prompt_styles_from_the_hosts_styles_file_apply_by_name(api):
     assert info["prompt"] == "a cat, film grain" and info["negative_prompt"] == "ugly, blurry"
 
 
+def test_turbo_field_reaches_the_image_and_an_unknown_mode_is_a_422(api):
+    plain, _ = txt2img(api, steps=4)
+    fast, info = txt2img(api, steps=4, turbo="DeepCache 2")
+    assert "Turbo: DeepCache 2" in info["infotexts"][0]
+    assert not np.array_equal(pixels(unb64(fast["images"][0])), pixels(unb64(plain["images"][0])))
+    response = api.post("/sdapi/v1/txt2img", json={"prompt": "a", "turbo": "DeepCache 9"})
+    assert response.status_code == 422 and "Unknown turbo 'DeepCache 9'" in response.text
+
+
 def test_clip_skip_from_override_settings_and_options_reaches_the_image(api):
     plain, plain_info = txt2img(api, steps=2)
     skipped, info = txt2img(api, steps=2, override_settings={"CLIP_stop_at_last_layers": 2})
