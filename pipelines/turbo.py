@@ -1,5 +1,5 @@
 """Turbo: DeepCache-style step-feature caching. Lossy, off by default, written in the
-infotext ("Turbo: DeepCache 3"); the request field is ``Sampling.turbo`` (core/requests.py).
+infotext ("Turbo: DeepCache 3"); the request field is ``turbo`` (core/requests.py).
 
 The method (Ma, Fang, Wang: "DeepCache: Accelerating Diffusion Models for Free", CVPR 2024):
 a UNet's deep features change little from one denoising step to the next, while the
@@ -25,9 +25,11 @@ are served by CUDA graphs (captured at their second call, as the plain UNet's). 
 torch.compile'd: the compile runs in a background thread, and a trace of a view is a second
 full-UNet compile for a lossy option; an eager graph already removes the launch overhead.
 
-ControlNet: the ControlNet still runs every step (the pipeline calls it before the UNet);
-its first residual (conv_in's level) enters the shallow path fresh, the others act through
-the kept features, which are at most N−1 steps old.
+ControlNet: each ControlNet is cached on the same cycle (`ControlStepper`): on shallow steps
+its down and mid blocks hand back kept outputs, so only its conv_in, the control image's
+embedding and the zero convolutions run; its first residual (conv_in's level, the one a
+shallow UNet call reads) is fresh every step, the deeper ones act through kept features at
+most N−1 steps old, as the UNet's own.
 """
 from __future__ import annotations
 
