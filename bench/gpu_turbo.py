@@ -110,7 +110,7 @@ def bench_turbo(folder: Path, card: str, args) -> dict:
     from pipelines.fast_path import FastPath
     from pipelines.manager import PipelineManager
 
-    cuda = torch.cuda.is_available() and not getattr(args, "cpu_smoke", False)
+    cuda = torch.cuda.is_available() and not getattr(args, "cpu_smoke", False) and not getattr(args, "cpu", False)
     compile_mode = getattr(args, "turbo_compile", "none")
     manager = PipelineManager(device="cuda" if cuda else "cpu", dtype="fp16" if cuda else None,
                               fast_path=FastPath(compile=compile_mode))
@@ -145,9 +145,13 @@ def main() -> None:
     parser.add_argument("--turbo-compile", default="none", choices=("none", "full", "regional"))
     parser.add_argument("--skip-controlnet", action="store_true")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, 64², 6 steps, on CPU: checks the code runs")
+    parser.add_argument("--folder", default="", help="use DIR/sd15 and DIR/controlnet (e.g. gpu_speed.py --keep's) instead of building")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU (with --folder)")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp())
-    if args.cpu_smoke:
+    folder = Path(args.folder or tempfile.mkdtemp())
+    if args.folder:
+        card = "cpu" if args.cpu else torch.cuda.get_device_name()
+    elif args.cpu_smoke:
         args.size, args.steps, args.repeats = 64, 6, 1
         card = "cpu (smoke)"
         _tiny_folder(folder)
