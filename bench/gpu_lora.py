@@ -100,3 +100,56 @@ def bench_lora(folder: Path, args, card, manager, plain_request, plain_s, vanill
         log(**row)
     finally:
         catalog.configure(None)
+
+
+def main() -> None:
+    """Standalone: SD 1.5 shapes, the manager's fast path (txt2img only), then the LoRA row."""
+    import argparse
+    import os
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_speed import build_random_sd15, diffusers_pipe, log, median_s, mode_requests
+
+    from pipelines.fast_path import FastPath
+    from pipelines.manager import PipelineManager
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", default="full", choices=("full", "none"))
+    parser.add_argument("--compile-wait-s", type=float, default=120)
+    args = parser.parse_args()
+    card = torch.cuda.get_device_name()
+    folder = Path(tempfile.mkdtemp())
+    build_random_sd15(folder)
+    vanilla = diffusers_pipe(folder)
+    manager = PipelineManager(device="cuda", dtype="fp16", fast_path=FastPath(compile=args.compile))
+    manager.load_base(str(folder / "sd15"))
+    from PIL import Image
+
+    plain = mode_requests(folder, args, Image.new("RGB", (args.size, args.size), (90, 120, 200)))["txt2img"]
+    manager.run(plain)
+    manager.run(plain)
+    idle = manager.fast_runtime.wait_idle(args.compile_wait_s)
+    manager.run(plain)
+    plain_s = median_s(lambda: manager.run(plain), args.repeats)
+    log(config="manager fast path, plain txt2img", card=card, s_per_image=plain_s, compiled=idle,
+        served=dict(manager.pipeline("txt2img").unet._sd_studio_fast.served))
+    bench_lora(folder, args, card, manager, plain, plain_s, vanilla)
+    out = os.environ.get("OUT")
+    if out:
+        import json
+
+        from gpu_speed import ROWS
+
+        Path(out, "gpu_lora.json").write_text(json.dumps(ROWS, indent=1))
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
