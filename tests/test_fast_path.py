@@ -353,8 +353,7 @@ def test_the_sdxl_refiner_hand_off_on_the_fast_path_gives_the_plain_image(xl_dir
     assert refiner_unet.served["compiled"] == 2 and refiner_unet is not m.pipeline("txt2img").unet._sd_studio_fast
 
 
-def test_lora_on_the_fast_path_is_merged_into_the_same_graphs_and_leaves_nothing_behind(tiny_model_dir, manager,
-                                                                                        tmp_path):
+def test_lora_on_the_fast_path_is_merged_into_the_same_graphs_and_leaves_nothing_behind(tiny_model_dir, tmp_path):
     """With the fast path a LoRA is merged into the weights in place (fused QKV refreshed too),
     so LoRA requests replay the same compiled graphs as plain ones, and the weights come back
     bit for bit afterwards."""
@@ -378,8 +377,11 @@ def test_lora_on_the_fast_path_is_merged_into_the_same_graphs_and_leaves_nothing
         assert unet.served["compiled"] == compiled_before + 4  # the LoRA request replayed the compiled UNet
         after = pixels(m.run(txt2img()))
         assert np.array_equal(after, plain), "the plain request after a LoRA one must see the base weights bit for bit"
-        # the same LoRA unmerged, without the fast path: the merged one matches it closely
-        reference_lora, reference_plain = pixels(manager.run(with_lora)), pixels(manager.run(txt2img()))
+        # the same LoRA unmerged, without the fast path (a manager of its own: the shared
+        # fixture must not carry LoRA layers into other tests): the merged one matches it closely
+        reference = PipelineManager(device="cpu")
+        reference.load_base(str(tiny_model_dir))
+        reference_lora, reference_plain = pixels(reference.run(with_lora)), pixels(reference.run(txt2img()))
         effect = np.abs(reference_lora - reference_plain).mean()
         assert effect > 1.0
         assert np.abs(lora - reference_lora).mean() < 0.1 * effect

@@ -136,7 +136,8 @@ def sampler_controls(form: Form, native_size: int) -> SamplerControls:
         scheduler = form.field("scheduler")
         steps = form.field("steps")
         clip_skip = form.field("clip_skip", scale=0, min_width=200)
-        form.field("turbo", scale=0, min_width=200)
+    with gr.Row():  # a row of its own: beside the sliders its help text wrapped into a tall box
+        form.field("turbo")
     with gr.Row():
         cfg = form.field("cfg")
         cfg_scale = form.field("cfg_scale")
