@@ -77,17 +77,10 @@ def concurrent(manager, batch):
     return results
 
 
-def seconds(fn, repeats: int, cuda: bool, warm: int = 2) -> float:
+def seconds(fn, repeats: int, warm: int = 2) -> float:
     for _ in range(warm):  # the second call of every new shape captures its graph
         fn()
-    if cuda:
-        return median_s(fn, repeats)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times), 4)
+    return median_s(fn, repeats)
 
 
 @section("batching")
@@ -102,16 +95,16 @@ def bench_batching(folder: Path, card: str, args) -> None:
 
     set_batching(manager, 1)
     alone = serial(manager, batch)
-    serial_s = seconds(lambda: serial(manager, batch), args.repeats, cuda, warm=1)
+    serial_s = seconds(lambda: serial(manager, batch), args.repeats, warm=1)
     log(config="8 requests one after another", s=serial_s, images_per_s=round(len(batch) / serial_s, 3), ratio=1.0,
         **common)
-    off_s = seconds(lambda: concurrent(manager, batch), args.repeats, cuda, warm=0)  # the serial shapes
+    off_s = seconds(lambda: concurrent(manager, batch), args.repeats, warm=0)  # the serial shapes
     log(config="8 concurrent, batching off", s=off_s, images_per_s=round(len(batch) / off_s, 3),
         ratio=round(serial_s / off_s, 3), **common)
     for max_batch in args.max_batch:
         set_batching(manager, max_batch)
         before = len(manager.batching.served)
-        on_s = seconds(lambda: concurrent(manager, batch), args.repeats, cuda)
+        on_s = seconds(lambda: concurrent(manager, batch), args.repeats)
         served = manager.batching.served[before:]
         together, latencies = LAST["results"], LAST["latencies"]
         log(config=f"8 concurrent, batching on (--max-batch {max_batch})", s=on_s,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -36,18 +35,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gpu_speed import PROMPT, bench_profile, build_random_sd15, log, median_s, psnr, section  # noqa: E402
-
-
-def seconds_median(fn, repeats: int, device: str) -> float:
-    """gpu_speed's median_s (synchronised) on CUDA; a plain median of wall times elsewhere."""
-    if device == "cuda":
-        return median_s(fn, repeats)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return round(statistics.median(times), 4)
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -109,7 +96,7 @@ def bench_manager(folder: Path, card: str, args, fp8: bool) -> dict | None:
     events = [(round(t - start, 1), e) for t, e in runtime.events] if runtime else []
     compiled_latent, compiled_image = _run_recording_latent(manager, request)
     before = _served(manager)
-    s = seconds_median(lambda: manager.run(request), args.repeats, args.device)
+    s = median_s(lambda: manager.run(request), args.repeats)
     after = _served(manager)
     unet_ms, unet_how = None, None
     fast = getattr(unet, "_sd_studio_fast", None)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gpu_speed import PROMPT, ROWS, T0, log, psnr, section  # noqa: E402
+from gpu_speed import PROMPT, ROWS, T0, log, median_s, psnr, section, timed  # noqa: E402
 
 SDXL = ROOT / "assets" / "configs" / "sdxl"
 NEGATIVE = "blurry, low quality"  # diffusers would zero an empty one (force_zeros_for_empty_prompt): both get text
@@ -52,24 +51,6 @@ LABELS = {"txt2img": "txt2img", "img2img": "img2img 0.6", "repaint": "inpaint Re
 
 
 # ----------------------------------------------------------------------------- timing
-def sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int, device) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def median_s(fn, repeats: int, device) -> float:
-    return round(statistics.median(timed(fn, repeats, device)), 4)
 
 
 def elapsed() -> float:
@@ -163,7 +144,7 @@ def bench_vanilla(folder, args):
     t0 = time.perf_counter()
     diffusers_run(pipe, args)
     warm = time.perf_counter() - t0
-    s = median_s(lambda: diffusers_run(pipe, args), args.repeats, args.device)
+    s = median_s(lambda: diffusers_run(pipe, args), args.repeats)
     reference = diffusers_run(pipe, args, seed=7)
     log(config="SDXL vanilla diffusers (eager, SDPA)", card=args.card, size=args.size, steps=args.steps, s_per_image=s,
         warmup_s=round(warm, 1), **peak_vram())
@@ -186,7 +167,7 @@ def bench_recipe(folder, args, reference):
     diffusers_run(pipe, args)
     warm = time.perf_counter() - t0
     diffusers_run(pipe, args)
-    s = median_s(lambda: diffusers_run(pipe, args), args.repeats, args.device)
+    s = median_s(lambda: diffusers_run(pipe, args), args.repeats)
     log(config="SDXL diffusers recipe (fuse_qkv, channels_last, compile reduce-overhead fullgraph on unet + vae.decode)",
         card=args.card, s_per_image=s, warmup_s=round(warm, 1),
         note="fp16 SDXL: diffusers converts the VAE to fp32 and back around every decode (force_upcast)",
@@ -261,7 +242,7 @@ def ours_first(manager, requests, args, vanilla_s, firsts: dict):
     runtime = manager.fast_runtime
     for mode, request in requests.items():
         before = dict(runtime.served())
-        firsts[mode] = round(timed(lambda: manager.run(request), 1, args.device)[0], 3)
+        firsts[mode] = round(timed(lambda: manager.run(request), 1)[0], 3)
         log(mode=LABELS[mode], first_request_s=firsts[mode],
             vs_vanilla_txt2img=round(firsts[mode] / vanilla_s, 2) if vanilla_s else None,
             served=served_path(before, runtime.served()))
@@ -280,7 +261,7 @@ def ours_catch_up(manager, requests, args, firsts):
     # A few, not a loop until compiled: requests take the GIL from the compiling worker.
     while ("txt2img" in requests and len(series) < 3 and time.perf_counter() < deadline
            and not (unet.served.get("compiled-graph", 0) or unet.served.get("compiled", 0))):
-        series.append(round(timed(lambda: manager.run(requests["txt2img"]), 1, args.device)[0], 3))
+        series.append(round(timed(lambda: manager.run(requests["txt2img"]), 1)[0], 3))
     log(catch_up="txt2img requests while the UNet compiles", seconds=series)
     idle = runtime.wait_idle(max(0.0, deadline - time.perf_counter()))
     dropped = []
@@ -306,7 +287,7 @@ def ours_steady(manager, requests, args, vanilla_s, recipe_s, steady: dict, path
     for mode, request in requests.items():
         manager.run(request)
         before = dict(runtime.served())
-        steady[mode] = median_s(lambda: manager.run(request), args.repeats, args.device)
+        steady[mode] = median_s(lambda: manager.run(request), args.repeats)
         # per request: the calls of the runs timed
         paths[mode] = {k: v // args.repeats for k, v in served_path(before, runtime.served()).items()}
         log(config=f"SDXL ours {LABELS[mode]}", card=args.card, s_per_image=steady[mode],

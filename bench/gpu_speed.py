@@ -81,13 +81,18 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if mse == 0 else round(10 * math.log10(255 ** 2 / mse), 1)
 
 
+def _sync() -> None:
+    if torch.cuda.is_initialized():  # CPU smoke runs (no CUDA work queued) time wall clock alone
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        _sync()
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
         times.append(time.perf_counter() - start)
     return times
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,17 +32,6 @@ from PIL import Image  # noqa: E402
 from gpu_speed import PROMPT, ROWS, build_random_sd15, log, median_s, psnr, section  # noqa: E402
 
 MODES = ("Off", "DeepCache 2", "DeepCache 3")
-
-
-def _median(fn, repeats: int, cuda: bool) -> float:
-    if cuda:
-        return median_s(fn, repeats)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times), 4)
 
 
 def _requests(folder: Path, args, control: bool):
@@ -74,13 +61,13 @@ def _final_latents(manager, mode: str, args) -> torch.Tensor:
                     generator=torch.Generator("cpu").manual_seed(5), output_type="latent").images.float()
 
 
-def _bench_mode_set(manager, label: str, requests: dict, args, card: str, cuda: bool) -> dict:
+def _bench_mode_set(manager, label: str, requests: dict, args, card: str) -> dict:
     times, images = {}, {}
     for mode, request in requests.items():
         manager.run(request)  # first: eager, and the inline CUDA-graph capture of each call's signature
         manager.run(request)
         manager.turbo_counts.clear()
-        times[mode] = _median(lambda: manager.run(request), args.repeats, cuda)
+        times[mode] = median_s(lambda: manager.run(request), args.repeats)
         images[mode] = manager.run(request).images[0].image
         per_image = {k: v // (args.repeats + 1) for k, v in manager.turbo_counts.items()}
         log(bench="turbo", mode=label, turbo=mode, card=card, s_per_image=times[mode],
@@ -90,8 +77,8 @@ def _bench_mode_set(manager, label: str, requests: dict, args, card: str, cuda: 
 
 
 @section("turbo txt2img")
-def _txt2img(manager, folder, args, card, cuda):
-    times = _bench_mode_set(manager, "txt2img", _requests(folder, args, control=False), args, card, cuda)
+def _txt2img(manager, folder, args, card):
+    times = _bench_mode_set(manager, "txt2img", _requests(folder, args, control=False), args, card)
     off = _final_latents(manager, "Off", args)
     for mode in MODES[1:]:
         z = _final_latents(manager, mode, args)
@@ -100,9 +87,9 @@ def _txt2img(manager, folder, args, card, cuda):
 
 
 @section("turbo controlnet")
-def _controlnet(manager, folder, args, card, cuda):
+def _controlnet(manager, folder, args, card):
     requests = _requests(folder, args, control=True)
-    return _bench_mode_set(manager, "controlnet 1 unit", {m: requests[m] for m in ("Off", "DeepCache 3")}, args, card, cuda)
+    return _bench_mode_set(manager, "controlnet 1 unit", {m: requests[m] for m in ("Off", "DeepCache 3")}, args, card)
 
 
 @section("turbo")
@@ -117,9 +104,9 @@ def bench_turbo(folder: Path, card: str, args) -> dict:
                               fast_path=FastPath(compile=compile_mode))
     manager.load_base(str(folder / "sd15"))
     log(bench="turbo", applied=manager.fast_path_applied, compile=compile_mode, size=args.size, steps=args.steps)
-    result = {"txt2img": _txt2img(manager, folder, args, card, cuda)}
+    result = {"txt2img": _txt2img(manager, folder, args, card)}
     if not getattr(args, "skip_controlnet", False):
-        result["controlnet"] = _controlnet(manager, folder, args, card, cuda)
+        result["controlnet"] = _controlnet(manager, folder, args, card)
     if manager.fast_runtime is not None:
         log(bench="turbo", served_by_call={f"{call.name} #{i}": dict(call.served)
                                            for i, call in enumerate(manager.fast_runtime.calls)})
