@@ -140,3 +140,15 @@ def app_server(tiny_model_dir, tiny_controlnet_dir, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def scene():
+    """A 64² noise image and a mask over its middle (the SDXL img2img/inpaint tests)."""
+    import numpy as np
+    from PIL import Image
+
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    return init, mask

@@ -335,7 +335,11 @@ def save_single_file(pipe_or_components, path, dtype: torch.dtype | None = torch
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"single-file checkpoints are written as .safetensors, got {path.name!r}")
-    state = to_ldm_state_dict(**_components(pipe_or_components))
+    return write_checkpoint(to_ldm_state_dict(**_components(pipe_or_components)), path, dtype)
+
+
+def write_checkpoint(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> Path:
+    """An LDM state dict as a .safetensors file, written beside its target and renamed into place."""
     tensors = {}
     for key, tensor in state.items():
         tensor = tensor.detach()

@@ -14,13 +14,12 @@ file that test_sdxl.py loads.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from ldm_checkpoint import UNET_PREFIX, _apply_rules, _unet_rules, text_encoder_to_ldm, vae_to_ldm, CLIP_PREFIX
+from ldm_checkpoint import (CLIP_PREFIX, UNET_PREFIX, _apply_rules, _unet_rules, text_encoder_to_ldm, vae_to_ldm,
+                            write_checkpoint)
 
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 BIGG_PREFIX = "conditioner.embedders.1.model."
@@ -68,17 +67,4 @@ def save_xl_single_file(pipe, path, dtype: torch.dtype | None = torch.float16) -
         raise ValueError(f"single-file checkpoints are written as .safetensors, got {path.name!r}")
     state = {**xl_unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae), **open_clip_to_ldm(pipe.text_encoder_2)}
     state.update({CLIP_L_PREFIX + k.removeprefix(CLIP_PREFIX): v for k, v in text_encoder_to_ldm(pipe.text_encoder).items()})
-    tensors = {}
-    for key, tensor in state.items():
-        tensor = tensor.detach().to("cpu")
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        tensors[key] = tensor.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_checkpoint(state, path, dtype)

@@ -10,7 +10,6 @@ import weakref
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipelines.core.errors import ModelLoadError, RequestError
 from pipelines.families import SD, SDXL, family_of_single_file, single_file_config
@@ -45,14 +44,6 @@ def xl(xl_dir):
     m = PipelineManager(device="cpu")
     m.load_base(str(xl_dir))
     return m
-
-
-@pytest.fixture(scope="module")
-def scene():
-    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return init, mask
 
 
 def test_an_sdxl_folder_loads_as_sdxl_and_every_mode_shares_its_modules(xl):

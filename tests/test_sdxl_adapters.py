@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipelines.core import catalog
 from pipelines.core.errors import RequestError
@@ -162,14 +161,6 @@ def test_emphasis_on_sdxl_acts_in_both_encoders(xl):
     assert not torch.equal(stressed[..., width_1:], plain[..., width_1:])
     split = encode_prompts(base, "a red BREAK circle", "", 1, False, cpu).cond
     assert split.shape[1] == 2 * 77 and split.shape[2] == plain.shape[2]  # BREAK: a new chunk in both
-
-
-@pytest.fixture(scope="module")
-def scene():
-    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return init, mask
 
 
 def inpaint(manager, prompt: str, model: str, scene):
