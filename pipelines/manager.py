@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -323,7 +324,7 @@ class PipelineManager:
             raise GenerationError(NO_MODEL)
         started = time.perf_counter()
         try:
-            with self.adapters.applied(self._base, self._pipelines, request):  # LoRA set + VAE
+            with self._serving(), self.adapters.applied(self._base, self._pipelines, request):  # LoRA set + VAE
                 result = self._dispatch(request, on_step, job)
         except torch.OutOfMemoryError as error:
             self._free_memory()
@@ -335,6 +336,11 @@ class PipelineManager:
         result.seconds = time.perf_counter() - started
         result.worker = f"{os.getpid()}:{self.device}"
         return result
+
+    def _serving(self):
+        """Around a request's device work, the lock held: the fast path's background compile
+        pauses meanwhile (compile_yield.py), so it does not slow the request down."""
+        return self.fast_runtime.serving() if self.fast_runtime is not None else nullcontext()
 
     def _batch_key(self, request):
         """batching.batch_key on the loaded model; None (runs alone) without one."""
@@ -356,7 +362,7 @@ class PipelineManager:
                    for entry in entries]
         pipe = self.pipeline(entries[0].request.task)  # txt2img or img2img
         try:
-            with self.adapters.applied(self._base, self._pipelines, entries[0].request):  # equal for all (the key)
+            with self._serving(), self.adapters.applied(self._base, self._pipelines, entries[0].request):  # equal for all (the key)
                 sample_together(pipe, members, self._scheduler_config, call_kwargs_of(self.family, entries[0].request),
                                 lambda: self._preview_weights(pipe), self.preview_every,
                                 lambda request: fit(request.init_image, request.width, request.height, request.resize_mode))
@@ -631,7 +637,8 @@ class PipelineManager:
             if self._base is None:
                 raise GenerationError(NO_MODEL)
             try:
-                return run_lab(self._base, self._scheduler_config, request, on_step, job)
+                with self._serving():
+                    return run_lab(self._base, self._scheduler_config, request, on_step, job)
             except torch.OutOfMemoryError as error:
                 self._free_memory()
                 raise GenerationError("Out of GPU memory in the Diffusion lab: use fewer steps or scales. "

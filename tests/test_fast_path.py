@@ -52,9 +52,9 @@ class FakeCompiler:
         return compiled
 
 
-def fast_manager(model_dir, compiler) -> PipelineManager:
+def fast_manager(model_dir, compiler, **options) -> PipelineManager:
     # channels_last / fused QKV off: the comparison below is then bit for bit.
-    config = FastPath(compile="full", channels_last=False, fuse_qkv=False, compiler=compiler)
+    config = FastPath(compile="full", channels_last=False, fuse_qkv=False, compiler=compiler, **options)
     m = PipelineManager(device="cpu", fast_path=config)
     m.load_base(str(model_dir))
     return m
@@ -62,7 +62,9 @@ def fast_manager(model_dir, compiler) -> PipelineManager:
 
 def test_compiled_path_is_switched_in_between_requests_never_inside_one(tiny_model_dir):
     compiler = FakeCompiler(blocked=True)
-    m = fast_manager(tiny_model_dir, compiler)
+    # The request below waits for the compile, which pauses while requests run (compile_yield.py):
+    # a small pause credit lets its share of the time come soon.
+    m = fast_manager(tiny_model_dir, compiler, yield_burst_s=0.1)
     unet = m.pipeline("txt2img").unet._sd_studio_fast
     during = []
 
@@ -204,7 +206,7 @@ def xl_plain(xl_dirs):
 
 def test_sdxl_txt2img_switches_to_the_compiled_path_between_requests_with_the_plain_images(xl_dirs, xl_plain):
     compiler = FakeCompiler(blocked=True)
-    m = fast_manager(xl_dirs["base"], compiler)
+    m = fast_manager(xl_dirs["base"], compiler, yield_burst_s=0.1)  # the request waits for the compile (above)
     unet = m.pipeline("txt2img").unet._sd_studio_fast
     plain = pixels(xl_plain.run(xl_request()))
     during = []
