@@ -25,7 +25,8 @@ capped at ``burst_s``. Over any window of W seconds the compile is paused at mos
 burst_s + share·W, so under continuous load it still gets ≥ 1 − share of the time and
 finishes; after a quiet spell a burst of requests is covered for burst_s / (1 − share)
 seconds at full speed. The thread does not pause inside an import or a logging call (locks
-every thread takes), and never while it is profiled by something else.
+every thread takes), nor inside the collector's callback (it would stop every thread's
+collections), and never while it is profiled by something else.
 """
 from __future__ import annotations
 
@@ -70,13 +71,18 @@ def _install_checkpoint() -> None:
             gc.callbacks.append(_gc_checkpoint)
 
 
-def _in_critical_section(frame) -> bool:
+def _where(frame) -> str | None:
+    """'collector' inside the checkpoint (a pause there would hold the collector: no thread,
+    not even gc.collect(), could collect), 'critical' inside an import or logging, else None."""
     while frame is not None:
         code = frame.f_code
-        if code.co_filename in _CRITICAL_FILES or frame.f_globals.get("__name__", "").partition(".")[0] in _CRITICAL_MODULES:
-            return True
+        if code is _gc_checkpoint.__code__:
+            return "collector"
+        name = frame.f_globals.get("__name__")
+        if code.co_filename in _CRITICAL_FILES or (isinstance(name, str) and name.partition(".")[0] in _CRITICAL_MODULES):
+            return "critical"
         frame = frame.f_back
-    return False
+    return None
 
 
 class CompileGate:
@@ -174,9 +180,12 @@ class CompileGate:
             return
         self._stepping = threading.get_ident()  # no checkpoint re-arms it meanwhile
         try:
-            if _in_critical_section(frame):
-                return  # the next collection re-arms it
-            self._step_aside()
+            where = _where(frame)
+            if where == "collector":
+                sys.setprofile(self._profile)  # steps aside at the first event after the collection
+            elif where is None:
+                self._step_aside()
+            # inside an import or logging: the next collection re-arms it
         except Exception:  # noqa: BLE001 — a profile function that raises would break the compile
             log.exception("compile yield: stepping aside failed; the compile runs on without pausing")
             self.share = 0.0

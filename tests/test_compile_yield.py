@@ -187,3 +187,39 @@ def test_images_are_the_same_with_and_without_the_compile_yielding(tiny_model_di
     assert paused > 0 and never == 0
     assert all(np.array_equal(a, b) for a, b in zip(yielding, plain))
     assert np.array_equal(yielding[2], yielding[3])
+
+
+def test_a_paused_compile_leaves_garbage_collection_to_the_request():
+    """The pause is armed from the collector's callback but taken outside it: paused inside,
+    it would block every thread's collections (even gc.collect(), which the manager's
+    out-of-memory recovery calls)."""
+    import gc
+    import weakref
+
+    from pipelines.compile_yield import CompileGate
+
+    gate, stop = CompileGate(burst_s=3600), threading.Event()
+
+    def compile_like():
+        with gate.yielding():
+            while not stop.is_set():
+                trace_like_work()
+
+    worker = threading.Thread(target=compile_like, daemon=True)
+    worker.start()
+    try:
+        with gate.request():
+            assert wait_paused(gate)
+
+            class Node:
+                pass
+
+            cycle = Node()
+            cycle.itself = cycle
+            alive = weakref.ref(cycle)
+            del cycle
+            gc.collect()
+            assert alive() is None
+    finally:
+        stop.set()
+        worker.join(WAIT)
