@@ -67,8 +67,9 @@ def compile_once(backend: str, how: str = "plain", gate: CompileGate | None = No
 def hook_cost(args):
     compile_once(args.backend)  # imports and lazy initialisation out of the way
     times = {"plain": [], "gate": [], "always-on hook": []}
-    for _ in range(args.rounds):
-        for how in times:
+    order = list(times)
+    for round_ in range(args.rounds):
+        for how in order[round_ % 3:] + order[:round_ % 3]:  # rotated: no method always runs first
             times[how].append(round(compile_once(args.backend, how), 2))
     best = {how: min(values) for how, values in times.items()}
     log(measure="compile time, no request running", backend=args.backend, seconds=times,
