@@ -55,6 +55,20 @@ _YIELDING: dict[int, "CompileGate"] = {}  # thread id -> its gate, while inside 
 _installed = threading.Lock()
 
 
+class _Requests:
+    """Requests in progress in this process, whichever manager runs them: the GIL is one per
+    process, so a compile steps aside for any request (also another device's, in a pool of
+    managers in one process). Reentrant: a collection (the checkpoint) can run inside the
+    gates' own code."""
+
+    def __init__(self):
+        self.cv = threading.Condition(threading.RLock())
+        self.count = 0
+
+
+_REQUESTS = _Requests()
+
+
 def _gc_checkpoint(phase, info) -> None:
     """Runs in whichever thread collects: arms the profile function in a yielding thread."""
     if phase != "stop" or not _YIELDING:
@@ -86,8 +100,8 @@ def _where(frame) -> str | None:
 
 
 class CompileGate:
-    """Requests in progress (the manager counts them: overlapping and batched ones nest) and
-    the pauses of the thread(s) compiling inside ``yielding()``."""
+    """The manager's requests in progress (counted process-wide: overlapping and batched ones
+    nest) and the pauses, with their credit, of the thread compiling inside ``yielding()``."""
 
     def __init__(self, share: float = PAUSE_SHARE, burst_s: float = PAUSE_BURST_S, wait_s: float = PAUSE_WAIT_S):
         if not 0.0 <= share < 1.0:
@@ -95,11 +109,9 @@ class CompileGate:
         self.share, self.wait_s = share, wait_s
         # At least one whole wait's worth, else a pause could never start.
         self.burst_s = max(burst_s, (1.0 - share) * wait_s)
-        self.running = 0
         self.paused_s = 0.0  # in total, for logs and benches (paused_total() adds a pause in progress)
         self.pauses = 0
-        # Reentrant: a collection (the checkpoint) can run inside the gate's own code.
-        self._cv = threading.Condition(threading.RLock())
+        self._cv = _REQUESTS.cv  # a request's end wakes every paused compile
         self._profile = self._hook  # one object: the profile function removes itself while running
         self._credit = self.burst_s
         self._at = time.monotonic()
@@ -107,15 +119,19 @@ class CompileGate:
         self._stepping: int | None = None  # the thread inside _hook
 
     # ------------------------------------------------------------------ the manager's side
+    @property
+    def running(self) -> int:
+        """Requests in progress in this process."""
+        return _REQUESTS.count
+
     def request_started(self) -> None:
         with self._cv:
-            self.running += 1
+            _REQUESTS.count += 1
 
     def request_ended(self) -> None:
         with self._cv:
-            self.running -= 1
-            if self.running <= 0:
-                self.running = 0
+            _REQUESTS.count = max(0, _REQUESTS.count - 1)
+            if not _REQUESTS.count:
                 self._cv.notify_all()
 
     @contextmanager

@@ -285,8 +285,9 @@ class FastPathRuntime:
         self.gate = CompileGate(config.yield_share, config.yield_burst_s)
 
     def serving(self):
-        """Context manager around one request (or batch) on the device: the background compile
-        steps aside until it ends. Nests: overlapping and batched requests count."""
+        """Context manager around one request (or batch) on the device: background compiles
+        step aside until it ends (every runtime's in this process: they share the GIL). Nests:
+        overlapping and batched requests count."""
         return self.gate.request()
 
     def module_state_changed(self) -> None:

@@ -189,6 +189,32 @@ def test_images_are_the_same_with_and_without_the_compile_yielding(tiny_model_di
     assert np.array_equal(yielding[2], yielding[3])
 
 
+def compile_like_thread(gate, stop: threading.Event) -> threading.Thread:
+    def run():
+        with gate.yielding():
+            while not stop.is_set():
+                trace_like_work()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    return worker
+
+
+def test_a_compile_steps_aside_for_another_managers_request_too():
+    """One GIL per process: in a pool of managers (one per device, one process) a compile
+    pauses for any manager's request, not only its own runtime's."""
+    from pipelines.compile_yield import CompileGate
+
+    compiling, other, stop = CompileGate(burst_s=3600), CompileGate(), threading.Event()
+    worker = compile_like_thread(compiling, stop)
+    try:
+        with other.request():
+            assert wait_paused(compiling)
+    finally:
+        stop.set()
+        worker.join(WAIT)
+
+
 def test_a_paused_compile_leaves_garbage_collection_to_the_request():
     """The pause is armed from the collector's callback but taken outside it: paused inside,
     it would block every thread's collections (even gc.collect(), which the manager's
@@ -199,14 +225,7 @@ def test_a_paused_compile_leaves_garbage_collection_to_the_request():
     from pipelines.compile_yield import CompileGate
 
     gate, stop = CompileGate(burst_s=3600), threading.Event()
-
-    def compile_like():
-        with gate.yielding():
-            while not stop.is_set():
-                trace_like_work()
-
-    worker = threading.Thread(target=compile_like, daemon=True)
-    worker.start()
+    worker = compile_like_thread(gate, stop)
     try:
         with gate.request():
             assert wait_paused(gate)
