@@ -7,13 +7,16 @@ host overhead (pickling, previews, relaying, polling) is a large share of each r
 Rows: run() without a progress callback (the bench's and a script's way: no steps wanted),
 stream() (a UI's way: StepInfo with previews every step on a CPU), each serially and with
 --concurrent threads at once; ratios vs the in-process manager in the same run. One JSON
-line per measurement.
+line per measurement, with medians of --rounds alternating rounds and the CPU milliseconds
+per request (this process + the worker process, from /proc: steadier than rates on a shared
+machine).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -27,7 +30,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
 
 
-def requests_per_s(backend, requests, concurrent: int, streamed: bool) -> float:
+def cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, or of another one from /proc (a worker)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_round(backend, requests, concurrent: int, streamed: bool, pids) -> tuple[float, float]:
+    """(requests per second, CPU milliseconds per request: this process + the workers)."""
     def one(request):
         if streamed:
             for _ in backend.stream(request):
@@ -36,17 +48,21 @@ def requests_per_s(backend, requests, concurrent: int, streamed: bool) -> float:
             backend.run(request)
 
     chunks = [requests[i::concurrent] for i in range(concurrent)]
+    cpu = cpu_s() + sum(cpu_s(p) for p in pids)
     started = time.perf_counter()
     threads = [threading.Thread(target=lambda c=c: [one(r) for r in c]) for c in chunks]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    return len(requests) / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    cpu = cpu_s() + sum(cpu_s(p) for p in pids) - cpu
+    return len(requests) / wall, 1000 * cpu / len(requests)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=24)
     parser.add_argument("--concurrent", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per row; medians reported")
     args = parser.parse_args()
     from pipelines.manager import PipelineManager
     from serving.procs import ProcessPool
@@ -59,16 +75,22 @@ def main() -> None:
     manager.load_base(source)
     pool = ProcessPool(["cpu"], {})
     pool.load_base(source)
+    pids = [p for p in pool.worker_pids() if p]
     try:
         for backend in (manager, pool):  # warm both (first-call allocations, lazy imports)
-            requests_per_s(backend, requests[:4], 1, False)
+            one_round(backend, requests[:4], 1, False, [])
         for streamed in (False, True):
             for concurrent in (1, args.concurrent):
-                local = requests_per_s(manager, requests, concurrent, streamed)
-                remote = requests_per_s(pool, requests, concurrent, streamed)
+                local, remote = [], []
+                for _ in range(args.rounds):  # alternate, so a busy moment of this shared machine hits both
+                    local.append(one_round(manager, requests, concurrent, streamed, []))
+                    remote.append(one_round(pool, requests, concurrent, streamed, pids))
+                (l_rps, l_ms), (r_rps, r_ms) = (tuple(statistics.median(x) for x in zip(*rows)) for rows in (local, remote))
                 print(json.dumps({"call": "stream" if streamed else "run", "concurrent": concurrent,
-                                  "in_process_rps": round(local, 2), "one_worker_process_rps": round(remote, 2),
-                                  "process_vs_in_process": round(remote / local, 3)}), flush=True)
+                                  "in_process_rps": round(l_rps, 2), "one_worker_process_rps": round(r_rps, 2),
+                                  "process_vs_in_process": round(r_rps / l_rps, 3),
+                                  "cpu_ms_per_request": {"in_process": round(l_ms, 1), "process_pool": round(r_ms, 1)},
+                                  "cpu_process_vs_in_process": round(r_ms / l_ms, 3)}), flush=True)
     finally:
         pool.shutdown()
 

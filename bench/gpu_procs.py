@@ -103,7 +103,7 @@ def per_worker(before, after, run) -> list | None:
             rows.append(None)
             continue
         jobs = a["jobs"] - b["jobs"]
-        rows.append({"images_per_s": round(jobs / wall, 2), "jobs": jobs,
+        rows.append({"images_per_s": round(jobs / wall, 2), "jobs": jobs, "batches": a["batches"][len(b["batches"]):],
                      "busy_fraction": round((a["busy_s"] - b["busy_s"]) / wall, 3),
                      "job_s_sum_vs_wall": round((a["job_s"] - b["job_s"]) / wall, 2),
                      "cpu_cores_used": round((a["cpu_s"] - b["cpu_s"]) / wall, 2),
@@ -130,9 +130,10 @@ def measure(name, backend, requests, slots, started, streamed_row: bool = False)
     # (up to max_batch per worker) has been seen twice and captured before the clock runs
     warm = [round(run_concurrently(backend, batch)["wall"], 2)
             for batch in (requests[: 2 * slots], requests[: 2 * slots], requests)]
-    before = worker_stats(backend)
+    before, served = worker_stats(backend), len(getattr(getattr(backend, "batching", None), "served", []))
     run = run_concurrently(backend, requests)
     after = worker_stats(backend)
+    batches = backend.batching.served[served:] if hasattr(backend, "batching") else None  # the in-process manager
     wall, latencies = run["wall"], run["latencies"]
     RESULTS[name] = wall
     base = RESULTS.get("one GPU")
@@ -142,7 +143,8 @@ def measure(name, backend, requests, slots, started, streamed_row: bool = False)
         latency_median_s=round(latencies[len(latencies) // 2], 2), latency_max_s=round(latencies[-1], 2),
         jobs_per_worker=dict(run["workers"]),
         computing_fraction={w: round(s / wall, 3) for w, s in run["computing_s"].items()},
-        front_end_cpu_cores=round(run["front_cpu_s"] / wall, 2), per_worker=per_worker(before, after, run))
+        front_end_cpu_cores=round(run["front_cpu_s"] / wall, 2), per_worker=per_worker(before, after, run),
+        **({"batches": batches} if batches is not None else {}))
     if streamed_row:  # the same backend, the UI's way: steps with previews cross back
         streamed = run_concurrently(backend, requests, streamed=True)
         key = f"{name}, streamed (steps + previews)"

@@ -183,6 +183,19 @@ def apply(share: Share) -> dict:
     return placed()
 
 
+def pin_near_gpu() -> dict | None:
+    """A process driving CUDA device 0 alone (a Ray replica: Ray sets its GPU and thread count)
+    onto the CPUs near that GPU, its thread count unchanged; None when unknown or turned off."""
+    if not enabled():
+        return None
+    near = cuda_local_cpus(0)
+    if not near:
+        return None
+    import torch
+
+    return apply(Share(tuple(near), torch.get_num_threads()))
+
+
 def placed() -> dict:
     """This process's CPUs and torch threads as they are now (for the report and the bench)."""
     import torch

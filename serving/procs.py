@@ -156,7 +156,8 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
                     counted = None
                 send(("done", call_id, counted))
             elif kind == "stats":
-                send(("done", call_id, {**busy.report(), **placement.placed()}))
+                served = list(manager.batching.served)  # requests per batch, in order (1: alone)
+                send(("done", call_id, {**busy.report(), **placement.placed(), "batches": served}))
             elif kind == "stop":
                 work.put(None)
                 return
@@ -167,8 +168,13 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
 
     threading.Thread(target=read_commands, name="commands", daemon=True).start()
     # A manager that batches (pipelines/batching.py) needs its jobs waiting side by side:
-    # up to manager.concurrency jobs run on threads of their own (one job: in this loop, as ever).
-    job_slots = threading.BoundedSemaphore(manager.concurrency)
+    # jobs run on threads of their own (one job: in this loop, as ever). Twice the batch size: a
+    # batch samples while the next one's members already wait in the manager's line. With only
+    # max_batch threads, a finished batch freed its slots all at once and the next jobs reached
+    # the line one by one: the first ran alone or with one or two others ([1, 3, 2, 3, 2, 2, 2, 1]
+    # for 16 requests where the manager in one process served [1, 4, 4, 4, 3]).
+    side_by_side_jobs = 2 * manager.concurrency
+    job_slots = threading.BoundedSemaphore(side_by_side_jobs)
     send(("ready", None, {**_snapshot(manager), "local_cpus": near}))
     catalog_seen, info_sent, stale = None, time.monotonic(), False
     state_lock = threading.Lock()  # the bookkeeping above, shared by jobs running side by side
@@ -242,7 +248,7 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
             threading.Thread(target=side_by_side, name=f"job {call_id}", daemon=True).start()
             continue
         handle(message)
-    for _ in range(manager.concurrency if manager.concurrency > 1 else 0):
+    for _ in range(side_by_side_jobs if manager.concurrency > 1 else 0):
         job_slots.acquire()  # jobs sent before the stop finish first, as when they ran in this loop
     os._exit(0)  # skip interpreter teardown under live compile threads
 

@@ -9,8 +9,8 @@ Interrupt and Skip cross processes through one small actor holding the cancelled
 job ids; one thread per replica polls it every POLL_S for the jobs running there, so the
 denoising loop only reads local flags (no actor round trip between steps).
 
-A replica takes as many requests at once as its manager batches (pipelines/batching.py: 4 on
-CUDA), so requests that arrive together are served as one batch, as with `--devices`.
+A replica takes twice as many requests at once as its manager batches (pipelines/batching.py:
+4 on CUDA), so requests that arrive together are served as full batches, as with `--devices`.
 """
 from __future__ import annotations
 
@@ -116,7 +116,11 @@ class GenerationWorker:
     def __init__(self, model: str, manager_kwargs: dict):
         from pipelines.manager import PipelineManager
 
+        from serving.placement import pin_near_gpu
+
         self.manager = PipelineManager(**manager_kwargs)
+        if self.manager.device.type == "cuda":
+            pin_near_gpu()  # its host work on the socket its GPU hangs off (serving/placement.py)
         if model:
             self.manager.load_base(model)
         self.flags = FlagPoller(ray.get_actor(FLAGS_ACTOR))
@@ -173,8 +177,11 @@ class RayBackend:
         per_replica = manager_kwargs.get("max_batch") or (_cuda_max_batch() if gpus_per_replica > 0 else 1)
         scaling = ({"min_replicas": replicas, "max_replicas": max_replicas, "target_ongoing_requests": per_replica}
                    if max_replicas and max_replicas > replicas else None)
+        # Twice that in flight: a batch samples while the next one's members wait in the manager's
+        # line (with only max_batch, a finished batch's slots refilled one request at a time and the
+        # next batches formed from whoever had arrived: 1, 3, 2, … instead of 4, 4, …).
         options = {"ray_actor_options": {"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica},
-                   "max_ongoing_requests": per_replica}
+                   "max_ongoing_requests": per_replica if per_replica == 1 else 2 * per_replica}
         options.update({"autoscaling_config": scaling} if scaling else {"num_replicas": replicas})
         app = GenerationWorker.options(**options).bind(model, manager_kwargs)
         self.handle = serve.run(app, name=APP_NAME, route_prefix=None)

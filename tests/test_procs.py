@@ -129,14 +129,14 @@ def test_a_caller_without_a_progress_callback_gets_the_same_image_and_no_steps_c
 
 def test_interrupt_reaches_a_job_run_without_a_progress_callback(pool):
     job, outcome = Job(), []
-    thread = threading.Thread(target=lambda: outcome.append(pool.run(txt2img(steps=400, seed=13), job=job)))
+    thread = threading.Thread(target=lambda: outcome.append(pool.run(txt2img(steps=100, seed=13, batch_count=4), job=job)))
     thread.start()
     deadline = time.monotonic() + 120
     while not any(s and s["running"] for s in pool.worker_stats()) and time.monotonic() < deadline:
         time.sleep(0.05)
     job.cancel()
     thread.join(120)
-    assert outcome and outcome[0].interrupted and len(outcome[0].images) == 1
+    assert outcome and outcome[0].interrupted and len(outcome[0].images) < 4
 
 
 def test_each_cpu_worker_is_pinned_to_its_own_share_of_this_hosts_cpus(pool):
@@ -152,6 +152,21 @@ def test_each_cpu_worker_is_pinned_to_its_own_share_of_this_hosts_cpus(pool):
     if len(host) >= 2:
         assert not set(stats[0]["cpus"]) & set(stats[1]["cpus"])  # disjoint: no two pools on one core
     assert sorted(os.sched_getaffinity(0)) == host  # the front end itself stays where it was
+
+
+def test_a_batching_worker_serves_concurrent_requests_in_full_batches(tiny_model_dir):
+    """With --max-batch 4 the worker lets a whole next batch wait while one samples, so 8 requests
+    arriving together run as the manager in one process would run them: one alone (it found the
+    line empty), then batches of 4 and 3 (not 1, 3, 2, 2 as jobs trickled in one by one)."""
+    batching = ProcessPool(["cpu"], {"max_batch": 4})
+    try:
+        batching.load_base(str(tiny_model_dir))
+        results = in_threads(*[lambda seed=seed: batching.run(txt2img(steps=12, seed=seed)) for seed in range(8)])
+        assert all(isinstance(r, GenerationResult) and len(r.images) == 1 for r in results)
+        served = batching.worker_stats()[0]["batches"]
+        assert sum(served) == 8 and max(served) == 4 and len(served) <= 3, served
+    finally:
+        batching.shutdown()
 
 
 def test_interrupt_and_skip_reach_only_the_job_they_belong_to(pool):
