@@ -268,7 +268,7 @@ def main() -> None:
         from tiny_sd import save_tiny_model
 
         source = str(save_tiny_model(folder / "tiny-sd"))
-        devices, kwargs = ["cpu", "cpu"], {"fast_path": None}
+        devices, kwargs = ["cpu", "cpu"], {"fast_path": None, "max_batch": 4}  # batching on, as on a GPU
         args.size, args.steps, args.requests = 64, 4, min(args.requests, 8)
         card = "cpu"
     else:
