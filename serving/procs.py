@@ -2,10 +2,12 @@
 
 Each worker is a spawned process that sees only its own GPU (CUDA_VISIBLE_DEVICES), owns a
 PipelineManager with the fast path on (CUDA graphs included: a pool of threads in one process
-had to turn them off, and shared one GIL), and runs one job at a time. The front end keeps
-the Backend protocol: requests go to the least busy worker and cross the process boundary
-pickled, StepInfo events (with previews) and the result come back, Interrupt and Skip are
-forwarded to the worker running the job, a model load goes to every worker.
+had to turn them off, and shared one GIL), and runs one job (or one batch) at a time. The
+front end keeps the Backend protocol: requests go to the least busy worker and cross the
+process boundary pickled, the result comes back, and StepInfo events (with previews) only for
+a caller who reads them (stream(), run() with on_step: a plain run() costs the worker no
+preview); Interrupt and Skip are forwarded to the worker running the job, a model load goes to
+every worker. Workers sharing a host are pinned near their GPUs (serving/placement.py).
 
 A worker that dies (a driver fault, out of host memory, killed) fails its jobs with a
 sentence for the user and is started again with the current model, while the others serve.
