@@ -87,3 +87,46 @@ def test_only_the_families_layouts_are_split():
     labelled = tiny_unet()
     labelled.class_embedding = torch.nn.Identity()  # class-conditioned UNets take the whole forward
     assert not split_forward.splittable(labelled)
+
+
+class _Served:
+    """A fast-path call as control_overlap sees one: a function, ready once it has a graph."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def ready(self, *tensors):
+        return True
+
+    def __call__(self, *tensors):
+        self.calls += 1
+        return self.fn(*tensors)
+
+
+def test_the_controlnet_learns_its_unet_and_a_stash_nobody_takes_ends_the_partnership():
+    from pipelines.control_overlap import ControlOverlap, ControlState
+
+    overlap, state = ControlOverlap(), ControlState()
+    controlnet = _Served(lambda x, t, c, hint: (x * 2, x + hint))
+    half = _Served(lambda x, t, c: (x + 1,))
+    x, t, c, hint = torch.ones(1, 4, 2, 2), torch.tensor(10.0), torch.zeros(1, 3, 8), torch.ones(1, 4, 2, 2)
+
+    def step(latents, unet_latents=None, scale=1.0):
+        unet_latents = latents if unet_latents is None else unet_latents
+        outs = overlap.run_controlnet(state, controlnet, (latents, t, c, hint), scale, (latents, t, c, ()))
+        first = overlap.first_half(half, unet_latents, t, c, (), (unet_latents, t, c))
+        return outs, first
+
+    outs, first = step(x)  # first step: sequential, and the UNet call on the same inputs is learned
+    assert state.partner() is half and half.calls == 1 and overlap.overlapped == 0
+    y = x + 1
+    outs, first = step(y, scale=0.5)  # from now on the first half is launched with the ControlNet
+    assert overlap.overlapped == 1 and half.calls == 2 and torch.equal(first[0], y + 1)
+    assert torch.equal(outs[0], y * 2 * 0.5)  # the conditioning scale applied outside
+    # A UNet fed other latents (guess mode, a 9-channel UNet) does not take the stash: it runs
+    # its own first half, and the ControlNet stops launching one for it.
+    z = x + 2
+    outs, first = step(z, unet_latents=z * 3)
+    assert torch.equal(first[0], z * 3 + 1) and state.partner is None and half.calls == 4
+    outs, first = step(z, unet_latents=z * 3)
+    assert overlap.overlapped == 2 and half.calls == 5  # sequential again: no wasted half
