@@ -103,9 +103,13 @@ def run_batches(
     preview_every: int,
     notes: list[str],
     finish: Callable[[list[Image.Image], list[int]], list[Image.Image]] = lambda images, seeds: images,
+    while_device_works: Callable[[], None] | None = None,
 ) -> GenerationResult:
     """Every batch of the request through `sample`; `finish` post-processes decoded images
-    (e.g. inpainting's paste-back)."""
+    (e.g. inpainting's paste-back). `while_device_works`: host-only work `finish` needs, run
+    once a batch's steps are queued and before its decode waits for them: on a GPU, where
+    the step loop launches graphs and runs ahead, it hides behind those steps (inpainting's
+    mask feather) instead of delaying the first one."""
     images: list[GeneratedImage] = []
     seed_batches = request.sampling.image_seeds()
     interrupted = False
@@ -115,7 +119,10 @@ def run_batches(
             break
         job.take_skip()  # a skip that arrived between batches does not carry over (as A1111)
         report = StepReporter(job, on_step, preview_weights, preview_every, batch, len(seed_batches))
-        latents, interrupted = close_batch(job, report, sample(seeds, report), batch, notes)
+        sampled = sample(seeds, report)
+        if while_device_works is not None:
+            while_device_works()
+        latents, interrupted = close_batch(job, report, sampled, batch, notes)
         for image, seed in zip(finish(decode_latents(latents), seeds), seeds):
             images.append(GeneratedImage(image, seed, infotext(seed)))
         if interrupted:
