@@ -15,7 +15,7 @@ from .repaint import masked_content_latents, repaint
 def encode_image(pipe, image) -> torch.Tensor:
     """Scaled VAE latents of a PIL image (the distribution's mean: deterministic)."""
     with vae_precision(pipe) as vae:
-        pixels = pipe.image_processor.preprocess(image).to(pipe.unet.device, vae.dtype)
+        pixels = pipe.image_processor.preprocess(image).to(vae.device, vae.dtype)
         return vae_encode(vae, pixels)
 
 

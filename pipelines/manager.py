@@ -32,6 +32,7 @@ from .core.errors import GenerationError, RequestError
 from .families import SD, Family, family_of_pipeline, single_file_config as config_for
 from .families import call_kwargs as call_kwargs_of
 from .batching import Batcher, Member, NotBatched, batch_key, default_max_batch, sample_together
+from .execution_device import pin_execution_device
 from .fast_path import FastPath, FastPathRuntime, FifoLock, apply_fast_path
 from .generation import decode, diffusers_sampler, prompt_notes, run_batches
 from .core.images import fit
@@ -194,6 +195,8 @@ class PipelineManager:
             else:
                 pipe.to(self.device)
             runtime = apply_fast_path(pipe, self.fast_path, self.device, self._lock) if self.fast_path else None
+            if not self.cpu_offload:
+                pin_execution_device(pipe)
             self._release()
             self.fast_runtime = runtime
             self.fast_path_applied = runtime.applied if runtime else []
@@ -275,6 +278,8 @@ class PipelineManager:
         # dtype= always: from_pipe otherwise casts every (shared!) module to float32 in place.
         pipe = self.family.pipelines[task].from_pipe(self._base, dtype=self.dtype, **modules)
         pipe.set_progress_bar_config(disable=True)
+        if not self.cpu_offload:
+            pin_execution_device(pipe)
         self._pipelines[task] = pipe  # also what memory reports count
         return pipe
 
