@@ -254,7 +254,8 @@ def bench_hires(manager, args, card, eager, steady):
     idle = runtime.wait_idle(args.hires_wait_s)
     final = int(args.size * HIRES_SCALE)
     at_final = sorted({f"{call.name} {list(key[0][0])}: {how}" for call in runtime.calls
-                       for key, (_, how) in call.fast.items() if key[0][0][-1] in (final, final // 8)})
+                       for key, (_, how) in call.fast.items()
+                       if tuple(key[0][0][-2:]) in ((final, final), (final // 8, final // 8))})
     log(background="final size upgraded" if idle else f"still compiling after {args.hires_wait_s:.0f}s",
         after_s=round(time.time() - start, 1), fast_at_final_size=at_final,
         events=[(round(t - start, 1), e) for t, e in runtime.events if t >= start])
