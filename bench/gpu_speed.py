@@ -302,13 +302,15 @@ def bench_fast(folder, args, card, requests, eager, reference):
     steady = {}
     for name, req in requests.items():
         manager.run(req)
-        before = dict(runtime.served())
+        before, overlapped = dict(runtime.served()), runtime.overlap.overlapped
         steady[name] = median_s(lambda: manager.run(req), args.repeats)
         after = runtime.served()
+        overlapped = runtime.overlap.overlapped - overlapped  # ControlNet steps on two streams
         log(config="manager fast path", mode=name, card=card, s_per_image=steady[name],
             ratio_to_txt2img=round(steady[name] / steady["txt2img"], 2) if "txt2img" in steady else 1.0,
             speedup_vs_eager=round(eager[name] / steady[name], 2) if eager and name in eager else None,
-            served_during={k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)})
+            served_during={k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)},
+            **({"controlnet_steps_on_two_streams": overlapped} if overlapped else {}))
     log(served_by_call={f"{call.name} #{i}": dict(call.served) for i, call in enumerate(runtime.calls)})
     image = manager.run(Limits().normalize(Txt2ImgRequest(
         prompt=PROMPT, width=args.size, height=args.size,

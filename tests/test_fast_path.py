@@ -121,7 +121,11 @@ def test_controlnet_and_repaint_on_the_fast_path_give_the_plain_pipelines_images
         assert m.fast_runtime.wait_idle(60)
         assert np.array_equal(pixels(m.run(request)), plain)  # compiled
     served = {call.name: dict(call.served) for call in m.fast_runtime.calls}
-    assert served["controlnet"]["compiled"] == 4 and served["unet+controlnet residuals"]["compiled"] == 4
+    # The compiled ControlNet request, every step: the ControlNet, then the UNet's two halves,
+    # the first launched beside the ControlNet (on a GPU: on a second stream) and taken by the UNet.
+    assert served["controlnet"]["compiled"] == 4 and served["unet up+residuals"]["compiled"] == 4
+    assert served["unet down+mid"]["compiled"] == 4 and m.fast_runtime.overlap.overlapped == 4
+    assert served["controlnet hint"]["eager"] == 2  # the control image's embedding: once per request
 
 
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
@@ -286,7 +290,8 @@ def test_every_sdxl_mode_on_the_fast_path_gives_the_plain_managers_images(xl_dir
     for call in m.fast_runtime.calls:
         served.setdefault(call.name, []).append(dict(call.served))
     assert served["controlnet"][0]["compiled"] == 4  # the second ControlNet request, every step ...
-    assert served["unet+controlnet residuals"][0]["compiled"] == 4  # ... and the UNet with its residuals
+    assert served["unet down+mid"][0]["compiled"] == 4  # ... and the UNet's halves around its residuals
+    assert served["unet up+residuals"][0]["compiled"] == 4
     assert served["vae encode"][0]["compiled"] >= 1
     nine = m.inpaint_unet(str(xl_dirs["inpaint"]))._sd_studio_fast
     assert nine.served["compiled"] > 0 and nine is not m.pipeline("txt2img").unet._sd_studio_fast
