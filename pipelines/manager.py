@@ -518,6 +518,10 @@ class PipelineManager:
         """The 9-channel UNet for 'inpainting model' mode, loaded once and kept until another
         is asked for; it shares the base's VAE, text encoder and tokenizer."""
         if self._inpaint_unet is None or self._inpaint_unet[0] != source_text:
+            if self._inpaint_unet is not None:  # a pipeline derived with the old one would keep it in memory
+                old = self._inpaint_unet[1]
+                self._pipelines = {task: pipe for task, pipe in self._pipelines.items()
+                                   if getattr(pipe, "unet", None) is not old}
             self._inpaint_unet = None
             self._free_memory()
             unet, _ = load_inpaint_unet(catalog.source_for("inpaint", source_text), self._base.unet, self.device, self.dtype,
