@@ -290,8 +290,9 @@ def test_every_sdxl_mode_on_the_fast_path_gives_the_plain_managers_images(xl_dir
     for call in m.fast_runtime.calls:
         served.setdefault(call.name, []).append(dict(call.served))
     assert served["controlnet"][0]["compiled"] == 4  # the second ControlNet request, every step ...
-    assert served["unet down+mid"][0]["compiled"] == 4  # ... and the UNet's halves around its residuals
-    assert served["unet up+residuals"][0]["compiled"] == 4
+    # ... and the base UNet's halves around its residuals (the 9-channel UNet has a first half too, unused here)
+    assert sum(s.get("compiled", 0) for s in served["unet down+mid"]) == 4
+    assert sum(s.get("compiled", 0) for s in served["unet up+residuals"]) == 4
     assert served["vae encode"][0]["compiled"] >= 1
     nine = m.inpaint_unet(str(xl_dirs["inpaint"]))._sd_studio_fast
     assert nine.served["compiled"] > 0 and nine is not m.pipeline("txt2img").unet._sd_studio_fast
