@@ -172,10 +172,13 @@ class PipelineManager:
         self._lock = FifoLock()  # one job per device at a time, in arrival order
         self.turbo_counts: dict[str, int] = {}  # full / shallow UNet calls under turbo (turbo.py), for tests and benches
         # Compatible waiting txt2img/img2img requests share one UNet batch (batching.py); 0 = auto
-        # (4 on CUDA, 1 = off elsewhere). As many requests may wait here as one batch holds,
-        # so the line in front (FairGate, Gradio) lets that many through.
+        # (4 on CUDA, 1 = off elsewhere). Twice as many requests as one batch holds may wait
+        # here, so the line in front (FairGate, Gradio, a worker process) lets that many
+        # through: a batch samples while the next one's members already wait in the manager's
+        # line. With max_batch, a finished batch freed its slots at once and the next jobs came
+        # in one by one: 16 requests ran as [1, 3, 3, 3, 2, 2, 2] instead of [1, 4, 4, 4, 3].
         self.max_batch = max_batch if max_batch > 0 else default_max_batch(self.device)
-        self.concurrency = self.max_batch
+        self.concurrency = 2 * self.max_batch if self.max_batch > 1 else 1
         self.batching = Batcher(self._lock, self.max_batch, self._run_locked, self._batch_key, self._run_batch)
         # LoRAs, embeddings, VAEs (pipelines/adapters.py); with the fast path LoRAs are always fused
         self.adapters = Adapters(self.device, self.dtype, fuse_always=self.fast_path is not None)

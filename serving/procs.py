@@ -170,12 +170,11 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
 
     threading.Thread(target=read_commands, name="commands", daemon=True).start()
     # A manager that batches (pipelines/batching.py) needs its jobs waiting side by side:
-    # jobs run on threads of their own (one job: in this loop, as ever). Twice the batch size: a
-    # batch samples while the next one's members already wait in the manager's line. With only
-    # max_batch threads, a finished batch freed its slots all at once and the next jobs reached
-    # the line one by one: the first ran alone or with one or two others ([1, 3, 2, 3, 2, 2, 2, 1]
-    # for 16 requests where the manager in one process served [1, 4, 4, 4, 3]).
-    side_by_side_jobs = 2 * manager.concurrency
+    # jobs run on threads of their own (one job: in this loop, as ever), as many as the manager
+    # lets wait (its concurrency: twice the batch size, so a batch samples while the next one's
+    # members already wait in its line; with max_batch threads 16 requests ran as
+    # [1, 3, 2, 3, 2, 2, 2, 1] where the manager in one process served [1, 4, 4, 4, 3]).
+    side_by_side_jobs = manager.concurrency
     job_slots = threading.BoundedSemaphore(side_by_side_jobs)
     send(("ready", None, {**_snapshot(manager), "local_cpus": near}))
     catalog_seen, info_sent, stale = None, time.monotonic(), False

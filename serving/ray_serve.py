@@ -186,7 +186,7 @@ class RayBackend:
         app = GenerationWorker.options(**options).bind(model, manager_kwargs)
         self.handle = serve.run(app, name=APP_NAME, route_prefix=None)
         self._info = self.handle.info.remote().result()
-        self._concurrency = (max_replicas or replicas) * per_replica
+        self._concurrency = (max_replicas or replicas) * options["max_ongoing_requests"]  # what the replicas take in
 
     @property
     def concurrency(self) -> int:
