@@ -2,7 +2,11 @@
 (a) one GPU (one worker process), (b) `--devices all` (serving/procs.py: one worker process
 per GPU, CUDA graphs on), (c) the Ray Serve backend with one replica per GPU
 (serving/ray_serve.py), and for reference (d) the ordinary one-GPU app (the manager in this
-process, no worker process); ratios vs (a). SD 1.5 shapes with random weights, fp16, 512², 30
+process, no worker process); ratios vs (a). Also (b) again with SD_STUDIO_PIN_CPUS=0 (no CPU
+placement, serving/placement.py), and for (a), (b) and (d) a second round through stream()
+(steps with previews cross back, as for a UI) beside the run() round (no steps wanted).
+Per worker process: images/s, busy and computing fractions of the wall, CPU cores used, its
+CPUs and torch threads; the front end's CPU cores. SD 1.5 shapes with random weights, fp16, 512², 30
 steps, Euler, CFG 7.5; fast path with CUDA graphs, compile "none" by default (compiling
 would not fit the time budget of one call).
 
@@ -21,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,39 +44,130 @@ from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E4
 RESULTS: dict[str, float] = {}
 
 
-def run_concurrently(backend, requests) -> tuple[float, Counter, list[float]]:
-    """All requests at once from their own threads (as many users would); wall seconds,
-    jobs per worker, and each request's own latency."""
-    workers, latencies, lock = Counter(), [], threading.Lock()
+def run_concurrently(backend, requests, streamed: bool = False) -> dict:
+    """All requests at once from their own threads (as many users would). streamed: through
+    stream() (a UI's way: every StepInfo with its previews crosses back), else run() without a
+    progress callback (no steps, no previews). Wall seconds, jobs per worker, each request's
+    latency, and per worker the seconds its manager was computing (the union of each result's
+    own seconds, ending when it arrived: a batch counts once)."""
+    workers, latencies, spans, lock = Counter(), [], {}, threading.Lock()
 
     def one(request):
         started = time.perf_counter()
         try:
-            worker = backend.run(request).worker.split(":", 1)[-1] or "?"  # pid:device
+            if streamed:
+                result = list(backend.stream(request))[-1]
+            else:
+                result = backend.run(request)
+            worker = result.worker.split(":", 1)[-1] or "?"  # pid:device
+            span = (time.perf_counter() - result.seconds, time.perf_counter())
         except Exception as error:  # noqa: BLE001 — counted, so a failure shows in the figures
-            worker = f"failed: {type(error).__name__}: {str(error)[:200]}"
+            worker, span = f"failed: {type(error).__name__}: {str(error)[:200]}", None
         with lock:
             workers[worker] += 1
             latencies.append(time.perf_counter() - started)
+            if span:
+                spans.setdefault(worker, []).append(span)
 
     threads = [threading.Thread(target=one, args=(r,)) for r in requests]
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     [t.start() for t in threads]
     [t.join() for t in threads]
-    return time.perf_counter() - started, workers, sorted(latencies)
+    wall = time.perf_counter() - started
+    return {"wall": wall, "workers": workers, "latencies": sorted(latencies), "front_cpu_s": time.process_time() - cpu,
+            "computing_s": {w: union_s(s) for w, s in spans.items()}}
 
 
-def measure(name, backend, requests, slots, started):
+def union_s(spans: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def worker_stats(backend) -> list | None:
+    return backend.worker_stats() if hasattr(backend, "worker_stats") else None
+
+
+def per_worker(before, after, run) -> list | None:
+    """Each worker process's own account over the measured run: images per second, the fraction
+    of the wall it had a job inside its manager (busy) and was computing (its manager's own
+    seconds, batches once), the CPU cores its process used, its CPUs and torch threads."""
+    if not before or not after:
+        return None
+    rows, wall = [], run["wall"]
+    for b, a in zip(before, after):
+        if not b or not a:
+            rows.append(None)
+            continue
+        jobs = a["jobs"] - b["jobs"]
+        rows.append({"images_per_s": round(jobs / wall, 2), "jobs": jobs, "batches": a["batches"][len(b["batches"]):],
+                     "busy_fraction": round((a["busy_s"] - b["busy_s"]) / wall, 3),
+                     "job_s_sum_vs_wall": round((a["job_s"] - b["job_s"]) / wall, 2),
+                     "cpu_cores_used": round((a["cpu_s"] - b["cpu_s"]) / wall, 2),
+                     "cpus": cpu_ranges(a.get("cpus")), "torch_threads": a.get("threads")})
+    return rows
+
+
+def cpu_ranges(cpus) -> str | None:
+    """[0, 1, 2, 5] → '0-2,5' (the kernel's list format, short in a log line)."""
+    if not cpus:
+        return None
+    runs: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
+def measure(name, backend, requests, slots, started, streamed_row: bool = False):
     ready = time.perf_counter() - started
-    warm = [round(run_concurrently(backend, requests[: 2 * slots])[0], 2) for _ in range(2)]  # eager, then graphs
-    wall, workers, latencies = run_concurrently(backend, requests)
+    # eager, then graphs; then one whole round, so every batch shape the measured round forms
+    # (up to max_batch per worker) has been seen twice and captured before the clock runs
+    warm = [round(run_concurrently(backend, batch)["wall"], 2)
+            for batch in (requests[: 2 * slots], requests[: 2 * slots], requests)]
+    before, served = worker_stats(backend), len(getattr(getattr(backend, "batching", None), "served", []))
+    run = run_concurrently(backend, requests)
+    after = worker_stats(backend)
+    batches = backend.batching.served[served:] if hasattr(backend, "batching") else None  # the in-process manager
+    wall, latencies = run["wall"], run["latencies"]
     RESULTS[name] = wall
     base = RESULTS.get("one GPU")
     log(backend=name, workers=slots, requests=len(requests), start_and_load_s=round(ready, 1), warm_rounds_s=warm,
         wall_s=round(wall, 2), images_per_s=round(len(requests) / wall, 2),
         throughput_vs_one_gpu=round(base / wall, 2) if base else None,
         latency_median_s=round(latencies[len(latencies) // 2], 2), latency_max_s=round(latencies[-1], 2),
-        jobs_per_worker=dict(workers))
+        jobs_per_worker=dict(run["workers"]),
+        computing_fraction={w: round(s / wall, 3) for w, s in run["computing_s"].items()},
+        front_end_cpu_cores=round(run["front_cpu_s"] / wall, 2), per_worker=per_worker(before, after, run),
+        **({"batches": batches} if batches is not None else {}))
+    if streamed_row:  # the same backend, the UI's way: steps with previews cross back
+        streamed = run_concurrently(backend, requests, streamed=True)
+        key = f"{name}, streamed (steps + previews)"
+        RESULTS[key] = streamed["wall"]
+        log(backend=key, requests=len(requests), wall_s=round(streamed["wall"], 2),
+            images_per_s=round(len(requests) / streamed["wall"], 2),
+            throughput_vs_one_gpu=round(base / streamed["wall"], 2) if base else None,
+            vs_run_without_steps=round(wall / streamed["wall"], 3),
+            front_end_cpu_cores=round(streamed["front_cpu_s"] / streamed["wall"], 2))
+
+
+@contextmanager
+def placement_off():
+    """SD_STUDIO_PIN_CPUS=0 for the pool started inside (its workers copy the environment)."""
+    before = os.environ.get("SD_STUDIO_PIN_CPUS")
+    os.environ["SD_STUDIO_PIN_CPUS"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SD_STUDIO_PIN_CPUS", None)
+        else:
+            os.environ["SD_STUDIO_PIN_CPUS"] = before
 
 
 @section("one GPU")
@@ -82,7 +178,7 @@ def bench_one(args, source, devices, kwargs, requests):
     pool = ProcessPool(devices[:1], kwargs)
     try:
         pool.load_base(source)
-        measure("one GPU", pool, requests, 1, started)
+        measure("one GPU", pool, requests, 1, started, streamed_row=True)
     finally:
         pool.shutdown()
 
@@ -95,7 +191,23 @@ def bench_processes(args, source, devices, kwargs, requests):
     pool = ProcessPool(devices, kwargs)
     try:
         pool.load_base(source)
-        measure("--devices all (process per GPU)", pool, requests, len(devices), started)
+        measure("--devices all (process per GPU)", pool, requests, len(devices), started, streamed_row=True)
+    finally:
+        pool.shutdown()
+
+
+@section("--devices all, placement off")
+def bench_processes_unplaced(args, source, devices, kwargs, requests):
+    """The same without CPU placement (SD_STUDIO_PIN_CPUS=0): each worker on every CPU of the
+    host with torch's default thread count, as before serving/placement.py."""
+    from serving.procs import ProcessPool
+
+    started = time.perf_counter()
+    with placement_off():
+        pool = ProcessPool(devices, kwargs)
+    try:
+        pool.load_base(source)
+        measure("--devices all, placement off", pool, requests, len(devices), started)
     finally:
         pool.shutdown()
 
@@ -120,7 +232,7 @@ def bench_in_process(args, source, devices, kwargs, requests):
     started = time.perf_counter()
     manager = PipelineManager(device=devices[0], **kwargs)
     manager.load_base(source)
-    measure("in-process manager, one GPU (reference)", manager, requests, 1, started)
+    measure("in-process manager, one GPU (reference)", manager, requests, 1, started, streamed_row=True)
 
 
 def save_rows() -> None:
@@ -156,7 +268,7 @@ def main() -> None:
         from tiny_sd import save_tiny_model
 
         source = str(save_tiny_model(folder / "tiny-sd"))
-        devices, kwargs = ["cpu", "cpu"], {"fast_path": None}
+        devices, kwargs = ["cpu", "cpu"], {"fast_path": None, "max_batch": 4}  # batching on, as on a GPU
         args.size, args.steps, args.requests = 64, 4, min(args.requests, 8)
         card = "cpu"
     else:
@@ -176,6 +288,7 @@ def main() -> None:
                 for i in range(args.requests)]
     bench_one(args, source, devices, kwargs, requests)
     bench_processes(args, source, devices, kwargs, requests)
+    bench_processes_unplaced(args, source, devices, kwargs, requests)
     if not args.skip_ray:
         bench_ray(args, source, devices, kwargs, requests)
     bench_in_process(args, source, devices, kwargs, requests)

@@ -4,6 +4,7 @@ documented compile recipe, the app's manager with the fast path off (eager, per 
 SD 1.5 shapes with random weights (the cost of trained ones), fp16, 30 steps, CFG 7.5, Euler.
 
     PYTHONUNBUFFERED=1 python bench/gpu_speed.py [--size 512] [--steps 30] [--skip-recipe]
+    python bench/gpu_speed.py --cpu-smoke     # the hires rows' code on a tiny model on the CPU (a dry run)
 
 Prints one JSON line per measurement as it goes, and a summary table at the end.
 """
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +186,87 @@ def bench_eager_modes(folder, args, card, requests):
         manager.run(req)
         eager[name] = median_s(lambda: manager.run(req), 2)
         log(config="manager, fast path off (eager)", mode=name, card=card, s_per_image=eager[name])
+    if not args.skip_hires:
+        bench_eager_hires(manager, args, card, eager)
     return eager
+
+
+# ------------------------------------------------------------------ hires fix (issue 17)
+HIRES_SCALE = 1.5  # 512 -> 768; the rest at the app's defaults: "Latent" upscaler, denoise 0.7, same steps
+
+
+def hires_request(args):
+    from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest
+
+    return Limits().normalize(Txt2ImgRequest(prompt=PROMPT, width=args.size, height=args.size, enable_hr=True,
+                                             hr_scale=HIRES_SCALE, sampling=Sampling(scheduler="Euler", steps=args.steps,
+                                                                                     cfg_scale=7.5, seed=3)))
+
+
+def hires_name(args) -> str:
+    return f"txt2img + hires {args.size}->{int(args.size * HIRES_SCALE)}"
+
+
+@section("eager hires")
+def bench_eager_hires(manager, args, card, eager):
+    """The hires request on the manager with the fast path off: the reference its first request is held to."""
+    name, req = hires_name(args), hires_request(args)
+    manager.run(req)
+    eager[name] = median_s(lambda: manager.run(req), 2)
+    log(config="manager, fast path off (eager)", mode=name, card=card, s_per_image=eager[name])
+
+
+def served_by_call(runtime) -> Counter:
+    """'call name: how' -> calls served, over every FastCall of the runtime."""
+    total = Counter()
+    for call in runtime.calls:
+        total.update({f"{call.name}: {how}": n for how, n in call.served.items()})
+    return total
+
+
+def served_between(before: Counter, after: Counter) -> dict:
+    return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] - before.get(k, 0)}
+
+
+@section("hires fast path")
+def bench_hires(manager, args, card, eager, steady):
+    """The hires fix's second pass (img2img at 1.5x) on the fast path, after every other row: its
+    first request (pass 1 on the 512 graphs; pass 2's UNet, VAE decode and text encoder at a new
+    size: eager, then an eager graph, the compile submitted), a second one, steady on graphs,
+    then steady once the final size's compiles are in (waiting at most --hires-wait-s)."""
+    runtime, name, req = manager.fast_runtime, hires_name(args), hires_request(args)
+    eager_s = (eager or {}).get(name)
+    start = time.time()
+    before = served_by_call(runtime)
+    first = round(timed(lambda: manager.run(req), 1)[0], 3)
+    log(mode=name, first_request_s=first, eager_steady_s=eager_s,
+        ratio_to_eager=round(first / eager_s, 2) if eager_s else None,
+        served_during=served_between(before, served_by_call(runtime)))
+    before = served_by_call(runtime)
+    second = round(timed(lambda: manager.run(req), 1)[0], 3)
+    log(mode=name, second_request_s=second, served_during=served_between(before, served_by_call(runtime)))
+    repeats = max(1, min(args.repeats, 3))
+    manager.run(req)  # the VAE's and text encoder's graphs went in after the second request
+    before = served_by_call(runtime)
+    graphs_s = median_s(lambda: manager.run(req), repeats)
+    log(config="manager fast path, before the final size is compiled", mode=name, card=card, s_per_image=graphs_s,
+        served_during=served_between(before, served_by_call(runtime)))
+    idle = runtime.wait_idle(args.hires_wait_s)
+    final = int(args.size * HIRES_SCALE)
+    at_final = sorted({f"{call.name} {list(key[0][0])}: {how}" for call in runtime.calls
+                       for key, (_, how) in call.fast.items()
+                       if tuple(key[0][0][-2:]) in ((final, final), (final // 8, final // 8))})
+    log(background="final size upgraded" if idle else f"still compiling after {args.hires_wait_s:.0f}s",
+        after_s=round(time.time() - start, 1), fast_at_final_size=at_final,
+        events=[(round(t - start, 1), e) for t, e in runtime.events if t >= start])
+    manager.run(req)
+    before = served_by_call(runtime)
+    steady_s = median_s(lambda: manager.run(req), args.repeats)
+    base = (steady or {}).get("txt2img")
+    log(config="manager fast path", mode=name, card=card, s_per_image=steady_s,
+        ratio_to_txt2img=round(steady_s / base, 2) if base else None,
+        speedup_vs_eager=round(eager_s / steady_s, 2) if eager_s else None, compiled_in_time=idle,
+        served_during=served_between(before, served_by_call(runtime)))
 
 
 @section("fast path")
@@ -229,13 +311,15 @@ def bench_fast(folder, args, card, requests, eager, reference):
     steady = {}
     for name, req in requests.items():
         manager.run(req)
-        before = dict(runtime.served())
+        before, overlapped = dict(runtime.served()), runtime.overlap.overlapped
         steady[name] = median_s(lambda: manager.run(req), args.repeats)
         after = runtime.served()
+        overlapped = runtime.overlap.overlapped - overlapped  # ControlNet steps on two streams
         log(config="manager fast path", mode=name, card=card, s_per_image=steady[name],
             ratio_to_txt2img=round(steady[name] / steady["txt2img"], 2) if "txt2img" in steady else 1.0,
             speedup_vs_eager=round(eager[name] / steady[name], 2) if eager and name in eager else None,
-            served_during={k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)})
+            served_during={k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)},
+            **({"controlnet_steps_on_two_streams": overlapped} if overlapped else {}))
     log(served_by_call={f"{call.name} #{i}": dict(call.served) for i, call in enumerate(runtime.calls)})
     image = manager.run(Limits().normalize(Txt2ImgRequest(
         prompt=PROMPT, width=args.size, height=args.size,
@@ -322,7 +406,14 @@ def main() -> None:
     parser.add_argument("--skip-eager", action="store_true")
     parser.add_argument("--skip-lora", action="store_true")
     parser.add_argument("--keep", default="", help="copy the random models here (for bench/gpu_restart.py)")
+    parser.add_argument("--skip-hires", action="store_true")
+    parser.add_argument("--hires-wait-s", type=float, default=45,
+                        help="longest wait for the hires final size's background compiles (the section's budget)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="only the hires rows, tiny model, CPU, fake compile")
     args = parser.parse_args()
+    if args.cpu_smoke:
+        cpu_smoke(args)
+        return
     card = torch.cuda.get_device_name()
     folder = Path(tempfile.mkdtemp())
     build_random_sd15(folder)
@@ -353,6 +444,8 @@ def main() -> None:
         bench_profile("ours txt2img", lambda: manager.run(requests["txt2img"]))
     if recipe_pipe is not None:
         bench_profile("diffusers recipe", lambda: diffusers_run(recipe_pipe, args))
+    if manager is not None and not args.skip_hires:  # last: its compiles run after every other row
+        bench_hires(manager, args, card, eager, steady)
     if args.keep:  # for bench/gpu_restart.py: the same weights, read by a new process
         import shutil
 
@@ -362,6 +455,31 @@ def main() -> None:
         Path(out, "gpu_speed.json").write_text(json.dumps(ROWS, indent=1))
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown under live compile worker threads (it aborted once)
+
+
+def cpu_smoke(args) -> None:
+    """The hires sections on the tests' tiny model on the CPU: eager, then the fast path with a
+    fake compile (FastCalls route and upgrade as on a GPU, minus the graphs)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_sd import save_tiny_model
+
+    from pipelines.fast_path import FastPath
+    from pipelines.manager import PipelineManager
+
+    args.size, args.steps, args.repeats, args.hires_wait_s = 64, 4, 2, 30
+    folder = save_tiny_model(Path(tempfile.mkdtemp()) / "tiny-sd")
+    eager_manager = PipelineManager(device="cpu", fast_path=None)
+    eager_manager.load_base(str(folder))
+    eager: dict = {}
+    bench_eager_hires(eager_manager, args, "cpu", eager)
+    manager = PipelineManager(device="cpu", fast_path=FastPath(compile="full", compiler=lambda fn: fn))
+    manager.load_base(str(folder))
+    txt2img = hires_request(args).__class__(**{**vars(hires_request(args)), "enable_hr": False})
+    manager.run(txt2img)
+    steady = {"txt2img": median_s(lambda: manager.run(txt2img), 2)}
+    bench_hires(manager, args, "cpu", eager, steady)
+    errors = [row for row in ROWS if "error" in row]
+    print(f"cpu smoke: {len(ROWS)} rows, {len(errors)} errors", flush=True)
 
 
 if __name__ == "__main__":

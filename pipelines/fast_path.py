@@ -51,7 +51,9 @@ from typing import Callable
 
 import torch
 
+from . import split_forward
 from .compile_yield import PAUSE_BURST_S, PAUSE_SHARE, CompileGate
+from .control_overlap import ControlOverlap, ControlState
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +221,15 @@ class FastCall:
     """fn(*tensors) -> tuple of tensors, served per input signature by the fastest version
     ready: eager until the runtime's worker installs a graph or a compiled version."""
 
-    def __init__(self, runtime: "FastPathRuntime", name: str, fn, compile: bool = True, inline: bool = False):
+    def __init__(self, runtime: "FastPathRuntime", name: str, fn, compile: bool = True, inline: bool = False,
+                 side: bool = False):
         self.runtime, self.name, self.fn, self.compile = runtime, name, fn, compile
         # inline: called many times per request (a step loop), so the second call of a new
         # signature captures the eager graph right there (same kernels, same maths as eager).
         self.inline = inline
+        # side: replayed on a second stream beside other graphs (control_overlap.py), so its
+        # graphs get a memory pool of their own (graphs of one pool must run one at a time).
+        self.side = side
         self.fast: dict[tuple, tuple[Callable, str]] = {}  # signature -> (callable, how)
         self.seen: set[tuple] = set()  # signatures submitted to the worker
         self.count: dict[tuple, int] = {}  # calls per signature
@@ -235,6 +241,10 @@ class FastCall:
             compiler = self.runtime.config.compiler or (lambda fn: torch.compile(fn, fullgraph=True, dynamic=False))
             self._compiled = compiler(self.fn)
         return self._compiled
+
+    def ready(self, *tensors: torch.Tensor) -> bool:
+        """Served by a graph or compiled code for these inputs (not eager, nor a capture now)."""
+        return _signature(tensors) in self.fast
 
     def __call__(self, *tensors: torch.Tensor) -> tuple:
         key = _signature(tensors)
@@ -272,6 +282,8 @@ class FastPathRuntime:
         self.applied: list[str] = []
         self.events: list[tuple[float, str]] = []  # (time.time(), what): for logs and benches
         self.pool = None
+        self.side_pool = None
+        self.overlap = ControlOverlap()
         self._graph_jobs: deque = deque()  # quick eager-graph captures go first
         self._compile_jobs: deque = deque()
         self._busy = False
@@ -294,8 +306,8 @@ class FastPathRuntime:
         self.state_generation += 1
 
     # ------------------------------------------------------------------ wrapping modules
-    def call(self, name: str, fn, compile: bool = True, inline: bool = False) -> FastCall:
-        fast = FastCall(self, name, fn, compile, inline)
+    def call(self, name: str, fn, compile: bool = True, inline: bool = False, side: bool = False) -> FastCall:
+        fast = FastCall(self, name, fn, compile, inline, side)
         self.calls.add(fast)
         return fast
 
@@ -379,7 +391,11 @@ class FastPathRuntime:
                     self._busy = False
                     self._cv.notify_all()
 
-    def _capture(self, fn, inputs) -> CapturedGraph:
+    def _capture(self, fn, inputs, side: bool = False) -> CapturedGraph:
+        if side:
+            if self.side_pool is None:
+                self.side_pool = torch.cuda.graph_pool_handle()
+            return CapturedGraph(fn, inputs, self.side_pool)
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()  # graphs of all signatures share one memory pool
         return CapturedGraph(fn, inputs, self.pool)
@@ -390,7 +406,7 @@ class FastPathRuntime:
         started = time.perf_counter()
         try:
             with torch.no_grad():
-                graph = self._capture(call.fn, [t.detach().clone() for t in tensors])
+                graph = self._capture(call.fn, [t.detach().clone() for t in tensors], call.side)
         except Exception:
             log.exception("fast path: capture of %s failed; it stays eager", call.name)
             return None
@@ -406,7 +422,7 @@ class FastPathRuntime:
                     continue
                 started = time.perf_counter()
                 try:
-                    graph = self._capture(call.fn, inputs)
+                    graph = self._capture(call.fn, inputs, call.side)
                 except Exception:  # that signature stays eager (its compile job may still succeed)
                     log.exception("fast path: capture of %s failed", call.name)
                     continue
@@ -444,7 +460,7 @@ class FastPathRuntime:
                            + ("traced again" if tries < 3 else "stays on the eager graph"))
                 return
             if self.graphs:
-                call.fast[key] = (self._capture(compiled, inputs), "compiled-graph")
+                call.fast[key] = (self._capture(compiled, inputs, call.side), "compiled-graph")
             else:
                 call.fast[key] = (compiled, "compiled")
         self._note(f"{call.name} {list(inputs[0].shape)}: compiled in {compile_s:.1f}s"
@@ -491,13 +507,22 @@ def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
         return (inner(x, t, c, added_cond_kwargs=_added(added), return_dict=False)[0],)
 
     plain = runtime.call("unet", plain_core, inline=True)
+    split = split_forward.splittable(unet)
+    if split:  # with ControlNet residuals: two halves, the first one run beside the ControlNet (control_overlap.py)
+        first_half = runtime.call("unet down+mid", lambda x, t, c, *added: split_forward.down_mid(unet, x, t, c, _added(added)),
+                                  inline=True)
     with_residuals: dict[int, FastCall] = {}
     allowed = {"timestep_cond", "cross_attention_kwargs", "attention_mask",
                "encoder_attention_mask", "class_labels", "down_intrablock_additional_residuals"}
     extra = len(ADDED_COND) if xl else 0  # positional tensors between the context and the residuals
 
     def residual_call(count: int) -> FastCall:
-        if count not in with_residuals:
+        if count not in with_residuals and split:
+            def core(emb, context, sample, *rest):  # rest: the count - 1 skips, then the residuals
+                skips, res = rest[:count - 1], rest[count - 1:]
+                return (split_forward.up(unet, emb, context, sample, skips, res[:-1], res[-1]),)
+            with_residuals[count] = runtime.call("unet up+residuals", core, inline=True)
+        elif count not in with_residuals:
             def core(x, t, c, *rest):
                 added, res = rest[:extra], rest[extra:]
                 return (inner(x, t, c, added_cond_kwargs=_added(added), down_block_additional_residuals=tuple(res[:-1]),
@@ -519,6 +544,10 @@ def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
         t = _as_float_timestep(timestep, sample.device)
         if down is None:
             out = plain(sample, t, encoder_hidden_states, *added)[0]
+        elif split:
+            first = runtime.overlap.first_half(first_half, sample, timestep, encoder_hidden_states, added,
+                                               (sample, t, encoder_hidden_states, *added))
+            out = residual_call(len(down) + 1)(*first, *down, mid)[0]
         else:
             out = residual_call(len(down) + 1)(sample, t, encoder_hidden_states, *added, *down, mid)[0]
         if return_dict:
@@ -533,19 +562,38 @@ def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
 
 def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
     """Graph/compile a ControlNet at conditioning scale 1 and apply the scale outside, so one
-    graph serves every weight and guidance window (outside it the pipeline passes scale 0)."""
+    graph serves every weight and guidance window (outside it the pipeline passes scale 0).
+    The control image's embedding is computed once per request (split_forward.py) and, once
+    graphed, the ControlNet runs on a second stream beside its UNet's first half
+    (control_overlap.py)."""
     inner = controlnet.forward
     xl = _is_xl(controlnet)
+    split = split_forward.splittable(controlnet)
     calls: dict[bool, FastCall] = {}
+    states: dict[bool, ControlState] = {}
+    memo: list = [None]  # (weakref to the control image tensor, its version and the weights' generation, embedding)
+    hint = runtime.call("controlnet hint", lambda cond: (split_forward.hint_embedding(controlnet, cond),)) if split else None
 
     def call_for(guess_mode: bool) -> FastCall:
         if guess_mode not in calls:
-            def core(x, t, c, cond, *added):
-                down, mid = inner(x, t, c, cond, 1.0, added_cond_kwargs=_added(added), guess_mode=guess_mode,
-                                  return_dict=False)
-                return (*down, mid)
-            calls[guess_mode] = runtime.call("controlnet", core, inline=True)
+            if split:
+                def core(x, t, c, embedding, *added):
+                    return split_forward.controlnet_body(controlnet, x, t, c, embedding, _added(added), guess_mode)
+            else:
+                def core(x, t, c, cond, *added):
+                    down, mid = inner(x, t, c, cond, 1.0, added_cond_kwargs=_added(added), guess_mode=guess_mode,
+                                      return_dict=False)
+                    return (*down, mid)
+            calls[guess_mode] = runtime.call("controlnet", core, inline=True, side=split)
+            states[guess_mode] = ControlState()
         return calls[guess_mode]
+
+    def embedded(cond):
+        """The pipeline passes the same control image tensor at every step of a request."""
+        stamp = (cond._version, runtime.state_generation)
+        if memo[0] is None or memo[0][0]() is not cond or memo[0][1] != stamp:
+            memo[0] = (weakref.ref(cond), stamp, hint(cond)[0])
+        return memo[0][2]
 
     def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, class_labels=None,
                 timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
@@ -558,10 +606,11 @@ def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
         if not simple:
             return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
                          timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
-        outs = call_for(bool(guess_mode))(sample, _as_float_timestep(timestep, sample.device), encoder_hidden_states,
-                                          controlnet_cond, *added)
-        if conditioning_scale != 1.0:  # sample * scale, as the module does (exact at scale 1)
-            outs = tuple(o * conditioning_scale for o in outs)
+        call = call_for(bool(guess_mode))
+        second = embedded(controlnet_cond) if split else controlnet_cond
+        args = (sample, _as_float_timestep(timestep, sample.device), encoder_hidden_states, second, *added)
+        outs = runtime.overlap.run_controlnet(states[bool(guess_mode)], call, args, conditioning_scale,
+                                              (sample, timestep, encoder_hidden_states, added))
         down, mid = tuple(outs[:-1]), outs[-1]
         if return_dict:
             from diffusers.models.controlnets.controlnet import ControlNetOutput

@@ -15,7 +15,7 @@ from .repaint import masked_content_latents, repaint
 def encode_image(pipe, image) -> torch.Tensor:
     """Scaled VAE latents of a PIL image (the distribution's mean: deterministic)."""
     with vae_precision(pipe) as vae:
-        pixels = pipe.image_processor.preprocess(image).to(pipe.unet.device, vae.dtype)
+        pixels = pipe.image_processor.preprocess(image).to(vae.device, vae.dtype)
         return vae_encode(vae, pixels)
 
 
@@ -23,8 +23,10 @@ def encode_image(pipe, image) -> torch.Tensor:
 def repaint_sampler(pipe, request, plan: InpaintPlan, scheduler_config: dict):
     s = request.sampling
     device = pipe.unet.device
-    init = encode_image(pipe, plan.init_image).float()
+    # The mask's copy first: a host→device copy waits for the queued work, which here is none
+    # yet (after the encode it would wait for the encode while the device then sits idle).
     mask = torch.from_numpy(plan.latent_mask(pipe.vae_scale_factor))[None, None].to(device)
+    init = encode_image(pipe, plan.init_image).float()
     cond, uncond, added, added_uncond = unet_conditioning(pipe, request, device, s.cfg)
 
     def sample(seeds: list[int], report) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 Each worker is a spawned process that sees only its own GPU (CUDA_VISIBLE_DEVICES), owns a
 PipelineManager with the fast path on (CUDA graphs included: a pool of threads in one process
-had to turn them off, and shared one GIL), and runs one job at a time. The front end keeps
-the Backend protocol: requests go to the least busy worker and cross the process boundary
-pickled, StepInfo events (with previews) and the result come back, Interrupt and Skip are
-forwarded to the worker running the job, a model load goes to every worker.
+had to turn them off, and shared one GIL), and runs one job (or one batch) at a time. The
+front end keeps the Backend protocol: requests go to the least busy worker and cross the
+process boundary pickled, the result comes back, and StepInfo events (with previews) only for
+a caller who reads them (stream(), run() with on_step: a plain run() costs the worker no
+preview); Interrupt and Skip are forwarded to the worker running the job, a model load goes to
+every worker. Workers sharing a host are pinned near their GPUs (serving/placement.py).
 
 A worker that dies (a driver fault, out of host memory, killed) fails its jobs with a
 sentence for the user and is started again with the current model, while the others serve.
@@ -32,9 +34,11 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 900.0  # a worker's start: importing torch, CUDA init (a model load is timed apart)
 POLL_S = 0.1  # how often a waiting front end looks at its job's Interrupt / Skip buttons
+LOST_CHECK_S = 1.0  # a job nobody else can interrupt only looks for its worker's death
 COUNT_TIMEOUT_S = 0.5  # the live token counter never waits longer than this
 WAIT_FOR_WORKER_S = 300.0  # a job arriving while every worker restarts waits this long for one
-INFO_EVERY_S = 2.0  # how fresh the memory report a worker sends after its jobs is
+INFO_IDLE_S = 1.0  # a worker idle this long sends the memory report its last jobs skipped
+INFO_UNDER_LOAD_S = 30.0  # under a steady load, the memory report is at most this old
 USER_ERRORS = {cls.__name__: cls for cls in (RequestError, GenerationError, ModelLoadError, StudioError)}
 
 
@@ -72,10 +76,46 @@ def _snapshot(manager) -> dict:
             "concurrency": manager.concurrency}
 
 
+class _Busy:
+    """A worker's own account of its jobs, for operators and bench/gpu_procs.py: how many ran,
+    their summed seconds, the seconds at least one was running (busy), its process CPU time."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.jobs, self.job_s, self.busy_s = 0, 0.0, 0.0
+        self.running, self.since = 0, 0.0
+
+    @contextmanager
+    def job(self):
+        started = time.monotonic()
+        with self.lock:
+            if self.running == 0:
+                self.since = started
+            self.running += 1
+        try:
+            yield
+        finally:
+            ended = time.monotonic()
+            with self.lock:
+                self.running -= 1
+                self.jobs += 1
+                self.job_s += ended - started
+                if self.running == 0:
+                    self.busy_s += ended - self.since
+
+    def report(self) -> dict:
+        with self.lock:
+            now = time.monotonic()
+            busy = self.busy_s + (now - self.since if self.running else 0.0)
+            return {"jobs": self.jobs, "running": self.running, "job_s": self.job_s, "busy_s": busy,
+                    "cpu_s": time.process_time()}
+
+
 def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, events) -> None:
     """A worker process's life: build the manager, then run commands until told to stop or
     until the front end's process is gone."""
     label = device or "default device"
+    where = device
     if device and device.startswith("cuda:"):
         device = "cuda"  # the only GPU this process sees (CUDA_VISIBLE_DEVICES, set from its birth)
     send = lambda message: events.put(_pack(message))  # noqa: E731
@@ -84,7 +124,10 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
         from pipelines.core.warmup import warm_up
         from pipelines.manager import PipelineManager
 
+        from . import placement
+
         manager = PipelineManager(device=device, **manager_kwargs)
+        near = placement.local_cpus(where) if placement.enabled() else None
     except BaseException as error:  # noqa: BLE001 — told to the front end, which logs it
         send(("failed", None, _error_payload(error)))
         return
@@ -92,9 +135,10 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
     jobs: dict[int, Job] = {}
     work: queue.Queue = queue.Queue()
     parent = multiprocessing.parent_process()
+    busy = _Busy()
 
     def read_commands():
-        """Interrupt, Skip and the token counter act at once; everything else waits its turn."""
+        """Interrupt, Skip, the token counter and the stats act at once; everything else waits its turn."""
         while True:
             try:
                 message = commands.get(timeout=1.0)
@@ -113,19 +157,26 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
                 except Exception:  # noqa: BLE001 — a counter never fails a job
                     counted = None
                 send(("done", call_id, counted))
+            elif kind == "stats":
+                served = list(manager.batching.served)  # requests per batch, in order (1: alone)
+                send(("done", call_id, {**busy.report(), **placement.placed(), "batches": served}))
             elif kind == "stop":
                 work.put(None)
                 return
-            elif kind in ("job", "load", "warmup"):
+            elif kind in ("job", "load", "warmup", "place"):
                 if kind == "job":
                     jobs[call_id] = Job()
                 work.put(message)
 
     threading.Thread(target=read_commands, name="commands", daemon=True).start()
     # A manager that batches (pipelines/batching.py) needs its jobs waiting side by side:
-    # up to manager.concurrency jobs run on threads of their own (one job: in this loop, as ever).
-    job_slots = threading.BoundedSemaphore(manager.concurrency)
-    send(("ready", None, _snapshot(manager)))
+    # jobs run on threads of their own (one job: in this loop, as ever), as many as the manager
+    # lets wait (its concurrency: twice the batch size, so a batch samples while the next one's
+    # members already wait in its line; with max_batch threads 16 requests ran as
+    # [1, 3, 2, 3, 2, 2, 2, 1] where the manager in one process served [1, 4, 4, 4, 3]).
+    side_by_side_jobs = manager.concurrency
+    job_slots = threading.BoundedSemaphore(side_by_side_jobs)
+    send(("ready", None, {**_snapshot(manager), "local_cpus": near}))
     catalog_seen, info_sent, stale = None, time.monotonic(), False
     state_lock = threading.Lock()  # the bookkeeping above, shared by jobs running side by side
 
@@ -135,17 +186,23 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
         kind, call_id, payload = message
         try:
             if kind == "job":
-                request, catalog_generation = payload
+                request, catalog_generation, steps = payload
                 with state_lock:
                     if catalog_generation != catalog_seen:  # the front end rescanned the model folders
                         catalog.refresh()
                         catalog_seen = catalog_generation
-                result = manager.run(request, on_step=lambda step: send(("step", call_id, step)), job=jobs[call_id])
+                # Steps (and the previews they carry: a device→host copy each) only for a caller
+                # who reads them; Interrupt and Skip act through the Job either way.
+                on_step = (lambda step: send(("step", call_id, step))) if steps else None
+                with busy.job():
+                    result = manager.run(request, on_step=on_step, job=jobs[call_id])
                 if isinstance(result, GenerationResult):
                     result.worker = name
                 reply = ("done", call_id, result)
             elif kind == "load":
                 reply = ("done", call_id, manager.load_base(payload))
+            elif kind == "place":
+                reply = ("done", call_id, placement.apply(payload))
             else:  # warmup
                 reply = ("done", call_id, warm_up(manager, payload))
         except BaseException as error:  # noqa: BLE001 — the job's error, raised in the front end
@@ -159,20 +216,23 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
         finally:
             jobs.pop(call_id, None)
         send(reply)
-        # The memory report walks every weight storage: after each load, and after
-        # jobs at most every INFO_EVERY_S (a job adds at most a mode or an extra module).
+        # The memory report walks every weight storage (milliseconds of this process's GIL, which
+        # the next job's kernel launches want): at once after a load; after jobs only when the
+        # worker goes idle, or at most every INFO_UNDER_LOAD_S under a steady load (a job adds
+        # at most a mode or an extra module).
         with state_lock:
             stale = True
-            if kind != "job" or time.monotonic() - info_sent >= INFO_EVERY_S:
+            if kind not in ("job", "place") or time.monotonic() - info_sent >= INFO_UNDER_LOAD_S:
                 send(("info", None, _snapshot(manager)))
                 info_sent, stale = time.monotonic(), False
     while True:
         try:
-            message = work.get(timeout=INFO_EVERY_S)
+            message = work.get(timeout=INFO_IDLE_S)
         except queue.Empty:
-            if stale:  # idle now: the report the last jobs skipped
-                send(("info", None, _snapshot(manager)))
-                info_sent, stale = time.monotonic(), False
+            with state_lock:
+                if stale and busy.running == 0:  # idle now: the report the last jobs skipped
+                    send(("info", None, _snapshot(manager)))
+                    info_sent, stale = time.monotonic(), False
             continue
         if message is None:
             break
@@ -189,7 +249,7 @@ def worker_main(slot: int, device: str | None, manager_kwargs: dict, commands, e
             threading.Thread(target=side_by_side, name=f"job {call_id}", daemon=True).start()
             continue
         handle(message)
-    for _ in range(manager.concurrency if manager.concurrency > 1 else 0):
+    for _ in range(side_by_side_jobs if manager.concurrency > 1 else 0):
         job_slots.acquire()  # jobs sent before the stop finish first, as when they ran in this loop
     os._exit(0)  # skip interpreter teardown under live compile threads
 
@@ -238,10 +298,11 @@ class _Life:
     def answer(self, replies: queue.Queue, timeout: float | None):
         """The next answer for a call; ("lost", None) once the process is known dead."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        poll = max(POLL_S, timeout or 0.0)
         while True:
             try:
-                left = POLL_S if deadline is None else max(0.0, deadline - time.monotonic())
-                return replies.get(timeout=min(POLL_S, left))
+                left = poll if deadline is None else max(0.0, deadline - time.monotonic())
+                return replies.get(timeout=min(poll, left))
             except queue.Empty:
                 if self.lost and replies.empty():
                     return "lost", None
@@ -261,6 +322,9 @@ class _Worker:
         self.ready = threading.Event()
         self.start_error = ""
         self.crashes = 0
+        self.local_cpus: list[int] | None = None  # the CPUs near its device, as the worker reported them
+        self.share = None  # its placement.Share of those CPUs (None: left to the OS)
+        self.placed: dict | None = None  # what the worker applied: {"cpus": [...], "threads": n}
 
     @property
     def label(self) -> str:
@@ -296,6 +360,7 @@ class ProcessPool:
             self.shutdown()
             reasons = "; ".join(w.start_error or "did not start in time" for w in self._workers)
             raise RuntimeError(f"no worker process started: {reasons}")
+        self._place(started)
         with self._cond:
             for worker in started:
                 worker.serving = True
@@ -312,6 +377,23 @@ class ProcessPool:
         threading.Thread(target=self._read_events, args=(worker, life), name=f"events of {worker.label}",
                          daemon=True).start()
 
+    def _place(self, workers: list[_Worker]) -> None:
+        """Several workers on one host: each pinned to its share of the CPUs near its device, with
+        as many torch threads as cores in it (serving/placement.py). Skipped when they could not
+        tell their CPUs, and with SD_STUDIO_PIN_CPUS=0."""
+        from . import placement
+
+        if len(workers) < 2 or not placement.enabled():
+            return
+        for worker, share in zip(workers, placement.plan([w.local_cpus for w in workers])):
+            if share is None:
+                continue
+            try:
+                worker.placed = self._call(worker, "place", share, timeout=60.0)
+                worker.share = share
+            except Exception as error:  # noqa: BLE001 — placement is an optimisation: serve unplaced
+                log.warning("%s could not be placed on CPUs %s: %s", worker.label, list(share.cpus), error)
+
     def _read_events(self, worker: _Worker, life: _Life) -> None:
         """Route one worker process's messages to the calls waiting for them; notice its death."""
         while not self._closed:
@@ -323,6 +405,8 @@ class ProcessPool:
                 return self._lost(worker, life)
             except (EOFError, OSError):
                 return self._lost(worker, life)
+            if kind == "ready":
+                worker.local_cpus = payload.pop("local_cpus", None)
             if kind in ("ready", "info"):
                 worker.info = payload
                 worker.ready.set()
@@ -340,6 +424,8 @@ class ProcessPool:
         with self._cond:
             worker.serving = False
             life.lost = True
+        for replies in list(life.pending.values()):
+            replies.put(("lost", None))  # after every answer it did send: waiting calls learn at once
         log.error("%s stopped unexpectedly (exit code %s); %d call(s) lost", worker.label, life.process.exitcode,
                   len(life.pending))
         worker.ready.set()
@@ -358,6 +444,8 @@ class ProcessPool:
             log.error("%s did not come back: %s", worker.label, worker.start_error or "no answer")
             return
         try:
+            if worker.share is not None:  # the same device, the same CPUs as before
+                worker.placed = self._call(worker, "place", worker.share)
             if self._source:
                 self._call(worker, "load", self._source)
             if self._warmup:
@@ -428,13 +516,19 @@ class ProcessPool:
     def stream(self, request, job: Job | None = None):
         """StepInfo per step, then the result, from the least busy worker. The job's Interrupt and
         Skip are forwarded to that worker; a consumer that stops early interrupts the job."""
+        return self._events(request, job, steps=True)
+
+    def _events(self, request, job: Job | None, steps: bool):
+        """stream(), or with steps=False only the result: the worker then computes no previews
+        and sends no StepInfo (a device→host copy and a pickled image each)."""
+        owned = job is None  # nobody else holds it: no Interrupt or Skip can come from outside
         job = job or Job()
         with self._least_busy() as worker:
             call_id, life = next(self._ids), worker.life
             replies = life.register(call_id)
             finished = cancel_sent = False
             try:
-                worker.send("job", call_id, (request, _catalog_generation()))
+                worker.send("job", call_id, (request, _catalog_generation(), steps))
                 while True:
                     if job.cancelled and not cancel_sent:
                         worker.send("cancel", call_id)
@@ -442,7 +536,7 @@ class ProcessPool:
                     if job.take_skip():
                         worker.send("skip", call_id)
                     try:
-                        answer, value = life.answer(replies, POLL_S)
+                        answer, value = life.answer(replies, LOST_CHECK_S if owned else POLL_S)
                     except TimeoutError:
                         continue
                     if answer == "step":
@@ -463,7 +557,8 @@ class ProcessPool:
                         pass
 
     def run(self, request, on_step=None, job: Job | None = None):
-        return result_of(self.stream(request, job), on_step)
+        """The result; StepInfo (with previews) cross the process boundary only for an on_step."""
+        return result_of(self._events(request, job, steps=on_step is not None), on_step)
 
     def _broadcast(self, kind: str, payload) -> list:
         """The same command to every serving worker at once; their answers (or errors) in order."""
@@ -557,6 +652,20 @@ class ProcessPool:
     def memory_report(self) -> dict:
         """The first serving worker's (every worker holds its own copy of the same weights)."""
         return self._info()["memory"]
+
+    def worker_stats(self) -> list[dict | None]:
+        """Each slot's own account (for operators and bench/gpu_procs.py; never shown to users):
+        jobs run, their summed seconds, seconds busy with at least one job, the process's CPU
+        seconds, its CPUs and torch threads; None for a slot that does not answer now."""
+        with self._cond:
+            workers = list(self._workers)
+        stats: list[dict | None] = []
+        for worker in workers:
+            try:
+                stats.append(self._call(worker, "stats", None, timeout=5.0) if worker.serving else None)
+            except Exception:  # noqa: BLE001 — restarting, or too busy to answer
+                stats.append(None)
+        return stats
 
     def worker_pids(self) -> list[int | None]:
         """Each slot's process id (for operators and tests; never shown to users)."""

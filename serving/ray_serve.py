@@ -6,14 +6,20 @@ objects and streams StepInfo events and the result back.
     python app.py --backend ray --ray-address auto   # joins a running cluster
 
 Interrupt and Skip cross processes through one small actor holding the cancelled (and skipped)
-job ids; a worker's Job polls it (at most every POLL_S) between steps.
+job ids; one thread per replica polls it every POLL_S for the jobs running there, so the
+denoising loop only reads local flags (no actor round trip between steps).
+
+A replica takes twice as many requests at once as its manager batches (pipelines/batching.py:
+4 on CUDA), so requests that arrive together are served as full batches, as with `--devices`.
 """
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray must not phone home either
@@ -49,56 +55,86 @@ class CancelledJobs:
     def state(self, job_id: str) -> tuple[bool, int]:
         return job_id in self.ids, self.skips.get(job_id, 0)
 
+    def states(self, job_ids: list[str]) -> dict[str, tuple[bool, int]]:
+        return {job_id: self.state(job_id) for job_id in job_ids}
+
     def forget(self, job_id: str) -> None:
         self.ids.discard(job_id)
         self.skips.pop(job_id, None)
 
 
 class RemoteJob(Job):
-    """A worker-side Job whose cancel flag lives in the CancelledJobs actor."""
+    """A worker-side Job whose Interrupt and Skip come from the CancelledJobs actor, set by the
+    replica's poller (FlagPoller) between the steps that read them."""
 
-    def __init__(self, job_id: str, flags):
+    def __init__(self, job_id: str):
         super().__init__()
-        self.job_id, self.flags, self._checked, self._skips_seen = job_id, flags, 0.0, 0
+        self.job_id, self._skips_seen = job_id, 0
 
-    def _poll(self) -> None:
-        if self._cancel.is_set() or time.monotonic() - self._checked < POLL_S:
-            return
-        self._checked = time.monotonic()
-        cancelled, skips = ray.get(self.flags.state.remote(self.job_id))
+    def update(self, cancelled: bool, skips: int) -> None:
         if cancelled:
             self._cancel.set()
         if skips > self._skips_seen:  # a new Skip press: the batch loop takes it once
             self._skips_seen = skips
             self._skip.set()
 
-    @property
-    def cancelled(self) -> bool:
-        self._poll()
-        return self._cancel.is_set()
 
-    @property
-    def skipping(self) -> bool:
-        self._poll()
-        return self._skip.is_set()
+class FlagPoller:
+    """One thread per replica asks the flags actor, every POLL_S, about the jobs running here."""
+
+    def __init__(self, flags):
+        self.flags, self.jobs, self.lock = flags, {}, threading.Lock()
+        threading.Thread(target=self._loop, name="job flags", daemon=True).start()
+
+    @contextmanager
+    def track(self, job: RemoteJob):
+        with self.lock:
+            self.jobs[job.job_id] = job
+        try:
+            yield job
+        finally:
+            with self.lock:
+                self.jobs.pop(job.job_id, None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(POLL_S)
+            with self.lock:
+                jobs = dict(self.jobs)
+            if not jobs:
+                continue
+            try:
+                states = ray.get(self.flags.states.remote(list(jobs)), timeout=10)
+            except Exception:  # noqa: BLE001 — the actor restarting: ask again next time
+                continue
+            for job_id, (cancelled, skips) in states.items():
+                jobs[job_id].update(cancelled, skips)
 
 
-@serve.deployment(name="GenerationWorker", max_ongoing_requests=1)  # one job per GPU at a time
+@serve.deployment(name="GenerationWorker", max_ongoing_requests=1)  # RayBackend sets the manager's batch size
 class GenerationWorker:
     def __init__(self, model: str, manager_kwargs: dict):
         from pipelines.manager import PipelineManager
 
+        from serving.placement import pin_near_gpu
+
         self.manager = PipelineManager(**manager_kwargs)
+        if self.manager.device.type == "cuda":
+            pin_near_gpu()  # its host work on the socket its GPU hangs off (serving/placement.py)
         if model:
             self.manager.load_base(model)
-        self.flags = ray.get_actor(FLAGS_ACTOR)
+        self.flags = FlagPoller(ray.get_actor(FLAGS_ACTOR))
         self.name = f"{socket.gethostname()}:{os.getpid()}:{self.manager.device}"
 
-    def stream(self, request, job_id: str):
-        for event in self.manager.stream(request, RemoteJob(job_id, self.flags)):
-            if isinstance(event, GenerationResult):
-                event.worker = self.name
-            yield event
+    def stream(self, request, job_id: str, steps: bool = True):
+        """StepInfo per step (with previews), then the result; with steps=False only the result:
+        no previews computed (a device→host copy each), nothing per step sent back."""
+        with self.flags.track(RemoteJob(job_id)) as job:
+            events = self.manager.stream(request, job) if steps else [self.manager.run(request, None, job)]
+            for event in events:
+                if isinstance(event, GenerationResult):
+                    event.worker = self.name
+                yield event
 
     def info(self) -> dict:
         return {"describe": self.manager.describe(), "native_size": self.manager.native_size,
@@ -111,6 +147,12 @@ class GenerationWorker:
 
     def count_tokens(self, text: str):
         return self.manager.count_tokens(text)
+
+
+def _cuda_max_batch() -> int:
+    from pipelines.batching import CUDA_MAX_BATCH
+
+    return CUDA_MAX_BATCH
 
 
 class RayBackend:
@@ -131,38 +173,60 @@ class RayBackend:
                  runtime_env=runtime_env, log_to_driver=False)
         self.flags = CancelledJobs.options(name=FLAGS_ACTOR, get_if_exists=True).remote()
         serve.start(proxy_location="Disabled")  # the Gradio app is the only front door
-        scaling = ({"min_replicas": replicas, "max_replicas": max_replicas, "target_ongoing_requests": 1}
+        # As many requests at once as a replica's manager batches (its max_batch; auto: 4 on CUDA).
+        per_replica = manager_kwargs.get("max_batch") or (_cuda_max_batch() if gpus_per_replica > 0 else 1)
+        scaling = ({"min_replicas": replicas, "max_replicas": max_replicas, "target_ongoing_requests": per_replica}
                    if max_replicas and max_replicas > replicas else None)
-        options = {"ray_actor_options": {"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica}}
+        # Twice that in flight: a batch samples while the next one's members wait in the manager's
+        # line (with only max_batch, a finished batch's slots refilled one request at a time and the
+        # next batches formed from whoever had arrived: 1, 3, 2, … instead of 4, 4, …).
+        options = {"ray_actor_options": {"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica},
+                   "max_ongoing_requests": per_replica if per_replica == 1 else 2 * per_replica}
         options.update({"autoscaling_config": scaling} if scaling else {"num_replicas": replicas})
         app = GenerationWorker.options(**options).bind(model, manager_kwargs)
         self.handle = serve.run(app, name=APP_NAME, route_prefix=None)
         self._info = self.handle.info.remote().result()
-        self._concurrency = max_replicas or replicas
+        self._concurrency = (max_replicas or replicas) * options["max_ongoing_requests"]  # what the replicas take in
 
     @property
     def concurrency(self) -> int:
         return self._concurrency
 
     def stream(self, request, job: Job | None = None):
+        return self._events(request, job, steps=True)
+
+    def _events(self, request, job: Job | None, steps: bool):
         job = job or Job()
         job_id = uuid.uuid4().hex
-        told = False
+        told, done = [False], threading.Event()
+
+        def forward() -> None:
+            """Interrupt and Skip reach the replica through the flags actor, as they happen."""
+            if job.cancelled and not told[0]:
+                self.flags.cancel.remote(job_id)
+                told[0] = True
+            if job.take_skip():
+                self.flags.skip.remote(job_id)
+
+        def watch() -> None:  # without steps no event comes to look at the buttons between
+            while not done.wait(POLL_S):
+                forward()
+
+        if not steps:
+            threading.Thread(target=watch, name="ray job flags", daemon=True).start()
         try:
-            for event in self.handle.options(stream=True).stream.remote(request, job_id):
-                if job.cancelled and not told:
-                    self.flags.cancel.remote(job_id)
-                    told = True
-                if job.take_skip():
-                    self.flags.skip.remote(job_id)
+            for event in self.handle.options(stream=True).stream.remote(request, job_id, steps):
+                forward()
                 yield event
         finally:
-            if job.cancelled and not told:
+            done.set()
+            if job.cancelled and not told[0]:
                 self.flags.cancel.remote(job_id)
             self.flags.forget.remote(job_id)
 
     def run(self, request, on_step=None, job: Job | None = None):
-        return result_of(self.stream(request, job), on_step)
+        """The result; steps (with previews) come back from the replica only for an on_step."""
+        return result_of(self._events(request, job, steps=on_step is not None), on_step)
 
     def count_tokens(self, text: str):
         """The live token counter, asked of a replica. A replica runs one request at a time, so

@@ -123,7 +123,42 @@ def test_controlnet_and_repaint_on_the_fast_path_give_the_plain_pipelines_images
         assert m.fast_runtime.wait_idle(60)
         assert np.array_equal(pixels(m.run(request)), plain)  # compiled
     served = {call.name: dict(call.served) for call in m.fast_runtime.calls}
-    assert served["controlnet"]["compiled"] == 4 and served["unet+controlnet residuals"]["compiled"] == 4
+    # The compiled ControlNet request, every step: the ControlNet, then the UNet's two halves,
+    # the first launched beside the ControlNet (on a GPU: on a second stream) and taken by the UNet.
+    assert served["controlnet"]["compiled"] == 4 and served["unet up+residuals"]["compiled"] == 4
+    assert served["unet down+mid"]["compiled"] == 4 and m.fast_runtime.overlap.overlapped == 4
+    assert served["controlnet hint"]["eager"] == 2  # the control image's embedding: once per request
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_the_hires_second_pass_rides_the_fast_path_at_the_final_size(tiny_model_dir, manager, upscaler):
+    """The hires fix's img2img pass at 1.5× goes through the same FastCalls as every mode: its
+    new signatures run eager, repeat, and are compiled (the UNet's within the first request's
+    pass, the VAE's from the second request); a pixel upscaler's VAE encode at the final size too."""
+    m = fast_manager(tiny_model_dir, FakeCompiler())
+    request = Limits().normalize(Txt2ImgRequest(prompt="a red circle", width=SIZE, height=SIZE, enable_hr=True,
+                                                hr_scale=1.5, hr_upscaler=upscaler, denoising_strength=0.5,
+                                                sampling=Sampling(scheduler="Euler", steps=4, seed=3)))
+    plain = pixels(manager.run(request))
+    images = []
+    for _ in range(3):
+        before = dict(m.fast_runtime.served())
+        images.append(pixels(m.run(request)))
+        assert m.fast_runtime.wait_idle(60)
+    third = {how: n - before.get(how, 0) for how, n in m.fast_runtime.served().items()}
+    side = SIZE * 3 // 2  # the final size, 96 px
+
+    def served_at(name: str, width: int) -> set[str]:
+        return {how for call in m.fast_runtime.calls if call.name == name
+                for key, (_, how) in call.fast.items() if key[0][0][-1] == width}
+
+    assert served_at("unet", side // 8) == {"compiled"}
+    assert served_at("vae decode", side // 8) == {"compiled"}
+    if upscaler == "Lanczos":  # pass 1 decoded, upscaled in pixels, encoded again at the final size
+        assert served_at("vae encode", side) == {"compiled"}
+    decodes, encodes = (2, 1) if upscaler == "Lanczos" else (1, 0)
+    assert third == {"eager": 0, "compiled": 4 + 2 + decodes + encodes}  # nothing of the third request ran eager
+    assert all(np.array_equal(image, plain) for image in images)  # same maths on every path
 
 
 def test_a_waiting_upgrade_is_not_starved_by_back_to_back_requests():
@@ -257,7 +292,9 @@ def test_every_sdxl_mode_on_the_fast_path_gives_the_plain_managers_images(xl_dir
     for call in m.fast_runtime.calls:
         served.setdefault(call.name, []).append(dict(call.served))
     assert served["controlnet"][0]["compiled"] == 4  # the second ControlNet request, every step ...
-    assert served["unet+controlnet residuals"][0]["compiled"] == 4  # ... and the UNet with its residuals
+    # ... and the base UNet's halves around its residuals (the 9-channel UNet has a first half too, unused here)
+    assert sum(s.get("compiled", 0) for s in served["unet down+mid"]) == 4
+    assert sum(s.get("compiled", 0) for s in served["unet up+residuals"]) == 4
     assert served["vae encode"][0]["compiled"] >= 1
     nine = m.inpaint_unet(str(xl_dirs["inpaint"]))._sd_studio_fast
     assert nine.served["compiled"] > 0 and nine is not m.pipeline("txt2img").unet._sd_studio_fast

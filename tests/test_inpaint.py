@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines import masks
 from pipelines.core.errors import ModelLoadError, RequestError
 from pipelines.core.jobs import Job
 from pipelines.manager import PipelineManager
@@ -89,6 +90,34 @@ def test_the_inpainting_model_mode_uses_a_9_channel_unet_and_shares_the_rest(tin
     unet_bytes = sum(p.numel() * p.element_size() for p in pipe.unet.parameters())
     assert report["extra_bytes"] == unet_bytes  # only the 9-channel UNet is new
     assert "Inpaint mode: inpainting model" in result.images[0].infotext
+
+
+def test_the_9_channel_pipeline_is_derived_once_and_serves_the_same_images(tiny_model_dir, inpaint_unet_dir):
+    m = PipelineManager(device="cpu")
+    m.load_base(str(tiny_model_dir))
+    request = inpaint(mode="inpainting model", inpaint_model=str(inpaint_unet_dir), sampling={"scheduler": "Euler"})
+    first = m.run(request)
+    pipe = m.pipeline("inpaint", unet=m.inpaint_unet(str(inpaint_unet_dir)))
+    second = m.run(request)
+    assert m.pipeline("inpaint", unet=m.inpaint_unet(str(inpaint_unet_dir))) is pipe  # not derived again
+    assert np.array_equal(np.asarray(first.images[0].image), np.asarray(second.images[0].image))
+    plain = m.pipeline("inpaint")  # without the extra UNet: the base's, never the cached 9-channel one
+    assert plain is not pipe and plain.unet is m.pipeline("txt2img").unet
+
+
+@pytest.mark.parametrize("mode", ["RePaint", "inpainting model"])
+def test_the_mask_feather_is_computed_after_the_steps_are_run_not_before_the_first(manager, inpaint_unet_dir,
+                                                                                    monkeypatch, mode):
+    # On a GPU the steps are queued graph launches: host work placed after them overlaps the
+    # device's work, host work before the first step delays the whole request.
+    events = []
+    feather = masks.feather
+    monkeypatch.setattr(masks, "feather", lambda *args: events.append("feather") or feather(*args))
+    image, mask = photo(), box_mask()
+    extra = {"inpaint_model": str(inpaint_unet_dir), "sampling": {"scheduler": "Euler"}} if mode != "RePaint" else {}
+    result = manager.run(inpaint(image, mask, mode=mode, mask_blur=4, **extra), on_step=lambda info: events.append("step"))
+    assert events == ["step"] * 6 + ["feather"]
+    assert outside_unchanged(result, image, mask)
 
 
 def test_a_4_channel_model_as_inpainting_model_is_a_clear_error(manager, tiny_model_dir):

@@ -6,8 +6,10 @@ import pytest
 from PIL import Image
 
 from pipelines.core.errors import RequestError
-from pipelines.masks import (crop_box, feather, fill_masked, latent_mask, mask_bbox, outpaint_canvas, paste_back,
-                             prepare_inpaint, seam_metric, to_mask)
+from scipy import ndimage
+
+from pipelines.masks import (_feather_frame, crop_box, feather, fill_masked, latent_mask, mask_bbox, outpaint_canvas,
+                             paste_back, prepare_inpaint, seam_metric, to_mask)
 
 SIZE = 64
 
@@ -80,6 +82,49 @@ def test_paste_back_blends_in_the_band():
     original, generated = Image.new("RGB", (4, 1), (0, 0, 0)), Image.new("RGB", (4, 1), (200, 100, 50))
     final = px(paste_back(original, generated, np.array([[0, 0.25, 0.5, 1]], np.float32)))
     assert final[0].tolist() == [[0, 0, 0], [50, 25, 12], [100, 50, 25], [200, 100, 50]]
+
+
+def masks_of_every_shape(n=40, seed=0):
+    """Blobs, speckle, masks touching one or two borders, one-pixel lines, smooth regions."""
+    rng = np.random.default_rng(seed)
+    for trial in range(n):
+        H, W = (int(v) for v in rng.integers(8, 120, 2))
+        kind = trial % 5
+        if kind == 0:
+            yield ndimage.binary_dilation(rng.random((H, W)) > 0.995, iterations=int(rng.integers(1, 10)))
+        elif kind == 1:
+            yield rng.random((H, W)) > 0.7
+        elif kind == 2:
+            mask = np.zeros((H, W), bool)
+            mask[:rng.integers(1, H), rng.integers(0, W - 1):] = True
+            yield mask
+        elif kind == 3:
+            mask = np.zeros((H, W), bool)
+            mask[rng.integers(0, H), :] = mask[:, rng.integers(0, W)] = True
+            yield mask
+        else:
+            yield ndimage.gaussian_filter(rng.random((H, W)), 3) > 0.5
+
+
+def test_feathering_the_masks_window_gives_the_whole_frames_weights_bit_for_bit():
+    for mask in masks_of_every_shape():
+        if not mask.any() or mask.all():
+            continue
+        for radius in (1, 2, 4, 7, 16):
+            assert np.array_equal(feather(mask, radius), _feather_frame(mask, radius))
+
+
+def test_paste_back_is_the_float32_blend_of_the_whole_image_rounded():
+    rng = np.random.default_rng(3)
+    for mask in masks_of_every_shape(n=10, seed=1):
+        H, W = mask.shape
+        original, generated = noise_image((W, H), seed=4), noise_image((W, H), seed=5)
+        weight = feather(mask, 4)
+        weight[rng.random(weight.shape) < 0.05] = 0.3  # a band outside the feather too
+        o, g = np.asarray(original, np.float32), np.asarray(generated, np.float32)
+        w = weight[..., None]
+        expected = np.clip(np.rint(np.where(w <= 0, o, np.where(w >= 1, g, o + (g - o) * w))), 0, 255).astype(np.uint8)
+        assert np.array_equal(np.asarray(paste_back(original, generated, weight)), expected)
 
 
 # ----------------------------------------------------------------- only masked

@@ -116,6 +116,59 @@ def test_progress_and_previews_stream_back_from_the_worker(pool):
     assert isinstance(result, GenerationResult) and len(result.images) == 1
 
 
+def test_a_caller_without_a_progress_callback_gets_the_same_image_and_no_steps_cross(pool):
+    request = txt2img(steps=5, seed=77)
+    events = list(pool._events(request, None, steps=False))  # what run(request) reads
+    assert len(events) == 1 and isinstance(events[0], GenerationResult)
+    seen = []
+    streamed = pool.run(request, on_step=seen.append)  # a progress callback still gets every step
+    assert [s.step for s in seen] == list(range(1, 6)) and all(s.preview is not None for s in seen)
+    assert np.array_equal(np.asarray(events[0].images[0].image), np.asarray(streamed.images[0].image))
+    assert events[0].images[0].infotext == streamed.images[0].infotext
+
+
+def test_interrupt_reaches_a_job_run_without_a_progress_callback(pool):
+    job, outcome = Job(), []
+    thread = threading.Thread(target=lambda: outcome.append(pool.run(txt2img(steps=100, seed=13, batch_count=4), job=job)))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not any(s and s["running"] for s in pool.worker_stats()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.cancel()
+    thread.join(120)
+    assert outcome and outcome[0].interrupted and len(outcome[0].images) < 4
+
+
+def test_each_cpu_worker_is_pinned_to_its_own_share_of_this_hosts_cpus(pool):
+    """Several workers on one host split the CPUs (whole cores) and size torch's threads to their share."""
+    from serving import placement
+
+    host = sorted(os.sched_getaffinity(0))
+    expected = placement.plan([host, host])
+    stats = pool.worker_stats()
+    for share, pid, stat in zip(expected, pool.worker_pids(), stats):
+        assert sorted(os.sched_getaffinity(pid)) == stat["cpus"] == sorted(share.cpus)
+        assert stat["threads"] == share.threads
+    if len(host) >= 2:
+        assert not set(stats[0]["cpus"]) & set(stats[1]["cpus"])  # disjoint: no two pools on one core
+    assert sorted(os.sched_getaffinity(0)) == host  # the front end itself stays where it was
+
+
+def test_a_batching_worker_serves_concurrent_requests_in_full_batches(tiny_model_dir):
+    """With --max-batch 4 the worker lets a whole next batch wait while one samples, so 8 requests
+    arriving together run as the manager in one process would run them: one alone (it found the
+    line empty), then batches of 4 and 3 (not 1, 3, 2, 2 as jobs trickled in one by one)."""
+    batching = ProcessPool(["cpu"], {"max_batch": 4})
+    try:
+        batching.load_base(str(tiny_model_dir))
+        results = in_threads(*[lambda seed=seed: batching.run(txt2img(steps=12, seed=seed)) for seed in range(8)])
+        assert all(isinstance(r, GenerationResult) and len(r.images) == 1 for r in results)
+        served = batching.worker_stats()[0]["batches"]
+        assert sum(served) == 8 and max(served) == 4 and len(served) <= 3, served
+    finally:
+        batching.shutdown()
+
+
 def test_interrupt_and_skip_reach_only_the_job_they_belong_to(pool):
     stopped, untouched, skipped = Job(), Job(), Job()
 
@@ -186,6 +239,9 @@ def test_a_killed_worker_fails_its_job_with_a_sentence_and_the_pool_keeps_servin
         time.sleep(0.5)
     fresh = pool.worker_pids()[0]
     assert fresh not in (None, victim)
+    survivor = pool.worker_stats()[1]
+    assert pool.worker_stats()[0]["cpus"] == sorted(os.sched_getaffinity(fresh))  # placed again, as before
+    assert not set(pool.worker_stats()[0]["cpus"]) & set(survivor["cpus"]) or len(os.sched_getaffinity(0)) < 2
     results = in_threads(lambda: pool.run(txt2img(steps=20, seed=11)), lambda: pool.run(txt2img(steps=20, seed=12)))
     assert {r.worker.split(":")[-2] for r in results} == {str(p) for p in pool.worker_pids()}
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 
 import gradio
+import numpy as np
 import pytest
 import yaml
 from gradio_client import Client
@@ -226,5 +228,19 @@ def test_skip_and_interrupt_reach_a_ray_replica(tiny_model_dir):
         assert steps.count(0) < 80 and steps.count(1) == 80  # the first batch cut short, the second whole
         stopped, steps = run(Job(), 2, Job.cancel)
         assert stopped.interrupted and len(steps) < 80
+        # run() without a progress callback: no steps come back, Interrupt still reaches the replica
+        request = Limits().normalize(Txt2ImgRequest(prompt="x", width=64, height=64,
+                                                    sampling=Sampling(steps=80, seed=1, batch_count=4)))
+        job, outcome = Job(), []
+        thread = threading.Thread(target=lambda: outcome.append(backend.run(request, job=job)))
+        thread.start()
+        time.sleep(0.5)  # running or about to: the replica reads the flag whenever it starts
+        job.cancel()
+        thread.join(120)
+        assert outcome and outcome[0].interrupted
+        short = Limits().normalize(Txt2ImgRequest(prompt="x", width=64, height=64, sampling=Sampling(steps=4, seed=2)))
+        events = list(backend._events(short, None, steps=False))
+        assert len(events) == 1 and np.array_equal(np.asarray(events[0].images[0].image),
+                                                    np.asarray(list(backend.stream(short))[-1].images[0].image))
     finally:
         backend.shutdown()

@@ -1,0 +1,93 @@
+"""Lossless inductor settings past diffusers' 5-line recipe? One UNet step (SD 1.5 shapes,
+random weights, fp16, 512², CFG batch 2, channels_last + fused QKV) compiled fullgraph and
+captured in one CUDA graph, as the fast path serves it, with inductor's defaults and then
+with the settings diffusers' SDXL speed guide adds (1×1 convolutions as matmuls, coordinate
+descent tuning of the generated kernels, no epilogue fusion), each in the same process.
+
+    PYTHONUNBUFFERED=1 python bench/gpu_inductor_flags.py [--budget-s 300]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import torch  # noqa: E402
+from diffusers import UNet2DConditionModel  # noqa: E402
+
+from gpu_controlnet_overlap import step_ms  # noqa: E402
+from gpu_speed import log, section  # noqa: E402
+
+SD15 = ROOT / "assets" / "configs" / "sd15"
+SETTINGS = {
+    "defaults": {},
+    "guide": {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
+              "coordinate_descent_check_all_directions": True},
+    "1x1 as mm only": {"conv_1x1_as_mm": True},
+}
+
+
+@section("settings")
+def measure(name, unet, inputs, reference):
+    import torch._inductor.config as inductor
+
+    saved = {k: getattr(inductor, k) for k in SETTINGS[name]}
+    for key, value in SETTINGS[name].items():
+        setattr(inductor, key, value)
+    try:
+        torch._dynamo.reset()
+        started = time.perf_counter()
+        compiled = torch.compile(lambda x, t, c: unet(x, t, c, return_dict=False)[0], fullgraph=True, dynamic=False)
+        with torch.no_grad():
+            compiled(*inputs)
+            compile_s = time.perf_counter() - started
+            ms, out = step_ms(compiled, inputs, 100)
+        row = dict(settings=name, unet_step_ms=ms, compile_s=round(compile_s, 1))
+        if reference:
+            row.update(vs_defaults=round(reference[0] / ms, 3),
+                       max_abs_vs_defaults=float((out.float() - reference[1].float()).abs().max()))
+        else:
+            reference.extend([ms, out.clone()])
+        log(**row)
+    finally:
+        for key, value in saved.items():
+            setattr(inductor, key, value)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget-s", type=float, default=300)
+    args = parser.parse_args()
+
+    def stop():
+        time.sleep(args.budget_s)
+        log(watchdog=f"budget of {args.budget_s:.0f} s used up")
+        sys.stdout.flush()
+        os._exit(0)
+
+    threading.Thread(target=stop, daemon=True).start()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15, subfolder="unet")).half().eval()
+    unet.to(memory_format=torch.channels_last)
+    unet.fuse_qkv_projections()
+    g = torch.Generator("cuda").manual_seed(1)
+    inputs = (torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float16, generator=g).contiguous(memory_format=torch.channels_last),
+              torch.full((2,), 500.0, device="cuda"),
+              torch.randn(2, 77, 768, device="cuda", dtype=torch.float16, generator=g))
+    log(card=torch.cuda.get_device_name(), torch=torch.__version__)
+    reference: list = []
+    for name in SETTINGS:
+        measure(name, unet, inputs, reference)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
