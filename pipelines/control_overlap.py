@@ -68,7 +68,9 @@ class ControlOverlap:
             self._drop()  # nobody took it: that ControlNet's partner guess was wrong
         partner = state.partner() if state.partner is not None else None
         half_args = (*args[:3], *args[4:])
-        if partner is not None and self.stash is None and call.ready(*args) and partner.ready(*half_args):
+        # call.side: its graphs have a memory pool of their own, so they may run beside the partner's
+        if (partner is not None and self.stash is None and call.side and call.ready(*args)
+                and partner.ready(*half_args)):
             if args[0].is_cuda:
                 main = torch.cuda.current_stream(args[0].device)
                 side = self._side(args[0].device)

@@ -2,7 +2,8 @@
 
 On an H100/H200 the SD 1.5 UNet step is launch-bound (a CUDA graph alone gives 2.3×, see
 shared/reference/MEASUREMENTS.md), so the levers are, in order of gain:
-- CUDA graphs: the UNet call (plain, or with ControlNet residuals), each ControlNet call, the
+- CUDA graphs: the UNet call (plain, or with ControlNet residuals: its two halves, the first
+  run beside the ControlNet on a second stream, control_overlap.py), each ControlNet call, the
   VAE encode and decode and the text encoder(s) are captured once per input signature and
   replayed (one launch instead of ~1000); calls a graph cannot serve (unmerged LoRA adapters,
   tiling, attention masks, unusual arguments) run the ordinary forward;

@@ -102,8 +102,18 @@ def test_two_devices_start_two_worker_processes_and_concurrent_jobs_run_in_both(
 
 
 def test_a_worker_process_makes_the_same_image_as_the_manager_in_this_process(pool, manager):
+    import torch
+
     request = txt2img(steps=5, seed=1234)
-    remote, local = pool.run(request), manager.run(request)
+    remote = pool.run(request)
+    # CPU workers split the host's cores (serving/placement.py); a CPU's sums depend on how many
+    # threads share them, so the manager here runs with a worker's thread count.
+    threads, before = pool.worker_stats()[0]["threads"], torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        local = manager.run(request)
+    finally:
+        torch.set_num_threads(before)
     assert remote.images[0].infotext == local.images[0].infotext
     assert np.array_equal(np.asarray(remote.images[0].image), np.asarray(local.images[0].image))
 

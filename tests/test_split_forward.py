@@ -92,6 +92,8 @@ def test_only_the_families_layouts_are_split():
 class _Served:
     """A fast-path call as control_overlap sees one: a function, ready once it has a graph."""
 
+    side = True  # graphed in a memory pool of its own, as the fast path's ControlNet calls
+
     def __init__(self, fn):
         self.fn, self.calls = fn, 0
 
