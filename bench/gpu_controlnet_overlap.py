@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 import os
 from pathlib import Path
@@ -27,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import torch  # noqa: E402
 from diffusers import ControlNetModel, UNet2DConditionModel  # noqa: E402
 
-from gpu_speed import log, section  # noqa: E402
+from gpu_speed import budget_watchdog, log, section  # noqa: E402
 from pipelines import split_forward as unet_split  # noqa: E402
 
 SD15 = ROOT / "assets" / "configs" / "sd15"
@@ -184,13 +183,7 @@ def main():
     parser.add_argument("--budget-s", type=float, default=480)
     args = parser.parse_args()
 
-    def stop():
-        time.sleep(args.budget_s)
-        log(watchdog=f"budget of {args.budget_s:.0f} s used up")
-        sys.stdout.flush()
-        os._exit(0)
-
-    threading.Thread(target=stop, daemon=True).start()
+    budget_watchdog(args.budget_s)
     unet, unet9, cn = build()
     g = torch.Generator("cuda").manual_seed(1)
     x = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float16, generator=g).contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from gpu_controlnet_overlap import step_ms  # noqa: E402
-from gpu_speed import log, section  # noqa: E402
+from gpu_speed import budget_watchdog, log, section  # noqa: E402
 
 SD15 = ROOT / "assets" / "configs" / "sd15"
 SETTINGS = {
@@ -65,13 +64,7 @@ def main():
     parser.add_argument("--budget-s", type=float, default=300)
     args = parser.parse_args()
 
-    def stop():
-        time.sleep(args.budget_s)
-        log(watchdog=f"budget of {args.budget_s:.0f} s used up")
-        sys.stdout.flush()
-        os._exit(0)
-
-    threading.Thread(target=stop, daemon=True).start()
+    budget_watchdog(args.budget_s)
     torch.manual_seed(0)
     with torch.device("cuda"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15, subfolder="unet")).half().eval()

@@ -38,7 +38,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import json  # noqa: E402
 
-from gpu_speed import PROMPT, ROWS, log, section  # noqa: E402
+from gpu_speed import PROMPT, ROWS, budget_watchdog, log, section  # noqa: E402
 from pipelines.core.requests import Limits, Sampling, Txt2ImgRequest  # noqa: E402
 
 RESULTS: dict[str, float] = {}
@@ -240,15 +240,9 @@ def save_rows() -> None:
         Path(os.environ["OUT"], "gpu_procs.json").write_text(json.dumps(ROWS, indent=1))
 
 
-def watchdog(seconds: float) -> None:
-    def stop():
-        time.sleep(seconds)
-        log(watchdog=f"time budget of {seconds:.0f} s used up: stopping with the parts above", results=RESULTS)
-        save_rows()
-        sys.stdout.flush()
-        os._exit(0)
-
-    threading.Thread(target=stop, daemon=True).start()
+def stop_report() -> None:
+    log(results=RESULTS)
+    save_rows()
 
 
 def main() -> None:
@@ -261,7 +255,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=360, help="end the run after this long, with what it has")
     parser.add_argument("--cpu-smoke", action="store_true", help="2 CPU workers, the tiny test model, 64², 4 steps")
     args = parser.parse_args()
-    watchdog(args.budget_s)
+    budget_watchdog(args.budget_s, on_stop=stop_report)
     folder = Path(tempfile.mkdtemp())
     if args.cpu_smoke:
         sys.path.insert(0, str(ROOT / "tests"))

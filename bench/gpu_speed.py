@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -44,6 +45,19 @@ def log(**fields):
     fields["t"] = round(time.perf_counter() - T0, 1)
     ROWS.append(fields)
     print(json.dumps(fields), flush=True)
+
+
+def budget_watchdog(seconds: float, on_stop=None) -> None:
+    """End the process after `seconds` with what it has logged (one device call has a time limit)."""
+    def stop():
+        time.sleep(seconds)
+        log(watchdog=f"budget of {seconds:.0f} s used up")
+        if on_stop is not None:
+            on_stop()
+        sys.stdout.flush()
+        os._exit(0)
+
+    threading.Thread(target=stop, daemon=True).start()
 
 
 def section(name):

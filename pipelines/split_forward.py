@@ -41,20 +41,26 @@ def down_mid(unet, sample: torch.Tensor, timestep: torch.Tensor, context: torch.
     if unet.time_embed_act is not None:
         emb = unet.time_embed_act(emb)
     context = unet.process_encoder_hidden_states(encoder_hidden_states=context, added_cond_kwargs=added_cond_kwargs)
-    sample = unet.conv_in(sample)
+    sample, skips = _down_and_mid(unet, unet.conv_in(sample), emb, context)
+    return (emb, context, sample, *skips)
+
+
+def _down_and_mid(model, sample, emb, context) -> tuple[torch.Tensor, tuple]:
+    """The down blocks and the mid block (a UNet's or a ControlNet's, the same layout), from
+    conv_in's output: (mid sample, skips with conv_in's output first)."""
     skips = (sample,)
-    for block in unet.down_blocks:
+    for block in model.down_blocks:
         if getattr(block, "has_cross_attention", False):
             sample, res = block(hidden_states=sample, temb=emb, encoder_hidden_states=context)
         else:
             sample, res = block(hidden_states=sample, temb=emb)
         skips += res
-    if unet.mid_block is not None:
-        if getattr(unet.mid_block, "has_cross_attention", False):
-            sample = unet.mid_block(sample, emb, encoder_hidden_states=context)
+    if model.mid_block is not None:
+        if getattr(model.mid_block, "has_cross_attention", False):
+            sample = model.mid_block(sample, emb, encoder_hidden_states=context)
         else:
-            sample = unet.mid_block(sample, emb)
-    return (emb, context, sample, *skips)
+            sample = model.mid_block(sample, emb)
+    return sample, skips
 
 
 def up(unet, emb: torch.Tensor, context: torch.Tensor, sample: torch.Tensor, skips: tuple,
@@ -99,19 +105,7 @@ def controlnet_body(controlnet, sample: torch.Tensor, timestep: torch.Tensor, co
         text_embeds, time_ids = added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"]
         time_embeds = controlnet.add_time_proj(time_ids.flatten()).reshape((text_embeds.shape[0], -1))
         emb = emb + controlnet.add_embedding(torch.concat([text_embeds, time_embeds], dim=-1).to(emb.dtype))
-    sample = controlnet.conv_in(sample) + hint
-    skips = (sample,)
-    for block in controlnet.down_blocks:
-        if getattr(block, "has_cross_attention", False):
-            sample, res = block(hidden_states=sample, temb=emb, encoder_hidden_states=context)
-        else:
-            sample, res = block(hidden_states=sample, temb=emb)
-        skips += res
-    if controlnet.mid_block is not None:
-        if getattr(controlnet.mid_block, "has_cross_attention", False):
-            sample = controlnet.mid_block(sample, emb, encoder_hidden_states=context)
-        else:
-            sample = controlnet.mid_block(sample, emb)
+    sample, skips = _down_and_mid(controlnet, controlnet.conv_in(sample) + hint, emb, context)
     outs = [block(skip) for skip, block in zip(skips, controlnet.controlnet_down_blocks)]
     outs.append(controlnet.controlnet_mid_block(sample))
     if guess_mode and not controlnet.config.global_pool_conditions:
