@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from unittest import mock
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,60 +156,37 @@ def measure(name, backend, requests, slots, started, streamed_row: bool = False)
             front_end_cpu_cores=round(streamed["front_cpu_s"] / streamed["wall"], 2))
 
 
-@contextmanager
-def placement_off():
-    """SD_STUDIO_PIN_CPUS=0 for the pool started inside (its workers copy the environment)."""
-    before = os.environ.get("SD_STUDIO_PIN_CPUS")
-    os.environ["SD_STUDIO_PIN_CPUS"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("SD_STUDIO_PIN_CPUS", None)
-        else:
-            os.environ["SD_STUDIO_PIN_CPUS"] = before
-
-
-@section("one GPU")
-def bench_one(args, source, devices, kwargs, requests):
-    from serving.procs import ProcessPool
-
-    started = time.perf_counter()
-    pool = ProcessPool(devices[:1], kwargs)
-    try:
-        pool.load_base(source)
-        measure("one GPU", pool, requests, 1, started, streamed_row=True)
-    finally:
-        pool.shutdown()
-
-
-@section("--devices all")
-def bench_processes(args, source, devices, kwargs, requests):
+def bench_pool(name, source, devices, kwargs, requests, streamed_row=True):
+    """One worker process per device in `devices` (serving/procs.py), measured as `name`."""
     from serving.procs import ProcessPool
 
     started = time.perf_counter()
     pool = ProcessPool(devices, kwargs)
     try:
         pool.load_base(source)
-        measure("--devices all (process per GPU)", pool, requests, len(devices), started, streamed_row=True)
+        measure(name, pool, requests, len(devices), started, streamed_row=streamed_row)
     finally:
         pool.shutdown()
+
+
+@section("one GPU")
+def bench_one(args, source, devices, kwargs, requests):
+    bench_pool("one GPU", source, devices[:1], kwargs, requests)
+
+
+@section("--devices all")
+def bench_processes(args, source, devices, kwargs, requests):
+    bench_pool("--devices all (process per GPU)", source, devices, kwargs, requests)
 
 
 @section("--devices all, placement off")
 def bench_processes_unplaced(args, source, devices, kwargs, requests):
-    """The same without CPU placement (SD_STUDIO_PIN_CPUS=0): each worker on every CPU of the
-    host with torch's default thread count, as before serving/placement.py."""
-    from serving.procs import ProcessPool
+    """The same without CPU placement (SD_STUDIO_PIN_CPUS=0, which the workers inherit): each
+    worker on every CPU of the host with torch's default thread count, as before serving/placement.py."""
+    from serving import placement
 
-    started = time.perf_counter()
-    with placement_off():
-        pool = ProcessPool(devices, kwargs)
-    try:
-        pool.load_base(source)
-        measure("--devices all, placement off", pool, requests, len(devices), started)
-    finally:
-        pool.shutdown()
+    with mock.patch.dict(os.environ, {placement.ENV: "0"}):
+        bench_pool("--devices all, placement off", source, devices, kwargs, requests, streamed_row=False)
 
 
 @section("ray")
