@@ -22,14 +22,6 @@ import weakref
 import torch
 
 
-def _same(origin, other) -> bool:
-    """origin = (latents, timestep, text embeddings, added tensors): the same objects, unchanged."""
-    sample, timestep, context, added = origin
-    o_sample, o_timestep, o_context, o_added = other
-    return (sample is o_sample and timestep is o_timestep and context is o_context and len(added) == len(o_added)
-            and all(a is b for a, b in zip(added, o_added)))
-
-
 class ControlState:
     """Per ControlNet (and per guess mode): its learned partner, the UNet-first-half FastCall."""
 
@@ -38,14 +30,18 @@ class ControlState:
 
 
 class _Origin:
-    """A call's inputs, with the latents' version so an in-place change is noticed."""
+    """A call's inputs (latents, timestep, text embeddings, added tensors), with the latents'
+    version so an in-place change is noticed."""
 
     def __init__(self, sample, timestep, context, added):
-        self.objects = (sample, timestep, context, tuple(added))
+        self.objects = (sample, timestep, context, *added)
         self.version = sample._version
 
     def matches(self, sample, timestep, context, added) -> bool:
-        return _same(self.objects, (sample, timestep, context, tuple(added))) and sample._version == self.version
+        """The very same objects, the latents unchanged since."""
+        objects = (sample, timestep, context, *added)
+        return (len(objects) == len(self.objects) and all(a is b for a, b in zip(objects, self.objects))
+                and sample._version == self.version)
 
 
 class ControlOverlap:
