@@ -14,7 +14,7 @@ from PIL import Image
 from pipelines.fast_path import FastPath
 from pipelines.manager import PipelineManager
 from pipelines.core.requests import Control, ControlUnit, InpaintRequest, Limits, Sampling, Txt2ImgRequest
-from pipelines.core.warmup import parse_sizes, warm_up
+from pipelines.core.warmup import batch_plan, parse_sizes, warm_up
 
 SIZE = 64
 
@@ -52,10 +52,10 @@ class FakeCompiler:
         return compiled
 
 
-def fast_manager(model_dir, compiler, **options) -> PipelineManager:
+def fast_manager(model_dir, compiler, max_batch: int = 0, **options) -> PipelineManager:
     # channels_last / fused QKV off: the comparison below is then bit for bit.
     config = FastPath(compile="full", channels_last=False, fuse_qkv=False, compiler=compiler, **options)
-    m = PipelineManager(device="cpu", fast_path=config)
+    m = PipelineManager(device="cpu", fast_path=config, max_batch=max_batch)
     m.load_base(str(model_dir))
     return m
 
@@ -103,6 +103,69 @@ def test_warmup_serves_the_first_request_compiled(tiny_model_dir):
     after = m.fast_runtime.served()
     assert after["eager"] == served["eager"]  # nothing of the user's first request ran eager
     assert after["compiled"] - served.get("compiled", 0) == 4  # 3 UNet steps + the decode
+
+
+def arriving_together(m, requests) -> tuple[list, list[int]]:
+    """The requests from threads of their own, all waiting in the manager's line before the
+    first starts (as users who arrive at once on a busy server): results, and the batches served."""
+    results, served_before = [None] * len(requests), len(m.batching.served)
+
+    def run(i):
+        results[i] = m.run(requests[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    with m.batching.lock:
+        for thread in threads:
+            thread.start()
+        for _ in range(1000):
+            if m.batching.waiting == len(requests):
+                break
+            threading.Event().wait(0.01)
+    for thread in threads:
+        thread.join(120)
+    return results, m.batching.served[served_before:]
+
+
+def signatures(m) -> dict:
+    """Per FastCall: the input signatures it has seen, and its calls served eager."""
+    return {call.name: (set(call.count) | set(call.fast), call.served["eager"]) for call in m.fast_runtime.calls}
+
+
+def test_warmup_covers_every_batch_shape_so_a_full_batch_of_users_runs_compiled(tiny_model_dir):
+    """With max_batch 3, three users arriving together are one UNet batch of 6 latents (CFG):
+    after --warmup that shape is compiled already, and nothing of their batch runs eager or
+    meets a new signature. The images are the ones the same batch gets without warm-up."""
+    users = [txt2img(seed=seed, steps=2) for seed in (11, 12, 13)]
+    cold = fast_manager(tiny_model_dir, FakeCompiler(), max_batch=3)
+    plain, served = arriving_together(cold, users)
+    assert served == [3]
+
+    warm = fast_manager(tiny_model_dir, FakeCompiler(), max_batch=3)
+    warm_up(warm, parse_sizes(f"{SIZE}"))
+    assert 3 in warm.batching.served and 2 in warm.batching.served  # the warm-up formed the real batches
+    before = signatures(warm)
+    unet = warm.pipeline("txt2img").unet._sd_studio_fast
+    compiled_before = unet.served["compiled"]
+    batched, served = arriving_together(warm, users)
+    assert served == [3]
+    assert signatures(warm) == before  # no new shape, nothing eager: UNet, VAE decode, all of them
+    assert unet.served["compiled"] - compiled_before == 2  # both steps of the batch, compiled
+    for together, alone in zip(batched, plain):
+        assert together.images[0].seed == alone.images[0].seed
+        assert np.array_equal(pixels(together), pixels(alone))  # warm-up never changes an image
+
+
+def test_warmup_keeps_within_the_fast_paths_signature_limit_and_says_what_it_left_out(tiny_model_dir, caplog):
+    assert batch_plan([(64, 64), (96, 64)], 3, None) == ([((64, 64), 1), ((96, 64), 1), ((64, 64), 2),
+                                                           ((96, 64), 2), ((64, 64), 3), ((96, 64), 3)], [])
+    # batch 1 of every size first, then the larger batches while they fit
+    assert batch_plan([(64, 64), (96, 64), (64, 64)], 3, 3) == ([((64, 64), 1), ((96, 64), 1), ((64, 64), 2)],
+                                                                [((96, 64), 2), ((64, 64), 3), ((96, 64), 3)])
+    m = fast_manager(tiny_model_dir, FakeCompiler(), max_batch=3, max_signatures=2)
+    with caplog.at_level("WARNING", logger="pipelines.core.warmup"):
+        warm_up(m, parse_sizes(f"{SIZE}"))
+    assert f"left out, compiled when first served: {SIZE}x{SIZE} batch 3" in caplog.text
+    assert m.batching.served[-1] == 2 and 3 not in m.batching.served
 
 
 def test_controlnet_and_repaint_on_the_fast_path_give_the_plain_pipelines_images(tiny_model_dir, tiny_controlnet_dir,
