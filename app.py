@@ -83,12 +83,18 @@ def create_backend(settings: Settings):
     if settings.backend == "ray":
         import torch
 
+        from pipelines.core.warmup import parse_sizes
         from serving.ray_serve import RayBackend
 
         gpus = settings.ray_gpus_per_replica
+        try:
+            warmup = parse_sizes(settings.warmup) if source and not on_zerogpu() else []
+        except ValueError as error:
+            raise SystemExit(f"Warm-up not done: {error}") from None
         backend = RayBackend(source, manager_kwargs(settings), address=settings.ray_address or None,
                              replicas=settings.ray_replicas, max_replicas=settings.ray_max_replicas or None,
-                             gpus_per_replica=(1.0 if torch.cuda.is_available() else 0.0) if gpus < 0 else gpus)
+                             gpus_per_replica=(1.0 if torch.cuda.is_available() else 0.0) if gpus < 0 else gpus,
+                             warmup=warmup)  # each replica warms up before it serves
         return backend, message
     devices = local_devices(settings)
     kwargs = manager_kwargs(settings)

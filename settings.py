@@ -149,8 +149,9 @@ class Settings:
             "backend": "local (managers in this process) or ray (Ray Serve workers)",
             "devices": "local backend: '' one device, 'all' every CUDA device, or e.g. cuda:0,cuda:1",
             "ray_address": "'' starts a local Ray cluster; 'auto' or ray://host:10001 joins one",
-            "warmup": "GPU: sizes to compile before serving, e.g. 512 or 512,768x512 (default: none; the first "
-                      "request of a size runs eager while it compiles in the background)",
+            "warmup": "GPU: sizes to compile before serving, e.g. 512 or 512,768x512, each at every batch shape up "
+                      "to --max-batch (default: none; the first request of a size runs eager while it compiles "
+                      "in the background)",
             "api": "serve the AUTOMATIC1111-compatible REST API (/sdapi/v1/..., docs at /docs) on the same port",
             "api_auth": "user:password[,user2:password2]: HTTP Basic login the REST API requires",
             "grid_for_batches": "also save and show a labelled grid of every batch of more than one image",

@@ -9,6 +9,9 @@ Per worker process: images/s, busy and computing fractions of the wall, CPU core
 CPUs and torch threads; the front end's CPU cores. SD 1.5 shapes with random weights, fp16, 512², 30
 steps, Euler, CFG 7.5; fast path with CUDA graphs, compile "none" by default (compiling
 would not fit the time budget of one call).
+Before its measured round each backend runs its own --warmup for the bench size (`warmup_s`:
+every batch shape up to max_batch, pipelines/core/warmup.py; Ray replicas warm in their
+constructor, so for Ray it is inside start_and_load_s too), then three warm rounds as before.
 
     PYTHONUNBUFFERED=1 python bench/gpu_procs.py [--requests 16] [--compile none] [--skip-ray]
     python bench/gpu_procs.py --cpu-smoke      # the same code on 2 CPU workers, tiny model
@@ -124,10 +127,29 @@ def cpu_ranges(cpus) -> str | None:
     return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
+def warm_up_backend(backend, size: tuple[int, int]) -> float | None:
+    """The backend's own --warmup for the bench size (every batch shape up to max_batch,
+    pipelines/core/warmup.py): seconds, or None where it has none. A worker pool warms every
+    worker at once; the in-process manager here; Ray replicas warmed in their constructor
+    (RayBackend(warmup=…)), so their figure is one replica's own."""
+    if hasattr(backend, "warm_up"):  # ProcessPool
+        started = time.perf_counter()
+        backend.warm_up([size])
+        return round(time.perf_counter() - started, 1)
+    if hasattr(backend, "batching"):  # the manager in this process
+        from pipelines.core.warmup import warm_up
+
+        return round(warm_up(backend, [size]), 1)
+    seconds = getattr(backend, "warmup_s", None)
+    return None if seconds is None else round(seconds, 1)
+
+
 def measure(name, backend, requests, slots, started, streamed_row: bool = False):
     ready = time.perf_counter() - started
-    # eager, then graphs; then one whole round, so every batch shape the measured round forms
-    # (up to max_batch per worker) has been seen twice and captured before the clock runs
+    warmup_s = warm_up_backend(backend, (requests[0].width, requests[0].height))
+    # Then, as before --warmup covered batch shapes: eager, then graphs; then one whole round,
+    # so every batch shape the measured round forms (up to max_batch per worker) has been seen
+    # twice and captured before the clock runs, whatever the warm-up left out.
     warm = [round(run_concurrently(backend, batch)["wall"], 2)
             for batch in (requests[: 2 * slots], requests[: 2 * slots], requests)]
     before, served = worker_stats(backend), len(getattr(getattr(backend, "batching", None), "served", []))
@@ -137,7 +159,8 @@ def measure(name, backend, requests, slots, started, streamed_row: bool = False)
     wall, latencies = run["wall"], run["latencies"]
     RESULTS[name] = wall
     base = RESULTS.get("one GPU")
-    log(backend=name, workers=slots, requests=len(requests), start_and_load_s=round(ready, 1), warm_rounds_s=warm,
+    log(backend=name, workers=slots, requests=len(requests), start_and_load_s=round(ready, 1), warmup_s=warmup_s,
+        warm_rounds_s=warm,
         wall_s=round(wall, 2), images_per_s=round(len(requests) / wall, 2),
         throughput_vs_one_gpu=round(base / wall, 2) if base else None,
         latency_median_s=round(latencies[len(latencies) // 2], 2), latency_max_s=round(latencies[-1], 2),
@@ -194,7 +217,8 @@ def bench_ray(args, source, devices, kwargs, requests):
     from serving.ray_serve import RayBackend
 
     started = time.perf_counter()
-    backend = RayBackend(source, kwargs, replicas=len(devices), gpus_per_replica=0.0 if args.cpu_smoke else 1.0)
+    backend = RayBackend(source, kwargs, replicas=len(devices), gpus_per_replica=0.0 if args.cpu_smoke else 1.0,
+                         warmup=[(args.size, args.size)])  # each replica warms before it serves
     try:
         measure("Ray Serve (replica per GPU)", backend, requests, len(devices), started)
     finally:

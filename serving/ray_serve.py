@@ -11,9 +11,13 @@ denoising loop only reads local flags (no actor round trip between steps).
 
 A replica takes twice as many requests at once as its manager batches (pipelines/batching.py:
 4 on CUDA), so requests that arrive together are served as full batches, as with `--devices`.
+
+With --warmup every replica warms those sizes (and batch shapes, pipelines/core/warmup.py) in
+its constructor, before Serve routes requests to it: a replica added by autoscaling too.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -35,6 +39,7 @@ FLAGS_ACTOR = "sd-studio-cancelled-jobs"
 APP_NAME = "sd-studio"
 POLL_S = 0.1
 COUNT_TIMEOUT_S = 0.5
+log = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0)
@@ -113,7 +118,7 @@ class FlagPoller:
 
 @serve.deployment(name="GenerationWorker", max_ongoing_requests=1)  # RayBackend sets the manager's batch size
 class GenerationWorker:
-    def __init__(self, model: str, manager_kwargs: dict):
+    def __init__(self, model: str, manager_kwargs: dict, warmup: list | None = None):
         from pipelines.manager import PipelineManager
 
         from serving.placement import pin_near_gpu
@@ -123,8 +128,20 @@ class GenerationWorker:
             pin_near_gpu()  # its host work on the socket its GPU hangs off (serving/placement.py)
         if model:
             self.manager.load_base(model)
+        self.warmup_s = self._warm_up(warmup) if model and warmup else None
         self.flags = FlagPoller(ray.get_actor(FLAGS_ACTOR))
         self.name = f"{socket.gethostname()}:{os.getpid()}:{self.manager.device}"
+
+    def _warm_up(self, sizes: list) -> float | None:
+        """--warmup here (sizes as (width, height)); a failure is logged and the replica serves
+        anyway (what it did not warm compiles when first served)."""
+        from pipelines.core.warmup import warm_up
+
+        try:
+            return warm_up(self.manager, [(int(w), int(h)) for w, h in sizes])
+        except Exception:  # noqa: BLE001 — serving unwarmed beats a replica that never starts
+            log.exception("warm-up failed on this replica; serving without it")
+            return None
 
     def stream(self, request, job_id: str, steps: bool = True):
         """StepInfo per step (with previews), then the result; with steps=False only the result:
@@ -140,7 +157,8 @@ class GenerationWorker:
         return {"describe": self.manager.describe(), "native_size": self.manager.native_size,
                 "family_name": self.manager.family_name,
                 "train_steps": self.manager.train_steps,
-                "memory": self.manager.memory_report(), "model": self.manager.model, "worker": self.name}
+                "memory": self.manager.memory_report(), "model": self.manager.model, "worker": self.name,
+                "warmup_s": self.warmup_s}
 
     def load_base(self, source: str):
         return self.manager.load_base(source)
@@ -160,7 +178,8 @@ class RayBackend:
     (generation or Diffusion lab) runs on a replica."""
 
     def __init__(self, model: str, manager_kwargs: dict, address: str | None = None, replicas: int = 1,
-                 max_replicas: int | None = None, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0):
+                 max_replicas: int | None = None, gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0,
+                 warmup: list[tuple[int, int]] | None = None):
         # This folder first, then whatever PYTHONPATH already held (where Ray itself may live).
         python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         runtime_env = {"env_vars": {"PYTHONPATH": python_path, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", ""),
@@ -183,7 +202,8 @@ class RayBackend:
         options = {"ray_actor_options": {"num_gpus": gpus_per_replica, "num_cpus": cpus_per_replica},
                    "max_ongoing_requests": per_replica if per_replica == 1 else 2 * per_replica}
         options.update({"autoscaling_config": scaling} if scaling else {"num_replicas": replicas})
-        app = GenerationWorker.options(**options).bind(model, manager_kwargs)
+        # warmup: sizes every replica warms before it serves (--warmup; serve.run waits for them).
+        app = GenerationWorker.options(**options).bind(model, manager_kwargs, [tuple(s) for s in warmup or ()])
         self.handle = serve.run(app, name=APP_NAME, route_prefix=None)
         self._info = self.handle.info.remote().result()
         self._concurrency = (max_replicas or replicas) * options["max_ongoing_requests"]  # what the replicas take in
@@ -191,6 +211,11 @@ class RayBackend:
     @property
     def concurrency(self) -> int:
         return self._concurrency
+
+    @property
+    def warmup_s(self) -> float | None:
+        """Seconds one replica's --warmup took (None: no warm-up); benches report it."""
+        return self._info.get("warmup_s")
 
     def stream(self, request, job: Job | None = None):
         return self._events(request, job, steps=True)
