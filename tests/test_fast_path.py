@@ -164,7 +164,7 @@ def test_warmup_keeps_within_the_fast_paths_signature_limit_and_says_what_it_lef
     m = fast_manager(tiny_model_dir, FakeCompiler(), max_batch=3, max_signatures=2)
     with caplog.at_level("WARNING", logger="pipelines.core.warmup"):
         warm_up(m, parse_sizes(f"{SIZE}"))
-    assert f"left out, compiled when first served: {SIZE}x{SIZE} batch 3" in caplog.text
+    assert f"left out, and served eager as every shape beyond the limit: {SIZE}x{SIZE} batch 3" in caplog.text
     assert m.batching.served[-1] == 2 and 3 not in m.batching.served
 
 

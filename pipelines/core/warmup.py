@@ -19,7 +19,9 @@ then captured in the request, fast_path.FastCall), and the compile is queued the
 
 Each (size, batch) is one more signature of the UNet's FastCall, which keeps at most
 FastPath.max_signatures of them fast: batch 1 of every size first, then batch 2 of every
-size, and so on, as far as they fit; a log line names the shapes left out.
+size, and so on, as far as they fit; a log line names the shapes left out (beyond the limit a
+shape runs eager for good, warmed or not, and a warm-up that takes every slot leaves none for
+shapes that come later: hires second passes, batches without CFG).
 """
 from __future__ import annotations
 
@@ -104,8 +106,8 @@ def warm_up(manager, sizes: list[tuple[int, int]], timeout: float = 900.0) -> fl
     max_batch = int(getattr(manager, "max_batch", 1) or 1) if hasattr(manager, "batching") else 1
     plan, left_out = batch_plan(sizes, max_batch, limit)
     if left_out:
-        log.warning("warm-up: the fast path keeps %d UNet shapes (sizes × batch shapes); left out, compiled when "
-                    "first served: %s", limit, ", ".join(f"{w}x{h} batch {b}" for (w, h), b in left_out))
+        log.warning("warm-up: the fast path keeps %d UNet shapes fast (FastPath.max_signatures: sizes × batch "
+                    "shapes); left out, and served eager as every shape beyond the limit: %s", limit, ", ".join(f"{w}x{h} batch {b}" for (w, h), b in left_out))
     formed: list[str] = []
     for (width, height), batch in plan:
         if batch == 1:
