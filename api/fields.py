@@ -80,6 +80,7 @@ COMMON: dict[str, Field | Unsupported] = {
     # SD Studio extras (A1111 clients never send them): CFG off = one UNet pass per step.
     "cfg": Field("sampling.cfg", _bool("cfg")),
     "turbo": Field("turbo"),  # "Off" / "DeepCache 2" / "DeepCache 3": lossy step-feature caching (pipelines/turbo.py)
+    "token_merging": Field("token_merging"),  # A1111 sends it as override_settings.token_merging_ratio (OPTIONS)
     "restore_faces": Unsupported("face restoration"),
     "tiling": Unsupported("tiling"),
     "subseed": Field("subseed"),
@@ -142,6 +143,7 @@ MODEL_OPTION = "sd_model_checkpoint"
 OPTIONS: dict[str, Field | Unsupported] = {
     "eta_ddim": Field("sampling.eta"),
     "CLIP_stop_at_last_layers": Field("clip_skip"),  # A1111's Clip skip (1 = last layer)
+    "token_merging_ratio": Field("token_merging"),  # A1111's "Token merging ratio" (0 = off; pipelines/token_merging.py)
     # Issue: VAE choice → Field("vae").
     "sd_vae": Unsupported("choosing a VAE (the model's own VAE is used)", (None, "Automatic", "None", "")),
 }

@@ -246,7 +246,8 @@ def batch_key(pipe, family, request) -> tuple | None:
         chunks = max(chunks, len(tokenize(pipe, parse_prompt(request.negative_prompt)).chunks))
     loras = tuple(sorted((t.name, t.weight) for t in request.loras if t.weight != 0.0))
     return task + (request.width, request.height, s.steps, s.scheduler, s.eta, s.guidance_scale > 1, loras,
-                   request.vae, chunks, repr(sorted(call_kwargs(family, request).items())))
+                   request.vae, chunks, repr(sorted(call_kwargs(family, request).items())),
+                   request.token_merging)  # the batch runs under one ratio (token_merging.py)
 
 
 @dataclass

@@ -48,6 +48,7 @@ from .preview import fit_latent_to_rgb
 from .core.catalog import upscaler_models
 from .prompt_encoding import count_tokens
 from .refiner import load_refiner, refined_sampler
+from .token_merging import merge_level, merging_sampler, token_merging
 from .turbo import turbo_sampler
 from .core.requests import FIELDS, HIRES_UPSCALERS, SDXL_SIZE_FIELDS, Img2ImgRequest, InpaintRequest, Txt2ImgRequest
 from .upscalers import UpscalerCache, upscale_with_model
@@ -362,7 +363,10 @@ class PipelineManager:
         """batching.batch_key on the loaded model; None (runs alone) without one."""
         if self._base is None:
             return None
-        return batch_key(self.pipeline("txt2img"), self.family, request)
+        pipe = self.pipeline("txt2img")
+        if request.token_merging > 0 and (self.cpu_offload or merge_level(pipe.unet) is None):
+            return None  # alone it gets its note (_turbo)
+        return batch_key(pipe, self.family, request)
 
     def _run_batch(self, entries) -> None:
         """Several txt2img (or img2img) requests with one key as one batch, the lock held (batching.py).
@@ -378,7 +382,8 @@ class PipelineManager:
                    for entry in entries]
         pipe = self.pipeline(entries[0].request.task)  # txt2img or img2img
         try:
-            with self._serving(), self.adapters.applied(self._base, self._pipelines, entries[0].request):  # equal for all (the key)
+            with self._serving(), self.adapters.applied(self._base, self._pipelines, entries[0].request), \
+                    token_merging(pipe.unet, entries[0].request.token_merging, self.fast_runtime):  # equal for all (the key)
                 sample_together(pipe, members, self._scheduler_config, call_kwargs_of(self.family, entries[0].request),
                                 lambda: self._preview_weights(pipe), self.preview_every,
                                 lambda request: fit(request.init_image, request.width, request.height, request.resize_mode))
@@ -606,18 +611,32 @@ class PipelineManager:
         )
 
     def _turbo(self, pipe, request, sampler, notes: list[str], extra_infotext: dict | None):
-        """The sampler with the request's turbo option (turbo.py) on pipe's UNet, or as it is
-        with a note and no "Turbo" in the infotext where it cannot act."""
-        if request.turbo == "Off":
+        """The sampler with the request's lossy speed-ups, turbo (turbo.py) and token merging
+        (token_merging.py), on pipe's UNet; where one cannot act, a note and its infotext key
+        left out."""
+        ratio = request.token_merging
+        if request.turbo == "Off" and ratio == 0:
             return sampler, extra_infotext
+        extra_infotext = dict(extra_infotext or {})
         if self.cpu_offload:
-            # Offloading moves the UNet onto the device inside its own forward; the cache's
-            # views of it run diffusers' forward directly.
-            notes.append(f"Turbo ({request.turbo}) is not available with CPU offload: the image was made without it.")
-            return sampler, {**(extra_infotext or {}), "Turbo": None}
+            # Offloading moves the UNet onto the device inside its own forward; the views of
+            # it (turbo's, token merging's) run diffusers' forward directly.
+            if request.turbo != "Off":
+                notes.append(f"Turbo ({request.turbo}) is not available with CPU offload: the image was made without it.")
+            if ratio > 0:
+                notes.append(f"Token merging ({ratio:g}) is not available with CPU offload: the image was made without it.")
+            return sampler, {**extra_infotext, "Turbo": None, "Token merging ratio": None}
+        if ratio > 0 and merge_level(pipe.unet) is None:
+            notes.append("Token merging found no attention layers in this UNet to merge: the image was made without it.")
+            extra_infotext["Token merging ratio"] = None
+            ratio = 0.0
         if getattr(request, "refiner", "").strip() not in ("", "None") and self.family.is_xl:
-            notes.append(f"Turbo ({request.turbo}) acts on the base model's steps; the refiner's run in full.")
-        return turbo_sampler(sampler, pipe, request.turbo, self.fast_runtime, self.turbo_counts), extra_infotext
+            on = [f"Turbo ({request.turbo})"] * (request.turbo != "Off") + [f"Token merging ({ratio:g})"] * (ratio > 0)
+            notes.append(f"{' and '.join(on)} act{'s' * (len(on) == 1)} on the base model's steps; the refiner's run in full.")
+        if request.turbo == "Off":
+            return merging_sampler(sampler, pipe, ratio, self.fast_runtime, self.turbo_counts), extra_infotext
+        return (turbo_sampler(sampler, pipe, request.turbo, self.fast_runtime, self.turbo_counts, token_merging=ratio),
+                extra_infotext)
 
     def _preview_weights(self, pipe) -> torch.Tensor:
         if self._latent_rgb is None:

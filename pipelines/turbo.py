@@ -98,7 +98,7 @@ def _view(module: nn.Module, replaced: dict) -> nn.Module:
     `replaced` children, and with no instance forward wrappers or hooks of its own."""
     view = object.__new__(type(module))
     view.__dict__.update(module.__dict__)
-    for own in ("forward", "_sd_studio_fast", "_sd_studio_turbo"):  # instance wrappers: the view runs diffusers' forward
+    for own in ("forward", "_sd_studio_fast", "_sd_studio_turbo", "_sd_studio_tome"):  # instance wrappers: the view runs diffusers' forward
         view.__dict__.pop(own, None)
     for name, value in module.__dict__.items():  # hooks on the UNet fire once, on the UNet's own call
         if "hooks" in name and isinstance(value, dict):
@@ -222,27 +222,45 @@ def _unet_kwargs(added_keys: tuple, n_res: int, extra) -> dict:
     return kwargs
 
 
+def simple_unet_call(sample, timestep, args: tuple, kwargs: dict) -> tuple | None:
+    """A UNet call a view can serve: (spec, extra tensors) for run functions and _unet_kwargs,
+    or None (unusual arguments, LoRA scale, T2I adapters)."""
+    added = kwargs.get("added_cond_kwargs") or {}
+    down, mid = (kwargs.get(name) for name in _RESIDUALS)
+    simple = (not args and torch.is_tensor(timestep) and torch.is_tensor(sample)
+              and set(kwargs) <= _PASSED | set(_RESIDUALS) | {"added_cond_kwargs"}
+              and all(_empty(kwargs.get(name)) for name in _PASSED)
+              and all(torch.is_tensor(v) for v in added.values()) and (down is None) == (mid is None))
+    if not simple:
+        return None
+    added_keys = tuple(sorted(added))
+    extra = [added[k] for k in added_keys] + ([] if down is None else [*down, mid])
+    return (added_keys, 0 if down is None else len(down) + 1), extra
+
+
+def unet_output(eps, return_dict: bool):
+    if return_dict:
+        from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+        return UNet2DConditionOutput(sample=eps)
+    return (eps,)
+
+
 class Stepper(_Cycle):
     """Stands in for unet.forward during one batch. A call it cannot serve (unusual
-    arguments, LoRA scale, T2I adapters) runs the UNet as it is and restarts the cycle."""
+    arguments, LoRA scale, T2I adapters) runs the UNet as it is and restarts the cycle.
+    model: what the views are built over (token_merging.py's merged view), default the UNet."""
 
-    def __init__(self, unet, interval: int, runtime=None):
+    def __init__(self, unet, interval: int, runtime=None, model=None):
         super().__init__(interval)
-        self.cache, self.fallback = DeepCache.of(unet, runtime), unet.forward
+        self.cache, self.fallback = DeepCache.of(unet if model is None else model, runtime), unet.forward
 
     def __call__(self, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
-        added = kwargs.get("added_cond_kwargs") or {}
-        down, mid = (kwargs.get(name) for name in _RESIDUALS)
-        simple = (not args and torch.is_tensor(timestep) and torch.is_tensor(sample)
-                  and set(kwargs) <= _PASSED | set(_RESIDUALS) | {"added_cond_kwargs"}
-                  and all(_empty(kwargs.get(name)) for name in _PASSED)
-                  and all(torch.is_tensor(v) for v in added.values()) and (down is None) == (mid is None))
-        if not simple:
+        parsed = simple_unet_call(sample, timestep, args, kwargs)
+        if parsed is None:
             self.other()
             return self.fallback(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
-        added_keys = tuple(sorted(added))
-        extra = [added[k] for k in added_keys] + ([] if down is None else [*down, mid])
-        spec = (added_keys, 0 if down is None else len(down) + 1)
+        spec, extra = parsed
 
         def run(view, x, t, c, *extra):
             return (view(x, t, c, return_dict=False, **_unet_kwargs(*spec, extra))[0],)
@@ -250,11 +268,7 @@ class Stepper(_Cycle):
         # Exact: the UNet embeds timesteps[:, None].float(); one graph serves int and float timesteps.
         t = timestep.to(device=sample.device, dtype=torch.float32)
         eps = self.run(self.cache, "unet", spec, run, [sample, t, encoder_hidden_states, *extra], 1)[0]
-        if return_dict:
-            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-
-            return UNet2DConditionOutput(sample=eps)
-        return (eps,)
+        return unet_output(eps, return_dict)
 
 
 class ControlStepper(_Cycle):
@@ -313,10 +327,11 @@ def _routed(module, stepper):
 
 
 @contextmanager
-def deep_cache(unet, interval: int, runtime=None, controlnets=()):
+def deep_cache(unet, interval: int, runtime=None, controlnets=(), model=None):
     """unet.forward (and each ControlNet's) routed through a Stepper for the block: one
     sampling run, as the kept features belong to its latents. Yields the UNet's Stepper (its
-    call counts), or None when interval ≤ 1 (nothing changes)."""
+    call counts), or None when interval ≤ 1 (nothing changes). model: a view of the UNet to
+    cache over instead (token merging's)."""
     if interval <= 1:
         yield None
         return
@@ -328,7 +343,7 @@ def deep_cache(unet, interval: int, runtime=None, controlnets=()):
     with ExitStack() as stack:
         for controlnet in controlnets:
             stack.enter_context(_routed(controlnet, ControlStepper(controlnet, interval, graphed(controlnet))))
-        yield stack.enter_context(_routed(unet, Stepper(unet, interval, graphed(unet))))
+        yield stack.enter_context(_routed(unet, Stepper(unet, interval, graphed(unet), model)))
 
 
 def controlnets_of(pipe) -> list:
@@ -340,15 +355,19 @@ def controlnets_of(pipe) -> list:
     return [net for net in nets if type(net).__name__ == "ControlNetModel"]
 
 
-def turbo_sampler(sample, pipe, mode: str, runtime=None, counts: dict | None = None):
+def turbo_sampler(sample, pipe, mode: str, runtime=None, counts: dict | None = None, token_merging: float = 0.0):
     """A sampler (generation.py) whose every batch runs under deep_cache on pipe's UNet and
-    ControlNets; `counts` (if given) adds up the UNet's full/shallow/other calls."""
+    ControlNets; `counts` (if given) adds up the UNet's full/shallow/other calls. With
+    token_merging > 0 the cache's views are built over the merged view (token_merging.py)."""
     interval = cache_interval(mode)
     if interval <= 1:
         return sample
 
     def run(seeds, report):
-        with deep_cache(pipe.unet, interval, runtime, controlnets_of(pipe)) as stepper:
+        from .token_merging import merged_model
+
+        model = merged_model(pipe.unet, token_merging, runtime)
+        with deep_cache(pipe.unet, interval, runtime, controlnets_of(pipe), model) as stepper:
             latents = sample(seeds, report)
         if counts is not None:
             for name in ("full_calls", "shallow_calls", "other_calls"):

@@ -28,6 +28,7 @@ def test_infotext_round_trips_through_a_png():
         "subseed_strength": 0.0, "enable_hr": False, "denoising_strength": 0.35,
         "clip_skip": 1,  # absent = 1: A1111 writes Clip skip only when it is not 1
         "turbo": "Off",  # absent = off: a lossy option is written only when on
+        "token_merging": 0.0,  # absent = off, as A1111 writes it
     }
     assert notes == []
 

@@ -138,6 +138,7 @@ def sampler_controls(form: Form, native_size: int) -> SamplerControls:
         clip_skip = form.field("clip_skip", scale=0, min_width=200)
     with gr.Row():  # a row of its own: beside the sliders its help text wrapped into a tall box
         form.field("turbo")
+        form.field("token_merging")
     with gr.Row():
         cfg = form.field("cfg")
         cfg_scale = form.field("cfg_scale")

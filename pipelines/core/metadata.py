@@ -131,6 +131,8 @@ def infotext_to_fields(parsed: dict, scheduler_names=SCHEDULER_NAMES) -> tuple[d
         fields["clip_skip"] = 1  # A1111 writes Clip skip only when it is not 1
     if "Steps" in parsed and "Turbo" not in parsed:
         fields["turbo"] = "Off"  # written only when on: a lossy option left on must not linger
+    if "Steps" in parsed and "Token merging ratio" not in parsed:
+        fields["token_merging"] = 0.0  # A1111 writes it only when on, as we do
     sampler = parsed.get("Sampler")
     if sampler:
         # A1111 ≥ 1.9 writes the schedule separately: "Sampler: DPM++ 2M, Schedule type: Karras".

@@ -43,6 +43,8 @@ HIRES_UPSCALERS = LATENT_UPSCALERS + PIXEL_UPSCALERS  # + model upscalers on dis
 # Lossy speed-ups (pipelines/turbo.py): "DeepCache N" runs the whole UNet once every N steps
 # and only its shallow skip branch in between, on the deep features kept from the full step.
 TURBO_MODES = ("Off", "DeepCache 2", "DeepCache 3")
+# Token merging (pipelines/token_merging.py): A1111's slider range, 0 = off.
+MAX_TOKEN_MERGING = 0.9
 
 
 def _is_model_name(text: str) -> bool:
@@ -234,6 +236,12 @@ class Txt2ImgRequest:
     turbo: str = declare("Off", "Turbo", choices=TURBO_MODES, infotext="Turbo", axis=True,
                          info="lossy speed-up: DeepCache N runs the whole UNet every N-th step and only its "
                               "outer layers in between (the image changes slightly)")
+    # Lossy speed-up (pipelines/token_merging.py, ToMe for SD): A1111's "Token merging ratio".
+    # Declared after turbo, last, so the API's positional order stays as it was.
+    token_merging: float = declare(0.0, "Token merging ratio", minimum=0.0, maximum=MAX_TOKEN_MERGING, step=0.05,
+                                   infotext="Token merging ratio", axis=True,
+                                   info="lossy speed-up (ToMe): this fraction of the most alike tokens is merged "
+                                        "before self-attention at the highest resolution; 0 = off")
 
     task: ClassVar[str] = "txt2img"
 
