@@ -14,7 +14,8 @@ from pipelines.preprocess_extra import PREPROCESSORS
 from pipelines.core.requests import FIELDS
 
 SAMPLING = dict(prompt="a red circle", negative_prompt="blurry", scheduler="DDIM", steps=4, cfg=False, cfg_scale=4.5,
-                eta=0.35, seed=1234, batch_size=2, batch_count=3, width=80, height=72, clip_skip=2, turbo="DeepCache 2")
+                eta=0.35, seed=1234, batch_size=2, batch_count=3, width=80, height=72, clip_skip=2, turbo="DeepCache 2",
+                token_merging=0.3)
 
 
 @pytest.fixture(scope="module")
