@@ -392,6 +392,20 @@ def test_turbo_field_reaches_the_image_and_an_unknown_mode_is_a_422(api):
     assert response.status_code == 422 and "Unknown turbo 'DeepCache 9'" in response.text
 
 
+def test_token_merging_ratio_from_override_settings_reaches_the_image_and_a_bad_one_is_a_422(api):
+    plain, _ = txt2img(api, steps=4)
+    merged, info = txt2img(api, steps=4, override_settings={"token_merging_ratio": 0.5})
+    assert "Token merging ratio: 0.5" in info["infotexts"][0]
+    assert not np.array_equal(pixels(unb64(merged["images"][0])), pixels(unb64(plain["images"][0])))
+    response = api.post("/sdapi/v1/txt2img", json={"prompt": "a", "override_settings": {"token_merging_ratio": 2}})
+    assert response.status_code == 422 and "Token merging ratio must be between 0 and 0.9, got 2" in response.text
+    response = api.post("/sdapi/v1/txt2img", content=b'{"prompt": "a", "override_settings": {"token_merging_ratio": NaN}}',
+                        headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "send a finite number" in response.text  # refused as JSON already
+    response = api.post("/sdapi/v1/txt2img", json={"prompt": "a", "override_settings": {"token_merging_ratio": "half"}})
+    assert response.status_code == 422 and "Token merging ratio must be a number, got 'half'" in response.text
+
+
 def test_clip_skip_from_override_settings_and_options_reaches_the_image(api):
     plain, plain_info = txt2img(api, steps=2)
     skipped, info = txt2img(api, steps=2, override_settings={"CLIP_stop_at_last_layers": 2})
