@@ -31,15 +31,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipelines.core.requests import TURBO_MODES  # noqa: E402
+from pipelines.token_merging import merged_model, token_merging as merging  # noqa: E402
 from pipelines.turbo import cache_interval, deep_cache  # noqa: E402
 from training import data  # noqa: E402
 from training.evaluate import CFG, STEPS, heldout_probes, load_pipeline, score_objects  # noqa: E402
 
 
 @torch.no_grad()
-def sample(pipe, prompts: list[str], mode: str, seed: int = 0) -> tuple[torch.Tensor, np.ndarray, dict]:
-    """Latents and uint8 images of one batch (one sampling run) under the turbo mode."""
-    with deep_cache(pipe.unet, cache_interval(mode)) as stepper:
+def sample(pipe, prompts: list[str], mode: str, seed: int = 0, token_merging: float = 0.0
+           ) -> tuple[torch.Tensor, np.ndarray, dict]:
+    """Latents and uint8 images of one batch (one sampling run) under the turbo mode (and a
+    token-merging ratio: bench/tome_quality.py)."""
+    with merging(pipe.unet, token_merging if mode == "Off" else 0.0), \
+            deep_cache(pipe.unet, cache_interval(mode), model=merged_model(pipe.unet, token_merging)) as stepper:
         latents = pipe(prompts, height=data.IMAGE_SIZE, width=data.IMAGE_SIZE, num_inference_steps=STEPS,
                        guidance_scale=CFG, generator=torch.Generator("cpu").manual_seed(seed),
                        output_type="latent").images
