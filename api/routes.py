@@ -206,6 +206,7 @@ def build_router(backend, settings, store) -> APIRouter:
         return {MODEL_OPTION: ctx.loaded_name(), "sd_checkpoint_hash": None, "sd_vae": "Automatic",
                 "CLIP_stop_at_last_layers": ctx.options.get("CLIP_stop_at_last_layers", 1),
                 "eta_ddim": ctx.options.get("eta_ddim", 0.0),
+                "token_merging_ratio": ctx.options.get("token_merging_ratio", 0.0),
                 "samples_save": settings.save_outputs, "samples_format": "png", "enable_pnginfo": True}
 
     @router.post(f"{sd}/options", tags=["settings"])
@@ -216,8 +217,9 @@ def build_router(backend, settings, store) -> APIRouter:
         try:
             if "sampling.eta" in values:
                 Sampling(eta=values["sampling.eta"])
-            if "clip_skip" in values:
-                Txt2ImgRequest(clip_skip=values["clip_skip"])
+            for name in ("clip_skip", "token_merging"):
+                if name in values:
+                    Txt2ImgRequest(**{name: values[name]})
         except RequestError as error:
             raise ApiError(422, str(error)) from None
         if model is not None:

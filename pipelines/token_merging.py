@@ -68,6 +68,17 @@ def _rows(index: torch.Tensor, channels: int) -> torch.Tensor:
     return index[..., None].expand(*index.shape, channels)
 
 
+def mean_into(dests: torch.Tensor, moving: torch.Tensor, into: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
+    """Each destination (B, Nb, C) averaged with the moving tokens (B, r, C) whose index `into`
+    (B, r) names it. CUDA's scatter adds atomically, in no fixed order (last bits vary run to
+    run), so there (dense) the sums are a one-hot matmul, in a fixed order: a seed gives the
+    same image every time. Static shapes either way (no one_hot(): it checks its range on the host)."""
+    if not (dests.is_cuda if dense is None else dense):
+        return dests.scatter_reduce(1, _rows(into, dests.shape[-1]), moving, reduce="mean", include_self=True)
+    onehot = (into[:, None, :] == torch.arange(dests.shape[1], device=into.device)[None, :, None]).to(dests.dtype)
+    return (dests + onehot @ moving) / (1 + onehot.sum(dim=-1, keepdim=True))
+
+
 class Merge:
     """The merge of one block's tokens (B, N, C) on an h×w grid: merge() gives (B, N − r, C),
     unmerge() of attention's output gives (B, N, C) back."""
@@ -88,8 +99,7 @@ class Merge:
         sources, dests = x[:, self.src], x[:, self.dst]
         kept = sources.gather(1, _rows(self.kept, c))
         if self.r:
-            moving = sources.gather(1, _rows(self.merged, c))
-            dests = dests.scatter_reduce(1, _rows(self.into, c), moving, reduce="mean", include_self=True)
+            dests = mean_into(dests, sources.gather(1, _rows(self.merged, c)), self.into)
         return torch.cat([kept, dests], dim=1)
 
     def unmerge(self, y: torch.Tensor) -> torch.Tensor:

@@ -404,6 +404,8 @@ def test_token_merging_ratio_from_override_settings_reaches_the_image_and_a_bad_
     assert response.status_code == 422 and "send a finite number" in response.text  # refused as JSON already
     response = api.post("/sdapi/v1/txt2img", json={"prompt": "a", "override_settings": {"token_merging_ratio": "half"}})
     assert response.status_code == 422 and "Token merging ratio must be a number, got 'half'" in response.text
+    assert api.post("/sdapi/v1/options", json={"token_merging_ratio": 1.5}).status_code == 422  # not stored
+    assert api.get("/sdapi/v1/options").json()["token_merging_ratio"] == 0.0
 
 
 def test_clip_skip_from_override_settings_and_options_reaches_the_image(api):

@@ -14,7 +14,8 @@ from PIL import Image
 from pipelines.core.errors import RequestError
 from pipelines.core.metadata import infotext_to_fields, parse_infotext, png_bytes, read_infotext
 from pipelines.core.requests import Control, ControlUnit, Limits, Sampling, Txt2ImgRequest
-from pipelines.token_merging import Merge, grid_split, merge_level, merged_model, merged_tokens, token_merging
+from pipelines.token_merging import (Merge, grid_split, mean_into, merge_level, merged_model, merged_tokens,
+                                     token_merging)
 from pipelines.turbo import deep_cache
 from tiny_sd import tiny_unet
 
@@ -84,6 +85,13 @@ def test_merge_then_unmerge_gives_merged_sources_their_destinations_value_and_ke
         for d in into.unique():  # a destination holds the mean of itself and what merged into it
             group = torch.cat([d[None], moved[b][into == d]])
             torch.testing.assert_close(back[b, d], x[b, group].mean(0))
+
+
+def test_the_dense_mean_used_on_cuda_equals_the_scatter_mean():
+    torch.manual_seed(0)
+    dests, moving, into = torch.randn(2, 16, 8), torch.randn(2, 30, 8), torch.randint(0, 16, (2, 30))
+    into[:, :5] = 3  # one destination takes many
+    torch.testing.assert_close(mean_into(dests, moving, into, dense=True), mean_into(dests, moving, into, dense=False))
 
 
 def test_no_merge_is_the_identity():
