@@ -48,6 +48,7 @@ from .turbo import _routed, _unet_kwargs, _view, simple_unet_call, unet_output
 
 MAX_RATIO = 0.9  # A1111's slider maximum; the sources are 3/4 of the tokens, so r stops there anyway
 WINDOW = 2  # sx = sy = 2: one destination per 2×2 window
+KEPT_RATIOS = 4  # merged views (and their CUDA graphs) kept per UNet, least recently used dropped
 
 
 # ----------------------------------------------------------------------------- the maths
@@ -233,9 +234,12 @@ class TokenMerging:
     @staticmethod
     def of(unet, ratio: float, runtime=None) -> "TokenMerging":
         views = unet.__dict__.setdefault("_sd_studio_tome", {})
-        merging = views.get(ratio)
+        merging = views.pop(ratio, None)
         if merging is None or merging.key != _tree_key(unet) or merging.runtime is not runtime:
-            merging = views[ratio] = TokenMerging(unet, ratio, runtime)
+            merging = TokenMerging(unet, ratio, runtime)
+        views[ratio] = merging  # most recently used last
+        while len(views) > KEPT_RATIOS:  # any float is a ratio: each would keep its own graphs
+            views.pop(next(iter(views)))
         return merging
 
     def call(self, spec: tuple):

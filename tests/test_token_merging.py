@@ -236,6 +236,16 @@ def test_on_the_fast_path_each_ratio_is_its_own_fast_call_with_the_eager_image(t
     fast.fast_runtime.close()
 
 
+def test_a_client_sending_many_ratios_leaves_only_the_last_few_views_and_their_calls():
+    from pipelines.token_merging import KEPT_RATIOS, TokenMerging
+
+    unet = tiny_unet()
+    for step in range(20):
+        TokenMerging.of(unet, 0.3 + step / 1000)
+    assert list(unet.__dict__["_sd_studio_tome"]) == [0.3 + step / 1000 for step in range(20 - KEPT_RATIOS, 20)]
+    assert TokenMerging.of(unet, 0.319) is TokenMerging.of(unet, 0.319)
+
+
 def test_requests_batch_together_only_with_the_same_ratio(manager):
     from pipelines.batching import batch_key
 
