@@ -74,7 +74,10 @@ class FastPath:
     channels_last: bool = True
     fuse_qkv: bool = True
     compile_vae: bool = True  # the VAE decode too (diffusers' recipe does)
-    max_signatures: int = 8  # per module: sizes × batch shapes kept fast; more run eager
+    # Per module: sizes × batch shapes kept fast; more run eager. Each is one more compile in the
+    # background (15-70 s cold) and one more CUDA graph (its static inputs and outputs; the
+    # graphs share one memory pool). --warmup takes at most half (core/warmup.py).
+    max_signatures: int = 16
     # fp8 linears in the UNet (pipelines/fp8.py; Ada/Hopper + torchao, else refused with a log
     # line): lossy, off by default. Layers with a side below fp8_min_features stay as they are.
     fp8: bool = False

@@ -18,10 +18,10 @@ round per shape is enough: its 2 steps are the UNet's first two calls of that sh
 then captured in the request, fast_path.FastCall), and the compile is queued then.
 
 Each (size, batch) is one more signature of the UNet's FastCall, which keeps at most
-FastPath.max_signatures of them fast: batch 1 of every size first, then batch 2 of every
-size, and so on, as far as they fit; a log line names the shapes left out (beyond the limit a
-shape runs eager for good, warmed or not, and a warm-up that takes every slot leaves none for
-shapes that come later: hires second passes, batches without CFG).
+FastPath.max_signatures of them fast (beyond the limit a shape runs eager for good). The
+warm-up takes at most half of them, so that shapes met later still get theirs (a hires second
+pass, another size, batches without CFG): batch 1 of every size first, then batch 2 of every
+size, and so on, as far as they fit; a log line names the shapes left out.
 """
 from __future__ import annotations
 
@@ -53,11 +53,11 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 def batch_plan(sizes: list[tuple[int, int]], max_batch: int, max_signatures: int | None
                ) -> tuple[list[tuple[tuple[int, int], int]], list[tuple[tuple[int, int], int]]]:
     """((size, batch) to warm, (size, batch) left out): batch 1 of every size (always, as
-    before batching), then batch 2 of every size, …, up to max_batch, while the UNet's
-    signatures fit in max_signatures (None: no limit)."""
+    before batching), then batch 2 of every size, …, up to max_batch, while they fit in half
+    of the UNet's max_signatures (None: no limit); the other half stays for later shapes."""
     sizes = list(dict.fromkeys(sizes))  # a size given twice is warmed once
     wanted = [(size, batch) for batch in range(1, max(1, max_batch) + 1) for size in sizes]
-    room = len(wanted) if max_signatures is None else max(max_signatures, len(sizes))
+    room = len(wanted) if max_signatures is None else max(max_signatures // 2, len(sizes))
     return wanted[:room], wanted[room:]
 
 
@@ -107,7 +107,7 @@ def warm_up(manager, sizes: list[tuple[int, int]], timeout: float = 900.0) -> fl
     plan, left_out = batch_plan(sizes, max_batch, limit)
     if left_out:
         log.warning("warm-up: the fast path keeps %d UNet shapes fast (FastPath.max_signatures: sizes × batch "
-                    "shapes); left out, and served eager as every shape beyond the limit: %s", limit, ", ".join(f"{w}x{h} batch {b}" for (w, h), b in left_out))
+                    "shapes), the warm-up takes half of them; left out (compiled when first met): %s", limit, ", ".join(f"{w}x{h} batch {b}" for (w, h), b in left_out))
     formed: list[str] = []
     for (width, height), batch in plan:
         if batch == 1:
