@@ -236,6 +236,29 @@ def test_on_the_fast_path_each_ratio_is_its_own_fast_call_with_the_eager_image(t
     fast.fast_runtime.close()
 
 
+def test_controlnet_on_the_fast_path_with_its_overlap_learned_gives_the_eager_images_with_and_without_merging(
+        tiny_model_dir, tiny_controlnet_dir, manager):
+    """Plain ControlNet requests run the UNet's first half beside the ControlNet
+    (control_overlap.py); a merged request in between must not take that half (it is not
+    merged), and the plain request after it must overlap again, with its own image."""
+    from test_fast_path import FakeCompiler, fast_manager
+
+    fast = fast_manager(tiny_model_dir, FakeCompiler())
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8))
+    control = Control(units=(ControlUnit(model=str(tiny_controlnet_dir), image=image),))
+    plain, merged = txt2img(control=control), txt2img(0.5, control=control)
+    fast.run(plain)
+    assert fast.fast_runtime.wait_idle(60)
+    assert np.array_equal(pixels(fast.run(plain)), pixels(manager.run(plain)))
+    overlapped = fast.fast_runtime.overlap.overlapped
+    assert overlapped > 0
+    assert np.array_equal(pixels(fast.run(merged)), pixels(manager.run(merged)))
+    assert fast.fast_runtime.overlap.overlapped == overlapped + 1  # one first half launched in vain, then none
+    assert np.array_equal(pixels(fast.run(plain)), pixels(manager.run(plain)))
+    assert fast.fast_runtime.overlap.overlapped > overlapped + 1  # the pair learned again
+    fast.fast_runtime.close()
+
+
 def test_a_client_sending_many_ratios_leaves_only_the_last_few_views_and_their_calls():
     from pipelines.token_merging import KEPT_RATIOS, TokenMerging
 
