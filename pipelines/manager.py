@@ -172,7 +172,9 @@ class PipelineManager:
         self._scheduler_config: dict = {}
         self._latent_rgb: torch.Tensor | None = None
         self._lock = FifoLock()  # one job per device at a time, in arrival order
-        self.turbo_counts: dict[str, int] = {}  # full / shallow UNet calls under turbo (turbo.py), for tests and benches
+        # UNet calls under turbo (full / shallow: turbo.py) or token merging alone (merged: token_merging.py),
+        # for tests and benches
+        self.turbo_counts: dict[str, int] = {}
         # Compatible waiting txt2img/img2img requests share one UNet batch (batching.py); 0 = auto
         # (4 on CUDA, 1 = off elsewhere). Twice as many requests as one batch holds may wait
         # here, so the line in front (FairGate, Gradio, a worker process) lets that many
@@ -630,9 +632,10 @@ class PipelineManager:
             notes.append("Token merging found no attention layers in this UNet to merge: the image was made without it.")
             extra_infotext["Token merging ratio"] = None
             ratio = 0.0
-        if getattr(request, "refiner", "").strip() not in ("", "None") and self.family.is_xl:
-            on = [f"Turbo ({request.turbo})"] * (request.turbo != "Off") + [f"Token merging ({ratio:g})"] * (ratio > 0)
-            notes.append(f"{' and '.join(on)} act{'s' * (len(on) == 1)} on the base model's steps; the refiner's run in full.")
+        on = [f"Turbo ({request.turbo})"] * (request.turbo != "Off") + [f"Token merging ({ratio:g})"] * (ratio > 0)
+        if on and getattr(request, "refiner", "").strip() not in ("", "None") and self.family.is_xl:
+            notes.append(f"{' and '.join(on)} act{'s' * (len(on) == 1)} on the base model's steps; "
+                         "the refiner's run in full.")
         if request.turbo == "Off":
             return merging_sampler(sampler, pipe, ratio, self.fast_runtime, self.turbo_counts), extra_infotext
         return (turbo_sampler(sampler, pipe, request.turbo, self.fast_runtime, self.turbo_counts, token_merging=ratio),
