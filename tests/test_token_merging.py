@@ -132,6 +132,20 @@ def test_sdxl_merges_at_its_first_level_with_attention():
     assert not torch.equal(merged, plain)
 
 
+def test_an_sdxl_model_in_the_manager_merges_and_says_so(tmp_path):
+    from pipelines.manager import PipelineManager
+    from tiny_sdxl import save_tiny_xl_model
+
+    xl = PipelineManager(device="cpu")
+    xl.load_base(str(save_tiny_xl_model(tmp_path / "tiny-sdxl")))
+    off = pixels(xl.run(txt2img(steps=4)))
+    with SelfAttentionTokens(xl.pipeline("txt2img").unet) as seen:
+        result = xl.run(txt2img(0.5, steps=4))
+    assert set(seen.attn1) == {8} and len(seen.attn1) == 4 * 3  # 4 steps × (1 down + 2 up blocks), 16 → 8 tokens
+    assert "Token merging ratio: 0.5" in result.images[0].infotext
+    assert not np.array_equal(pixels(result), off)
+
+
 @torch.no_grad()
 def test_deep_cache_over_the_merged_view_merges_on_full_and_shallow_calls():
     unet = tiny_unet().eval()
