@@ -77,7 +77,9 @@ def mean_into(dests: torch.Tensor, moving: torch.Tensor, into: torch.Tensor, den
     if not (dests.is_cuda if dense is None else dense):
         return dests.scatter_reduce(1, _rows(into, dests.shape[-1]), moving, reduce="mean", include_self=True)
     onehot = (into[:, None, :] == torch.arange(dests.shape[1], device=into.device)[None, :, None]).to(dests.dtype)
-    return (dests + onehot @ moving) / (1 + onehot.sum(dim=-1, keepdim=True))
+    # weights 1/(1 + count) before the matmul: a sum of thousands of fp16 tokens could overflow
+    scale = (1 / (1 + onehot.sum(dim=-1, keepdim=True, dtype=torch.float32))).to(dests.dtype)
+    return dests * scale + (onehot * scale) @ moving
 
 
 class Merge:
