@@ -240,8 +240,8 @@ class Txt2ImgRequest:
     # Declared after turbo, last, so the API's positional order stays as it was.
     token_merging: float = declare(0.0, "Token merging ratio", minimum=0.0, maximum=MAX_TOKEN_MERGING, step=0.05,
                                    infotext="Token merging ratio", axis=True,
-                                   info="lossy speed-up (ToMe): this fraction of the most alike tokens is merged "
-                                        "before self-attention at the highest resolution; 0 = off")
+                                   info="lossy speed-up (ToMe): merges this fraction of alike tokens before "
+                                        "self-attention; 0 = off")
 
     task: ClassVar[str] = "txt2img"
 
