@@ -95,7 +95,7 @@ def sd15_rows(args, device, dtype) -> None:
     pipe = random_sd15(device, dtype)
     unet = pipe.unet.eval()
     torch.manual_seed(1)
-    x = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)  # 512²: the CFG batch
+    x = torch.randn(2, 4, args.size // 8, args.size // 8, device=device, dtype=dtype)  # the CFG batch
     c = torch.randn(2, 77, 768, device=device, dtype=dtype)
     t = torch.tensor(500.0, device=device)
 
@@ -123,16 +123,16 @@ def sd15_rows(args, device, dtype) -> None:
         for ratio in RATIOS:
             ms = statistics.median(times[ratio])
             log(part="sd15 unet call", path=path, device=str(device), dtype=str(dtype).split(".")[-1],
-                token_merging=ratio, size=512, batch=2, repeats=args.repeats, ms_median=round(ms * 1000, 1),
+                token_merging=ratio, size=args.size, batch=2, repeats=args.repeats, ms_median=round(ms * 1000, 1),
                 speedup_vs_off=round(off / ms, 3), threads=torch.get_num_threads())
     images = {}
     for ratio in RATIOS:
         with token_merging(unet, ratio):
-            images[ratio] = np.asarray(pipe("a photograph of an astronaut riding a horse", height=512, width=512,
+            images[ratio] = np.asarray(pipe("a photograph of an astronaut riding a horse", height=args.size, width=args.size,
                                             num_inference_steps=args.steps, guidance_scale=7.5,
                                             generator=torch.Generator("cpu").manual_seed(0)).images[0])
     for ratio in RATIOS[1:]:
-        log(part="sd15 image", device=str(device), token_merging=ratio, steps=args.steps, size=512,
+        log(part="sd15 image", device=str(device), token_merging=ratio, steps=args.steps, size=args.size,
             psnr_vs_off_db=psnr(images[ratio], images[0.0]),
             mean_abs_pixel_diff_vs_off=round(float(np.abs(images[ratio].astype(np.float64) - images[0.0]).mean()), 2))
 
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=40, help="held-out captions scored on the demo model")
     parser.add_argument("--repeats", type=int, default=None, help="timed UNet calls per ratio (CPU 3, GPU 20)")
     parser.add_argument("--steps", type=int, default=None, help="Euler steps of the sd15 image (CPU 4, GPU 30)")
+    parser.add_argument("--size", type=int, default=512, help="sd15 rows: image side (latents side/8)")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-sd15", action="store_true")
     args = parser.parse_args()
