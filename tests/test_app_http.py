@@ -97,8 +97,8 @@ def raw_call(app_server, endpoint: str, body: str) -> str:
 
 # The inputs after width and height, at their defaults (a raw call sends every input): clip
 # skip (1), the hires fix's (off), the variation seed's (none), the VAE, SDXL's size, crop and
-# refiner fields, Turbo (off), then the X/Y grid's (off).
-NO_GRID = (', 1, false, "Latent", 2, 0, 0.7, 0, 0, -1, 0, 0, 0, "Automatic", 0, 0, 0, 0, 0, 0, "", 0.8, "Off",'
+# refiner fields, Turbo (off), Token merging ratio (0), then the X/Y grid's (off).
+NO_GRID = (', 1, false, "Latent", 2, 0, 0.7, 0, 0, -1, 0, 0, 0, "Automatic", 0, 0, 0, 0, 0, 0, "", 0.8, "Off", 0,'
            ' "Nothing", "", "Nothing", "", true')
 
 
