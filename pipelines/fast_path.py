@@ -74,10 +74,14 @@ class FastPath:
     channels_last: bool = True
     fuse_qkv: bool = True
     compile_vae: bool = True  # the VAE decode too (diffusers' recipe does)
-    # Per module: sizes × batch shapes kept fast; more run eager. Each is one more compile in the
-    # background (15-70 s cold) and one more CUDA graph (its static inputs and outputs; the
-    # graphs share one memory pool). --warmup takes at most half (core/warmup.py).
+    # Per module: sizes × batch shapes kept fast. Each is one more compile in the background
+    # (15-70 s cold) and one more CUDA graph (its static inputs and outputs; the graphs share one
+    # memory pool). --warmup takes at most half (core/warmup.py). When all are taken, a new shape
+    # that repeats takes the place of the one served longest ago if that one has been idle for
+    # evict_idle_s (its graph is dropped; it upgrades again if it comes back); otherwise it runs
+    # eager. The idle bar keeps two busy sets of shapes from evicting each other in turn.
     max_signatures: int = 16
+    evict_idle_s: float = 600.0  # 0: never evict
     # fp8 linears in the UNet (pipelines/fp8.py; Ada/Hopper + torchao, else refused with a log
     # line): lossy, off by default. Layers with a side below fp8_min_features stay as they are.
     fp8: bool = False
@@ -235,8 +239,10 @@ class FastCall:
         # graphs get a memory pool of their own (graphs of one pool must run one at a time).
         self.side = side
         self.fast: dict[tuple, tuple[Callable, str]] = {}  # signature -> (callable, how)
-        self.seen: set[tuple] = set()  # signatures submitted to the worker
+        self.seen: set[tuple] = set()  # signatures submitted to the worker (the fast ones' places)
         self.count: dict[tuple, int] = {}  # calls per signature
+        self.used: dict[tuple, float] = {}  # seen signature -> when it was last called
+        self.evicted = 0  # signatures dropped for newer ones (_room)
         self.served: Counter = Counter()  # how -> calls (eager, eager-graph, compiled, compiled-graph)
         self._compiled = None
 
@@ -253,14 +259,17 @@ class FastCall:
     def __call__(self, *tensors: torch.Tensor) -> tuple:
         key = _signature(tensors)
         entry = self.fast.get(key)
+        if key in self.seen:
+            self.used[key] = self.runtime.clock()
         if entry is not None:
             self.served[entry[1]] += 1
             return entry[0](*tensors)
         # Only signatures that repeat are upgraded: the second call submits the work (a
         # one-off call, e.g. the preview's calibration encode, would compile for nothing).
         count = self.count[key] = self.count.get(key, 0) + 1
-        if count == 2 and len(self.seen) < self.runtime.config.max_signatures:
+        if count >= 2 and key not in self.seen and self._room():
             self.seen.add(key)
+            self.used[key] = self.runtime.clock()
             graph = None
             if self.inline and self.runtime.graphs:
                 graph = self.runtime.capture_inline(self, key, tensors)
@@ -271,6 +280,23 @@ class FastCall:
         self.served["eager"] += 1
         return self.fn(*tensors)
 
+    def _room(self) -> bool:
+        """A place for one more signature: free, or the least recently used one's if it has been
+        idle for evict_idle_s (then dropped: the worker skips its queued upgrades)."""
+        config = self.runtime.config
+        if len(self.seen) < config.max_signatures:
+            return True
+        if config.evict_idle_s <= 0 or not self.used:
+            return False
+        oldest = min(self.used, key=self.used.get)
+        if self.runtime.clock() - self.used[oldest] < config.evict_idle_s:
+            return False
+        for table in (self.seen, self.used, self.fast, self.count):
+            table.discard(oldest) if isinstance(table, set) else table.pop(oldest, None)
+        self.evicted += 1
+        self.runtime._note(f"{self.name} {list(oldest[0][0])}: dropped (idle longest) for a new shape")
+        return True
+
 
 class FastPathRuntime:
     """One per manager: wraps its modules, and owns the worker thread that compiles and
@@ -278,6 +304,7 @@ class FastPathRuntime:
 
     def __init__(self, config: FastPath, device: torch.device, lock: threading.Lock):
         self.config, self.device, self.lock = config, torch.device(device), lock
+        self.clock = time.monotonic  # FastCall's idle times (a test may step it by hand)
         self.graphs = config.cuda_graphs and self.device.type == "cuda"
         self.fp8 = False  # set by apply_fast_path once the device is checked
         self.compiles = config.compile == "full"
@@ -422,7 +449,7 @@ class FastPathRuntime:
     def _capture_eager(self, jobs) -> None:
         with self.lock, torch.no_grad():  # between requests
             for call, key, inputs in jobs:
-                if self._closed or key in call.fast:
+                if self._closed or key in call.fast or key not in call.seen:  # done, or dropped meanwhile
                     continue
                 started = time.perf_counter()
                 try:
@@ -435,6 +462,8 @@ class FastPathRuntime:
                            f"{time.perf_counter() - started:.2f}s (warm run, capture: {graph.seconds})")
 
     def _compile(self, call: FastCall, key, inputs, example, tries: int = 1) -> None:
+        if key not in call.seen:  # dropped for a newer shape while queued
+            return
         started = time.perf_counter()
         paused = self.gate.paused_total()
         generation = self.state_generation
@@ -454,7 +483,7 @@ class FastPathRuntime:
         compile_s = time.perf_counter() - started
         paused = self.gate.paused_total() - paused
         with self.lock, torch.no_grad():  # between requests
-            if self._closed:
+            if self._closed or key not in call.seen:  # closed, or dropped while it compiled
                 return
             if generation != self.state_generation:  # a LoRA switch overlapped the trace
                 if tries < 3:

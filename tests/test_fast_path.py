@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -167,6 +168,33 @@ def test_warmup_keeps_within_the_fast_paths_signature_limit_and_says_what_it_lef
         warm_up(m, parse_sizes(f"{SIZE}"))
     assert f"left out (compiled when first met): {SIZE}x{SIZE} batch 3" in caplog.text
     assert m.batching.served[-1] == 2 and 3 not in m.batching.served
+
+
+def test_a_new_shape_takes_the_place_of_the_one_idle_longest_but_never_of_a_busy_one(tiny_model_dir, manager):
+    """All places taken (max_signatures 1 here): a new size stays eager while the compiled
+    one is in use, and takes its place once that one has been idle for evict_idle_s; the
+    dropped shape is eager again (and would upgrade once a place frees). Images never change."""
+    m = fast_manager(tiny_model_dir, FakeCompiler(), max_signatures=1, evict_idle_s=60)
+    now = [0.0]
+    m.fast_runtime.clock = lambda: now[0]  # idle times stepped by hand, no sleeping
+    unet = m.pipeline("txt2img").unet._sd_studio_fast
+    square, wide = txt2img(), Limits().normalize(replace(txt2img(), width=96))
+
+    def unet_calls(request) -> Counter:
+        before = Counter(unet.served)
+        assert np.array_equal(pixels(m.run(request)), pixels(manager.run(request)))
+        assert m.fast_runtime.wait_idle(60)
+        return Counter(unet.served) - before
+
+    unet_calls(square)
+    assert unet_calls(square) == {"compiled": 4}
+    now[0] = 30.0  # the square shape was used 30 s ago: busy
+    assert unet_calls(wide) == {"eager": 4} and unet.evicted == 0
+    assert unet_calls(square) == {"compiled": 4}
+    now[0] = 100.0  # idle for 70 s > 60: the wide shape's second call takes its place
+    assert unet_calls(wide) == {"eager": 4} and unet.evicted == 1
+    assert unet_calls(wide) == {"compiled": 4}
+    assert unet_calls(square) == {"eager": 4}  # dropped, and the wide one is busy now
 
 
 def test_controlnet_and_repaint_on_the_fast_path_give_the_plain_pipelines_images(tiny_model_dir, tiny_controlnet_dir,
