@@ -239,9 +239,9 @@ class FastCall:
         # graphs get a memory pool of their own (graphs of one pool must run one at a time).
         self.side = side
         self.fast: dict[tuple, tuple[Callable, str]] = {}  # signature -> (callable, how)
-        self.seen: set[tuple] = set()  # signatures submitted to the worker (the fast ones' places)
+        # Signatures submitted to the worker (the fast ones' places) -> when each was last called.
+        self.seen: dict[tuple, float] = {}
         self.count: dict[tuple, int] = {}  # calls per signature
-        self.used: dict[tuple, float] = {}  # seen signature -> when it was last called
         self.evicted = 0  # signatures dropped for newer ones (_room)
         self.served: Counter = Counter()  # how -> calls (eager, eager-graph, compiled, compiled-graph)
         self._compiled = None
@@ -260,7 +260,7 @@ class FastCall:
         key = _signature(tensors)
         entry = self.fast.get(key)
         if key in self.seen:
-            self.used[key] = self.runtime.clock()
+            self.seen[key] = self.runtime.clock()
         if entry is not None:
             self.served[entry[1]] += 1
             return entry[0](*tensors)
@@ -268,8 +268,7 @@ class FastCall:
         # one-off call, e.g. the preview's calibration encode, would compile for nothing).
         count = self.count[key] = self.count.get(key, 0) + 1
         if count >= 2 and key not in self.seen and self._room():
-            self.seen.add(key)
-            self.used[key] = self.runtime.clock()
+            self.seen[key] = self.runtime.clock()
             graph = None
             if self.inline and self.runtime.graphs:
                 graph = self.runtime.capture_inline(self, key, tensors)
@@ -286,13 +285,13 @@ class FastCall:
         config = self.runtime.config
         if len(self.seen) < config.max_signatures:
             return True
-        if config.evict_idle_s <= 0 or not self.used:
+        if config.evict_idle_s <= 0 or not self.seen:
             return False
-        oldest = min(self.used, key=self.used.get)
-        if self.runtime.clock() - self.used[oldest] < config.evict_idle_s:
+        oldest = min(self.seen, key=self.seen.get)
+        if self.runtime.clock() - self.seen[oldest] < config.evict_idle_s:
             return False
-        for table in (self.seen, self.used, self.fast, self.count):
-            table.discard(oldest) if isinstance(table, set) else table.pop(oldest, None)
+        for table in (self.seen, self.fast, self.count):
+            table.pop(oldest, None)
         self.evicted += 1
         self.runtime._note(f"{self.name} {list(oldest[0][0])}: dropped (idle longest) for a new shape")
         return True
