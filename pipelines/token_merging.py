@@ -44,7 +44,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .turbo import _routed, _unet_kwargs, _view, simple_unet_call, unet_output
+from .turbo import _routed, _unet_kwargs, _view, graphed_runtime, simple_unet_call, unet_output
 
 MAX_RATIO = 0.9  # A1111's slider maximum; the sources are 3/4 of the tokens, so r stops there anyway
 WINDOW = 2  # sx = sy = 2: one destination per 2×2 window
@@ -271,13 +271,6 @@ class Merger:
         t = timestep.to(device=sample.device, dtype=torch.float32)  # exact: the UNet embeds t.float()
         self.merged_calls += 1
         return unet_output(self.merging.call(spec)(sample, t, encoder_hidden_states, *extra)[0], return_dict)
-
-
-def graphed_runtime(unet, runtime):
-    """LoRA layers that may act unmerged change after a capture: those run eager (as turbo.py)."""
-    from .fast_path import _lora_unsafe
-
-    return None if runtime is None or _lora_unsafe(unet) else runtime
 
 
 @contextmanager

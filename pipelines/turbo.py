@@ -326,6 +326,14 @@ def _routed(module, stepper):
             del module.forward
 
 
+def graphed_runtime(model, runtime):
+    """The fast-path runtime for a view's calls of `model`, or None (eager): LoRA layers that may
+    act unmerged change after a capture. Turbo's and token merging's views both ask."""
+    from .fast_path import _lora_unsafe
+
+    return None if runtime is None or _lora_unsafe(model) else runtime
+
+
 @contextmanager
 def deep_cache(unet, interval: int, runtime=None, controlnets=(), model=None):
     """unet.forward (and each ControlNet's) routed through a Stepper for the block: one
@@ -335,15 +343,11 @@ def deep_cache(unet, interval: int, runtime=None, controlnets=(), model=None):
     if interval <= 1:
         yield None
         return
-    from .fast_path import _lora_unsafe
-
-    def graphed(model):  # LoRA layers that may act unmerged change after a capture: those run eager
-        return None if runtime is None or _lora_unsafe(model) else runtime
-
     with ExitStack() as stack:
         for controlnet in controlnets:
-            stack.enter_context(_routed(controlnet, ControlStepper(controlnet, interval, graphed(controlnet))))
-        yield stack.enter_context(_routed(unet, Stepper(unet, interval, graphed(unet), model)))
+            stack.enter_context(_routed(controlnet, ControlStepper(controlnet, interval,
+                                                                   graphed_runtime(controlnet, runtime))))
+        yield stack.enter_context(_routed(unet, Stepper(unet, interval, graphed_runtime(unet, runtime), model)))
 
 
 def controlnets_of(pipe) -> list:
