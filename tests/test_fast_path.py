@@ -15,7 +15,7 @@ from PIL import Image
 from pipelines.fast_path import FastPath
 from pipelines.manager import PipelineManager
 from pipelines.core.requests import Control, ControlUnit, InpaintRequest, Limits, Sampling, Txt2ImgRequest
-from pipelines.core.warmup import batch_plan, parse_sizes, warm_up
+from pipelines.core.warmup import batch_plan, parse_sizes, run_side_by_side, warm_up
 
 SIZE = 64
 
@@ -106,27 +106,6 @@ def test_warmup_serves_the_first_request_compiled(tiny_model_dir):
     assert after["compiled"] - served.get("compiled", 0) == 4  # 3 UNet steps + the decode
 
 
-def arriving_together(m, requests) -> tuple[list, list[int]]:
-    """The requests from threads of their own, all waiting in the manager's line before the
-    first starts (as users who arrive at once on a busy server): results, and the batches served."""
-    results, served_before = [None] * len(requests), len(m.batching.served)
-
-    def run(i):
-        results[i] = m.run(requests[i])
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
-    with m.batching.lock:
-        for thread in threads:
-            thread.start()
-        for _ in range(1000):
-            if m.batching.waiting == len(requests):
-                break
-            threading.Event().wait(0.01)
-    for thread in threads:
-        thread.join(120)
-    return results, m.batching.served[served_before:]
-
-
 def signatures(m) -> dict:
     """Per FastCall: the input signatures it has seen, and its calls served eager."""
     return {call.name: (set(call.count) | set(call.fast), call.served["eager"]) for call in m.fast_runtime.calls}
@@ -138,7 +117,7 @@ def test_warmup_covers_every_batch_shape_so_a_full_batch_of_users_runs_compiled(
     meets a new signature. The images are the ones the same batch gets without warm-up."""
     users = [txt2img(seed=seed, steps=2) for seed in (11, 12, 13)]
     cold = fast_manager(tiny_model_dir, FakeCompiler(), max_batch=3)
-    plain, served = arriving_together(cold, users)
+    plain, served = run_side_by_side(cold, users)
     assert served == [3]
 
     warm = fast_manager(tiny_model_dir, FakeCompiler(), max_batch=3)
@@ -147,7 +126,7 @@ def test_warmup_covers_every_batch_shape_so_a_full_batch_of_users_runs_compiled(
     before = signatures(warm)
     unet = warm.pipeline("txt2img").unet._sd_studio_fast
     compiled_before = unet.served["compiled"]
-    batched, served = arriving_together(warm, users)
+    batched, served = run_side_by_side(warm, users)
     assert served == [3]
     assert signatures(warm) == before  # no new shape, nothing eager: UNet, VAE decode, all of them
     assert unet.served["compiled"] - compiled_before == 2  # both steps of the batch, compiled

@@ -66,21 +66,22 @@ def _request(width: int, height: int, seed: int) -> Txt2ImgRequest:
                                              sampling=Sampling(steps=2, cfg_scale=7.0, seed=seed)))
 
 
-def _run_side_by_side(manager, requests: list[Txt2ImgRequest]) -> int:
+def run_side_by_side(manager, requests: list) -> tuple[list, list[int]]:
     """The requests from threads of their own, all waiting in the manager's line before the
-    first one starts, so the manager's batching serves them as one batch (as it would serve
-    users who arrived together). Returns the largest batch the manager formed of them."""
+    first one starts, so the manager's batching serves them as it would serve users who
+    arrived together. Returns their results in order and the batch sizes served meanwhile."""
     batching = manager.batching
+    results: list = [None] * len(requests)
     errors: list[BaseException] = []
     served_before = len(batching.served)
 
-    def run(request):
+    def run(i):
         try:
-            manager.run(request)
-        except BaseException as error:  # noqa: BLE001 — raised in the warm-up's own thread below
+            results[i] = manager.run(requests[i])
+        except BaseException as error:  # noqa: BLE001 — raised in the caller's thread below
             errors.append(error)
 
-    threads = [threading.Thread(target=run, args=(r,), name="warm-up", daemon=True) for r in requests]
+    threads = [threading.Thread(target=run, args=(i,), name="side-by-side", daemon=True) for i in range(len(requests))]
     with batching.lock:  # the line is held: every request queues behind it
         waiting_before = batching.waiting
         for thread in threads:
@@ -93,7 +94,7 @@ def _run_side_by_side(manager, requests: list[Txt2ImgRequest]) -> int:
         thread.join()
     if errors:
         raise errors[0]
-    return max(batching.served[served_before:], default=0)
+    return results, batching.served[served_before:]
 
 
 def warm_up(manager, sizes: list[tuple[int, int]], timeout: float = 900.0) -> float:
@@ -116,7 +117,7 @@ def warm_up(manager, sizes: list[tuple[int, int]], timeout: float = 900.0) -> fl
             manager.run(request)  # the VAE decode and text encoder upgrade on their second call
             continue
         requests = [_request(width, height, seed) for seed in range(batch)]
-        largest = _run_side_by_side(manager, requests)
+        largest = max(run_side_by_side(manager, requests)[1], default=0)
         formed.append(f"{width}x{height} batch {batch}")
         if largest != batch:  # another request joined or the model cannot batch: said, never fatal
             log.warning("warm-up: %dx%d batch %d was served as batches of at most %d", width, height, batch, largest)
