@@ -2,9 +2,15 @@
 random weights, fp16, 512², CFG batch 2, channels_last + fused QKV) compiled fullgraph and
 captured in one CUDA graph, as the fast path serves it, with inductor's defaults and then
 with the settings diffusers' SDXL speed guide adds (1×1 convolutions as matmuls, coordinate
-descent tuning of the generated kernels, no epilogue fusion), each in the same process.
+descent tuning of the generated kernels, no epilogue fusion), each in the same process, with
+where each one's GPU time goes (kernel kinds over 20 graph replays).
 
-    PYTHONUNBUFFERED=1 python bench/gpu_inductor_flags.py [--budget-s 300]
+Coordinate-descent tuning benchmarks every generated kernel at its first run: minutes for a
+UNet. Its choices land in the inductor cache, so a second run with the same
+TORCHINDUCTOR_CACHE_DIR resumes where a budget cut the first one off.
+
+    TORCHINDUCTOR_CACHE_DIR=.inductor-cache PYTHONUNBUFFERED=1 python bench/gpu_inductor_flags.py \
+        [--settings defaults,cd] [--budget-s 300]
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import torch  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from gpu_controlnet_overlap import step_ms  # noqa: E402
-from gpu_speed import budget_watchdog, log, section  # noqa: E402
+from gpu_speed import budget_watchdog, kernel_breakdown, log, section  # noqa: E402
 
 SD15 = ROOT / "assets" / "configs" / "sd15"
 SETTINGS = {
@@ -29,6 +35,7 @@ SETTINGS = {
     "guide": {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
               "coordinate_descent_check_all_directions": True},
     "1x1 as mm only": {"conv_1x1_as_mm": True},
+    "cd": {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True},
 }
 
 
@@ -47,7 +54,7 @@ def measure(name, unet, inputs, reference):
             compiled(*inputs)
             compile_s = time.perf_counter() - started
             ms, out = step_ms(compiled, inputs, 100)
-        row = dict(settings=name, unet_step_ms=ms, compile_s=round(compile_s, 1))
+        row = dict(settings=name, unet_step_ms=ms, compile_s=round(compile_s, 1), by_kind_ms_per_step=breakdown(compiled, inputs))
         if reference:
             row.update(vs_defaults=round(reference[0] / ms, 3),
                        max_abs_vs_defaults=float((out.float() - reference[1].float()).abs().max()))
@@ -59,9 +66,27 @@ def measure(name, unet, inputs, reference):
             setattr(inductor, key, value)
 
 
+def breakdown(fn, inputs, replays: int = 20) -> dict:
+    """GPU ms per kernel kind and step, fn's kernels captured in one graph and replayed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        fn(*inputs)
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return {kind: round(ms / replays, 3) for kind, ms in kernel_breakdown(events).items()} | {"kernels": len(events) // replays}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget-s", type=float, default=300)
+    parser.add_argument("--settings", default="defaults,cd", help=f"comma list of {', '.join(SETTINGS)}")
     args = parser.parse_args()
 
     budget_watchdog(args.budget_s)
@@ -76,7 +101,7 @@ def main():
               torch.randn(2, 77, 768, device="cuda", dtype=torch.float16, generator=g))
     log(card=torch.cuda.get_device_name(), torch=torch.__version__)
     reference: list = []
-    for name in SETTINGS:
+    for name in args.settings.split(","):
         measure(name, unet, inputs, reference)
     sys.stdout.flush()
     os._exit(0)

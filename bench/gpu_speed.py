@@ -389,22 +389,69 @@ def bench_sdpa(unet, args):
     log(sdpa_backend_unet_eager_graph_ms=results)
 
 
+KERNEL_KINDS = (  # name fragments -> kind, first match wins (inductor names kernels after
+    # the ops they fuse, "triton_poi_fused_convolution_...": its prefixes go first)
+    ("inductor reductions (norms)", ("triton_red", "triton_per")),
+    ("inductor pointwise", ("triton_poi",)),
+    ("attention", ("sdpa", "fmha", "flash", "attention")),
+    ("convolution", ("fprop", "conv", "dgrad", "implicit_gemm")),
+    ("matmul", ("nvjet", "gemm", "cutlass", "cublas", "wgmma")),
+    ("copy", ("memcpy", "memset", "copy")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, parts in KERNEL_KINDS if any(p in lowered for p in parts)), "other")
+
+
+def kernel_breakdown(events) -> dict:
+    """ms of GPU time per kind of kernel: where a step's time goes (reductions vs GEMMs vs ...)."""
+    kinds = Counter()
+    for e in events:
+        kinds[kernel_kind(e.name)] += e.time_range.elapsed_us() / 1000
+    return {k: round(v, 1) for k, v in kinds.most_common()}
+
+
+def idle_gaps(events, request) -> dict:
+    """Where the GPU waits inside one request: before its first kernel, after its last, and the
+    widest gaps between kernels (host work or a sync the step loop did not run ahead of)."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in events)
+    gaps, reach = [], spans[0][1]
+    for (start, end, name), (_, _, before) in zip(spans[1:], spans):
+        if start - reach > 20:
+            gaps.append((round((start - reach) / 1000, 2), round((reach - spans[0][0]) / 1000, 1), before[:40], name[:40]))
+        reach = max(reach, end)
+    gaps.sort(reverse=True)
+    return dict(lead_ms=round((spans[0][0] - request.start) / 1000, 2),
+                tail_ms=round((request.end - reach) / 1000, 2),
+                inner_gaps_ms=round(sum(g[0] for g in gaps), 2), inner_gaps=len(gaps),
+                widest=[dict(ms=g[0], at_ms=g[1], after=g[2], before=g[3]) for g in gaps[:6]])
+
+
 @section("profile")
 def bench_profile(name, fn):
     """GPU busy time vs wall time of one request: idle gaps are host overhead or syncs."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
+        with record_function("bench request"):
+            fn()
+            torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    # The label also shows on the GPU's timeline, as an annotation spanning the request's kernels.
+    events = [e for e in prof.events() if e.device_type == cuda and e.name != "bench request"]
+    request = next(e.time_range for e in prof.events() if e.name == "bench request" and e.device_type == cpu)
+    syncs = [(round((e.time_range.start - request.start) / 1000, 1), e.name, round(e.time_range.elapsed_us() / 1000, 2))
+             for e in prof.events() if "Synchronize" in e.name or e.name.startswith("cudaMemcpy")]
     busy = sum(e.time_range.elapsed_us() for e in events) / 1000
     top = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:10]
     log(profile=name, wall_ms=round(wall * 1000, 1), gpu_kernel_ms=round(busy, 1), kernels=len(events),
+        by_kind=kernel_breakdown(events), gpu_idle=idle_gaps(events, request), host_waits=syncs[:12],
         top=[(e.key[:60], round(e.self_device_time_total / 1000, 1), e.count) for e in top])
 
 
@@ -457,6 +504,7 @@ def main() -> None:
         bench_sdpa(vanilla_pipe.unet, args)
     if manager is not None:
         bench_profile("ours txt2img", lambda: manager.run(requests["txt2img"]))
+        bench_profile("ours controlnet", lambda: manager.run(requests["controlnet 1 unit"]))
     if recipe_pipe is not None:
         bench_profile("diffusers recipe", lambda: diffusers_run(recipe_pipe, args))
     if manager is not None and not args.skip_hires:  # last: its compiles run after every other row
