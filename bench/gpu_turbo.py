@@ -2,10 +2,13 @@
 SD 1.5 shapes with random weights, fp16, 512², 30 steps Euler, CFG 7.5; s/image with turbo
 off, DeepCache 2 and DeepCache 3, and what each costs against off (PSNR of the image, relative
 error of the final latents). Txt2img, and ControlNet (1 unit) off vs DeepCache 3. All rows from
-one process on one card; the fast path with compile="none" by default (CUDA graphs only: the
-turbo calls are graphed, never compiled, and a compile would cost minutes of device time).
+one process on one card; the fast path with compile="none" by default (CUDA graphs only, as in
+rounds b-d). With `--turbo-compile full` the worker compiles the plain UNet and then the turbo
+views (twins, after every plain compile); each mode's rows wait up to --compile-wait-s for the
+compiles its calls queued, and log which path served the timed calls.
 
     PYTHONUNBUFFERED=1 python bench/gpu_turbo.py                  # H200: ~1 minute
+    PYTHONUNBUFFERED=1 python bench/gpu_turbo.py --turbo-compile full --compile-wait-s 240   # ~6-8 min cold
     python bench/gpu_turbo.py --cpu-smoke                         # the same code, tiny, on CPU
 
 `bench_turbo(folder, card, args)` is also callable with bench/gpu_speed.py's folder (built by
@@ -66,13 +69,19 @@ def _bench_mode_set(manager, label: str, requests: dict, args, card: str) -> dic
     for mode, request in requests.items():
         manager.run(request)  # first: eager, and the inline CUDA-graph capture of each call's signature
         manager.run(request)
+        runtime, compiled_in_time = manager.fast_runtime, None
+        if runtime is not None and getattr(args, "compile_wait_s", 0):
+            compiled_in_time = runtime.wait_idle(args.compile_wait_s)  # the compiles this mode queued
+            manager.run(request)  # calls the worker upgraded are captured/served from here on
+        before = dict(runtime.served()) if runtime is not None else {}
         manager.turbo_counts.clear()
         times[mode] = median_s(lambda: manager.run(request), args.repeats)
+        served = {k: v - before.get(k, 0) for k, v in runtime.served().items() if v - before.get(k, 0)} if runtime else None
         images[mode] = manager.run(request).images[0].image
         per_image = {k: v // (args.repeats + 1) for k, v in manager.turbo_counts.items()}
         log(bench="turbo", mode=label, turbo=mode, card=card, s_per_image=times[mode],
             speedup_vs_off=round(times["Off"] / times[mode], 2), psnr_vs_off_db=psnr(images["Off"], images[mode]),
-            unet_calls_per_image=per_image or None)
+            unet_calls_per_image=per_image or None, served_during=served, compiled_in_time=compiled_in_time)
     return times
 
 
@@ -130,6 +139,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile-wait-s", type=float, default=0,
+                        help="with --turbo-compile full: longest wait per mode for its background compiles")
     parser.add_argument("--turbo-compile", default="none", choices=("none", "full", "regional"))
     parser.add_argument("--skip-controlnet", action="store_true")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model, 64², 6 steps, on CPU: checks the code runs")

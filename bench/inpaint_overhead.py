@@ -102,7 +102,7 @@ def one_request(manager, request, clock: Clock) -> dict:
     end = time.perf_counter()
     spans = clock.model_spans
     model = sum(b - a for _, a, b in spans)
-    unet = [s for s in spans if s[0] == "unet"]
+    unet = [s for s in spans if s[0] in ("unet", "unet down+mid", "controlnet")]
     # Host time before the first UNet call / after the last one, model calls taken out: on a
     # GPU these are what the step loop's queued work cannot hide.
     before = unet[0][1] - start - sum(b - a for _, a, b in spans if b <= unet[0][1]) if unet else None

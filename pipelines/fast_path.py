@@ -230,7 +230,7 @@ class FastCall:
     ready: eager until the runtime's worker installs a graph or a compiled version."""
 
     def __init__(self, runtime: "FastPathRuntime", name: str, fn, compile: bool = True, inline: bool = False,
-                 side: bool = False):
+                 side: bool = False, lossy: bool = False, twin: Callable[[], Callable] | None = None):
         self.runtime, self.name, self.fn, self.compile = runtime, name, fn, compile
         # inline: called many times per request (a step loop), so the second call of a new
         # signature captures the eager graph right there (same kernels, same maths as eager).
@@ -238,6 +238,13 @@ class FastCall:
         # side: replayed on a second stream beside other graphs (control_overlap.py), so its
         # graphs get a memory pool of their own (graphs of one pool must run one at a time).
         self.side = side
+        # lossy: a view for a lossy option (Turbo, token merging): compiled only once no plain
+        # call's compile waits, so an opt-in never delays the upgrade of what everyone runs.
+        self.lossy = lossy
+        # twin: makes a fresh fn with Python state of its own (a view's stand-ins and lists): the
+        # worker then compiles a twin per signature, so its runs (trace, first run, capture)
+        # never touch the state a request's eager calls of fn are using at that moment.
+        self.twin = twin
         self.fast: dict[tuple, tuple[Callable, str]] = {}  # signature -> (callable, how)
         # Signatures submitted to the worker (the fast ones' places) -> when each was last called.
         self.seen: dict[tuple, float] = {}
@@ -248,9 +255,15 @@ class FastCall:
 
     def compiled(self):
         if self._compiled is None:
-            compiler = self.runtime.config.compiler or (lambda fn: torch.compile(fn, fullgraph=True, dynamic=False))
-            self._compiled = compiler(self.fn)
+            self._compiled = self._compiler()(self.fn)
         return self._compiled
+
+    def compiled_for(self, key):
+        """What the worker compiles for a signature: the one compiled fn, or a compiled twin."""
+        return self.compiled() if self.twin is None else self._compiler()(self.twin())
+
+    def _compiler(self):
+        return self.runtime.config.compiler or (lambda fn: torch.compile(fn, fullgraph=True, dynamic=False))
 
     def ready(self, *tensors: torch.Tensor) -> bool:
         """Served by a graph or compiled code for these inputs (not eager, nor a capture now)."""
@@ -336,8 +349,9 @@ class FastPathRuntime:
         self.state_generation += 1
 
     # ------------------------------------------------------------------ wrapping modules
-    def call(self, name: str, fn, compile: bool = True, inline: bool = False, side: bool = False) -> FastCall:
-        fast = FastCall(self, name, fn, compile, inline, side)
+    def call(self, name: str, fn, compile: bool = True, inline: bool = False, side: bool = False,
+             lossy: bool = False, twin: Callable[[], Callable] | None = None) -> FastCall:
+        fast = FastCall(self, name, fn, compile, inline, side, lossy, twin)
         self.calls.add(fast)
         return fast
 
@@ -407,7 +421,7 @@ class FastPathRuntime:
                     return
                 graph_jobs = list(self._graph_jobs)
                 self._graph_jobs.clear()
-                job = None if graph_jobs else self._compile_jobs.popleft()
+                job = None if graph_jobs else self._next_compile()
                 self._busy = True
             try:
                 if graph_jobs:
@@ -420,6 +434,12 @@ class FastPathRuntime:
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
+
+    def _next_compile(self):
+        """The first queued compile of a plain call, else the first of a lossy option's view."""
+        job = next((job for job in self._compile_jobs if not job[0].lossy), self._compile_jobs[0])
+        self._compile_jobs.remove(job)
+        return job
 
     def _capture(self, fn, inputs, side: bool = False) -> CapturedGraph:
         if side:
@@ -467,7 +487,7 @@ class FastPathRuntime:
         paused = self.gate.paused_total()
         generation = self.state_generation
         with _COMPILE_LOCK, torch.no_grad(), torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
-            compiled = call.compiled()
+            compiled = call.compiled_for(key)
             # Requests meanwhile launch many small ops, each releasing and re-taking the GIL;
             # with the default 5 ms switch interval every re-take could wait that long.
             interval = sys.getswitchinterval()

@@ -31,7 +31,8 @@ module and weight with it but holds a stand-in for attn1 in those blocks (and on
 that notes the latent size, so the stand-ins know each level's h×w). The UNet object itself
 is never changed, so its compiled/graphed fast path stays valid for plain requests; for one
 request its forward is routed through a `Merger` that runs the view. On the GPU fast path
-each ratio is its own FastCall (an eager CUDA graph captured at its second call, as turbo's).
+each ratio is its own FastCall (an eager CUDA graph captured at its second call, then a
+compiled one from the background worker once no plain call's compile waits, as turbo's).
 ControlNet residuals pass through the view as through the UNet (the pair is not split across
 two streams as control_overlap.py does for plain requests: one UNet call per step). With
 DeepCache (turbo) the DeepCache views are built over the merged view: both act.
@@ -228,9 +229,12 @@ class TokenMerging:
     Kept on the UNet per ratio; rebuilt when its modules change."""
 
     def __init__(self, unet, ratio: float, runtime):
-        self.key, self.runtime, self.ratio = _tree_key(unet), runtime, ratio
+        self.key, self.runtime, self.ratio, self.unet = _tree_key(unet), runtime, ratio, unet
         self.grid = _Grid()
         self.view = merged_view(unet, ratio, self.grid)
+        # A twin of the view for what the background worker compiles (turbo.py's DeepCache.twin
+        # too): its own stand-ins and grid, so a compile's runs never write a request's grid.
+        self.view.__dict__["_sd_studio_fresh"] = lambda: merged_view(unet, ratio, _Grid())
         self._calls: dict = {}
 
     @staticmethod
@@ -247,11 +251,16 @@ class TokenMerging:
     def call(self, spec: tuple):
         """fn(x, t, c, *extra) → (ε,) through the merged view; a FastCall per spec on the fast path."""
         if spec not in self._calls:
-            def fn(x, t, c, *extra):
-                return (self.view(x, t, c, return_dict=False, **_unet_kwargs(*spec, extra))[0],)
+            fn = self._fn(spec)
             self._calls[spec] = fn if self.runtime is None else self.runtime.call(
-                f"unet tome {self.ratio:g}", fn, compile=False, inline=True)
+                f"unet tome {self.ratio:g}", fn, inline=True, lossy=True,
+                twin=lambda: TokenMerging(self.unet, self.ratio, None)._fn(spec))
         return self._calls[spec]
+
+    def _fn(self, spec: tuple):
+        def fn(x, t, c, *extra):
+            return (self.view(x, t, c, return_dict=False, **_unet_kwargs(*spec, extra))[0],)
+        return fn
 
 
 class Merger:

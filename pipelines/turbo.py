@@ -21,9 +21,10 @@ for one batch of a request its forward is routed through a `Stepper` that picks 
 shallow per call.
 
 On the GPU fast path the full and the shallow call are two FastCalls of their own, so both
-are served by CUDA graphs (captured at their second call, as the plain UNet's). They are not
-torch.compile'd: the compile runs in a background thread, and a trace of a view is a second
-full-UNet compile for a lossy option; an eager graph already removes the launch overhead.
+are served by CUDA graphs (captured at their second call, as the plain UNet's) and then by
+compiled graphs: the background worker compiles them like the plain UNet, but only once no
+plain call's compile is waiting (a trace of the full view is another full-UNet compile, and an
+opt-in must not delay what every request runs).
 
 ControlNet: each ControlNet is cached on the same cycle (`ControlStepper`): on shallow steps
 its down and mid blocks hand back kept outputs, so only its conv_in, the control image's
@@ -132,8 +133,9 @@ class DeepCache:
     """The recording and replaying views of one model (UNet or ControlNet) and their calls
     (FastCalls on the fast path). Kept on the model; rebuilt when its modules change."""
 
-    def __init__(self, model, runtime, make_view):
+    def __init__(self, model, runtime, make_view, layout_from: "DeepCache | None" = None):
         self.key, self.runtime = _modules_key(model), runtime
+        self.model, self.make_view, self.layout_from = model, make_view, layout_from
         self.kept: list = []
         self.feed: list = []
         self.layout: list = []  # per kept output, in call order: (its pytree structure, its tensor count)
@@ -148,15 +150,30 @@ class DeepCache:
             cache = model.__dict__["_sd_studio_turbo"] = DeepCache(model, runtime, make_view)
         return cache
 
-    def _call(self, kind: str, spec: tuple, fn):
+    def twin(self) -> "DeepCache":
+        """Views, stand-ins and lists of its own over the same weights (and over a fresh merged
+        view where the model is one: token_merging.py), reading this cache's layout: what the
+        background worker compiles, so its runs share no Python state with a request's calls."""
+        fresh = getattr(self.model, "_sd_studio_fresh", None)
+        return DeepCache(self.model if fresh is None else fresh(), None, self.make_view, layout_from=self)
+
+    def _call(self, kind: str, spec: tuple, fn, twin):
         if self.runtime is None:
             return fn
         if (kind, spec) not in self._calls:
-            self._calls[kind, spec] = self.runtime.call(f"{kind}", fn, compile=False, inline=True)
+            self._calls[kind, spec] = self.runtime.call(f"{kind}", fn, inline=True, lossy=True, twin=twin)
         return self._calls[kind, spec]
 
     def full(self, name: str, spec: tuple, run):
         """fn(*inputs) → (*run(recording view, *inputs), *kept tensors)."""
+        return self._call(f"{name} turbo full", spec, self._full(run), lambda: self.twin()._full(run))
+
+    def shallow(self, name: str, spec: tuple, run, n_kept: int):
+        """fn(*kept tensors, *inputs) → run(replaying view, *inputs)."""
+        return self._call(f"{name} turbo shallow", spec, self._shallow(run, n_kept),
+                          lambda: self.twin()._shallow(run, n_kept))
+
+    def _full(self, run):
         def fn(*inputs):
             self.kept.clear()
             outs = run(self.recording, *inputs)
@@ -166,22 +183,24 @@ class DeepCache:
                 flat += leaves
                 layout.append((structure, len(leaves)))
             self.kept.clear()
-            self.layout = layout
+            if layout != self.layout:  # the same object while equal: compiled code reads it
+                self.layout = layout
             return (*outs, *flat)
-        return self._call(f"{name} turbo full", spec, fn)
+        return fn
 
-    def shallow(self, name: str, spec: tuple, run, n_kept: int):
-        """fn(*kept tensors, *inputs) → run(replaying view, *inputs)."""
+    def _shallow(self, run, n_kept: int):
+        source = self.layout_from or self  # a twin unpacks as its original's eager full calls packed
+
         def fn(*args):
             kept, inputs = list(args[:n_kept]), args[n_kept:]
             self.feed.clear()
-            for structure, count in self.layout:
+            for structure, count in source.layout:
                 self.feed.append(tree_unflatten(kept[:count], structure))
                 del kept[:count]
             outs = run(self.replaying, *inputs)
             self.feed.clear()
             return outs
-        return self._call(f"{name} turbo shallow", spec, fn)
+        return fn
 
 
 class _Cycle:

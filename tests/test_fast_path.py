@@ -232,6 +232,39 @@ def test_the_hires_second_pass_rides_the_fast_path_at_the_final_size(tiny_model_
     assert all(np.array_equal(image, plain) for image in images)  # same maths on every path
 
 
+def test_a_lossy_options_view_is_compiled_only_once_no_plain_compile_waits():
+    """Turbo's and token merging's views queue behind every plain call's compile, even when
+    they asked first: an opt-in must not delay the upgrade of what every request runs."""
+    from pipelines.fast_path import FastPathRuntime
+
+    compiler, order = FakeCompiler(blocked=True), []
+
+    def recording(fn):
+        order.append(fn.__name__)
+        return compiler(fn)
+
+    runtime = FastPathRuntime(FastPath(compile="full", compiler=recording), torch.device("cpu"), threading.Lock())
+
+    def call(name, lossy=False):
+        fn = lambda x: (x + 1,)  # noqa: E731
+        fn.__name__ = name
+        return runtime.call(name, fn, lossy=lossy)
+
+    calls = [call("busy"), call("turbo view", lossy=True), call("tome view", lossy=True), call("plain a"),
+             call("plain b")]
+    x = torch.zeros(2)
+    for fast in calls:  # the second call of a signature queues its compile; "busy" holds the worker
+        fast(x), fast(x)
+        if fast.name == "busy":
+            while not order:
+                threading.Event().wait(0.01)
+    compiler.release.set()
+    assert runtime.wait_idle(30)
+    assert order == ["busy", "plain a", "plain b", "turbo view", "tome view"]
+    assert all(fast(x)[0].tolist() == [1.0, 1.0] and fast.served["compiled"] == 1 for fast in calls)
+    runtime.close()
+
+
 def test_a_waiting_upgrade_is_not_starved_by_back_to_back_requests():
     """The manager's lock is first come, first served: a request that releases it and asks
     again at once queues behind the worker already waiting to switch a graph in."""

@@ -204,3 +204,56 @@ def test_an_sdxl_unet_with_added_conditioning_is_cached_and_rebuilt_exactly():
 def test_a_turbo_request_is_never_batched_with_others_so_its_turbo_acts(manager):
     assert manager._batch_key(txt2img()) is not None
     assert manager._batch_key(txt2img("DeepCache 2")) is None
+
+
+def test_turbo_and_token_merging_views_trace_whole_and_are_served_compiled_with_the_same_images(
+        tiny_model_dir, tiny_controlnet_dir, manager):
+    """The background worker compiles the lossy options' views as it compiles the plain UNet
+    (after it): dynamo must trace each view whole (fullgraph, as on a GPU; here its eager
+    backend, so the maths is unchanged) and the compiled calls give the plain manager's images."""
+    from pipelines.fast_path import FastPath
+    from pipelines.manager import PipelineManager
+
+    compiled = []
+
+    def dynamo(fn):
+        compiled.append(fn)
+        return torch.compile(fn, fullgraph=True, dynamic=False, backend="eager")
+
+    fast = PipelineManager(device="cpu", fast_path=FastPath(compile="full", channels_last=False, fuse_qkv=False,
+                                                           compiler=dynamo))
+    fast.load_base(str(tiny_model_dir))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8))
+    control = Control(units=(ControlUnit(model=str(tiny_controlnet_dir), image=image),))
+    requests = [txt2img("DeepCache 3"), txt2img(token_merging=0.5), txt2img("DeepCache 2", token_merging=0.5),
+                txt2img("DeepCache 2", control=control)]
+    for request in requests:  # the views' calls repeat inside each request: their compiles are queued
+        fast.run(request)
+    assert fast.fast_runtime.wait_idle(300)
+    for request in requests:
+        assert np.array_equal(pixels(fast.run(request)), pixels(manager.run(request)))
+    views = [call for call in fast.fast_runtime.calls if call.lossy and call.served]
+    assert {call.name for call in views} == {"unet turbo full", "unet turbo shallow", "unet tome 0.5",
+                                             "controlnet turbo full", "controlnet turbo shallow"}
+    for call in views:
+        assert call.served["compiled"] >= 2, (call.name, call.served)  # the last round ran compiled
+    # What the worker compiled (and ran, concurrently with requests) are twins: Python state of
+    # their own, the same weights. A request's eager calls use the views kept on the models.
+    from pipelines.token_merging import TokenMerging
+    from pipelines.turbo import DeepCache
+
+    unet = fast.pipeline("txt2img").unet
+    in_use = [unet.__dict__["_sd_studio_turbo"], *unet.__dict__["_sd_studio_tome"].values()]
+    owners = [dict(zip(fn.__code__.co_freevars, fn.__closure__ or ())).get("self") for fn in compiled]
+    twins = [cell.cell_contents for cell in owners
+             if cell is not None and isinstance(cell.cell_contents, (DeepCache, TokenMerging))]
+    assert len(twins) >= len(views)
+    for twin in twins:
+        assert all(twin is not used for used in in_use)
+        if isinstance(twin, DeepCache):
+            assert all(twin.kept is not used.kept and twin.feed is not used.feed
+                       for used in in_use if isinstance(used, DeepCache))
+        else:
+            assert all(twin.grid is not used.grid for used in in_use if isinstance(used, TokenMerging))
+            assert twin.view.conv_in.module.weight is unet.conv_in.weight
+    fast.fast_runtime.close()
