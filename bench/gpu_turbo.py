@@ -37,6 +37,11 @@ from gpu_speed import PROMPT, ROWS, build_random_sd15, log, median_s, psnr, sect
 MODES = ("Off", "DeepCache 2", "DeepCache 3")
 
 
+def _modes(args) -> tuple:
+    """--modes: which turbo modes, in that order (default Off first: the speed-ups are against it)."""
+    return tuple(m.strip() for m in args.modes.split(",")) if getattr(args, "modes", "") else MODES
+
+
 def _requests(folder: Path, args, control: bool):
     from pipelines.core.requests import Control, ControlUnit, Limits, Sampling, Txt2ImgRequest
 
@@ -48,7 +53,7 @@ def _requests(folder: Path, args, control: bool):
     return {mode: Limits().normalize(Txt2ImgRequest(prompt=PROMPT, width=size, height=size, control=units, turbo=mode,
                                                     sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5,
                                                                       seed=3)))
-            for mode in MODES}
+            for mode in _modes(args)}
 
 
 @torch.no_grad()
@@ -80,7 +85,8 @@ def _bench_mode_set(manager, label: str, requests: dict, args, card: str) -> dic
         images[mode] = manager.run(request).images[0].image
         per_image = {k: v // (args.repeats + 1) for k, v in manager.turbo_counts.items()}
         log(bench="turbo", mode=label, turbo=mode, card=card, s_per_image=times[mode],
-            speedup_vs_off=round(times["Off"] / times[mode], 2), psnr_vs_off_db=psnr(images["Off"], images[mode]),
+            speedup_vs_off=round(times["Off"] / times[mode], 2) if "Off" in times else None,
+            psnr_vs_off_db=psnr(images["Off"], images[mode]) if "Off" in images else None,
             unet_calls_per_image=per_image or None, served_during=served, compiled_in_time=compiled_in_time)
     return times
 
@@ -88,8 +94,10 @@ def _bench_mode_set(manager, label: str, requests: dict, args, card: str) -> dic
 @section("turbo txt2img")
 def _txt2img(manager, folder, args, card):
     times = _bench_mode_set(manager, "txt2img", _requests(folder, args, control=False), args, card)
+    if "Off" not in times:
+        return times
     off = _final_latents(manager, "Off", args)
-    for mode in MODES[1:]:
+    for mode in [m for m in _modes(args) if m != "Off"]:
         z = _final_latents(manager, mode, args)
         log(bench="turbo", mode="txt2img", turbo=mode, latent_rel_error_vs_off=round(float((z - off).norm() / off.norm()), 4))
     return times
@@ -139,6 +147,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", default="", help="comma list of turbo modes in order (default: Off, DeepCache 2, 3)")
     parser.add_argument("--compile-wait-s", type=float, default=0,
                         help="with --turbo-compile full: longest wait per mode for its background compiles")
     parser.add_argument("--turbo-compile", default="none", choices=("none", "full", "regional"))
