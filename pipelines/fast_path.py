@@ -258,8 +258,9 @@ class FastCall:
             self._compiled = self._compiler()(self.fn)
         return self._compiled
 
-    def compiled_for(self, key):
-        """What the worker compiles for a signature: the one compiled fn, or a compiled twin."""
+    def to_compile(self):
+        """What the worker compiles for one more signature: the shared compiled fn, or a fresh
+        compiled twin (one per signature: see `twin`)."""
         return self.compiled() if self.twin is None else self._compiler()(self.twin())
 
     def _compiler(self):
@@ -487,7 +488,7 @@ class FastPathRuntime:
         paused = self.gate.paused_total()
         generation = self.state_generation
         with _COMPILE_LOCK, torch.no_grad(), torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
-            compiled = call.compiled_for(key)
+            compiled = call.to_compile()
             # Requests meanwhile launch many small ops, each releasing and re-taking the GIL;
             # with the default 5 ms switch interval every re-take could wait that long.
             interval = sys.getswitchinterval()
