@@ -374,6 +374,26 @@ def test_sdxl_txt2img_switches_to_the_compiled_path_between_requests_with_the_pl
     assert unet.served["compiled"] == before + 4 and not np.array_equal(pixels(xl_plain.run(other)), plain)
 
 
+def test_sdxl_turbo_and_token_merging_views_trace_whole_with_the_added_conditioning(xl_dirs, xl_plain):
+    """SDXL's views carry the size conditioning as extra tensors: dynamo (fullgraph, its eager
+    backend here) traces them whole, and the compiled calls give the plain manager's images."""
+    def dynamo(fn):
+        return torch.compile(fn, fullgraph=True, dynamic=False, backend="eager")
+
+    m = fast_manager(xl_dirs["base"], dynamo)
+    requests = [xl_request(steps=6, turbo="DeepCache 2"), xl_request(steps=6, token_merging=0.5),
+                xl_request(steps=6, turbo="DeepCache 2", token_merging=0.5)]
+    for request in requests:
+        m.run(request)
+    assert m.fast_runtime.wait_idle(300)
+    for request in requests:
+        assert np.array_equal(pixels(m.run(request)), pixels(xl_plain.run(request)))
+    views = [call for call in m.fast_runtime.calls if call.lossy and call.served]
+    assert {call.name for call in views} == {"unet turbo full", "unet turbo shallow", "unet tome 0.5"}
+    assert all(call.served["compiled"] > 0 for call in views)
+    m.fast_runtime.close()
+
+
 def test_every_sdxl_mode_on_the_fast_path_gives_the_plain_managers_images(xl_dirs, xl_plain):
     m = fast_manager(xl_dirs["base"], FakeCompiler())
     edges = np.zeros((SIZE, SIZE, 3), np.uint8)
