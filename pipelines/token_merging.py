@@ -47,7 +47,6 @@ from torch import nn
 
 from .turbo import _routed, _unet_kwargs, _view, graphed_runtime, simple_unet_call, unet_output
 
-MAX_RATIO = 0.9  # A1111's slider maximum; the sources are 3/4 of the tokens, so r stops there anyway
 WINDOW = 2  # sx = sy = 2: one destination per 2×2 window
 KEPT_RATIOS = 4  # merged views (and their CUDA graphs) kept per UNet, least recently used dropped
 

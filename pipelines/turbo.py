@@ -157,21 +157,23 @@ class DeepCache:
         fresh = getattr(self.model, "_sd_studio_fresh", None)
         return DeepCache(self.model if fresh is None else fresh(), None, self.make_view, layout_from=self)
 
-    def _call(self, kind: str, spec: tuple, fn, twin):
+    def _call(self, kind: str, spec: tuple, make):
+        """make(cache) → the call's fn over that cache's views: over this one, and over a twin
+        for what the worker compiles."""
         if self.runtime is None:
-            return fn
+            return make(self)
         if (kind, spec) not in self._calls:
-            self._calls[kind, spec] = self.runtime.call(f"{kind}", fn, inline=True, lossy=True, twin=twin)
+            self._calls[kind, spec] = self.runtime.call(kind, make(self), inline=True, lossy=True,
+                                                        twin=lambda: make(self.twin()))
         return self._calls[kind, spec]
 
     def full(self, name: str, spec: tuple, run):
         """fn(*inputs) → (*run(recording view, *inputs), *kept tensors)."""
-        return self._call(f"{name} turbo full", spec, self._full(run), lambda: self.twin()._full(run))
+        return self._call(f"{name} turbo full", spec, lambda cache: cache._full(run))
 
     def shallow(self, name: str, spec: tuple, run, n_kept: int):
         """fn(*kept tensors, *inputs) → run(replaying view, *inputs)."""
-        return self._call(f"{name} turbo shallow", spec, self._shallow(run, n_kept),
-                          lambda: self.twin()._shallow(run, n_kept))
+        return self._call(f"{name} turbo shallow", spec, lambda cache: cache._shallow(run, n_kept))
 
     def _full(self, run):
         def fn(*inputs):
