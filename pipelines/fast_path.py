@@ -415,6 +415,7 @@ class FastPathRuntime:
         log.info("fast path: %s", text)
 
     def _work(self) -> None:
+        _allow_an_entry_per_signature()  # the compiles run in this thread
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._closed or self._graph_jobs or self._compile_jobs)
@@ -785,11 +786,18 @@ def _pin_vae_fp32(vae) -> bool:
     return True
 
 
+def _allow_an_entry_per_signature() -> None:
+    """Each signature is one more dynamo entry for the same code (dynamic=False), and view calls
+    of several models share code (turbo.py): raise dynamo's limit (8) for the calling thread.
+    It is a per-thread setting in torch 2.14, so the worker thread calls this too."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+
+
 def apply_fast_path(pipe, config: FastPath, device=None, lock: threading.Lock | None = None) -> FastPathRuntime:
     """Apply the fast path in place to pipe's UNet and VAE (shared by every derived task
     pipeline). `lock` is the one requests hold (upgrades switch only between requests).
     The runtime's `applied` says what was done, for logs and benchmarks."""
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # one entry per signature
+    _allow_an_entry_per_signature()
     runtime = FastPathRuntime(config, device or pipe.unet.device, lock or threading.Lock())
     applied = runtime.applied
     unet, vae = pipe.unet, pipe.vae

@@ -265,6 +265,29 @@ def test_a_lossy_options_view_is_compiled_only_once_no_plain_compile_waits():
     runtime.close()
 
 
+def test_the_worker_compiles_more_signatures_of_one_function_than_dynamos_default_limit():
+    """Each signature is one more dynamo entry for the same code (dynamic=False); dynamo's
+    limit (8 by default) is a per-thread setting in torch 2.14, so the worker thread must raise
+    it itself: every signature the fast path keeps (max_signatures) is served compiled."""
+    from pipelines.fast_path import FastPathRuntime
+
+    def dynamo(fn):
+        return torch.compile(fn, fullgraph=True, dynamic=False, backend="eager")
+
+    runtime = FastPathRuntime(FastPath(compile="full", compiler=dynamo), torch.device("cpu"), threading.Lock())
+    fast = runtime.call("twice", lambda x: (x * 2,))
+    shapes = [(n,) for n in range(1, 13)]  # 12 signatures: past 8, within max_signatures (16)
+    for shape in shapes:
+        x = torch.ones(shape)
+        fast(x), fast(x)
+    assert runtime.wait_idle(120)
+    with torch.no_grad():  # as requests run (the worker compiles under no_grad)
+        for shape in shapes:
+            assert torch.equal(fast(torch.ones(shape))[0], torch.full(shape, 2.0))
+    assert fast.served["compiled"] == len(shapes)
+    runtime.close()
+
+
 def test_a_waiting_upgrade_is_not_starved_by_back_to_back_requests():
     """The manager's lock is first come, first served: a request that releases it and asks
     again at once queues behind the worker already waiting to switch a graph in."""
