@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gpu_speed import PROMPT, ROWS, build_random_sd15, log, median_s, psnr, section  # noqa: E402
+from gpu_speed import PROMPT, ROWS, build_random_sd15, log, median_s, psnr, section, served_between  # noqa: E402
 
 MODES = ("Off", "DeepCache 2", "DeepCache 3")
 
@@ -78,10 +78,10 @@ def _bench_mode_set(manager, label: str, requests: dict, args, card: str) -> dic
         if runtime is not None and getattr(args, "compile_wait_s", 0):
             compiled_in_time = runtime.wait_idle(args.compile_wait_s)  # the compiles this mode queued
             manager.run(request)  # calls the worker upgraded are captured/served from here on
-        before = dict(runtime.served()) if runtime is not None else {}
+        before = runtime.served() if runtime is not None else None
         manager.turbo_counts.clear()
         times[mode] = median_s(lambda: manager.run(request), args.repeats)
-        served = {k: v - before.get(k, 0) for k, v in runtime.served().items() if v - before.get(k, 0)} if runtime else None
+        served = served_between(before, runtime.served()) if runtime is not None else None
         images[mode] = manager.run(request).images[0].image
         per_image = {k: v // (args.repeats + 1) for k, v in manager.turbo_counts.items()}
         log(bench="turbo", mode=label, turbo=mode, card=card, s_per_image=times[mode],
