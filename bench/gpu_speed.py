@@ -455,6 +455,28 @@ def bench_profile(name, fn):
         top=[(e.key[:60], round(e.self_device_time_total / 1000, 1), e.count) for e in top])
 
 
+@section("host gaps")
+def host_gaps(name, fn):
+    from host_gaps import profile_host_gaps
+
+    log(host_gaps=name, **profile_host_gaps(fn, keep_trace=name.replace(" ", "_")))
+
+
+def turbo_rows(manager, folder, args, card) -> dict:
+    """--turbo: each mode's s/image on this manager, as 'txt2img Turbo <mode> (lossy)' rows."""
+    from gpu_turbo import rows_for_speed_run
+
+    args.compile_wait_s = args.turbo_wait_s
+    modes = tuple(m.strip() for m in args.turbo.split(","))
+    times = rows_for_speed_run(manager, folder, args, card, modes) or {}
+    return {f"txt2img Turbo {mode} (lossy)": s for mode, s in times.items() if mode != "Off"}
+
+
+def write_rows() -> None:
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_speed.json").write_text(json.dumps(ROWS, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
@@ -471,11 +493,18 @@ def main() -> None:
     parser.add_argument("--skip-hires", action="store_true")
     parser.add_argument("--hires-wait-s", type=float, default=45,
                         help="longest wait for the hires final size's background compiles (the section's budget)")
+    parser.add_argument("--turbo", default="", help='lossy Turbo rows on our manager, e.g. "DeepCache 2,DeepCache 3"')
+    parser.add_argument("--turbo-wait-s", type=float, default=150, help="longest wait per Turbo mode for its view compiles")
+    parser.add_argument("--host-gaps", action="store_true",
+                        help="profile a txt2img and a ControlNet request with Python stacks (bench/host_gaps.py)")
+    parser.add_argument("--budget-s", type=float, default=0, help="end with what was logged after this long (0: no limit)")
     parser.add_argument("--cpu-smoke", action="store_true", help="only the hires rows, tiny model, CPU, fake compile")
     args = parser.parse_args()
     if args.cpu_smoke:
         cpu_smoke(args)
         return
+    if args.budget_s:
+        budget_watchdog(args.budget_s, on_stop=write_rows)
     card = torch.cuda.get_device_name()
     folder = Path(tempfile.mkdtemp())
     build_random_sd15(folder)
@@ -490,6 +519,8 @@ def main() -> None:
     eager = None if args.skip_eager else bench_eager_modes(folder, args, card, requests)
     torch.cuda.empty_cache()
     steady, manager = bench_fast(folder, args, card, requests, eager, reference) or ({}, None)
+    if manager is not None and args.turbo:
+        steady.update(turbo_rows(manager, folder, args, card))
 
     print("\n| configuration | s/image | vs vanilla | vs recipe |", flush=True)
     print("|---|---|---|---|")
@@ -505,6 +536,9 @@ def main() -> None:
     if manager is not None:
         bench_profile("ours txt2img", lambda: manager.run(requests["txt2img"]))
         bench_profile("ours controlnet", lambda: manager.run(requests["controlnet 1 unit"]))
+    if manager is not None and args.host_gaps:
+        for name in ("txt2img", "controlnet 1 unit"):
+            host_gaps(name, lambda: manager.run(requests[name]))
     if recipe_pipe is not None:
         bench_profile("diffusers recipe", lambda: diffusers_run(recipe_pipe, args))
     if manager is not None and not args.skip_hires:  # last: its compiles run after every other row
@@ -513,9 +547,7 @@ def main() -> None:
         import shutil
 
         shutil.copytree(folder / "sd15", Path(args.keep) / "sd15", dirs_exist_ok=True)
-    out = os.environ.get("OUT")
-    if out:
-        Path(out, "gpu_speed.json").write_text(json.dumps(ROWS, indent=1))
+    write_rows()
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown under live compile worker threads (it aborted once)
 

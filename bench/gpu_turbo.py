@@ -42,7 +42,7 @@ def _modes(args) -> tuple:
     return tuple(m.strip() for m in args.modes.split(",")) if getattr(args, "modes", "") else MODES
 
 
-def _requests(folder: Path, args, control: bool):
+def _requests(folder: Path, args, control: bool, modes: tuple | None = None):
     from pipelines.core.requests import Control, ControlUnit, Limits, Sampling, Txt2ImgRequest
 
     size = args.size
@@ -53,7 +53,7 @@ def _requests(folder: Path, args, control: bool):
     return {mode: Limits().normalize(Txt2ImgRequest(prompt=PROMPT, width=size, height=size, control=units, turbo=mode,
                                                     sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5,
                                                                       seed=3)))
-            for mode in _modes(args)}
+            for mode in modes or _modes(args)}
 
 
 @torch.no_grad()
@@ -98,6 +98,18 @@ def _txt2img(manager, folder, args, card):
         return times
     off = _final_latents(manager, "Off", args)
     for mode in [m for m in _modes(args) if m != "Off"]:
+        z = _final_latents(manager, mode, args)
+        log(bench="turbo", mode="txt2img", turbo=mode, latent_rel_error_vs_off=round(float((z - off).norm() / off.norm()), 4))
+    return times
+
+
+@section("turbo beside the recipe")
+def rows_for_speed_run(manager, folder: Path, args, card: str, modes: tuple) -> dict:
+    """bench/gpu_speed.py --turbo: the modes on gpu_speed's own manager (its compile), so their
+    s/image sit in one table with the recipe's; Off first, the same request as its txt2img row."""
+    times = _bench_mode_set(manager, "txt2img", _requests(folder, args, control=False, modes=("Off", *modes)), args, card)
+    off = _final_latents(manager, "Off", args)
+    for mode in modes:
         z = _final_latents(manager, mode, args)
         log(bench="turbo", mode="txt2img", turbo=mode, latent_rel_error_vs_off=round(float((z - off).norm() / off.norm()), 4))
     return times
