@@ -50,10 +50,18 @@ def _requests(folder: Path, args, control: bool, modes: tuple | None = None):
     if control:
         edges = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) > 0.9).astype(np.uint8) * 255)
         units = Control(units=(ControlUnit(model=str(folder / "controlnet"), image=edges),))
-    return {mode: Limits().normalize(Txt2ImgRequest(prompt=PROMPT, width=size, height=size, control=units, turbo=mode,
+    return {mode: Limits().normalize(Txt2ImgRequest(prompt=PROMPT, width=size, height=size, control=units,
+                                                    **_fields(mode),
                                                     sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5,
                                                                       seed=3)))
             for mode in modes or _modes(args)}
+
+
+def _fields(mode: str) -> dict:
+    """A Turbo mode ("DeepCache 2") or token merging ("ToMe 0.5": Turbo off, that ratio)."""
+    if mode.startswith("ToMe "):
+        return {"turbo": "Off", "token_merging": float(mode.split()[1])}
+    return {"turbo": mode}
 
 
 @torch.no_grad()
@@ -97,7 +105,7 @@ def _txt2img(manager, folder, args, card):
     if "Off" not in times:
         return times
     off = _final_latents(manager, "Off", args)
-    for mode in [m for m in _modes(args) if m != "Off"]:
+    for mode in [m for m in _modes(args) if m != "Off" and not m.startswith("ToMe ")]:
         z = _final_latents(manager, mode, args)
         log(bench="turbo", mode="txt2img", turbo=mode, latent_rel_error_vs_off=round(float((z - off).norm() / off.norm()), 4))
     return times
@@ -109,7 +117,7 @@ def rows_for_speed_run(manager, folder: Path, args, card: str, modes: tuple) -> 
     s/image sit in one table with the recipe's; Off first, the same request as its txt2img row."""
     times = _bench_mode_set(manager, "txt2img", _requests(folder, args, control=False, modes=("Off", *modes)), args, card)
     off = _final_latents(manager, "Off", args)
-    for mode in modes:
+    for mode in [m for m in modes if not m.startswith("ToMe ")]:  # the images' PSNR above covers ToMe
         z = _final_latents(manager, mode, args)
         log(bench="turbo", mode="txt2img", turbo=mode, latent_rel_error_vs_off=round(float((z - off).norm() / off.norm()), 4))
     return times
@@ -117,8 +125,8 @@ def rows_for_speed_run(manager, folder: Path, args, card: str, modes: tuple) -> 
 
 @section("turbo controlnet")
 def _controlnet(manager, folder, args, card):
-    requests = _requests(folder, args, control=True)
-    return _bench_mode_set(manager, "controlnet 1 unit", {m: requests[m] for m in ("Off", "DeepCache 3")}, args, card)
+    return _bench_mode_set(manager, "controlnet 1 unit", _requests(folder, args, control=True, modes=("Off", "DeepCache 3")),
+                           args, card)
 
 
 @section("turbo")
@@ -159,7 +167,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--modes", default="", help="comma list of turbo modes in order (default: Off, DeepCache 2, 3)")
+    parser.add_argument("--modes", default="", help='comma list of turbo modes in order (default: Off, DeepCache 2, 3); "ToMe 0.5": token merging')
     parser.add_argument("--compile-wait-s", type=float, default=0,
                         help="with --turbo-compile full: longest wait per mode for its background compiles")
     parser.add_argument("--turbo-compile", default="none", choices=("none", "full", "regional"))
