@@ -1,12 +1,15 @@
 """Throughput for many users: 8 txt2img requests from 8 threads calling manager.run at once,
 with request batching (pipelines/batching.py) on at --max-batch 4 and 8, against the same 8
 requests one after another and against 8 concurrent ones with batching off. One process, one
-manager (the same weights), the fast path with compile="none" (CUDA graphs only: every new
-batch shape is a new signature, and compiling each would not fit a short device lease).
+manager (the same weights), the fast path with compile="none" by default (CUDA graphs only:
+every new batch shape is a new signature); `--compile full` (the app's default) waits after
+each configuration's warm-up rounds for the background compiles of the shapes it met
+(`--compile-wait-s`), then warms once more, so the timed rounds run compiled graphs.
 SD 1.5 shapes with random weights, fp16, 512², 30 steps, CFG 7.5, Euler a; every request its
 own prompt, seed and CFG scale.
 
     PYTHONUNBUFFERED=1 python bench/gpu_batching.py            # H200: well under 2 minutes
+    PYTHONUNBUFFERED=1 python bench/gpu_batching.py --compile full --max-batch 4   # ~7 min cold
     python bench/gpu_batching.py --cpu-smoke                   # tiny model on the CPU: a dry run
 
 One JSON line per measurement: seconds for the 8 (median of --repeats rounds, after warm-up
@@ -27,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_speed import build_random_sd15, log, median_s, psnr, section  # noqa: E402
+from gpu_speed import budget_watchdog, build_random_sd15, log, median_s, psnr, section  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -77,10 +80,16 @@ def concurrent(manager, batch):
     return results
 
 
-def seconds(fn, repeats: int, warm: int = 2) -> float:
+def seconds(fn, repeats: int, warm: int = 2, runtime=None, wait_s: float = 0) -> float:
     for _ in range(warm):  # the second call of every new shape captures its graph
         fn()
-    return median_s(fn, repeats)
+    if runtime is not None and wait_s:  # --compile full: the shapes met above, compiled
+        log(compiles_in=runtime.wait_idle(wait_s))
+        fn()
+    before = runtime.served() if runtime is not None else None
+    result = median_s(fn, repeats)
+    LAST["served"] = dict(runtime.served() - before) if runtime is not None else None  # the timed rounds'
+    return result
 
 
 @section("batching")
@@ -88,23 +97,25 @@ def bench_batching(folder: Path, card: str, args) -> None:
     cuda = torch.cuda.is_available() and not args.cpu_smoke
     model = folder / "sd15" if (folder / "sd15").exists() else folder
     manager = PipelineManager(device="cuda" if cuda else "cpu", dtype="fp16" if cuda else None,
-                              fast_path=FastPath(compile="none") if cuda else None, max_batch=1)
+                              fast_path=FastPath(compile=args.compile) if cuda else None, max_batch=1)
     manager.load_base(str(model))
     batch = requests(args)
-    common = dict(card=card, size=args.size, steps=args.steps, requests=len(batch))
+    common = dict(card=card, size=args.size, steps=args.steps, requests=len(batch), compile=args.compile)
+    runtime = manager.fast_runtime if args.compile != "none" else None
+    wait = dict(runtime=runtime, wait_s=args.compile_wait_s)
 
     set_batching(manager, 1)
     alone = serial(manager, batch)
-    serial_s = seconds(lambda: serial(manager, batch), args.repeats, warm=1)
+    serial_s = seconds(lambda: serial(manager, batch), args.repeats, warm=1, **wait)
     log(config="8 requests one after another", s=serial_s, images_per_s=round(len(batch) / serial_s, 3), ratio=1.0,
         **common)
-    off_s = seconds(lambda: concurrent(manager, batch), args.repeats, warm=0)  # the serial shapes
+    off_s = seconds(lambda: concurrent(manager, batch), args.repeats, warm=0, **wait)  # the serial shapes
     log(config="8 concurrent, batching off", s=off_s, images_per_s=round(len(batch) / off_s, 3),
         ratio=round(serial_s / off_s, 3), **common)
     for max_batch in args.max_batch:
         set_batching(manager, max_batch)
         before = len(manager.batching.served)
-        on_s = seconds(lambda: concurrent(manager, batch), args.repeats)
+        on_s = seconds(lambda: concurrent(manager, batch), args.repeats, **wait)
         served = manager.batching.served[before:]
         together, latencies = LAST["results"], LAST["latencies"]
         log(config=f"8 concurrent, batching on (--max-batch {max_batch})", s=on_s,
@@ -112,7 +123,7 @@ def bench_batching(folder: Path, card: str, args) -> None:
             ratio_vs_batching_off=round(off_s / on_s, 3), batch_sizes_served=served[-12:],
             latency_mean_s=round(statistics.mean(latencies), 3), latency_max_s=round(max(latencies), 3),
             psnr_vs_alone_db=min(psnr(a.images[0].image, b.images[0].image) for a, b in zip(alone, together)),
-            **common)
+            served_during=LAST["served"], **common)
     set_batching(manager, 1)
 
 
@@ -122,8 +133,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-batch", type=lambda text: [int(x) for x in text.split(",")], default=[4, 8])
+    parser.add_argument("--compile", default="none", choices=("none", "full"), help="the fast path's compile mode")
+    parser.add_argument("--compile-wait-s", type=float, default=240, help="with --compile full: longest wait per configuration")
+    parser.add_argument("--budget-s", type=float, default=0, help="end with what was logged after this long")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny random model on the CPU, 64², 4 steps")
     args = parser.parse_args()
+    if args.budget_s:
+        budget_watchdog(args.budget_s)
     with tempfile.TemporaryDirectory() as tmp:
         if args.cpu_smoke or not torch.cuda.is_available():
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
