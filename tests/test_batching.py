@@ -326,3 +326,39 @@ def test_a_worker_process_takes_a_batch_worth_of_jobs_and_answers_each(tiny_mode
             assert np.abs(pixels(result) - pixels(batching.run(request))).max() <= 2
     finally:
         pool.shutdown()
+
+
+def test_a_crowds_burst_fills_its_batches_and_a_lone_user_never_waits(tiny_model_dir):
+    """Once two requests have waited together, a head that finds its batch short holds the
+    device for the rest of a burst (Batcher.gather_s): 8 requests at once are served as 4 + 4,
+    not 1 + 4 + 3 (the first starting alone before the others are in line). A user whose
+    requests never wait together with another's is never held back."""
+    from pipelines.manager import PipelineManager
+
+    manager = PipelineManager(device="cpu", max_batch=4)
+    manager.load_base(str(tiny_model_dir))
+    manager.batching.gather_s = 30.0  # far longer than the burst takes to arrive: the test cannot race it
+    lone = threading.Thread(target=manager.run, args=(txt2img("alone", 5, steps=2),))
+    lone.start()
+    lone.join(20)
+    assert not lone.is_alive()  # no crowd yet: it did not wait 30 s for company
+    assert manager.batching.served[-1:] == [1]
+
+    manager.batching.gather_s = 0.0  # this pair's short batch would wait out the 30 s
+    while_busy(manager, [(txt2img("a", 1), None, Job()), (txt2img("b", 2), None, Job())])  # a crowd
+    manager.batching.gather_s = 30.0
+    burst = [txt2img(f"burst {i}", 100 + i) for i in range(8)]
+    results = [None] * 8
+    before = len(manager.batching.served)
+
+    def one(i):
+        results[i] = manager.run(burst[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert manager.batching.served[before:] == [4, 4]
+    assert [r.images[0].seed for r in results] == [100 + i for i in range(8)]  # each its own
+    assert all(f"burst {i}" in results[i].images[0].infotext for i in range(8))
