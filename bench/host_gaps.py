@@ -7,7 +7,8 @@ in between the moment the GPU ran dry and that launch (sampled every 0.1 ms). Th
 there for the host, so those frames are the host overhead worth removing.
 
 The Python tracer slows the host, so gaps come out wider than in an unprofiled request; which
-frames fill them is what this answers. `--trace` writes the raw Kineto trace (gzip) beside it.
+frames fill them is what this answers. With keep_trace and $OUT set, the raw Kineto trace is
+written there too (gzip; `python bench/host_gaps.py FILE` reads one back).
 """
 from __future__ import annotations
 

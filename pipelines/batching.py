@@ -135,10 +135,8 @@ class Batcher:
     path); key(request) is batch_key or None; run_together(entries) samples a batch holding the
     lock and delivers to every entry (or raises: the entries not yet served then run alone)."""
 
-    def __init__(self, lock: FifoLock, max_batch: int, run_alone, key, run_together, gather_s: float = GATHER_S,
-                 clock: Callable[[], float] = time.monotonic):
-        self.lock, self.max_batch = lock, max(1, int(max_batch))
-        self.gather_s, self._clock = gather_s, clock
+    def __init__(self, lock: FifoLock, max_batch: int, run_alone, key, run_together, gather_s: float = GATHER_S):
+        self.lock, self.max_batch, self.gather_s = lock, max(1, int(max_batch)), gather_s
         self._run_alone, self._key, self._run_together = run_alone, key, run_together
         self._order = threading.Lock()  # a place in line and the pending list change together
         self._pending: list[Entry] = []
@@ -171,7 +169,7 @@ class Batcher:
             entry.epoch = self._epoch
             self._pending.append(entry)
             if len(self._pending) > 1:
-                self._crowd_at = self._clock()
+                self._crowd_at = time.monotonic()
             ticket = self.lock.ticket()
             self._arrived.notify_all()
         if not self.lock.wait(ticket, unless=entry.done.is_set):
@@ -213,10 +211,14 @@ class Batcher:
         if self.max_batch <= 1 or head.job.cancelled or head.images >= self.max_batch:
             return [head]
         with self._order:
-            if self.gather_s > 0 and self._clock() - self._crowd_at <= CROWD_MEMORY_S:
+            candidates = list(self._pending)
+        short = head.images + sum(e.images for e in candidates) < self.max_batch
+        if (short and self.gather_s > 0 and time.monotonic() - self._crowd_at <= CROWD_MEMORY_S
+                and self._safe_key(head) is not None):  # a request that never batches (ControlNet) waits for nobody
+            with self._order:
                 self._arrived.wait_for(lambda: head.images + sum(e.images for e in self._pending) >= self.max_batch,
                                        timeout=self.gather_s)
-            candidates = list(self._pending)
+                candidates = list(self._pending)
         key = self._safe_key(head) if candidates else None  # nobody waiting: no key to compute
         if key is None:
             return [head]
