@@ -51,14 +51,12 @@ class ApiJobs:
             if not done.done():
                 getattr(done, method)(value)
 
-        def started():
+        def admitted():
             record.started_at = time.time()
-            if prepare is not None:
-                prepare()
 
         def work():
-            try:
-                for event in self.backend.stream(request, record.job, prepare=started):
+            try:  # only a model switch (prepare) takes the line's exclusive turn
+                for event in self.backend.stream(request, record.job, prepare=prepare, on_admit=admitted):
                     if isinstance(event, StepInfo):
                         record.step = event
                         record.preview = event.preview if event.preview is not None else record.preview
@@ -87,22 +85,31 @@ class ApiJobs:
         with self._lock:
             return [job for job in self._jobs if job.caller == caller]
 
+    def _current(self, caller: str) -> list[ApiJob]:
+        """The caller's jobs being sampled now (several when they share a batch). A job let in
+        may still wait in the device's line behind others (a batch's worth are let in at once):
+        it is current only once it reports a step, or when none of the caller's has yet (the
+        first let in is about to start)."""
+        admitted = [job for job in self._mine(caller) if job.running]
+        return [job for job in admitted if job.step is not None] or admitted[:1]
+
     def interrupt(self, caller: str) -> int:
-        """Stop the caller's running jobs (their images so far come back); waiting ones stay."""
-        running = [job for job in self._mine(caller) if job.running]
-        for record in running:
+        """Stop the caller's current job (its images so far come back), as A1111 does; the
+        caller's other jobs, waiting, run after it."""
+        current = self._current(caller)
+        for record in current:
             record.job.cancel()
-        return len(running)
+        return len(current)
 
     def skip(self, caller: str) -> int:
-        running = [job for job in self._mine(caller) if job.running]
-        for record in running:
+        current = self._current(caller)
+        for record in current:
             record.job.skip()
-        return len(running)
+        return len(current)
 
     def progress(self, caller: str) -> tuple[ApiJob | None, int]:
-        """The caller's current job (the running one, else the first waiting) and how many
-        of the caller's jobs are in all."""
+        """The caller's current job (else the first waiting) and how many of the caller's jobs
+        are in all."""
         mine = self._mine(caller)
-        running = [job for job in mine if job.running]
-        return (running[0] if running else mine[0] if mine else None), len(mine)
+        current = self._current(caller)
+        return (current[0] if current else mine[0] if mine else None), len(mine)

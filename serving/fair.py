@@ -58,18 +58,22 @@ class FairGate(WrappedBackend):
         """Jobs in line, not yet running."""
         return len(self._line)
 
-    def stream(self, request, job: Job | None = None, prepare=None):
-        """The backend's events once it is this job's turn; prepare() runs first, inside the
-        turn (the REST API's per-request model switch: no other job can come between).
+    def stream(self, request, job: Job | None = None, prepare=None, on_admit=None):
+        """The backend's events once it is this job's turn; prepare() runs first, inside an
+        exclusive turn (the REST API's per-request model switch: no other job can come between).
+        on_admit() only tells the caller its job was let in (an ordinary turn).
         The turn ends when the backend has produced the result, not when the consumer has
         read every event: a slow reader (Gradio's per-step progress) holds no one up."""
-        return stream_run(lambda request, on_step, job: self.run(request, on_step, job, prepare), request, job or Job())
+        return stream_run(lambda request, on_step, job: self.run(request, on_step, job, prepare, on_admit), request,
+                          job or Job())
 
-    def run(self, request, on_step=None, job: Job | None = None, prepare=None) -> GenerationResult:
+    def run(self, request, on_step=None, job: Job | None = None, prepare=None, on_admit=None) -> GenerationResult:
         job = job or Job()
         with self.turn(job, exclusive=prepare is not None) as admitted:
             if not admitted:
                 return GenerationResult(request.task, [], ["Interrupted before it started."], interrupted=True)
+            if on_admit is not None:
+                on_admit()
             if prepare is not None:
                 prepare()
             for event in self.backend.stream(request, job):

@@ -362,3 +362,71 @@ def test_a_crowds_burst_fills_its_batches_and_a_lone_user_never_waits(tiny_model
     assert manager.batching.served[before:] == [4, 4]
     assert [r.images[0].seed for r in results] == [100 + i for i in range(8)]  # each its own
     assert all(f"burst {i}" in results[i].images[0].infotext for i in range(8))
+
+
+def _rest(jobs):
+    """Submit REST API jobs (api/jobs.py: async) from a test thread: an event loop of their own."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    return lambda request, caller: asyncio.run_coroutine_threadsafe(jobs.run(request, caller), loop)
+
+
+def _hold_the_device(gate):
+    """A job through the shared line that holds the device until released."""
+    busy, release = threading.Event(), threading.Event()
+    blocker = threading.Thread(target=gate.run, args=(txt2img("busy", 1, steps=2),),
+                               kwargs={"on_step": lambda i: (busy.set(), release.wait(60))})
+    blocker.start()
+    assert busy.wait(60)
+    return blocker, release
+
+
+def _until(predicate, seconds=30):
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return True
+        threading.Event().wait(0.02)
+    return False
+
+
+def test_rest_api_jobs_take_ordinary_turns_and_batch_together(batching):
+    """Only a REST job that switches the model first takes the line's exclusive turn: ordinary
+    ones are let in side by side, as browser jobs are, so they wait in the manager's line
+    together and are sampled as one batch (with every REST job exclusive, API clients could
+    never batch, nor use a second GPU's slots)."""
+    from api.jobs import ApiJobs
+    from serving.fair import FairGate
+
+    gate = FairGate(batching)
+    submit = _rest(ApiJobs(gate, max_jobs=16))
+    blocker, release = _hold_the_device(gate)
+    futures = [submit(txt2img(f"api {i}", 40 + i), "alice") for i in range(2)]
+    assert _until(lambda: batching.batching.waiting == 2)  # both admitted beside the running job
+    served = len(batching.batching.served)
+    release.set()
+    results = [future.result(120) for future in futures]
+    blocker.join(60)
+    assert batching.batching.served[served:] == [2]  # one generation for both
+    assert [r.images[0].seed for r in results] == [40, 41] and not any(r.interrupted for r in results)
+
+
+def test_rest_interrupt_stops_the_callers_job_being_sampled_not_the_ones_waiting(batching):
+    """As A1111's /sdapi/v1/interrupt: the job being sampled stops with its image so far; the
+    caller's next job, admitted but still waiting for the device, runs after it."""
+    from api.jobs import ApiJobs
+    from serving.fair import FairGate
+
+    gate = FairGate(batching)
+    jobs = ApiJobs(gate, max_jobs=16)
+    submit = _rest(jobs)
+    first = submit(txt2img("long", 50, steps=150), "alice")
+    assert _until(lambda: (jobs.progress("alice")[0] or None) is not None
+                  and jobs.progress("alice")[0].step is not None)
+    second = submit(txt2img("next", 51, width=72), "alice")  # another size: it waits, unbatched
+    assert _until(lambda: batching.batching.waiting == 1)
+    assert jobs.interrupt("alice") == 1
+    stopped, after = first.result(120), second.result(120)
+    assert stopped.interrupted and stopped.images  # its image so far
+    assert not after.interrupted and [i.seed for i in after.images] == [51]
