@@ -100,27 +100,24 @@ def _bench_mode_set(manager, label: str, requests: dict, args, card: str) -> dic
 
 
 @section("turbo txt2img")
-def _txt2img(manager, folder, args, card):
-    times = _bench_mode_set(manager, "txt2img", _requests(folder, args, control=False), args, card)
+def _txt2img(manager, folder, args, card, modes: tuple | None = None):
+    """Each mode's row, then the final latents' error of every Turbo mode against Off (when Off
+    ran; the images' PSNR in the rows covers token merging)."""
+    modes = modes or _modes(args)
+    times = _bench_mode_set(manager, "txt2img", _requests(folder, args, control=False, modes=modes), args, card)
     if "Off" not in times:
         return times
     off = _final_latents(manager, "Off", args)
-    for mode in [m for m in _modes(args) if m != "Off" and not m.startswith("ToMe ")]:
+    for mode in [m for m in modes if m != "Off" and not m.startswith("ToMe ")]:
         z = _final_latents(manager, mode, args)
         log(bench="turbo", mode="txt2img", turbo=mode, latent_rel_error_vs_off=round(float((z - off).norm() / off.norm()), 4))
     return times
 
 
-@section("turbo beside the recipe")
 def rows_for_speed_run(manager, folder: Path, args, card: str, modes: tuple) -> dict:
     """bench/gpu_speed.py --turbo: the modes on gpu_speed's own manager (its compile), so their
     s/image sit in one table with the recipe's; Off first, the same request as its txt2img row."""
-    times = _bench_mode_set(manager, "txt2img", _requests(folder, args, control=False, modes=("Off", *modes)), args, card)
-    off = _final_latents(manager, "Off", args)
-    for mode in [m for m in modes if not m.startswith("ToMe ")]:  # the images' PSNR above covers ToMe
-        z = _final_latents(manager, mode, args)
-        log(bench="turbo", mode="txt2img", turbo=mode, latent_rel_error_vs_off=round(float((z - off).norm() / off.norm()), 4))
-    return times
+    return _txt2img(manager, folder, args, card, ("Off", *modes))
 
 
 @section("turbo controlnet")
