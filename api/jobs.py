@@ -85,24 +85,25 @@ class ApiJobs:
         with self._lock:
             return [job for job in self._jobs if job.caller == caller]
 
-    def _current(self, caller: str) -> list[ApiJob]:
-        """The caller's jobs being sampled now (several when they share a batch). A job let in
-        may still wait in the device's line behind others (a batch's worth are let in at once):
-        it is current only once it reports a step, or when none of the caller's has yet (the
-        first let in is about to start)."""
-        admitted = [job for job in self._mine(caller) if job.running]
+    @staticmethod
+    def _current(mine: list[ApiJob]) -> list[ApiJob]:
+        """Of a caller's jobs, those being sampled now (several when they share a batch). A job
+        let in may still wait in the device's line behind others (a batch's worth are let in at
+        once): it is current only once it reports a step, or when none of the caller's has yet
+        (the first let in is about to start)."""
+        admitted = [job for job in mine if job.running]
         return [job for job in admitted if job.step is not None] or admitted[:1]
 
     def interrupt(self, caller: str) -> int:
         """Stop the caller's current job (its images so far come back), as A1111 does; the
         caller's other jobs, waiting, run after it."""
-        current = self._current(caller)
+        current = self._current(self._mine(caller))
         for record in current:
             record.job.cancel()
         return len(current)
 
     def skip(self, caller: str) -> int:
-        current = self._current(caller)
+        current = self._current(self._mine(caller))
         for record in current:
             record.job.skip()
         return len(current)
@@ -111,5 +112,5 @@ class ApiJobs:
         """The caller's current job (else the first waiting) and how many of the caller's jobs
         are in all."""
         mine = self._mine(caller)
-        current = self._current(caller)
+        current = self._current(mine)
         return (current[0] if current else mine[0] if mine else None), len(mine)

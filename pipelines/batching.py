@@ -212,16 +212,18 @@ class Batcher:
             return [head]
         with self._order:
             candidates = list(self._pending)
-        short = head.images + sum(e.images for e in candidates) < self.max_batch
-        if (short and self.gather_s > 0 and time.monotonic() - self._crowd_at <= CROWD_MEMORY_S
-                and self._safe_key(head) is not None):  # a request that never batches (ControlNet) waits for nobody
+        gather = (self.gather_s > 0 and time.monotonic() - self._crowd_at <= CROWD_MEMORY_S
+                  and head.images + sum(e.images for e in candidates) < self.max_batch)
+        if not (candidates or gather):
+            return [head]  # nobody waiting and no crowd: no key to compute
+        key = self._safe_key(head)
+        if key is None:
+            return [head]  # a request that never batches (ControlNet) waits for nobody
+        if gather:
             with self._order:
                 self._arrived.wait_for(lambda: head.images + sum(e.images for e in self._pending) >= self.max_batch,
                                        timeout=self.gather_s)
                 candidates = list(self._pending)
-        key = self._safe_key(head) if candidates else None  # nobody waiting: no key to compute
-        if key is None:
-            return [head]
         members, images = [head], head.images
         for entry in candidates:
             if images >= self.max_batch:

@@ -27,6 +27,15 @@ def txt2img(prompt, seed, cfg_scale=7.0, steps=6, width=64, scheduler="Euler a",
                                                                cfg_scale=cfg_scale)))
 
 
+def _until(predicate, seconds=30) -> bool:
+    """Poll until predicate() holds; False after `seconds`."""
+    for _ in range(int(seconds / 0.02)):
+        if predicate():
+            return True
+        threading.Event().wait(0.02)
+    return False
+
+
 def while_busy(manager, calls, run=None):
     """Run calls [(request, on_step, job)] from threads while the device is busy with another
     request, so they all wait in line together; return their results (or errors) in order."""
@@ -50,10 +59,7 @@ def while_busy(manager, calls, run=None):
     threads = [threading.Thread(target=call, args=(i, *c)) for i, c in enumerate(calls)]
     for thread in threads:
         thread.start()
-    for _ in range(200):
-        if manager.batching.waiting == len(calls):
-            break
-        threading.Event().wait(0.05)
+    _until(lambda: manager.batching.waiting == len(calls), 10)
     served_before = len(manager.batching.served)
     release.set()
     for thread in threads + [blocker]:
@@ -383,14 +389,6 @@ def _hold_the_device(gate):
     return blocker, release
 
 
-def _until(predicate, seconds=30):
-    for _ in range(int(seconds / 0.02)):
-        if predicate():
-            return True
-        threading.Event().wait(0.02)
-    return False
-
-
 def test_rest_api_jobs_take_ordinary_turns_and_batch_together(batching):
     """Only a REST job that switches the model first takes the line's exclusive turn: ordinary
     ones are let in side by side, as browser jobs are, so they wait in the manager's line
@@ -422,8 +420,7 @@ def test_rest_interrupt_stops_the_callers_job_being_sampled_not_the_ones_waiting
     jobs = ApiJobs(gate, max_jobs=16)
     submit = _rest(jobs)
     first = submit(txt2img("long", 50, steps=150), "alice")
-    assert _until(lambda: (jobs.progress("alice")[0] or None) is not None
-                  and jobs.progress("alice")[0].step is not None)
+    assert _until(lambda: getattr(jobs.progress("alice")[0], "step", None) is not None)  # sampling
     second = submit(txt2img("next", 51, width=72), "alice")  # another size: it waits, unbatched
     assert _until(lambda: batching.batching.waiting == 1)
     assert jobs.interrupt("alice") == 1
