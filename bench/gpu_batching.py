@@ -12,6 +12,9 @@ own prompt, seed and CFG scale.
     PYTHONUNBUFFERED=1 python bench/gpu_batching.py --compile full --max-batch 4   # ~7 min cold
     python bench/gpu_batching.py --cpu-smoke                   # tiny model on the CPU: a dry run
 
+`--rest` adds, per --max-batch, the same 8 as REST API jobs through the app's line (api/jobs.py
+over serving/fair.py, without HTTP): what an A1111 client's burst gets.
+
 One JSON line per measurement: seconds for the 8 (median of --repeats rounds, after warm-up
 rounds that capture the graphs of new shapes), images per second, ratios against serial in the same
 run, the batch sizes served, mean/max per-request latency (last round), and the lowest PSNR of
@@ -80,6 +83,20 @@ def concurrent(manager, batch):
     return results
 
 
+def through_rest(jobs, batch):
+    """The same 8 as REST API jobs (api/jobs.py over serving/fair.py, the app's line), all
+    submitted at once from one event loop, without the HTTP layer around them."""
+    import asyncio
+
+    async def all_of_them():
+        return await asyncio.gather(*(jobs.run(request, caller=f"client {i}") for i, request in enumerate(batch)))
+
+    start = time.perf_counter()
+    results = asyncio.run(all_of_them())
+    LAST.update(results=results, latencies=[time.perf_counter() - start])
+    return results
+
+
 def seconds(fn, repeats: int, warm: int = 2, runtime=None, wait_s: float = 0) -> float:
     for _ in range(warm):  # the second call of every new shape captures its graph
         fn()
@@ -124,6 +141,19 @@ def bench_batching(folder: Path, card: str, args) -> None:
             latency_mean_s=round(statistics.mean(latencies), 3), latency_max_s=round(max(latencies), 3),
             psnr_vs_alone_db=min(psnr(a.images[0].image, b.images[0].image) for a, b in zip(alone, together)),
             served_during=LAST["served"], **common)
+        if args.rest:
+            from api.jobs import ApiJobs
+            from serving.fair import FairGate
+
+            # the app's line in front of this manager: 2 × max_batch let in at once (manager.concurrency)
+            jobs = ApiJobs(FairGate(manager, slots=2 * max_batch), max_jobs=64)
+            before = len(manager.batching.served)
+            rest_s = seconds(lambda: through_rest(jobs, batch), args.repeats, warm=1, **wait)
+            log(config=f"8 concurrent REST API jobs, batching on (--max-batch {max_batch})", s=rest_s,
+                images_per_s=round(len(batch) / rest_s, 3), ratio=round(serial_s / rest_s, 3),
+                ratio_vs_direct=round(on_s / rest_s, 3), batch_sizes_served=manager.batching.served[before:][-12:],
+                psnr_vs_alone_db=min(psnr(a.images[0].image, b.images[0].image) for a, b in zip(alone, LAST["results"])),
+                served_during=LAST["served"], **common)
     set_batching(manager, 1)
 
 
@@ -136,6 +166,7 @@ def main() -> None:
     parser.add_argument("--compile", default="none", choices=("none", "full"), help="the fast path's compile mode")
     parser.add_argument("--compile-wait-s", type=float, default=240, help="with --compile full: longest wait per configuration")
     parser.add_argument("--budget-s", type=float, default=0, help="end with what was logged after this long")
+    parser.add_argument("--rest", action="store_true", help="also the 8 as REST API jobs through the app's line")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny random model on the CPU, 64², 4 steps")
     args = parser.parse_args()
     if args.budget_s:
