@@ -48,7 +48,7 @@ from .core.requests import Img2ImgRequest, Txt2ImgRequest
 from .core.schedulers import build_scheduler
 from .fast_path import FifoLock
 from .generation import StepReporter, close_batch, decode, pooled_kwargs, prompt_notes
-from .noise import NoiseSpec, sampler_noise
+from .noise import NoiseSpec, sampler_noise, without_host_sync
 from .preview import DenoisedTap
 from .prompt_encoding import encode_prompts, tokenize
 
@@ -316,7 +316,7 @@ def sample_together(pipe, members: list[Member], scheduler_config: dict, call_kw
         raise NotBatched()
     head = prepared[0].entry.request
     s = head.sampling
-    scheduler = build_scheduler(s.scheduler, scheduler_config)
+    scheduler = without_host_sync(build_scheduler(s.scheduler, scheduler_config))
     tap = DenoisedTap(scheduler)
     pipe.scheduler = scheduler
     task = head.task

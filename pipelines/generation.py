@@ -16,8 +16,8 @@ from PIL import Image
 from .diffusion_math import vae_decode
 from .families import vae_precision
 from .core.jobs import GeneratedImage, GenerationResult, Job, StepInfo
-from .noise import NoiseSpec, sampler_noise
-from .preview import DenoisedTap, latent_to_image
+from .noise import NoiseSpec, sampler_noise, without_host_sync
+from .preview import DenoisedTap, PreviewInFlight, latent_to_image
 from .prompt_encoding import effective_clip_skip, encode_prompts, tokenize
 from .core.prompt_syntax import parse_prompt
 from .core.schedulers import build_scheduler
@@ -35,16 +35,29 @@ class StepReporter:
         self.batch, self.batch_count = batch, batch_count
         self.steps_done, self.total = 0, 0
         self.latest_x0: torch.Tensor | None = None
+        self.in_flight: PreviewInFlight | None = None
 
     def __call__(self, index: int, total: int, latents: torch.Tensor, x0: torch.Tensor | None) -> bool:
         self.steps_done, self.total, self.latest_x0 = index + 1, total, x0
         if self.on_step is not None:
-            preview = None
-            if self.steps_done % self.preview_every == 0 or self.steps_done == total:
-                # x̂_0 looks like the final image long before x_t does.
-                preview = latent_to_image((x0 if x0 is not None else latents)[0], self.preview_weights())
+            # x̂_0 looks like the final image long before x_t does.
+            preview = self._preview((x0 if x0 is not None else latents)[0])
             self.on_step(StepInfo(self.steps_done, total, self.batch, self.batch_count, preview))
         return self.job.cancelled or self.job.skipping
+
+    def _preview(self, latent: torch.Tensor):
+        """Every preview_every steps and at the last. On a GPU a due preview is sent off
+        (PreviewInFlight) and handed over at the first step that finds it landed; the last
+        step starts none (the image itself comes right after)."""
+        due = self.steps_done % self.preview_every == 0
+        if latent.device.type != "cuda":
+            return latent_to_image(latent, self.preview_weights()) if due or self.steps_done == self.total else None
+        landed = None
+        if self.in_flight is not None and self.in_flight.ready():
+            landed, self.in_flight = latent_to_image(self.in_flight.host, self.preview_weights()), None
+        if due and self.steps_done < self.total and self.in_flight is None:
+            self.in_flight = PreviewInFlight(latent)
+        return landed
 
 
 def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) -> Sampler:
@@ -56,7 +69,7 @@ def diffusers_sampler(pipe, request, call_kwargs: dict, scheduler_config: dict) 
     embeddings = encode_prompts(pipe, request.prompt, request.negative_prompt, request.clip_skip, s.cfg)
 
     def sample(seeds: list[int], report) -> torch.Tensor:
-        scheduler = build_scheduler(s.scheduler, scheduler_config)
+        scheduler = without_host_sync(build_scheduler(s.scheduler, scheduler_config))
         tap = DenoisedTap(scheduler)
         pipe.scheduler = scheduler
         noise_kwargs, generators = sampler_noise(pipe, scheduler, call_kwargs, NoiseSpec.of(request, seeds),

@@ -16,12 +16,46 @@ s = 1 returns b itself, bit for bit.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 LATENT_FACTOR = 8  # the VAE's downsampling: latents are (C, H/8, W/8)
+
+
+def to_device_without_sync(noise: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU-drawn noise onto the sampling device. A copy to a GPU from ordinary (pageable)
+    memory first waits for every kernel queued there, so a step loop that draws noise each
+    step would stop running ahead of the GPU at every step; from pinned memory the copy just
+    queues behind them (the pinned block is kept until the copy is done)."""
+    if device.type != "cuda":
+        return noise.to(device)
+    return noise.pin_memory().to(device, non_blocking=True)
+
+
+def _step_noise(shape, generator=None, device=None, dtype=None, layout=None):
+    """diffusers' randn_tensor for schedulers: the same draws from the same generators, and
+    CPU-drawn noise handed to a GPU without a host sync (to_device_without_sync)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device = torch.device(device) if isinstance(device, str) else device
+    first = generator[0] if isinstance(generator, list) and generator else generator
+    if device is None or device.type != "cuda" or first is None or first.device.type != "cpu":
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype, layout=layout)
+    cpu = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=dtype, layout=layout)
+    return to_device_without_sync(cpu, device)
+
+
+def without_host_sync(scheduler):
+    """The scheduler, its per-step noise (Euler a — the default —, DPM2 a, DDPM, the SDE
+    samplers, DDIM with η > 0) drawn by _step_noise: diffusers' scheduler modules call their
+    module's randn_tensor, so that name is rebound once per module."""
+    module = sys.modules.get(type(scheduler).__module__)
+    if module is not None and getattr(module, "randn_tensor", _step_noise) is not _step_noise:
+        module.randn_tensor = _step_noise
+    return scheduler
 
 
 def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,21 @@ def latent_to_image(latent: torch.Tensor, weights: torch.Tensor) -> Image.Image:
     return image.resize((image.width * 8, image.height * 8), Image.NEAREST)
 
 
+class PreviewInFlight:
+    """One preview's latent on its way from a GPU: copied to pinned host memory behind the
+    queued steps, so the step loop never waits for it (a plain .cpu() would stop the host
+    running ahead of the GPU every few steps); the image is made once the copy has landed."""
+
+    def __init__(self, latent: torch.Tensor):
+        self.host = torch.empty(latent.shape, dtype=torch.float32, pin_memory=True)
+        self.host.copy_(latent.detach().float(), non_blocking=True)
+        self.landed = torch.cuda.Event()
+        self.landed.record()
+
+    def ready(self) -> bool:
+        return self.landed.query()
+
+
 class DenoisedTap:
     """Wraps a (per-request, never shared) scheduler's step() to keep its latest x̂_0.
 

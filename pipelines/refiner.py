@@ -16,6 +16,7 @@ from .core.errors import ModelLoadError
 from .loading import ModelSource, _with_variant, explain, resolve_source
 from .preview import DenoisedTap
 from .core.schedulers import build_scheduler
+from .noise import without_host_sync
 
 REFINER_WHAT_TO_PASS = ("Pass an SDXL refiner as a diffusers folder (containing model_index.json) or a Hub id "
                         "such as stabilityai/stable-diffusion-xl-refiner-1.0.")
@@ -87,7 +88,7 @@ def refined_sampler(base_sample_with, refiner, request, scheduler_config: dict):
         latents = base_sample(seeds, watched)
         if switch >= 1.0 or stopped[0]:
             return latents
-        scheduler = build_scheduler(s.scheduler, refiner_config)
+        scheduler = without_host_sync(build_scheduler(s.scheduler, refiner_config))
         tap = DenoisedTap(scheduler)
         refiner.scheduler = scheduler
 

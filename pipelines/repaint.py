@@ -35,6 +35,7 @@ import torch
 
 from .diffusion_math import cfg_combine, ddim_sigma, ddim_step, prediction_to_eps_x0, q_sample
 from .core.requests import MASKED_CONTENT
+from .noise import to_device_without_sync
 
 CLEAN = -1  # the "timestep" of the clean end of the chain, ᾱ = 1
 
@@ -81,9 +82,7 @@ def _randn(generators: Sequence[torch.Generator], like: torch.Tensor) -> torch.T
     """One draw per image from its own (CPU) generator, stacked into the batch."""
     shape = (1, *like.shape[1:])
     noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
-    if like.device.type != "cuda":
-        return noise.to(like.device)
-    return noise.pin_memory().to(like.device, non_blocking=True)  # no host sync per step
+    return to_device_without_sync(noise, like.device)  # no host sync per step
 
 
 def masked_content_latents(init_latents: torch.Tensor, mask_latent: torch.Tensor, content: str,

@@ -76,6 +76,28 @@ def test_noise_spec_without_a_variation_is_the_identity():
     assert NoiseSpec((1, 2), (5, 6), 0.0).vary(noise) is noise
 
 
+def test_ancestral_samplers_draw_the_same_step_noise_from_the_same_generators():
+    """Euler a (the default) draws each step's noise through without_host_sync's randn: the
+    very draws diffusers makes, image by image from each image's CPU generator (on a GPU they
+    then cross from pinned memory instead of with a sync)."""
+    import sys
+
+    from diffusers import EulerAncestralDiscreteScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from pipelines.noise import _step_noise, without_host_sync
+
+    scheduler = without_host_sync(EulerAncestralDiscreteScheduler())
+    assert sys.modules[type(scheduler).__module__].randn_tensor is _step_noise
+    for generators in ([torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], torch.Generator().manual_seed(3)):
+        twins = ([torch.Generator().manual_seed(g.initial_seed()) for g in generators] if isinstance(generators, list)
+                 else torch.Generator().manual_seed(generators.initial_seed()))
+        for _ in range(2):  # the generators advance alike, step after step
+            ours = _step_noise((2, 4, 8, 8), generator=generators, device=torch.device("cpu"), dtype=torch.float16)
+            theirs = randn_tensor((2, 4, 8, 8), generator=twins, device=torch.device("cpu"), dtype=torch.float16)
+            assert ours.dtype == torch.float16 and torch.equal(ours, theirs)
+
+
 # ----------------------------------------------------------------- variation seed, every task
 def test_variation_strength_0_is_the_plain_image_and_1_the_variation_seeds(manager):
     plain = pixels(manager.run(txt2img()))
