@@ -73,13 +73,13 @@ class ControlOverlap:
                 side.wait_stream(main)
                 with torch.cuda.stream(side):
                     outs = _scaled(call(*args), scale)
-                first = partner(*half_args)
+                first = partner(*half_args, borrow=True)  # read by its UNet's second half next (first_half)
                 main.wait_stream(side)
                 for out in outs:  # made on the side stream, read on the main one
                     out.record_stream(main)
             else:  # one stream: the same calls in the same order (CPU tests check the bookkeeping)
                 outs = _scaled(call(*args), scale)
-                first = partner(*half_args)
+                first = partner(*half_args, borrow=True)
             self.stash = (state, partner, _Origin(*origin), first)
             self.overlapped += 1
         else:
@@ -90,7 +90,10 @@ class ControlOverlap:
     def first_half(self, half, sample, timestep, context, added, args: tuple) -> tuple:
         """The UNet's first half for this call: the stash launched beside its ControlNet when it
         is this call's, else run now (and, when the last ControlNet got these very inputs, that
-        ControlNet learns this UNet as its partner)."""
+        ControlNet learns this UNet as its partner). Borrowed outputs (FastCall.__call__): the
+        caller hands them straight to the UNet's second half, whose graph copies them in before
+        any other graph of the main pool replays (the ControlNet's own graphs have their own
+        pool, and its residuals are always copies)."""
         stash, self.stash = self.stash, None
         origin = (sample, timestep, context, added)
         if stash is not None:
@@ -98,7 +101,7 @@ class ControlOverlap:
             if partner is half and stashed.matches(*origin):
                 return first
             state.partner = None
-        first = half(*args)
+        first = half(*args, borrow=True)
         if self.last is not None:
             state, seen = self.last[0](), self.last[1]
             if state is not None and seen.matches(*origin):

@@ -28,7 +28,7 @@ from . import quiet_logs
 from .core import catalog
 from .adapters import Adapters
 from .components import ControlNetCache, load_inpaint_unet
-from .control import control_maps
+from .control import control_maps, maps_on_device
 from .core.errors import GenerationError, RequestError
 from .families import SD, Family, family_of_pipeline, single_file_config as config_for
 from .families import call_kwargs as call_kwargs_of
@@ -417,6 +417,7 @@ class PipelineManager:
         models = [self._fast(self.controlnets.get(catalog.source_for("controlnet", u.model), self._base.unet, self.device, self.dtype, self.allow_download,
                                                   self.variant)) for u in units]
         maps, notes = control_maps(units, request.width, request.height)
+        maps = maps_on_device(maps, self.device)
         single = len(units) == 1
         return {
             "controlnet": models[0] if single else MultiControlNetModel(models),

@@ -47,6 +47,23 @@ def trained_controlnet(tmp_path_factory, manager):
     return save_tiny_controlnet(tmp_path_factory.mktemp("cn") / "trained", manager.pipeline("txt2img").unet)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_control_maps_reach_the_pipeline_as_its_own_processor_makes_them(manager, mode):
+    """The manager hands maps over as tensors made on the device (no float32 array and sync
+    on the host): the pipeline's control image processor must get, bit for bit, what it
+    makes itself from the PIL map."""
+    import torch
+
+    from pipelines.control import maps_on_device
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)).convert(mode)
+    processor = manager.pipeline("controlnet", controlnet=None).control_image_processor
+    own = processor.preprocess(image, height=48, width=80)
+    handed = processor.preprocess(maps_on_device([image], torch.device("cpu"))[0], height=48, width=80)
+    assert own.shape == handed.shape == (1, 3, 48, 80) and torch.equal(own, handed)
+
+
 def test_a_fresh_controlnet_leaves_the_output_identical_zero_convolutions(manager, zero_controlnet):
     assert np.array_equal(pixels(manager.run(request(unit(zero_controlnet)))), pixels(manager.run(request())))
 

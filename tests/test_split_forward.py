@@ -95,13 +95,14 @@ class _Served:
     side = True  # graphed in a memory pool of its own, as the fast path's ControlNet calls
 
     def __init__(self, fn):
-        self.fn, self.calls = fn, 0
+        self.fn, self.calls, self.borrowed = fn, 0, 0
 
     def ready(self, *tensors):
         return True
 
-    def __call__(self, *tensors):
+    def __call__(self, *tensors, borrow: bool = False):
         self.calls += 1
+        self.borrowed += borrow
         return self.fn(*tensors)
 
 
@@ -132,3 +133,6 @@ def test_the_controlnet_learns_its_unet_and_a_stash_nobody_takes_ends_the_partne
     assert torch.equal(first[0], z * 3 + 1) and state.partner is None and half.calls == 4
     outs, first = step(z, unet_latents=z * 3)
     assert overlap.overlapped == 2 and half.calls == 5  # sequential again: no wasted half
+    # Every first half goes straight into its UNet's second half: borrowed, never copied; the
+    # ControlNet's residuals leave the pipeline's hands copied (several units may share a graph).
+    assert half.borrowed == half.calls and controlnet.borrowed == 0
