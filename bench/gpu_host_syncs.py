@@ -3,14 +3,16 @@ step's noise on the CPU and diffusers moved it to the GPU from pageable memory, 
 for every queued kernel; a live preview's .cpu() did the same every 5th step. With CUDA graphs
 the host runs ahead of the GPU, and each such wait lets the GPU idle while the host prepares
 the next step. Now both go through pinned memory (pipelines/noise.py `without_host_sync`,
-pipelines/preview.py `PreviewInFlight`).
+pipelines/preview.py `PreviewInFlight`), and the loop is paced instead (generation.py
+RUN_AHEAD_STEPS: the host waits for the step 3 behind the one it launched, so the GPU always
+has work queued while progress, previews and interrupts follow the device).
 
 Rows, one manager (the app's default fast path, compiled graphs), SD 1.5 shapes with random
 weights, fp16, 512², 30 steps, CFG 7.5, medians of --repeats, the before/after of each pair
-interleaved run by run: Euler (draws no noise: the reference), Euler a via run() (no
+interleaved run by run: Euler (draws no noise: what pacing alone costs), Euler a via run() (no
 previews, as a bench or a batch job), Euler a via stream() (previews every 5th step, as the
 browser tab and the REST API's progress get them). "before" puts the old code back for its
-runs (the diffusers draw, the blocking preview).
+runs (the diffusers draw, the blocking preview, no pacing).
 
     PYTHONUNBUFFERED=1 python bench/gpu_host_syncs.py     # H200: ~2.5 min with a cold compile cache
     python bench/gpu_host_syncs.py --cpu-smoke             # tiny model on the CPU: a dry run
@@ -27,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_speed import PROMPT, _sync, budget_watchdog, build_random_sd15, log, psnr, timed  # noqa: E402
+from gpu_speed import PROMPT, _sync, budget_watchdog, build_random_sd15, log, psnr  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -52,14 +54,15 @@ class Before:
         import diffusers.utils.torch_utils as torch_utils
         from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a
 
-        self.module, self.saved = euler_a, (generation.without_host_sync, generation.StepReporter._preview)
+        reporter = generation.StepReporter
+        self.module, self.saved = euler_a, (generation.without_host_sync, reporter._preview, reporter._pace)
         generation.without_host_sync = lambda scheduler: scheduler
-        generation.StepReporter._preview = _blocking_preview
+        reporter._preview, reporter._pace = _blocking_preview, lambda self: None
         euler_a.randn_tensor = torch_utils.randn_tensor
         return self
 
     def __exit__(self, *exc):
-        generation.without_host_sync, generation.StepReporter._preview = self.saved
+        generation.without_host_sync, generation.StepReporter._preview, generation.StepReporter._pace = self.saved
         self.module.randn_tensor = noise._step_noise
 
 
@@ -69,37 +72,41 @@ def request(args, scheduler: str) -> Txt2ImgRequest:
 
 
 def via_run(manager, req):
-    return manager.run(req), 0
+    return manager.run(req), {}
 
 
 def via_stream(manager, req):
-    previews = 0
+    """The result, the previews that arrived, and when the middle step's report arrived (a
+    fraction of the request's time: ~0.5 when progress follows the device)."""
+    previews, start, middle = 0, time.perf_counter(), None
     for event in manager.stream(req):
         if hasattr(event, "preview"):
             previews += event.preview is not None
+            if event.step == event.total // 2:
+                middle = time.perf_counter() - start
         else:
-            return event, previews
+            return event, dict(previews=previews, middle_step_reported_at=round(middle / (time.perf_counter() - start), 2))
     raise RuntimeError("the stream ended without a result")
 
 
 def pair(manager, req, how, repeats: int) -> dict:
     """before/after, interleaved: seconds (medians), previews per request, the images' PSNR."""
-    times, previews, images = {"before": [], "after": []}, {}, {}
+    times, seen, images = {"before": [], "after": []}, {}, {}
     for _ in range(repeats):
         for name in ("before", "after"):
             _sync()
             start = time.perf_counter()
             if name == "before":
                 with Before():
-                    result, seen = how(manager, req)
+                    result, seen[name] = how(manager, req)
             else:
-                result, seen = how(manager, req)
+                result, seen[name] = how(manager, req)
             _sync()
             times[name].append(time.perf_counter() - start)
-            previews[name], images[name] = seen, result.images[0].image
+            images[name] = result.images[0].image
     before, after = statistics.median(times["before"]), statistics.median(times["after"])
     return dict(before_s=round(before, 4), after_s=round(after, 4), speedup=round(before / after, 3),
-                previews_before=previews["before"], previews_after=previews["after"],
+                **{f"{key}_{name}": value for name in ("before", "after") for key, value in seen[name].items()},
                 psnr_before_vs_after_db=psnr(images["before"], images["after"]))
 
 
@@ -136,8 +143,9 @@ def main() -> None:
         for req in (euler, euler_a):
             via_stream(manager, req)
         common = dict(card=card, size=args.size, steps=args.steps, compile=args.compile, repeats=args.repeats)
-        euler_s = statistics.median(timed(lambda: manager.run(euler), args.repeats))
-        log(row="Euler, run() (draws no noise)", s=round(euler_s, 4), **common)
+        plain = pair(manager, euler, via_run, args.repeats)  # before/after differ by the pacing alone
+        log(row="Euler, run() (draws no noise)", **plain, **common)
+        euler_s = plain["after_s"]
         for name, how in (("Euler a, run()", via_run), ("Euler a, stream() with previews every "
                                                         f"{manager.preview_every} steps", via_stream)):
             result = pair(manager, euler_a, how, args.repeats)

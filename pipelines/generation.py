@@ -1,5 +1,6 @@
 """One request's batches, whatever samples them: seeds per image, per-step progress with a
-live preview, interrupt within one step, decode, infotext.
+live preview, interrupt within one step (on a GPU: once the few steps already queued have
+run, RUN_AHEAD_STEPS), decode, infotext.
 
 A *sampler* is a function ``sample(seeds, report) -> latents`` that runs one batch and calls
 ``report(index, total, latents, x0)`` after every step; report returns True when the job
@@ -8,6 +9,7 @@ become samplers, so everything around them is written once.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable
 
 import torch
@@ -25,8 +27,16 @@ from .core.schedulers import build_scheduler
 Sampler = Callable[[list[int], Callable], torch.Tensor]
 
 
+# How many steps a GPU step loop may have queued beyond the one the device is on. With CUDA
+# graphs and no host sync in the loop, the host would otherwise queue every step at once:
+# progress would read 30/30 at once and an interrupt could stop nothing already queued. Two
+# or three queued steps keep the GPU fed (a step's host work is well under a step's GPU time).
+RUN_AHEAD_STEPS = 3
+
+
 class StepReporter:
-    """Turns a sampler's per-step report into StepInfo (+ preview) and the stop decision."""
+    """Turns a sampler's per-step report into StepInfo (+ preview) and the stop decision; on a
+    GPU it also paces the loop (RUN_AHEAD_STEPS), so steps are reported as the device runs them."""
 
     def __init__(self, job: Job, on_step, preview_weights: Callable[[], torch.Tensor], preview_every: int,
                  batch: int, batch_count: int):
@@ -36,14 +46,26 @@ class StepReporter:
         self.steps_done, self.total = 0, 0
         self.latest_x0: torch.Tensor | None = None
         self.in_flight: PreviewInFlight | None = None
+        self.queued: deque = deque()  # one CUDA event per step launched
 
     def __call__(self, index: int, total: int, latents: torch.Tensor, x0: torch.Tensor | None) -> bool:
         self.steps_done, self.total, self.latest_x0 = index + 1, total, x0
+        if latents.device.type == "cuda":
+            self._pace()
         if self.on_step is not None:
             # x̂_0 looks like the final image long before x_t does.
             preview = self._preview((x0 if x0 is not None else latents)[0])
             self.on_step(StepInfo(self.steps_done, total, self.batch, self.batch_count, preview))
         return self.job.cancelled or self.job.skipping
+
+    def _pace(self) -> None:
+        """Wait (GIL released) until the device has finished the step RUN_AHEAD_STEPS before
+        the one just launched: the steps in between keep it busy meanwhile."""
+        event = torch.cuda.Event()
+        event.record()
+        self.queued.append(event)
+        if len(self.queued) > RUN_AHEAD_STEPS:
+            self.queued.popleft().synchronize()
 
     def _preview(self, latent: torch.Tensor):
         """Every preview_every steps and at the last. On a GPU a due preview is sent off
