@@ -51,26 +51,26 @@ class StepReporter:
     def __call__(self, index: int, total: int, latents: torch.Tensor, x0: torch.Tensor | None) -> bool:
         self.steps_done, self.total, self.latest_x0 = index + 1, total, x0
         if latents.device.type == "cuda":
-            self._pace()
+            self._pace(latents.device)
         if self.on_step is not None:
             # x̂_0 looks like the final image long before x_t does.
             preview = self._preview((x0 if x0 is not None else latents)[0])
             self.on_step(StepInfo(self.steps_done, total, self.batch, self.batch_count, preview))
         return self.job.cancelled or self.job.skipping
 
-    def _pace(self) -> None:
+    def _pace(self, device: torch.device) -> None:
         """Wait (GIL released) until the device has finished the step RUN_AHEAD_STEPS before
         the one just launched: the steps in between keep it busy meanwhile."""
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(device))  # that GPU's, whichever is this thread's current one
         self.queued.append(event)
         if len(self.queued) > RUN_AHEAD_STEPS:
             self.queued.popleft().synchronize()
 
     def _preview(self, latent: torch.Tensor):
-        """Every preview_every steps and at the last. On a GPU a due preview is sent off
-        (PreviewInFlight) and handed over at the first step that finds it landed; the last
-        step starts none (the image itself comes right after)."""
+        """Every preview_every steps, and on the CPU at the last too. On a GPU a due preview
+        is sent off (PreviewInFlight) and handed over at the first step that finds it landed;
+        the last step starts none (the image itself comes right after)."""
         due = self.steps_done % self.preview_every == 0
         if latent.device.type != "cuda":
             return latent_to_image(latent, self.preview_weights()) if due or self.steps_done == self.total else None

@@ -25,14 +25,14 @@ import torch
 LATENT_FACTOR = 8  # the VAE's downsampling: latents are (C, H/8, W/8)
 
 
-def to_device_without_sync(noise: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """CPU-drawn noise onto the sampling device. A copy to a GPU from ordinary (pageable)
-    memory first waits for every kernel queued there, so a step loop that draws noise each
-    step would stop running ahead of the GPU at every step; from pinned memory the copy just
-    queues behind them (the pinned block is kept until the copy is done)."""
+def to_device_without_sync(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor (CPU-drawn noise, a control map) onto the sampling device. A copy to a GPU
+    from ordinary (pageable) memory first waits for every kernel queued there, so a step loop
+    that draws noise each step would stop running ahead of the GPU at every step; from pinned
+    memory the copy just queues behind them (the pinned block is kept until the copy is done)."""
     if device.type != "cuda":
-        return noise.to(device)
-    return noise.pin_memory().to(device, non_blocking=True)
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _step_noise(shape, generator=None, device=None, dtype=None, layout=None):

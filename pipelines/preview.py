@@ -60,9 +60,9 @@ class PreviewInFlight:
 
     def __init__(self, latent: torch.Tensor):
         self.host = torch.empty(latent.shape, dtype=torch.float32, pin_memory=True)
-        self.host.copy_(latent.detach().float(), non_blocking=True)
+        self.host.copy_(latent.detach().float(), non_blocking=True)  # on the latent's GPU's current stream
         self.landed = torch.cuda.Event()
-        self.landed.record()
+        self.landed.record(torch.cuda.current_stream(latent.device))
 
     def ready(self) -> bool:
         return self.landed.query()

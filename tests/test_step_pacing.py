@@ -26,7 +26,8 @@ def test_on_a_gpu_the_loop_stays_three_steps_ahead_and_previews_land_without_a_w
     class Event:  # torch.cuda.Event: recorded after each step's launch, waited on later
         waited = False
 
-        def record(self):
+        def record(self, stream=None):
+            assert stream == torch.device("cuda")  # the stream of the latents' own GPU
             events.append(self)
 
         def synchronize(self):
@@ -44,6 +45,7 @@ def test_on_a_gpu_the_loop_stays_three_steps_ahead_and_previews_land_without_a_w
             return self.looks >= 2
 
     monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: device)
     monkeypatch.setattr(generation, "PreviewInFlight", InFlight)
     infos, job = [], Job()
     reporter = StepReporter(job, infos.append, lambda: torch.zeros(5, 3), preview_every=5, batch=0, batch_count=1)
