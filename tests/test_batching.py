@@ -380,10 +380,17 @@ def _rest(jobs):
 
 
 def _hold_the_device(gate):
-    """A job through the shared line that holds the device until released."""
+    """A job that took its turn in the shared line and holds the device until released: it
+    waits inside its first step, in the generating thread (gate.run's own on_step is called
+    by the reader of the job's events, while the generation may already have finished)."""
     busy, release = threading.Event(), threading.Event()
-    blocker = threading.Thread(target=gate.run, args=(txt2img("busy", 1, steps=2),),
-                               kwargs={"on_step": lambda i: (busy.set(), release.wait(60))})
+
+    def job():
+        with gate.turn() as admitted:
+            assert admitted
+            gate.backend.run(txt2img("busy", 1, steps=2), on_step=lambda i: (busy.set(), release.wait(60)))
+
+    blocker = threading.Thread(target=job)
     blocker.start()
     assert busy.wait(60)
     return blocker, release
