@@ -24,12 +24,13 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_speed import PROMPT, _sync, budget_watchdog, build_random_sd15, log, psnr  # noqa: E402
+from gpu_speed import PROMPT, budget_watchdog, build_random_sd15, log, psnr, timed  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -47,8 +48,8 @@ def _blocking_preview(self, latent):
 
 
 class Before:
-    """The old step loop for the runs inside it: diffusers' own draw (pageable copy) and the
-    blocking preview."""
+    """The old step loop for the runs inside it: diffusers' own draw (pageable copy), the
+    blocking preview, no pacing."""
 
     def __enter__(self):
         import diffusers.utils.torch_utils as torch_utils
@@ -92,18 +93,15 @@ def via_stream(manager, req):
 def pair(manager, req, how, repeats: int) -> dict:
     """before/after, interleaved: seconds (medians), previews per request, the images' PSNR."""
     times, seen, images = {"before": [], "after": []}, {}, {}
+
+    def once(name):
+        with Before() if name == "before" else nullcontext():
+            result, seen[name] = how(manager, req)
+        images[name] = result.images[0].image
+
     for _ in range(repeats):
         for name in ("before", "after"):
-            _sync()
-            start = time.perf_counter()
-            if name == "before":
-                with Before():
-                    result, seen[name] = how(manager, req)
-            else:
-                result, seen[name] = how(manager, req)
-            _sync()
-            times[name].append(time.perf_counter() - start)
-            images[name] = result.images[0].image
+            times[name] += timed(lambda: once(name), 1)
     before, after = statistics.median(times["before"]), statistics.median(times["after"])
     return dict(before_s=round(before, 4), after_s=round(after, 4), speedup=round(before / after, 3),
                 **{f"{key}_{name}": value for name in ("before", "after") for key, value in seen[name].items()},
