@@ -4,6 +4,7 @@ interrupt."""
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -36,18 +37,28 @@ def _until(predicate, seconds=30) -> bool:
     return False
 
 
+def hold_the_device(manager, gate=None):
+    """A request that holds the device until released: it waits inside its first step, in the
+    generating thread. With gate, it first takes its turn in that shared line (gate.run's own
+    on_step is called by the reader of the job's events, while the generation may already have
+    finished, so it could not hold the device)."""
+    busy, release = threading.Event(), threading.Event()
+
+    def job():
+        with gate.turn() if gate is not None else nullcontext(True) as admitted:
+            assert admitted
+            manager.run(txt2img("busy", 1, steps=2), on_step=lambda i: (busy.set(), release.wait(60)))
+
+    blocker = threading.Thread(target=job)
+    blocker.start()
+    assert busy.wait(60)
+    return blocker, release
+
+
 def while_busy(manager, calls, run=None):
     """Run calls [(request, on_step, job)] from threads while the device is busy with another
     request, so they all wait in line together; return their results (or errors) in order."""
-    busy, release = threading.Event(), threading.Event()
-
-    def hold(info):
-        busy.set()
-        release.wait(60)
-
-    blocker = threading.Thread(target=manager.run, args=(txt2img("busy", 1, steps=2),), kwargs={"on_step": hold})
-    blocker.start()
-    assert busy.wait(60)
+    blocker, release = hold_the_device(manager)
     outcomes = [None] * len(calls)
 
     def call(i, request, on_step, job):
@@ -379,23 +390,6 @@ def _rest(jobs):
     return lambda request, caller: asyncio.run_coroutine_threadsafe(jobs.run(request, caller), loop)
 
 
-def _hold_the_device(gate):
-    """A job that took its turn in the shared line and holds the device until released: it
-    waits inside its first step, in the generating thread (gate.run's own on_step is called
-    by the reader of the job's events, while the generation may already have finished)."""
-    busy, release = threading.Event(), threading.Event()
-
-    def job():
-        with gate.turn() as admitted:
-            assert admitted
-            gate.backend.run(txt2img("busy", 1, steps=2), on_step=lambda i: (busy.set(), release.wait(60)))
-
-    blocker = threading.Thread(target=job)
-    blocker.start()
-    assert busy.wait(60)
-    return blocker, release
-
-
 def test_rest_api_jobs_take_ordinary_turns_and_batch_together(batching):
     """Only a REST job that switches the model first takes the line's exclusive turn: ordinary
     ones are let in side by side, as browser jobs are, so they wait in the manager's line
@@ -406,7 +400,7 @@ def test_rest_api_jobs_take_ordinary_turns_and_batch_together(batching):
 
     gate = FairGate(batching)
     submit = _rest(ApiJobs(gate, max_jobs=16))
-    blocker, release = _hold_the_device(gate)
+    blocker, release = hold_the_device(batching, gate)
     futures = [submit(txt2img(f"api {i}", 40 + i), "alice") for i in range(2)]
     assert _until(lambda: batching.batching.waiting == 2)  # both admitted beside the running job
     served = len(batching.batching.served)
