@@ -340,6 +340,7 @@ def bench_fast(folder, args, card, requests, eager, reference):
             served_during={k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)},
             **({"controlnet_steps_on_two_streams": overlapped} if overlapped else {}))
     log(served_by_call={f"{call.name} #{i}": dict(call.served) for i, call in enumerate(runtime.calls)})
+    joint_vs_three_graphs(manager, requests.get("controlnet 1 unit"), args, steady)
     image = manager.run(Limits().normalize(Txt2ImgRequest(
         prompt=PROMPT, width=args.size, height=args.size,
         sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=7)))).images[0].image
@@ -361,6 +362,49 @@ def bench_fast(folder, args, card, requests, eager, reference):
     stall = [round(timed(lambda: manager.run(second), 1)[0], 3) for _ in range(3)]
     log(second_size=f"{args.second_width}x{args.size}", first_requests_s=stall)
     return steady, manager
+
+
+@section("joint step")
+def joint_vs_three_graphs(manager, request, args, steady) -> None:
+    """The ControlNet step as one CUDA graph (control_overlap.py's joint step) against the
+    three graphs it is built from (ControlNet on a second stream beside the UNet's first half,
+    then its second half), interleaved request by request, and their images compared."""
+    overlap = manager.fast_runtime.overlap
+    if request is not None:  # learns the step's parts, and the worker captures the joint step
+        manager.run(request)
+        manager.fast_runtime.wait_idle(60)
+        manager.run(request)
+    if request is None or not overlap.joined:
+        log(joint_step="not measured: no ControlNet step ran as one graph", joined=overlap.joined)
+        return
+    times, images = {False: [], True: []}, {}
+    for _ in range(args.repeats):
+        for joint in (False, True):
+            overlap.joint = joint
+            joined = overlap.joined
+            times[joint] += timed(lambda: images.__setitem__(joint, np.asarray(manager.run(request).images[0].image)), 1)
+            assert (overlap.joined > joined) == joint, "the joint step did not serve (or served when off)"
+    overlap.joint = True
+    three, one = statistics.median(times[False]), statistics.median(times[True])
+    log(mode="controlnet 1 unit", three_graphs_s=round(three, 4), one_graph_s=round(one, 4),
+        speedup=round(three / one, 3), ratio_to_txt2img={"three graphs": round(three / steady["txt2img"], 3),
+                                                          "one graph": round(one / steady["txt2img"], 3)},
+        images_identical=bool(np.array_equal(images[False], images[True])),
+        max_abs_diff=int(np.abs(images[False].astype(int) - images[True].astype(int)).max()))
+    # A unit at weight 0.8 that stops at half the steps: the residuals scaled inside the graph.
+    from dataclasses import replace
+
+    unit = replace(request.control.units[0], weight=0.8, end=0.5)
+    weighted = replace(request, control=replace(request.control, units=(unit,)))
+    overlap.joint = False
+    three = np.asarray(manager.run(weighted).images[0].image)
+    overlap.joint = True
+    manager.run(weighted)  # asks the worker for the scaled step's graph
+    manager.fast_runtime.wait_idle(60)
+    joined = overlap.joined
+    one = np.asarray(manager.run(weighted).images[0].image)
+    log(mode="controlnet 1 unit, weight 0.8, end 0.5", joined_steps=overlap.joined - joined,
+        images_identical=bool(np.array_equal(three, one)), max_abs_diff=int(np.abs(three.astype(int) - one.astype(int)).max()))
 
 
 @section("lora")

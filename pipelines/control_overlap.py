@@ -14,6 +14,18 @@ timestep, text embeddings (and SDXL added conditioning) are the very tensor obje
 ControlNet call got makes that UNet the ControlNet's *partner*. A stash nobody takes (guess
 mode, Turbo's own stepper, a 9-channel UNet fed other latents) ends the partnership, so a
 wrong guess costs one UNet half once.
+
+Once all three are at their last upgrade (compiled, or eager graphs where nothing compiles),
+the whole step becomes **one CUDA graph** (a *joint step*): the ControlNet forked onto a second
+stream inside the capture, the UNet's first half beside it, the join, the residuals scaled and
+the up half. Three graphs cost ~50 device copies per step (each graph's static inputs, the
+residuals' clones) and the gaps between their launches; one graph reads its inputs once. The
+ControlNet call then hands the pipeline the joint step's residuals and keeps its noise
+prediction for the UNet call that follows; that call checks it got those very residuals (and
+latents, timestep, text embeddings) and takes it. The partner's second half is learned like
+the first: from a step served on two streams whose UNet call got the ControlNet's own
+residuals (one unit: several units' residuals are summed, so they never join). Same compiled
+functions, same order, so the images equal the three graphs' bit for bit.
 """
 from __future__ import annotations
 
@@ -23,10 +35,28 @@ import torch
 
 
 class ControlState:
-    """Per ControlNet (and per guess mode): its learned partner, the UNet-first-half FastCall."""
+    """Per ControlNet (and per guess mode): its learned partner, the UNet-first-half FastCall;
+    the second half that followed it, per ControlNet signature; the joint step built from them."""
 
     def __init__(self):
         self.partner = None  # weakref to a FastCall
+        self.second: dict = {}  # ControlNet signature -> (weakref to the up-half FastCall, its signature)
+        self.joint = None  # (the three functions it was built from, its FastCall)
+
+
+class _Stash:
+    """What a ControlNet call launched for the UNet call it expects next: the first half's
+    outputs (two streams), or the whole step's noise prediction (joint)."""
+
+    def __init__(self, state, partner, origin, outs, key, first=None, noise=None):
+        self.state, self.partner, self.origin, self.outs, self.key = state, partner, origin, outs, key
+        self.first, self.noise = first, noise
+
+    def taken_by(self, half, origin: tuple, residuals: tuple) -> bool:
+        """The expected UNet call: its partner half, the same inputs and (for a joint step,
+        whose noise prediction depends on them) the very residuals this ControlNet returned."""
+        return (half is self.partner and self.origin.matches(*origin)
+                and (self.noise is None or _same(residuals, self.outs)))
 
 
 class _Origin:
@@ -47,11 +77,17 @@ class _Origin:
 class ControlOverlap:
     """One per fast-path runtime (requests run one at a time under the manager's lock)."""
 
-    def __init__(self):
-        self.stash = None  # (ControlState, partner FastCall, _Origin, first-half outputs)
+    def __init__(self, runtime=None):
+        self.runtime = runtime  # makes the joint steps' FastCalls; None: never joins (unit tests)
+        self.joint = runtime is not None  # benches switch it off to time the three graphs
+        self.stash: _Stash | None = None
         self.last = None  # (weakref to ControlState, _Origin) of the last ControlNet call
         self.overlapped = 0  # ControlNet steps served on two streams (benches read it)
+        self.joined = 0  # of those, steps served as one graph
+        self.units = 0  # ControlNet calls before the last UNet call with residuals: one joins
+        self._calls = 0
         self._sides: dict = {}
+        self._scales: dict = {}
 
     def _side(self, device) -> torch.cuda.Stream:
         if device not in self._sides:
@@ -60,32 +96,69 @@ class ControlOverlap:
 
     def run_controlnet(self, state: ControlState, call, args: tuple, scale: float, origin: tuple) -> tuple:
         """call(*args) = (x, t, context, hint, *added) → residuals at scale 1; scaled here."""
-        if self.stash is not None and not self.stash[2].matches(*origin):
+        self._calls += 1
+        if self.stash is not None and not self.stash.origin.matches(*origin):
             self._drop()  # nobody took it: that ControlNet's partner guess was wrong
         partner = state.partner() if state.partner is not None else None
         half_args = (*args[:3], *args[4:])
         # call.side: its graphs have a memory pool of their own, so they may run beside the partner's
         if (partner is not None and self.stash is None and call.side and call.ready(*args)
                 and partner.ready(*half_args)):
-            if args[0].is_cuda:
-                main = torch.cuda.current_stream(args[0].device)
-                side = self._side(args[0].device)
-                side.wait_stream(main)
-                with torch.cuda.stream(side):
-                    outs = _scaled(call(*args), scale)
-                first = partner(*half_args, borrow=True)  # read by its UNet's second half next (first_half)
-                main.wait_stream(side)
-                for out in outs:  # made on the side stream, read on the main one
-                    out.record_stream(main)
-            else:  # one stream: the same calls in the same order (CPU tests check the bookkeeping)
-                outs = _scaled(call(*args), scale)
-                first = partner(*half_args, borrow=True)
-            self.stash = (state, partner, _Origin(*origin), first)
+            key = call.key(*args) if self.joint else None
+            joint = self._joint(state, call, partner, key, args, scale) if self.joint else None
+            if joint is not None:
+                *outs, noise = joint[0](*joint[1], borrow=True)
+                self.stash = _Stash(state, partner, _Origin(*origin), tuple(outs), key, noise=noise)
+                self.joined += 1
+            else:
+                outs, first = self._two_streams(call, partner, args, half_args, scale)
+                self.stash = _Stash(state, partner, _Origin(*origin), outs, key, first=first)
             self.overlapped += 1
         else:
             outs = _scaled(call(*args), scale)
         self.last = (weakref.ref(state), _Origin(*origin))
         return outs
+
+    def _two_streams(self, call, partner, args, half_args, scale) -> tuple:
+        if not args[0].is_cuda:  # one stream: the same calls in the same order (CPU tests check the bookkeeping)
+            outs = _scaled(call(*args), scale)
+            return outs, partner(*half_args, borrow=True)
+        main = torch.cuda.current_stream(args[0].device)
+        side = self._side(args[0].device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            outs = _scaled(call(*args), scale)
+        first = partner(*half_args, borrow=True)  # read by its UNet's second half next (first_half)
+        main.wait_stream(side)
+        for out in outs:  # made on the side stream, read on the main one
+            out.record_stream(main)
+        return outs, first
+
+    def unet_with_residuals(self, half, sample, timestep, context, added, args: tuple, residuals: tuple,
+                            second) -> torch.Tensor:
+        """The UNet's noise prediction for a call with ControlNet residuals: the joint step's
+        when it is this call's, else second(*first half, *residuals) (second_for(count) picks
+        the up half). A step served on two streams whose UNet got its ControlNet's own
+        residuals teaches that ControlNet its second half."""
+        stash = self.stash
+        origin = (sample, timestep, context, added)
+        self.units, self._calls = self._calls, 0
+        if stash is not None and stash.noise is not None:
+            self.stash = None
+            if stash.taken_by(half, origin, residuals):
+                return stash.noise.clone()  # the graph's own buffer: its next replay rewrites it
+            stash.state.partner = None
+            # Not this call's step. Its residuals are the graph's buffers, which the next replay
+            # of a graph of that pool (the first half's, below) may overwrite: copies first.
+            residuals = tuple(r.clone() if any(r is o for o in stash.outs) else r for r in residuals)
+            stash = None
+        taken = stash is not None and stash.taken_by(half, origin, residuals)
+        first = self.first_half(half, sample, timestep, context, added, args)
+        up = second(len(residuals))
+        out = up(*first, *residuals)[0]
+        if taken and self.joint and _same(residuals, stash.outs) and up.ready(*first, *residuals):
+            stash.state.second[stash.key] = (weakref.ref(up), up.key(*first, *residuals))
+        return out
 
     def first_half(self, half, sample, timestep, context, added, args: tuple) -> tuple:
         """The UNet's first half for this call: the stash launched beside its ControlNet when it
@@ -96,11 +169,10 @@ class ControlOverlap:
         pool, and its residuals are always copies)."""
         stash, self.stash = self.stash, None
         origin = (sample, timestep, context, added)
-        if stash is not None:
-            state, partner, stashed, first = stash
-            if partner is half and stashed.matches(*origin):
-                return first
-            state.partner = None
+        if stash is not None and stash.first is not None:
+            if stash.partner is half and stash.origin.matches(*origin):
+                return stash.first
+            stash.state.partner = None
         first = half(*args, borrow=True)
         if self.last is not None:
             state, seen = self.last[0](), self.last[1]
@@ -108,9 +180,66 @@ class ControlOverlap:
                 state.partner = weakref.ref(half)
         return first
 
+    def _joint(self, state: ControlState, call, partner, key, args: tuple, scale: float):
+        """(the joint step's FastCall, its inputs) when its graph is ready; else None, and the
+        worker is asked for it once its three parts are at their last upgrade."""
+        second = state.second.get(key)
+        # Several units (the last step had them): the UNet gets their summed residuals, never one's.
+        up = second[0]() if self.units == 1 and second is not None else None
+        if up is None:
+            return None
+        fns = (call.final_fn(key), partner.final_fn(partner.key(*args[:3], *args[4:])), up.final_fn(second[1]))
+        if any(fn is None for fn in fns):
+            return None
+        if state.joint is None or any(a is not b for a, b in zip(state.joint[0], fns)):
+            step = joint_step(*fns, len(args), self._side(args[0].device) if args[0].is_cuda else None)
+            state.joint = (fns, self.runtime.call("controlnet step (one graph)", step, prebuilt=True))
+        joint = state.joint[1]
+        inputs = args if scale == 1.0 else (*args, self._scale(scale, args[0].device))
+        if joint.ready(*inputs):
+            return joint, inputs
+        joint.prepare(*inputs)
+        return None
+
+    def _scale(self, scale: float, device) -> torch.Tensor:
+        """The conditioning scale as a float32 tensor on the device, made once per value
+        (torch.full: no host-to-device copy, so no sync)."""
+        if (scale, device) not in self._scales:
+            self._scales[(scale, device)] = torch.full((), scale, dtype=torch.float32, device=device)
+        return self._scales[(scale, device)]
+
     def _drop(self) -> None:
-        self.stash[0].partner = None
+        self.stash.state.partner = None
         self.stash = None
+
+
+def joint_step(controlnet, first_half, second_half, count: int, side: torch.cuda.Stream | None):
+    """One ControlNet step from the three parts' functions: fn(x, t, context, hint, *added
+    [, scale]) → (*scaled residuals, noise prediction). On a GPU the ControlNet runs on the
+    side stream, forked from and joined to the capturing stream (one graph holds both)."""
+
+    def step(*tensors):
+        args, scale = tensors[:count], (tensors[count] if len(tensors) > count else None)
+        half_args = (*args[:3], *args[4:])
+        if side is None:
+            residuals = controlnet(*args)
+            first = first_half(*half_args)
+        else:
+            main = torch.cuda.current_stream(args[0].device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                residuals = controlnet(*args)
+            first = first_half(*half_args)
+            main.wait_stream(side)
+        if scale is not None:  # o * scale as _scaled does it: fp32 product, rounded to o's dtype
+            residuals = tuple((o.float() * scale).to(o.dtype) for o in residuals)
+        return (*residuals, *second_half(*first, *residuals))
+
+    return step
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def _scaled(outs: tuple, scale: float) -> tuple:

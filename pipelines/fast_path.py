@@ -5,7 +5,8 @@ shared/reference/MEASUREMENTS.md), so the levers are, in order of gain:
 - CUDA graphs: the UNet call (plain, or with ControlNet residuals: its two halves, the first
   run beside the ControlNet on a second stream, control_overlap.py), each ControlNet call, the
   VAE encode and decode and the text encoder(s) are captured once per input signature and
-  replayed (one launch instead of ~1000); calls a graph cannot serve (unmerged LoRA adapters,
+  replayed (one launch instead of ~1000), and a ControlNet step, once its parts are compiled,
+  as one graph; calls a graph cannot serve (unmerged LoRA adapters,
   tiling, attention masks, unusual arguments) run the ordinary forward;
 - torch.compile (whole module, fullgraph) under those graphs, except the text encoders;
   channels_last, fused QKV;
@@ -186,7 +187,7 @@ class CapturedGraph:
     """fn(*inputs) captured in a CUDA graph over static copies of the inputs."""
 
     def __init__(self, fn, inputs: list[torch.Tensor], pool):
-        self.inputs = inputs
+        self.fn, self.inputs = fn, inputs  # fn: what a joint ControlNet step re-captures (control_overlap.py)
         with torch.cuda.device(inputs[0].device):
             started = time.perf_counter()
             side = torch.cuda.Stream()
@@ -232,7 +233,8 @@ class FastCall:
     ready: eager until the runtime's worker installs a graph or a compiled version."""
 
     def __init__(self, runtime: "FastPathRuntime", name: str, fn, compile: bool = True, inline: bool = False,
-                 side: bool = False, lossy: bool = False, twin: Callable[[], Callable] | None = None):
+                 side: bool = False, lossy: bool = False, twin: Callable[[], Callable] | None = None,
+                 prebuilt: bool = False):
         self.runtime, self.name, self.fn, self.compile = runtime, name, fn, compile
         # inline: called many times per request (a step loop), so the second call of a new
         # signature captures the eager graph right there (same kernels, same maths as eager).
@@ -247,6 +249,9 @@ class FastCall:
         # worker then compiles a twin per signature, so its runs (trace, first run, capture)
         # never touch the state a request's eager calls of fn are using at that moment.
         self.twin = twin
+        # prebuilt: fn is made of other calls' fast versions (a joint ControlNet step): the
+        # worker neither compiles it nor captures an eager graph first, it captures fn as it is.
+        self.prebuilt = prebuilt
         self.fast: dict[tuple, tuple[Callable, str]] = {}  # signature -> (callable, how)
         # Signatures submitted to the worker (the fast ones' places) -> when each was last called.
         self.seen: dict[tuple, float] = {}
@@ -262,7 +267,9 @@ class FastCall:
 
     def to_compile(self):
         """What the worker compiles for one more signature: the shared compiled fn, or a fresh
-        compiled twin (one per signature: see `twin`)."""
+        compiled twin (one per signature: see `twin`); a prebuilt fn as it is."""
+        if self.prebuilt:
+            return self.fn
         return self.compiled() if self.twin is None else self._compiler()(self.twin())
 
     def _compiler(self):
@@ -271,6 +278,25 @@ class FastCall:
     def ready(self, *tensors: torch.Tensor) -> bool:
         """Served by a graph or compiled code for these inputs (not eager, nor a capture now)."""
         return _signature(tensors) in self.fast
+
+    def key(self, *tensors: torch.Tensor) -> tuple:
+        return _signature(tensors)
+
+    def final_fn(self, key: tuple):
+        """The function behind this signature's fast version once no further upgrade will come
+        (compiled; an eager graph where nothing compiles), else None."""
+        entry = self.fast.get(key)
+        last = "compiled" if self.runtime.compiles and self.compile else "eager-graph"
+        if entry is None or not entry[1].startswith(last):
+            return None
+        return entry[0].fn if isinstance(entry[0], CapturedGraph) else entry[0]
+
+    def prepare(self, *tensors: torch.Tensor) -> None:
+        """Ask the worker for this signature's fast version without calling fn now."""
+        key = _signature(tensors)
+        if key not in self.seen and self._room():
+            self.seen[key] = self.runtime.clock()
+            self.runtime.submit(self, key, tensors)
 
     def __call__(self, *tensors: torch.Tensor, borrow: bool = False) -> tuple:
         """borrow: a CUDA graph's own output buffers, not copies of them, for a caller that
@@ -334,7 +360,7 @@ class FastPathRuntime:
         self.events: list[tuple[float, str]] = []  # (time.time(), what): for logs and benches
         self.pool = None
         self.side_pool = None
-        self.overlap = ControlOverlap()
+        self.overlap = ControlOverlap(self)
         self._graph_jobs: deque = deque()  # quick eager-graph captures go first
         self._compile_jobs: deque = deque()
         self._busy = False
@@ -358,8 +384,8 @@ class FastPathRuntime:
 
     # ------------------------------------------------------------------ wrapping modules
     def call(self, name: str, fn, compile: bool = True, inline: bool = False, side: bool = False,
-             lossy: bool = False, twin: Callable[[], Callable] | None = None) -> FastCall:
-        fast = FastCall(self, name, fn, compile, inline, side, lossy, twin)
+             lossy: bool = False, twin: Callable[[], Callable] | None = None, prebuilt: bool = False) -> FastCall:
+        fast = FastCall(self, name, fn, compile, inline, side, lossy, twin, prebuilt)
         self.calls.add(fast)
         return fast
 
@@ -387,14 +413,14 @@ class FastPathRuntime:
 
     # ------------------------------------------------------------------ the worker
     def submit(self, call: FastCall, key, tensors) -> None:
-        compiles = self.compiles and call.compile
+        compiles = (self.compiles and call.compile) or call.prebuilt
         if not (self.graphs or compiles):
             return
         inputs = [t.detach().clone() for t in tensors]  # the graphs' static buffers
         with self._cv:
             if self._closed:
                 return
-            if self.graphs:
+            if self.graphs and not call.prebuilt:
                 self._graph_jobs.append((call, key, inputs))
             if compiles:  # its own example: requests write into the eager graph's buffers meanwhile
                 example = [t.clone() for t in inputs] if self.graphs else inputs
@@ -520,11 +546,12 @@ class FastPathRuntime:
                 self._note(f"{call.name} {list(inputs[0].shape)}: traced during a LoRA switch; "
                            + ("traced again" if tries < 3 else "stays on the eager graph"))
                 return
+            how = "compiled" if self.compiles or not call.prebuilt else "eager"  # a prebuilt fn: its parts' kind
             if self.graphs:
-                call.fast[key] = (self._capture(compiled, inputs, call.side), "compiled-graph")
+                call.fast[key] = (self._capture(compiled, inputs, call.side), f"{how}-graph")
             else:
-                call.fast[key] = (compiled, "compiled")
-        self._note(f"{call.name} {list(inputs[0].shape)}: compiled in {compile_s:.1f}s"
+                call.fast[key] = (compiled, how)
+        self._note(f"{call.name} {list(inputs[0].shape)}: {'built' if call.prebuilt else 'compiled'} in {compile_s:.1f}s"
                    f"{f' ({paused:.1f}s of it paused for requests)' if paused >= 0.05 else ''}, installed")
 
 
@@ -606,9 +633,9 @@ def _wrap_unet(runtime: FastPathRuntime, unet) -> None:
         if down is None:
             out = plain(sample, t, encoder_hidden_states, *added)[0]
         elif split:
-            first = runtime.overlap.first_half(first_half, sample, timestep, encoder_hidden_states, added,
-                                               (sample, t, encoder_hidden_states, *added))
-            out = residual_call(len(down) + 1)(*first, *down, mid)[0]
+            out = runtime.overlap.unet_with_residuals(first_half, sample, timestep, encoder_hidden_states, added,
+                                                      (sample, t, encoder_hidden_states, *added), (*down, mid),
+                                                      residual_call)
         else:
             out = residual_call(len(down) + 1)(sample, t, encoder_hidden_states, *added, *down, mid)[0]
         if return_dict:

@@ -199,6 +199,20 @@ def test_controlnet_and_repaint_on_the_fast_path_give_the_plain_pipelines_images
     assert served["controlnet"]["compiled"] == 4 and served["unet up+residuals"]["compiled"] == 4
     assert served["unet down+mid"]["compiled"] == 4 and m.fast_runtime.overlap.overlapped == 4
     assert served["controlnet hint"]["eager"] == 2  # the control image's embedding: once per request
+    # That request taught the ControlNet its UNet's second half, so the worker built the whole
+    # step as one function (on a GPU: one CUDA graph) between requests: the next request's every
+    # step runs it, the parts are not called apart, and the image stays the plain pipeline's.
+    before = {call.name: sum(call.served.values()) for call in m.fast_runtime.calls}
+    assert m.fast_runtime.wait_idle(60)
+    assert np.array_equal(pixels(m.run(txt2img(control=control))), pixels(manager.run(txt2img(control=control))))
+    served = {call.name: sum(call.served.values()) - before.get(call.name, 0) for call in m.fast_runtime.calls}
+    assert served["controlnet step (one graph)"] == 4 and m.fast_runtime.overlap.joined == 4
+    assert served["controlnet"] == served["unet down+mid"] == served["unet up+residuals"] == 0
+    # Two units: the first unit's step is launched whole, the UNet gets the units' summed
+    # residuals instead and computes its own: the plain pipeline's image all the same.
+    two = Control(units=(control.units[0], ControlUnit(model=str(tiny_controlnet_dir), image=Image.fromarray(edges.transpose(1, 0, 2).copy()))))
+    assert np.array_equal(pixels(m.run(txt2img(control=two))), pixels(manager.run(txt2img(control=two))))
+    assert m.fast_runtime.overlap.joined == 5  # that one step in vain, then never again in that request
 
 
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
