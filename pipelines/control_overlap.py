@@ -13,7 +13,7 @@ Which UNet follows which ControlNet is learned, not assumed: a UNet call whose l
 timestep, text embeddings (and SDXL added conditioning) are the very tensor objects the last
 ControlNet call got makes that UNet the ControlNet's *partner*. A stash nobody takes (guess
 mode, Turbo's own stepper, a 9-channel UNet fed other latents) ends the partnership, so a
-wrong guess costs one UNet half once.
+wrong guess costs one UNet half once (a whole step, once steps are joint).
 
 Once all three are at their last upgrade (compiled, or eager graphs where nothing compiles),
 the whole step becomes **one CUDA graph** (a *joint step*): the ControlNet forked onto a second
@@ -25,7 +25,8 @@ prediction for the UNet call that follows; that call checks it got those very re
 latents, timestep, text embeddings) and takes it. The partner's second half is learned like
 the first: from a step served on two streams whose UNet call got the ControlNet's own
 residuals (one unit: several units' residuals are summed, so they never join). Same compiled
-functions, same order, so the images equal the three graphs' bit for bit.
+functions, same order, so the images equal the three graphs' bit for bit: 1.04× per request,
+ControlNet 1.23-1.24× txt2img on an H200 (docs/performance.md, round h).
 """
 from __future__ import annotations
 
@@ -137,8 +138,8 @@ class ControlOverlap:
     def unet_with_residuals(self, half, sample, timestep, context, added, args: tuple, residuals: tuple,
                             second) -> torch.Tensor:
         """The UNet's noise prediction for a call with ControlNet residuals: the joint step's
-        when it is this call's, else second(*first half, *residuals) (second_for(count) picks
-        the up half). A step served on two streams whose UNet got its ControlNet's own
+        when it is this call's, else the first half's outputs through second(len(residuals)),
+        the up-half FastCall. A step served on two streams whose UNet got its ControlNet's own
         residuals teaches that ControlNet its second half."""
         stash = self.stash
         origin = (sample, timestep, context, added)
