@@ -324,8 +324,14 @@ def bench_fast(folder, args, card, requests, eager, reference):
         pauses=gate.pauses, events=[(round(t - start, 1), e) for t, e in runtime.events])
     steady = {}
     for name, req in requests.items():
+        reserved = torch.cuda.memory_reserved()
         manager.run(req)
         runtime.wait_idle(60)  # steady: calls made once per request (e.g. ControlNet's hint) get their second call here
+        if name.startswith("controlnet"):  # what the joint step's graph (captured just now) holds
+            log(mode=name, joint_step_ready=runtime.overlap.joint and any(
+                    call.name.startswith("controlnet step") and call.fast for call in runtime.calls),
+                reserved_growth_mib=round((torch.cuda.memory_reserved() - reserved) / 2**20),
+                reserved_gib=round(torch.cuda.memory_reserved() / 2**30, 2))
         before, overlapped = dict(runtime.served()), runtime.overlap.overlapped
         steady[name] = median_s(lambda: manager.run(req), args.repeats)
         after = runtime.served()
