@@ -177,6 +177,10 @@ def mode_requests(folder, args, init):
                                              mode="inpainting model", inpaint_model=str(folder / "inpaint-unet"))),
         ("controlnet 1 unit", Txt2ImgRequest(prompt=PROMPT, width=size, height=size, sampling=s,
                                              control=Control(units=(ControlUnit(model=str(folder / "controlnet"), image=edges),)))),
+        # A1111's common pairing (e.g. canny + depth): here the one random ControlNet twice, on two maps.
+        ("controlnet 2 units", Txt2ImgRequest(prompt=PROMPT, width=size, height=size, sampling=s, control=Control(units=(
+            ControlUnit(model=str(folder / "controlnet"), image=edges),
+            ControlUnit(model=str(folder / "controlnet"), image=edges.transpose(Image.Transpose.ROTATE_90), weight=0.6))))),
     ]}
 
 
@@ -329,7 +333,7 @@ def bench_fast(folder, args, card, requests, eager, reference):
         runtime.wait_idle(60)  # steady: calls made once per request (e.g. ControlNet's hint) get their second call here
         if name.startswith("controlnet"):  # what the joint step's graph (captured just now) holds
             log(mode=name, joint_step_ready=runtime.overlap.joint and any(
-                    call.name.startswith("controlnet step") and call.fast for call in runtime.calls),
+                    call.prebuilt and call.fast for call in runtime.calls),
                 reserved_growth_mib=round((torch.cuda.memory_reserved() - reserved) / 2**20),
                 reserved_gib=round(torch.cuda.memory_reserved() / 2**30, 2))
         before, overlapped = dict(runtime.served()), runtime.overlap.overlapped
@@ -346,7 +350,8 @@ def bench_fast(folder, args, card, requests, eager, reference):
             served_during={k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)},
             **({"controlnet_steps_on_two_streams": overlapped} if overlapped else {}))
     log(served_by_call={f"{call.name} #{i}": dict(call.served) for i, call in enumerate(runtime.calls)})
-    joint_vs_three_graphs(manager, requests.get("controlnet 1 unit"), args, steady)
+    joint_vs_three_graphs(manager, "controlnet 1 unit", requests, args, steady)
+    joint_vs_three_graphs(manager, "controlnet 2 units", requests, args, steady)
     image = manager.run(Limits().normalize(Txt2ImgRequest(
         prompt=PROMPT, width=args.size, height=args.size,
         sampling=Sampling(scheduler="Euler", steps=args.steps, cfg_scale=7.5, seed=7)))).images[0].image
@@ -371,11 +376,12 @@ def bench_fast(folder, args, card, requests, eager, reference):
 
 
 @section("joint step")
-def joint_vs_three_graphs(manager, request, args, steady) -> None:
+def joint_vs_three_graphs(manager, name, requests, args, steady) -> None:
     """The ControlNet step as one CUDA graph (control_overlap.py's joint step) against the
-    three graphs it is built from (ControlNet on a second stream beside the UNet's first half,
-    then its second half), interleaved request by request, and their images compared."""
-    overlap = manager.fast_runtime.overlap
+    graphs it is built from (one ControlNet on a second stream beside the UNet's first half,
+    the other units' after it, then the second half), interleaved request by request, and
+    their images compared."""
+    overlap, request = manager.fast_runtime.overlap, requests.get(name)
     if request is not None:  # learns the step's parts, and the worker captures the joint step
         manager.run(request)
         manager.fast_runtime.wait_idle(60)
@@ -392,11 +398,13 @@ def joint_vs_three_graphs(manager, request, args, steady) -> None:
             assert (overlap.joined > joined) == joint, "the joint step did not serve (or served when off)"
     overlap.joint = True
     three, one = statistics.median(times[False]), statistics.median(times[True])
-    log(mode="controlnet 1 unit", three_graphs_s=round(three, 4), one_graph_s=round(one, 4),
+    log(mode=name, three_graphs_s=round(three, 4), one_graph_s=round(one, 4),
         speedup=round(three / one, 3), ratio_to_txt2img={"three graphs": round(three / steady["txt2img"], 3),
                                                           "one graph": round(one / steady["txt2img"], 3)},
         images_identical=bool(np.array_equal(images[False], images[True])),
         max_abs_diff=int(np.abs(images[False].astype(int) - images[True].astype(int)).max()))
+    if len(request.control.units) > 1:
+        return
     # A unit at weight 0.8 that stops at half the steps: the residuals scaled inside the graph.
     from dataclasses import replace
 

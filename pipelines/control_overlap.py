@@ -24,9 +24,13 @@ ControlNet call then hands the pipeline the joint step's residuals and keeps its
 prediction for the UNet call that follows; that call checks it got those very residuals (and
 latents, timestep, text embeddings) and takes it. The partner's second half is learned like
 the first: from a step served on two streams whose UNet call got the ControlNet's own
-residuals (one unit: several units' residuals are summed, so they never join). Same compiled
-functions, same order, so the images equal the three graphs' bit for bit: 1.04× per request,
-ControlNet 1.23-1.24× txt2img on an H200 (docs/performance.md, round h).
+residuals. Same compiled functions, same order, so the images equal the three graphs' bit for
+bit: 1.04× per request, ControlNet 1.23-1.24× txt2img on an H200 (docs/performance.md, round h).
+
+Several units (diffusers' MultiControlNetModel, wrapped by the fast path) come here together
+(run_units): their residuals are summed in diffusers' order, and once a step shows which UNet
+halves get those sums, the whole step is one graph too, each unit's ControlNet on a side
+stream of its own beside the first half (`units_step`).
 """
 from __future__ import annotations
 
@@ -43,15 +47,29 @@ class ControlState:
         self.partner = None  # weakref to a FastCall
         self.second: dict = {}  # ControlNet signature -> (weakref to the up-half FastCall, its signature)
         self.joint = None  # (the three functions it was built from, its FastCall)
+        self.groups: dict = {}  # several units led by this one: run_units
+
+
+class _Group:
+    """Several units that run together (their ControlStates, the first one's holding this):
+    the UNet halves that followed them, and the joint step built from all of their parts."""
+
+    def __init__(self, states):
+        self.states = [weakref.ref(state) for state in states]
+        self.plan = None  # (weakref to the first half, its signature, weakref to the second half, its signature)
+        self.joint = None  # (the functions it was built from, its FastCall)
+
+    def alive_as(self, states) -> bool:
+        return all(ref() is state for ref, state in zip(self.states, states))
 
 
 class _Stash:
     """What a ControlNet call launched for the UNet call it expects next: the first half's
     outputs (two streams), or the whole step's noise prediction (joint)."""
 
-    def __init__(self, state, partner, origin, outs, key, first=None, noise=None):
+    def __init__(self, state, partner, origin, outs, key, first=None, noise=None, group=None):
         self.state, self.partner, self.origin, self.outs, self.key = state, partner, origin, outs, key
-        self.first, self.noise = first, noise
+        self.first, self.noise, self.group = first, noise, group
 
     def taken_by(self, half, origin: tuple, residuals: tuple) -> bool:
         """The expected UNet call: its partner half, the same inputs and (for a joint step,
@@ -87,16 +105,19 @@ class ControlOverlap:
         self.joined = 0  # of those, steps served as one graph
         self.units = 0  # ControlNet calls before the last UNet call with residuals: one joins
         self._calls = 0
+        self._group_step = None  # (_Group, the summed residuals) of the last several units' step
         self._sides: dict = {}
         self._scales: dict = {}
 
-    def _side(self, device) -> torch.cuda.Stream:
-        if device not in self._sides:
-            self._sides[device] = torch.cuda.Stream(device=device)
-        return self._sides[device]
+    def _side(self, device, index: int = 0) -> torch.cuda.Stream:
+        if (device, index) not in self._sides:
+            self._sides[(device, index)] = torch.cuda.Stream(device=device)
+        return self._sides[(device, index)]
 
-    def run_controlnet(self, state: ControlState, call, args: tuple, scale: float, origin: tuple) -> tuple:
-        """call(*args) = (x, t, context, hint, *added) → residuals at scale 1; scaled here."""
+    def run_controlnet(self, state: ControlState, call, args: tuple, scale: float, origin: tuple,
+                       alone: bool = True) -> tuple:
+        """call(*args) = (x, t, context, hint, *added) → residuals at scale 1; scaled here.
+        alone: not one of several units (whose step joins through run_units, never here)."""
         self._calls += 1
         if self.stash is not None and not self.stash.origin.matches(*origin):
             self._drop()  # nobody took it: that ControlNet's partner guess was wrong
@@ -106,7 +127,7 @@ class ControlOverlap:
         if (partner is not None and self.stash is None and call.side and call.ready(*args)
                 and partner.ready(*half_args)):
             key = call.key(*args) if self.joint else None
-            joint = self._joint(state, call, partner, key, args, scale) if self.joint else None
+            joint = self._joint(state, call, partner, key, args, scale) if self.joint and alone else None
             if joint is not None:
                 *outs, noise = joint[0](*joint[1], borrow=True)
                 self.stash = _Stash(state, partner, _Origin(*origin), tuple(outs), key, noise=noise)
@@ -119,6 +140,63 @@ class ControlOverlap:
             outs = _scaled(call(*args), scale)
         self.last = (weakref.ref(state), _Origin(*origin))
         return outs
+
+    def run_units(self, units: list) -> tuple:
+        """Several units on the same latents, timestep and text embeddings: units = [(state,
+        call, args, origin, scale), ...]. Their scaled residuals summed in diffusers' order
+        (MultiControlNetModel: the first unit's, plus each next one's): (down list, mid). Once a
+        step showed which UNet halves follow these units, the whole step is one graph."""
+        group = self._group(units) if self.joint else None
+        joint = self._group_joint(group, units) if group is not None else None
+        if joint is not None:
+            fast, inputs, half = joint
+            *outs, noise = fast(*inputs, borrow=True)
+            self._calls += len(units)
+            self.stash = _Stash(units[0][0], half, _Origin(*units[0][3]), tuple(outs), None, noise=noise, group=group)
+            self.overlapped += 1
+            self.joined += 1
+            return list(outs[:-1]), outs[-1]
+        for i, (state, call, args, origin, scale) in enumerate(units):
+            outs = self.run_controlnet(state, call, args, scale, origin, alone=False)
+            if i == 0:
+                down, mid = list(outs[:-1]), outs[-1]
+            else:
+                down = [prev + cur for prev, cur in zip(down, outs[:-1])]
+                mid = mid + outs[-1]  # diffusers adds in place (+=): the same sums
+        self._group_step = (group, (*down, mid)) if group is not None else None
+        return down, mid
+
+    def _group(self, units) -> "_Group":
+        states = [unit[0] for unit in units]
+        key = tuple((id(state), unit[1].key(*unit[2])) for state, unit in zip(states, units))
+        group = states[0].groups.get(key)
+        if group is None or not group.alive_as(states):
+            group = states[0].groups[key] = _Group(states)
+        return group
+
+    def _group_joint(self, group: "_Group", units):
+        """(the group's joint FastCall, its inputs, the first half it stands for) when its graph
+        is ready; else None, and the worker is asked for it once every part is compiled."""
+        plan = group.plan
+        half, up = (plan[0](), plan[2]()) if plan is not None else (None, None)
+        if half is None or up is None:
+            return None
+        fns = (*(unit[1].final_fn(unit[1].key(*unit[2])) for unit in units), half.final_fn(plan[1]),
+               up.final_fn(plan[3]))
+        if any(fn is None for fn in fns):
+            return None
+        x = units[0][2][0]
+        if group.joint is None or any(a is not b for a, b in zip(group.joint[0], fns)):
+            sides = [self._side(x.device, i) for i in range(len(units))] if x.is_cuda else None
+            step = units_step(fns[:-2], fns[-2], fns[-1], len(units[0][2]) - 1, sides)
+            group.joint = (fns, self.runtime.call("controlnet units step (one graph)", step, prebuilt=True))
+        args = units[0][2]
+        inputs = (*args[:3], *args[4:], *(unit[2][3] for unit in units),
+                  *(self._scale(float(unit[4]), x.device) for unit in units))
+        if group.joint[1].ready(*inputs):
+            return group.joint[1], inputs, half
+        group.joint[1].prepare(*inputs)
+        return None
 
     def _two_streams(self, call, partner, args, half_args, scale) -> tuple:
         if not args[0].is_cuda:  # one stream: the same calls in the same order (CPU tests check the bookkeeping)
@@ -144,11 +222,14 @@ class ControlOverlap:
         stash = self.stash
         origin = (sample, timestep, context, added)
         self.units, self._calls = self._calls, 0
+        group_step, self._group_step = self._group_step, None
         if stash is not None and stash.noise is not None:
             self.stash = None
             if stash.taken_by(half, origin, residuals):
                 return stash.noise.clone()  # the graph's own buffer: its next replay rewrites it
             stash.state.partner = None
+            if stash.group is not None:
+                stash.group.plan = None
             # Not this call's step. Its residuals are the graph's buffers, which the next replay
             # of a graph of that pool (the first half's, below) may overwrite: copies first.
             residuals = tuple(r.clone() if any(r is o for o in stash.outs) else r for r in residuals)
@@ -159,6 +240,9 @@ class ControlOverlap:
         out = up(*first, *residuals)[0]
         if taken and self.joint and _same(residuals, stash.outs) and up.ready(*first, *residuals):
             stash.state.second[stash.key] = (weakref.ref(up), up.key(*first, *residuals))
+        if (group_step is not None and _same(residuals, group_step[1]) and half.ready(*args)
+                and up.ready(*first, *residuals)):  # several units' sums, as run_units made them
+            group_step[0].plan = (weakref.ref(half), half.key(*args), weakref.ref(up), up.key(*first, *residuals))
         return out
 
     def first_half(self, half, sample, timestep, context, added, args: tuple) -> tuple:
@@ -235,6 +319,37 @@ def joint_step(controlnet, first_half, second_half, count: int, side: torch.cuda
         if scale is not None:  # o * scale as _scaled does it: fp32 product, rounded to o's dtype
             residuals = tuple((o.float() * scale).to(o.dtype) for o in residuals)
         return (*residuals, *second_half(*first, *residuals))
+
+    return step
+
+
+def units_step(controlnets, first_half, second_half, shared: int, sides: list | None):
+    """Several units' step from their parts' functions: fn(x, t, context, *added, hint per unit,
+    scale per unit) → (*summed residuals, noise prediction); shared = 3 + len(added). On a GPU
+    each unit's ControlNet runs on a side stream of its own beside the first half."""
+    count = len(controlnets)
+
+    def step(*tensors):
+        common, hints, scales = tensors[:shared], tensors[shared:shared + count], tensors[shared + count:]
+        calls = [(*common[:3], hint, *common[3:]) for hint in hints]
+        if sides is None:
+            results = [controlnet(*args) for controlnet, args in zip(controlnets, calls)]
+            first = first_half(*common)
+        else:
+            main = torch.cuda.current_stream(common[0].device)
+            results = []
+            for controlnet, args, side in zip(controlnets, calls, sides):
+                side.wait_stream(main)
+                with torch.cuda.stream(side):
+                    results.append(controlnet(*args))
+            first = first_half(*common)
+            for side in sides:
+                main.wait_stream(side)
+        total = None
+        for outs, scale in zip(results, scales):  # o * scale as _scaled does it, summed in the units' order
+            outs = tuple((o.float() * scale).to(o.dtype) for o in outs)
+            total = outs if total is None else tuple(a + b for a, b in zip(total, outs))
+        return (*total, *second_half(*first, *total))
 
     return step
 

@@ -403,6 +403,8 @@ class FastPathRuntime:
             _wrap_unet(self, module)
         elif kind in TEXT_ENCODERS and self.graphs:
             _wrap_text_encoder(self, module)
+        elif kind == "MultiControlNetModel":
+            _wrap_multi_controlnet(self, module)
         return module
 
     def served(self) -> Counter:
@@ -686,22 +688,33 @@ def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
             memo[0] = (weakref.ref(cond), stamp, hint(cond)[0])
         return memo[0][2]
 
-    def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, class_labels=None,
-                timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
-                guess_mode=False, return_dict=True):
+    def unit(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, class_labels=None,
+             timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
+             guess_mode=False):
+        """(its ControlState, FastCall, the call's tensors, their origin) for a call the fast
+        path serves, else None. Also used by several units' wrapper (_wrap_multi_controlnet)."""
         added = _added_tensors(xl, added_cond_kwargs)
         simple = (added is not None and all(_empty(v) for v in (class_labels, timestep_cond, attention_mask,
                                                                  cross_attention_kwargs))
                   and torch.is_tensor(timestep) and torch.is_tensor(controlnet_cond)
                   and isinstance(conditioning_scale, (int, float)) and not _lora_unsafe(controlnet))
         if not simple:
-            return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
-                         timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
+            return None
         call = call_for(bool(guess_mode))
         second = embedded(controlnet_cond) if split else controlnet_cond
         args = (sample, _as_float_timestep(timestep, sample.device), encoder_hidden_states, second, *added)
-        outs = runtime.overlap.run_controlnet(states[bool(guess_mode)], call, args, conditioning_scale,
-                                              (sample, timestep, encoder_hidden_states, added))
+        return states[bool(guess_mode)], call, args, (sample, timestep, encoder_hidden_states, added)
+
+    def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, class_labels=None,
+                timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
+                guess_mode=False, return_dict=True):
+        served = unit(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
+                      timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode)
+        if served is None:
+            return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
+                         timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
+        state, call, args, origin = served
+        outs = runtime.overlap.run_controlnet(state, call, args, conditioning_scale, origin)
         down, mid = tuple(outs[:-1]), outs[-1]
         if return_dict:
             from diffusers.models.controlnets.controlnet import ControlNetOutput
@@ -711,6 +724,37 @@ def _wrap_controlnet(runtime: FastPathRuntime, controlnet) -> None:
 
     controlnet.forward = forward
     controlnet._sd_studio_fast = calls
+    controlnet._sd_studio_unit = (forward, unit)  # unit serves only while forward is the one installed (Turbo reroutes it)
+
+
+def _wrap_multi_controlnet(runtime: FastPathRuntime, multi) -> None:
+    """Several units (diffusers' MultiControlNetModel, made per request): when every unit's
+    ControlNet is on the fast path and its call is one the fast path serves, the units go to
+    the overlap together (control_overlap.py: run_units), which sums their residuals as
+    diffusers does and, once learned, runs the whole step as one graph."""
+    inner = multi.forward
+
+    def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels=None,
+                timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
+                guess_mode=False, return_dict=True):
+        units = []
+        for net, cond, scale in zip(multi.nets, controlnet_cond, conditioning_scale):
+            hooks = getattr(net, "_sd_studio_unit", None)
+            served = (hooks[1](sample, timestep, encoder_hidden_states, cond, scale, class_labels, timestep_cond,
+                               attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode)
+                      if hooks is not None and net.forward is hooks[0] and not guess_mode else None)
+            if served is None:
+                units = None
+                break
+            units.append((*served, scale))
+        if not units or len(units) != len(multi.nets):
+            return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
+                         timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
+        down, mid = runtime.overlap.run_units(units)
+        return down, mid
+
+    multi.forward = forward
+    multi._sd_studio_fast = forward
 
 
 def _wrap_vae_decode(runtime: FastPathRuntime, vae, compile_it: bool, cast: bool = False) -> None:

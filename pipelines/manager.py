@@ -420,7 +420,7 @@ class PipelineManager:
         maps = maps_on_device(maps, self.device)
         single = len(units) == 1
         return {
-            "controlnet": models[0] if single else MultiControlNetModel(models),
+            "controlnet": models[0] if single else self._fast(MultiControlNetModel(models)),
             "maps": maps[0] if single else maps,
             "call": dict(
                 controlnet_conditioning_scale=units[0].weight if single else [u.weight for u in units],

@@ -208,11 +208,23 @@ def test_controlnet_and_repaint_on_the_fast_path_give_the_plain_pipelines_images
     served = {call.name: sum(call.served.values()) - before.get(call.name, 0) for call in m.fast_runtime.calls}
     assert served["controlnet step (one graph)"] == 4 and m.fast_runtime.overlap.joined == 4
     assert served["controlnet"] == served["unet down+mid"] == served["unet up+residuals"] == 0
-    # Two units: the first unit's step is launched whole, the UNet gets the units' summed
-    # residuals instead and computes its own: the plain pipeline's image all the same.
-    two = Control(units=(control.units[0], ControlUnit(model=str(tiny_controlnet_dir), image=Image.fromarray(edges.transpose(1, 0, 2).copy()))))
-    assert np.array_equal(pixels(m.run(txt2img(control=two))), pixels(manager.run(txt2img(control=two))))
-    assert m.fast_runtime.overlap.joined == 5  # that one step in vain, then never again in that request
+    # Two units (the first at weight 0.7 until half the steps, the second at 1 throughout): the
+    # first request sums their residuals as diffusers does, and shows which UNet halves follow;
+    # the next runs each step whole, both ControlNets and the UNet in one function (on a GPU:
+    # one CUDA graph, a side stream per unit). Images: the plain pipeline's, bit for bit.
+    second = ControlUnit(model=str(tiny_controlnet_dir), image=Image.fromarray(edges.transpose(1, 0, 2).copy()))
+    two = txt2img(control=Control(units=(control.units[0], second)))
+    plain_two = pixels(manager.run(two))
+    assert np.array_equal(pixels(m.run(two)), plain_two)
+    assert m.fast_runtime.overlap.joined == 4 and m.fast_runtime.wait_idle(60)
+    before = {call.name: sum(call.served.values()) for call in m.fast_runtime.calls}
+    assert np.array_equal(pixels(m.run(two)), plain_two)
+    served = {call.name: sum(call.served.values()) - before.get(call.name, 0) for call in m.fast_runtime.calls}
+    assert served["controlnet units step (one graph)"] == 4 and m.fast_runtime.overlap.joined == 8
+    assert served["controlnet"] == served["unet down+mid"] == served["unet up+residuals"] == 0
+    # One unit again: its own joint step from its second step on (the first follows two units').
+    assert np.array_equal(pixels(m.run(txt2img(control=control))), pixels(manager.run(txt2img(control=control))))
+    assert m.fast_runtime.overlap.joined == 11
 
 
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
@@ -459,6 +471,14 @@ def test_every_sdxl_mode_on_the_fast_path_gives_the_plain_managers_images(xl_dir
     assert served["vae encode"][0]["compiled"] >= 1
     nine = m.inpaint_unet(str(xl_dirs["inpaint"]))._sd_studio_fast
     assert nine.served["compiled"] > 0 and nine is not m.pipeline("txt2img").unet._sd_studio_fast
+    # The ControlNet step, and two units' step, as one function each (with the SDXL conditioning).
+    two = xl_request(control=Control(units=(control.units[0], ControlUnit(model=str(xl_dirs["controlnet"]),
+                                                                          image=Image.fromarray(edges[::-1].copy())))))
+    for request in (requests["ControlNet"], two, two):
+        joined = m.fast_runtime.overlap.joined
+        assert np.array_equal(pixels(m.run(request)), pixels(xl_plain.run(request)))
+        assert m.fast_runtime.wait_idle(60)
+    assert m.fast_runtime.overlap.joined - joined == 4  # the last request's every step
     # The fp32 SDXL VAE (force_upcast) keeps its weights where graphs captured them.
     vae = m.pipeline("txt2img").vae
     pointer = vae.decoder.conv_out.weight.data_ptr()
