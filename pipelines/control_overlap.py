@@ -171,6 +171,8 @@ class ControlOverlap:
         key = tuple((id(state), unit[1].key(*unit[2])) for state, unit in zip(states, units))
         group = states[0].groups.get(key)
         if group is None or not group.alive_as(states):
+            # Groups with a unit gone (evicted ControlNets) go; their graphs with them.
+            states[0].groups = {k: g for k, g in states[0].groups.items() if all(ref() for ref in g.states)}
             group = states[0].groups[key] = _Group(states)
         return group
 
@@ -186,10 +188,10 @@ class ControlOverlap:
         if any(fn is None for fn in fns):
             return None
         x = units[0][2][0]
-        if group.joint is None or any(a is not b for a, b in zip(group.joint[0], fns)):
+        if group.joint is None or not _built_from(group.joint[0], fns):
             sides = [self._side(x.device, i) for i in range(len(units))] if x.is_cuda else None
             step = units_step(fns[:-2], fns[-2], fns[-1], len(units[0][2]) - 1, sides)
-            group.joint = (fns, self.runtime.call("controlnet units step (one graph)", step, prebuilt=True))
+            group.joint = (_weak(fns), self.runtime.call("controlnet units step (one graph)", step, prebuilt=True))
         args = units[0][2]
         inputs = (*args[:3], *args[4:], *(unit[2][3] for unit in units),
                   *(self._scale(float(unit[4]), x.device) for unit in units))
@@ -276,9 +278,9 @@ class ControlOverlap:
         fns = (call.final_fn(key), partner.final_fn(partner.key(*args[:3], *args[4:])), up.final_fn(second[1]))
         if any(fn is None for fn in fns):
             return None
-        if state.joint is None or any(a is not b for a, b in zip(state.joint[0], fns)):
+        if state.joint is None or not _built_from(state.joint[0], fns):
             step = joint_step(*fns, len(args), self._side(args[0].device) if args[0].is_cuda else None)
-            state.joint = (fns, self.runtime.call("controlnet step (one graph)", step, prebuilt=True))
+            state.joint = (_weak(fns), self.runtime.call("controlnet step (one graph)", step, prebuilt=True))
         joint = state.joint[1]
         inputs = args if scale == 1.0 else (*args, self._scale(scale, args[0].device))
         if joint.ready(*inputs):
@@ -301,9 +303,12 @@ class ControlOverlap:
 def joint_step(controlnet, first_half, second_half, count: int, side: torch.cuda.Stream | None):
     """One ControlNet step from the three parts' functions: fn(x, t, context, hint, *added
     [, scale]) → (*scaled residuals, noise prediction). On a GPU the ControlNet runs on the
-    side stream, forked from and joined to the capturing stream (one graph holds both)."""
+    side stream, forked from and joined to the capturing stream (one graph holds both).
+    The parts are held weakly, as everywhere a joint step is kept (_weak)."""
+    parts = _weak((controlnet, first_half, second_half))
 
     def step(*tensors):
+        controlnet, first_half, second_half = _strong(parts)
         args, scale = tensors[:count], (tensors[count] if len(tensors) > count else None)
         half_args = (*args[:3], *args[4:])
         if side is None:
@@ -328,8 +333,10 @@ def units_step(controlnets, first_half, second_half, shared: int, sides: list | 
     scale per unit) → (*summed residuals, noise prediction); shared = 3 + len(added). On a GPU
     each unit's ControlNet runs on a side stream of its own beside the first half."""
     count = len(controlnets)
+    parts = _weak((*controlnets, first_half, second_half))
 
     def step(*tensors):
+        *controlnets, first_half, second_half = _strong(parts)
         common, hints, scales = tensors[:shared], tensors[shared:shared + count], tensors[shared + count:]
         calls = [(*common[:3], hint, *common[3:]) for hint in hints]
         if sides is None:
@@ -352,6 +359,24 @@ def units_step(controlnets, first_half, second_half, shared: int, sides: list | 
         return (*total, *second_half(*first, *total))
 
     return step
+
+
+def _weak(fns) -> tuple:
+    """A joint step keeps its parts' functions weakly: a part's module (a ControlNet evicted
+    from the cache, a replaced inpainting UNet) is freed with its own fast path, and the step
+    (never replayed after, since the parts it is checked against are the live ones) with it."""
+    return tuple(weakref.ref(fn) for fn in fns)
+
+
+def _strong(refs: tuple) -> tuple:
+    fns = tuple(ref() for ref in refs)
+    if any(fn is None for fn in fns):
+        raise RuntimeError("a joint ControlNet step outlived one of its parts")
+    return fns
+
+
+def _built_from(refs: tuple, fns: tuple) -> bool:
+    return len(refs) == len(fns) and all(ref() is fn for ref, fn in zip(refs, fns))
 
 
 def _same(a: tuple, b: tuple) -> bool:

@@ -347,6 +347,31 @@ def test_an_evicted_controlnet_is_freed_with_its_fast_path(tiny_model_dir, tiny_
     assert controlnet() is None
 
 
+def test_two_units_joint_step_does_not_keep_an_evicted_unit_alive(tiny_model_dir, tiny_controlnet_dir, tmp_path):
+    """The step two units run as one function holds their ControlNets' functions weakly: the
+    unit evicted from the cache is freed while the other one, which keeps the step, stays."""
+    import gc
+    import shutil
+    import weakref
+
+    other = shutil.copytree(tiny_controlnet_dir, tmp_path / "other-controlnet")
+    m = fast_manager(tiny_model_dir, FakeCompiler())
+    edges = Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8))
+    two = txt2img(control=Control(units=(ControlUnit(model=str(tiny_controlnet_dir), image=edges),
+                                         ControlUnit(model=str(other), image=edges))))
+    for _ in range(3):
+        m.run(two)
+        assert m.fast_runtime.wait_idle(60)
+    assert m.fast_runtime.overlap.joined == 4  # the third request, every step as one function
+    keep, evicted = m.controlnets.loaded()
+    gone = weakref.ref(evicted)
+    m.controlnets._models = {k: v for k, v in m.controlnets._models.items() if v is keep}
+    m._pipelines.pop("controlnet", None)
+    del evicted
+    gc.collect()
+    assert gone() is None and keep is m.controlnets.loaded()[0]
+
+
 # ------------------------------------------------------------------------------------- SDXL
 # The tiny SDXL (tests/tiny_sdxl.py): its UNet and ControlNet calls carry added_cond_kwargs
 # (pooled text embedding + size/crop time_ids), flattened into the fast calls' signatures.
