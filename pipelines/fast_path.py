@@ -473,8 +473,10 @@ class FastPathRuntime:
                     self._cv.notify_all()
 
     def _next_compile(self):
-        """The first queued compile of a plain call, else the first of a lossy option's view."""
-        job = next((job for job in self._compile_jobs if not job[0].lossy), self._compile_jobs[0])
+        """A prebuilt step first (a capture of parts already compiled: a fraction of a second),
+        then the first queued compile of a plain call, else the first of a lossy option's view."""
+        job = next((job for job in self._compile_jobs if job[0].prebuilt), None)
+        job = job or next((job for job in self._compile_jobs if not job[0].lossy), self._compile_jobs[0])
         self._compile_jobs.remove(job)
         return job
 
@@ -734,24 +736,32 @@ def _wrap_multi_controlnet(runtime: FastPathRuntime, multi) -> None:
     diffusers does and, once learned, runs the whole step as one graph."""
     inner = multi.forward
 
-    def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels=None,
-                timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
-                guess_mode=False, return_dict=True):
+    def served_units(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, *rest,
+                     guess_mode=False) -> list | None:
+        """[(state, call, tensors, origin, scale)] per unit, or None when any unit is not one the
+        fast path serves (or is rerouted: Turbo; guess mode's residuals are padded per unit)."""
+        if guess_mode or not (isinstance(controlnet_cond, (list, tuple)) and isinstance(conditioning_scale, (list, tuple))
+                              and len(controlnet_cond) == len(conditioning_scale) == len(multi.nets)):
+            return None
         units = []
         for net, cond, scale in zip(multi.nets, controlnet_cond, conditioning_scale):
             hooks = getattr(net, "_sd_studio_unit", None)
-            served = (hooks[1](sample, timestep, encoder_hidden_states, cond, scale, class_labels, timestep_cond,
-                               attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode)
-                      if hooks is not None and net.forward is hooks[0] and not guess_mode else None)
+            served = (hooks[1](sample, timestep, encoder_hidden_states, cond, scale, *rest)
+                      if hooks is not None and net.forward is hooks[0] else None)
             if served is None:
-                units = None
-                break
+                return None
             units.append((*served, scale))
-        if not units or len(units) != len(multi.nets):
+        return units
+
+    def forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels=None,
+                timestep_cond=None, attention_mask=None, added_cond_kwargs=None, cross_attention_kwargs=None,
+                guess_mode=False, return_dict=True):
+        units = served_units(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
+                             timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode=guess_mode)
+        if units is None:
             return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
                          timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
-        down, mid = runtime.overlap.run_units(units)
-        return down, mid
+        return runtime.overlap.run_units(units)  # (down residuals, mid residual), as diffusers' model returns them
 
     multi.forward = forward
     multi._sd_studio_fast = forward
