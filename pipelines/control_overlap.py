@@ -35,6 +35,7 @@ stream of its own beside the first half (`units_step`).
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 
 import torch
 
@@ -103,8 +104,7 @@ class ControlOverlap:
         self.last = None  # (weakref to ControlState, _Origin) of the last ControlNet call
         self.overlapped = 0  # ControlNet steps served on two streams (benches read it)
         self.joined = 0  # of those, steps served as one graph
-        self.units = 0  # ControlNet calls before the last UNet call with residuals: one joins
-        self._calls = 0
+        self.apart = 0  # > 0 while several units run one by one (units_apart): none joins alone
         self._group_step = None  # (_Group, the summed residuals) of the last several units' step
         self._sides: dict = {}
         self._scales: dict = {}
@@ -118,7 +118,7 @@ class ControlOverlap:
                        alone: bool = True) -> tuple:
         """call(*args) = (x, t, context, hint, *added) → residuals at scale 1; scaled here.
         alone: not one of several units (whose step joins through run_units, never here)."""
-        self._calls += 1
+        alone = alone and not self.apart
         if self.stash is not None and not self.stash.origin.matches(*origin):
             self._drop()  # nobody took it: that ControlNet's partner guess was wrong
         partner = state.partner() if state.partner is not None else None
@@ -151,7 +151,6 @@ class ControlOverlap:
         if joint is not None:
             fast, inputs, half = joint
             *outs, noise = fast(*inputs, borrow=True)
-            self._calls += len(units)
             self.stash = _Stash(units[0][0], half, _Origin(*units[0][3]), tuple(outs), None, noise=noise, group=group)
             self.overlapped += 1
             self.joined += 1
@@ -165,6 +164,17 @@ class ControlOverlap:
                 mid = mid + outs[-1]  # diffusers adds in place (+=): the same sums
         self._group_step = (group, (*down, mid)) if group is not None else None
         return down, mid
+
+    @contextmanager
+    def units_apart(self):
+        """Several units that cannot come here together (guess mode, a unit the fast path does
+        not serve) call their ControlNets one by one inside this: the UNet gets their summed
+        residuals, so none of them may run its one-unit joint step."""
+        self.apart += 1
+        try:
+            yield
+        finally:
+            self.apart -= 1
 
     def _group(self, units) -> "_Group":
         states = [unit[0] for unit in units]
@@ -223,7 +233,6 @@ class ControlOverlap:
         residuals teaches that ControlNet its second half."""
         stash = self.stash
         origin = (sample, timestep, context, added)
-        self.units, self._calls = self._calls, 0
         group_step, self._group_step = self._group_step, None
         if stash is not None and stash.noise is not None:
             self.stash = None
@@ -271,8 +280,7 @@ class ControlOverlap:
         """(the joint step's FastCall, its inputs) when its graph is ready; else None, and the
         worker is asked for it once its three parts are at their last upgrade."""
         second = state.second.get(key)
-        # Several units (the last step had them): the UNet gets their summed residuals, never one's.
-        up = second[0]() if self.units == 1 and second is not None else None
+        up = second[0]() if second is not None else None
         if up is None:
             return None
         fns = (call.final_fn(key), partner.final_fn(partner.key(*args[:3], *args[4:])), up.final_fn(second[1]))

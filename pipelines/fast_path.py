@@ -759,8 +759,10 @@ def _wrap_multi_controlnet(runtime: FastPathRuntime, multi) -> None:
         units = served_units(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
                              timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode=guess_mode)
         if units is None:
-            return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
-                         timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode, return_dict)
+            with runtime.overlap.units_apart():
+                return inner(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, class_labels,
+                             timestep_cond, attention_mask, added_cond_kwargs, cross_attention_kwargs, guess_mode,
+                             return_dict)
         return runtime.overlap.run_units(units)  # (down residuals, mid residual), as diffusers' model returns them
 
     multi.forward = forward

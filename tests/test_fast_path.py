@@ -222,9 +222,13 @@ def test_controlnet_and_repaint_on_the_fast_path_give_the_plain_pipelines_images
     served = {call.name: sum(call.served.values()) - before.get(call.name, 0) for call in m.fast_runtime.calls}
     assert served["controlnet units step (one graph)"] == 4 and m.fast_runtime.overlap.joined == 8
     assert served["controlnet"] == served["unet down+mid"] == served["unet up+residuals"] == 0
-    # One unit again: its own joint step from its second step on (the first follows two units').
+    # One unit again: its own joint step, every step.
     assert np.array_equal(pixels(m.run(txt2img(control=control))), pixels(manager.run(txt2img(control=control))))
-    assert m.fast_runtime.overlap.joined == 11
+    assert m.fast_runtime.overlap.joined == 12
+    # Two units in guess mode (their residuals padded one by one): one by one, none joins alone.
+    guess = txt2img(control=Control(units=(control.units[0], second), guess_mode=True))
+    assert np.array_equal(pixels(m.run(guess)), pixels(manager.run(guess)))
+    assert m.fast_runtime.overlap.joined == 12
 
 
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
