@@ -298,8 +298,10 @@ class ControlOverlap:
 
     def _scale(self, scale: float, device) -> torch.Tensor:
         """The conditioning scale as a float32 tensor on the device, made once per value
-        (torch.full: no host-to-device copy, so no sync)."""
+        (torch.full: no host-to-device copy, so no sync); the 64 latest values are kept."""
         if (scale, device) not in self._scales:
+            if len(self._scales) >= 64:  # users' weights are free numbers: the table must not grow with them
+                del self._scales[next(iter(self._scales))]
             self._scales[(scale, device)] = torch.full((), scale, dtype=torch.float32, device=device)
         return self._scales[(scale, device)]
 
