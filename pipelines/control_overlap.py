@@ -30,7 +30,7 @@ bit: 1.04× per request, ControlNet 1.23-1.24× txt2img on an H200 (docs/perform
 Several units (diffusers' MultiControlNetModel, wrapped by the fast path) come here together
 (run_units): their residuals are summed in diffusers' order, and once a step shows which UNet
 halves get those sums, the whole step is one graph too, each unit's ControlNet on a side
-stream of its own beside the first half (`units_step`).
+stream of its own beside the first half (`joint_step`).
 """
 from __future__ import annotations
 
@@ -195,19 +195,28 @@ class ControlOverlap:
             return None
         fns = (*(unit[1].final_fn(unit[1].key(*unit[2])) for unit in units), half.final_fn(plan[1]),
                up.final_fn(plan[3]))
-        if any(fn is None for fn in fns):
-            return None
-        x = units[0][2][0]
-        if group.joint is None or not _built_from(group.joint[0], fns):
-            sides = [self._side(x.device, i) for i in range(len(units))] if x.is_cuda else None
-            step = units_step(fns[:-2], fns[-2], fns[-1], len(units[0][2]) - 1, sides)
-            group.joint = (_weak(fns), self.runtime.call("controlnet units step (one graph)", step, prebuilt=True))
         args = units[0][2]
         inputs = (*args[:3], *args[4:], *(unit[2][3] for unit in units),
-                  *(self._scale(float(unit[4]), x.device) for unit in units))
-        if group.joint[1].ready(*inputs):
-            return group.joint[1], inputs, half
-        group.joint[1].prepare(*inputs)
+                  *(self._scale(float(unit[4]), args[0].device) for unit in units))
+        fast = self._built(group, "controlnet units step (one graph)", fns, inputs, len(args) - 1)
+        return (fast, inputs, half) if fast is not None else None
+
+    def _built(self, owner, name: str, fns: tuple, inputs: tuple, shared: int):
+        """owner.joint's FastCall for these parts' functions (built again when a part changed)
+        when its graph for these inputs is ready; else None, the worker asked for it once the
+        parts are all at their last upgrade. fns: the units' ControlNets, then the two halves;
+        shared: how many of the inputs all units share (joint_step)."""
+        if any(fn is None for fn in fns):
+            return None
+        if owner.joint is None or not _built_from(owner.joint[0], fns):
+            x, units = inputs[0], len(fns) - 2
+            sides = [self._side(x.device, i) for i in range(units)] if x.is_cuda else None
+            step = joint_step(fns[:-2], fns[-2], fns[-1], shared, sides)
+            owner.joint = (_weak(fns), self.runtime.call(name, step, prebuilt=True))
+        fast = owner.joint[1]
+        if fast.ready(*inputs):
+            return fast
+        fast.prepare(*inputs)
         return None
 
     def _two_streams(self, call, partner, args, half_args, scale) -> tuple:
@@ -266,7 +275,7 @@ class ControlOverlap:
         stash, self.stash = self.stash, None
         origin = (sample, timestep, context, added)
         if stash is not None and stash.first is not None:
-            if stash.partner is half and stash.origin.matches(*origin):
+            if stash.taken_by(half, origin, ()):
                 return stash.first
             stash.state.partner = None
         first = half(*args, borrow=True)
@@ -284,17 +293,10 @@ class ControlOverlap:
         if up is None:
             return None
         fns = (call.final_fn(key), partner.final_fn(partner.key(*args[:3], *args[4:])), up.final_fn(second[1]))
-        if any(fn is None for fn in fns):
-            return None
-        if state.joint is None or not _built_from(state.joint[0], fns):
-            step = joint_step(*fns, len(args), self._side(args[0].device) if args[0].is_cuda else None)
-            state.joint = (_weak(fns), self.runtime.call("controlnet step (one graph)", step, prebuilt=True))
-        joint = state.joint[1]
-        inputs = args if scale == 1.0 else (*args, self._scale(scale, args[0].device))
-        if joint.ready(*inputs):
-            return joint, inputs
-        joint.prepare(*inputs)
-        return None
+        # joint_step's order: the shared tensors, the hint embedding, the scale unless it is 1
+        inputs = (*args[:3], *args[4:], args[3], *(() if scale == 1.0 else (self._scale(scale, args[0].device),)))
+        fast = self._built(state, "controlnet step (one graph)", fns, inputs, len(args) - 1)
+        return (fast, inputs) if fast is not None else None
 
     def _scale(self, scale: float, device) -> torch.Tensor:
         """The conditioning scale as a float32 tensor on the device, made once per value
@@ -310,38 +312,14 @@ class ControlOverlap:
         self.stash = None
 
 
-def joint_step(controlnet, first_half, second_half, count: int, side: torch.cuda.Stream | None):
-    """One ControlNet step from the three parts' functions: fn(x, t, context, hint, *added
-    [, scale]) → (*scaled residuals, noise prediction). On a GPU the ControlNet runs on the
-    side stream, forked from and joined to the capturing stream (one graph holds both).
-    The parts are held weakly, as everywhere a joint step is kept (_weak)."""
-    parts = _weak((controlnet, first_half, second_half))
-
-    def step(*tensors):
-        controlnet, first_half, second_half = _strong(parts)
-        args, scale = tensors[:count], (tensors[count] if len(tensors) > count else None)
-        half_args = (*args[:3], *args[4:])
-        if side is None:
-            residuals = controlnet(*args)
-            first = first_half(*half_args)
-        else:
-            main = torch.cuda.current_stream(args[0].device)
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                residuals = controlnet(*args)
-            first = first_half(*half_args)
-            main.wait_stream(side)
-        if scale is not None:  # o * scale as _scaled does it: fp32 product, rounded to o's dtype
-            residuals = tuple((o.float() * scale).to(o.dtype) for o in residuals)
-        return (*residuals, *second_half(*first, *residuals))
-
-    return step
-
-
-def units_step(controlnets, first_half, second_half, shared: int, sides: list | None):
-    """Several units' step from their parts' functions: fn(x, t, context, *added, hint per unit,
-    scale per unit) → (*summed residuals, noise prediction); shared = 3 + len(added). On a GPU
-    each unit's ControlNet runs on a side stream of its own beside the first half."""
+def joint_step(controlnets, first_half, second_half, shared: int, sides: list | None):
+    """A ControlNet step, one unit or several, from its parts' functions: fn(x, t, context,
+    *added, one hint embedding per unit[, one scale per unit]) → (*residuals, noise
+    prediction), shared = 3 + len(added). Each unit's residuals are scaled (without scales: as
+    they are, i.e. scale 1) and the units' summed in their order, as diffusers does. On a GPU
+    each unit's ControlNet runs on a side stream of its own, forked from and joined to the
+    capturing stream, beside the first half (one graph holds them all). The parts are held
+    weakly, as everywhere a joint step is kept (_weak)."""
     count = len(controlnets)
     parts = _weak((*controlnets, first_half, second_half))
 
@@ -363,8 +341,9 @@ def units_step(controlnets, first_half, second_half, shared: int, sides: list | 
             for side in sides:
                 main.wait_stream(side)
         total = None
-        for outs, scale in zip(results, scales):  # o * scale as _scaled does it, summed in the units' order
-            outs = tuple((o.float() * scale).to(o.dtype) for o in outs)
+        for i, outs in enumerate(results):  # o * scale as _scaled does it: fp32 product, rounded to o's dtype
+            if scales:
+                outs = tuple((o.float() * scales[i]).to(o.dtype) for o in outs)
             total = outs if total is None else tuple(a + b for a, b in zip(total, outs))
         return (*total, *second_half(*first, *total))
 
