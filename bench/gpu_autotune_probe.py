@@ -21,6 +21,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 import torch  # noqa: E402
 
+from gpu_controlnet_overlap import step_ms  # noqa: E402
 from gpu_speed import budget_watchdog, log  # noqa: E402
 
 # (name, uses per UNet step, module, input shape): the 3×3 convolutions of the resnets and the
@@ -35,28 +36,11 @@ CASES = [
 ]
 
 
-def graph_us(fn, x, replays: int = 200) -> float:
-    """µs per call of fn(x), captured in one CUDA graph (no launch overhead in the number)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn(x)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(10):
-            fn(x)
-    runs = []
-    for _ in range(3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays // 10):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        runs.append(start.elapsed_time(end) * 1000 / replays)
-    return sorted(runs)[1]
+def graph_us(fn, x) -> float:
+    """µs per call of fn(x): ten calls captured in one CUDA graph (so the graph's launch does
+    not decide the number), timed by gpu_controlnet_overlap.step_ms."""
+    ms, _ = step_ms(lambda x: [fn(x) for _ in range(10)], (x,), repeats=20)
+    return ms * 1000 / 10
 
 
 def main() -> None:

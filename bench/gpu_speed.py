@@ -401,8 +401,7 @@ def joint_vs_three_graphs(manager, name, requests, args, steady) -> None:
     log(mode=name, three_graphs_s=round(three, 4), one_graph_s=round(one, 4),
         speedup=round(three / one, 3), ratio_to_txt2img={"three graphs": round(three / steady["txt2img"], 3),
                                                           "one graph": round(one / steady["txt2img"], 3)},
-        images_identical=bool(np.array_equal(images[False], images[True])),
-        max_abs_diff=int(np.abs(images[False].astype(int) - images[True].astype(int)).max()))
+        **same_pixels(images[False], images[True]))
     if len(request.control.units) > 1:
         return
     # A unit at weight 0.8 that stops at half the steps: the residuals scaled inside the graph.
@@ -417,8 +416,11 @@ def joint_vs_three_graphs(manager, name, requests, args, steady) -> None:
     manager.fast_runtime.wait_idle(60)
     joined = overlap.joined
     one = np.asarray(manager.run(weighted).images[0].image)
-    log(mode="controlnet 1 unit, weight 0.8, end 0.5", joined_steps=overlap.joined - joined,
-        images_identical=bool(np.array_equal(three, one)), max_abs_diff=int(np.abs(three.astype(int) - one.astype(int)).max()))
+    log(mode="controlnet 1 unit, weight 0.8, end 0.5", joined_steps=overlap.joined - joined, **same_pixels(three, one))
+
+
+def same_pixels(a: np.ndarray, b: np.ndarray) -> dict:
+    return dict(images_identical=bool(np.array_equal(a, b)), max_abs_diff=int(np.abs(a.astype(int) - b.astype(int)).max()))
 
 
 @section("lora")
