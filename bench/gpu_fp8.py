@@ -14,6 +14,8 @@ quality, one process, one card.
 
     PYTHONUNBUFFERED=1 python bench/gpu_fp8.py [--demo-models assets/models]   # ~3 min on an H200 (cold compile cache)
     python bench/gpu_fp8.py --cpu-smoke     # the same code on a tiny model on the CPU: fp8 is refused there
+    PYTHONUNBUFFERED=1 python bench/gpu_fp8.py --family sdxl --size 1024 --repeats 3 --max-batch 1 --compile-wait-s 200
+                                            # SDXL base shapes at 1024²: the two managers' rows only, ~5.5 min
 
 One JSON line per measurement (bench/gpu_speed.py's log); a failing section logs and the rest runs.
 """
@@ -81,9 +83,9 @@ def bench_manager(folder: Path, card: str, args, fp8: bool) -> dict | None:
 
     label = "fp8" if fp8 else "fp16"
     config = FastPath(compile=args.compile, compile_vae=args.compile_vae)
-    manager = PipelineManager(device=args.device, dtype=args.dtype, fast_path=config, fp8=fp8)
+    manager = PipelineManager(device=args.device, dtype=args.dtype, fast_path=config, fp8=fp8, max_batch=args.max_batch)
     start, t0 = time.time(), time.perf_counter()
-    manager.load_base(str(folder / "sd15"))
+    manager.load_base(str(folder / args.family))
     unet = manager.pipeline("txt2img").unet
     log(config=f"manager fast path, {label}", applied=manager.fast_path_applied, load_s=round(time.perf_counter() - t0, 1),
         fp8_layers=len(getattr(unet, "_sd_studio_fp8", [])), unet_weight_mib=round(_unet_bytes(unet) / 2**20, 1))
@@ -299,7 +301,11 @@ def main() -> None:
     parser.add_argument("--compile-wait-s", type=float, default=150, help="longest wait for each manager's compiles")
     parser.add_argument("--demo-models", default=str(ROOT / "assets" / "models"), help="folder holding demo/ (the demo family)")
     parser.add_argument("--probe-n", type=int, default=None, help="held-out captions (default 100; 2 with --cpu-smoke)")
-    parser.add_argument("--folder", default="", help="an existing build_random_sd15 folder (else built here)")
+    parser.add_argument("--folder", default="", help="an existing build_random_sd15 / build_random_sdxl folder (else built here)")
+    parser.add_argument("--family", default="sd15", choices=("sd15", "sdxl"),
+                        help="SD 1.5 or SDXL base shapes (SDXL: only the two managers' rows and their comparison)")
+    parser.add_argument("--max-batch", type=int, default=0,
+                        help="the managers' --max-batch (0: the app's default); 1 compiles one UNet shape per size")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU: every code path that runs there")
     args = parser.parse_args()
     if args.cpu_smoke:
@@ -319,20 +325,28 @@ def main() -> None:
 def bench_fp8(folder: Path | None, card: str, args) -> None:
     """Every fp8 row; `folder` holds build_random_sd15's sd15/ (None: built here)."""
     defaults = dict(device="cuda", dtype="fp16", steps=30, size=512, repeats=5, compile="full", compile_vae=False,
-                    compile_wait_s=150.0, demo_models=str(ROOT / "assets" / "models"), probe_n=100)
+                    compile_wait_s=150.0, demo_models=str(ROOT / "assets" / "models"), probe_n=100, family="sd15",
+                    max_batch=0)
     for name, value in defaults.items():  # called from another bench's main with its own args
         if not hasattr(args, name):
             setattr(args, name, value)
     check_torchao_api(args)
     if folder is None:
         folder = Path(tempfile.mkdtemp())
-        (_tiny_folder if args.device == "cpu" else build_random_sd15)(folder)
-        log(stage="built the model", folder_kind="tiny" if args.device == "cpu" else "SD 1.5 shapes, random", card=card,
-            torch=torch.__version__)
+        if args.family == "sdxl":
+            from gpu_sdxl import build_random_sdxl, build_tiny_sdxl
+
+            build_tiny_sdxl(folder) if args.device == "cpu" else build_random_sdxl(folder, args.device)
+        else:
+            (_tiny_folder if args.device == "cpu" else build_random_sd15)(folder)
+        log(stage="built the model", folder_kind="tiny" if args.device == "cpu" else f"{args.family} shapes, random",
+            card=card, torch=torch.__version__)
     fp16 = bench_manager(folder, card, args, fp8=False)
     fp8 = bench_manager(folder, card, args, fp8=True)
     if fp16 and fp8:
         compare(card, fp16, fp8)
+    if args.family != "sd15":
+        return  # the sections below are SD 1.5's
     bench_demo_probes(card, args)
     bench_sdpa_shapes(card, args)
     bench_cudnn_benchmark(folder, card, args)
