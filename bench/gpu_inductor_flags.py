@@ -83,13 +83,9 @@ def breakdown(fn, inputs, replays: int = 20) -> dict:
     return {kind: round(ms / replays, 3) for kind, ms in kernel_breakdown(events).items()} | {"kernels": len(events) // replays}
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--budget-s", type=float, default=300)
-    parser.add_argument("--settings", default="defaults,cd", help=f"comma list of {', '.join(SETTINGS)}")
-    args = parser.parse_args()
-
-    budget_watchdog(args.budget_s)
+def served_unet_step():
+    """SD 1.5's UNet (random fp16 weights, channels_last, fused QKV: as the fast path serves it)
+    and one CFG step's inputs at 512²: latents, timestep 500, text embeddings."""
     torch.manual_seed(0)
     with torch.device("cuda"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15, subfolder="unet")).half().eval()
@@ -99,6 +95,17 @@ def main():
     inputs = (torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float16, generator=g).contiguous(memory_format=torch.channels_last),
               torch.full((2,), 500.0, device="cuda"),
               torch.randn(2, 77, 768, device="cuda", dtype=torch.float16, generator=g))
+    return unet, inputs
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budget-s", type=float, default=300)
+    parser.add_argument("--settings", default="defaults,cd", help=f"comma list of {', '.join(SETTINGS)}")
+    args = parser.parse_args()
+
+    budget_watchdog(args.budget_s)
+    unet, inputs = served_unet_step()
     log(card=torch.cuda.get_device_name(), torch=torch.__version__)
     reference: list = []
     for name in args.settings.split(","):

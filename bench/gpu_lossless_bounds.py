@@ -35,7 +35,6 @@ from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
 
 from gpu_speed import budget_watchdog, log, section  # noqa: E402
 
-SD15 = ROOT / "assets" / "configs" / "sd15"
 VARIANTS = ("served", "hoisted", "norms free", "attention free", "all bounds")
 
 
@@ -163,16 +162,10 @@ def main():
     if args.cpu_smoke:
         return cpu_smoke()
 
+    from gpu_inductor_flags import served_unet_step
+
     budget_watchdog(args.budget_s)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15, subfolder="unet")).half().eval()
-    unet.to(memory_format=torch.channels_last)
-    unet.fuse_qkv_projections()
-    g = torch.Generator("cuda").manual_seed(1)
-    inputs = (torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float16, generator=g).contiguous(memory_format=torch.channels_last),
-              torch.full((2,), 500.0, device="cuda"),
-              torch.randn(2, 77, 768, device="cuda", dtype=torch.float16, generator=g))
+    unet, inputs = served_unet_step()
     log(card=torch.cuda.get_device_name(), torch=torch.__version__, compile=args.compile)
     reference: list = []
     for name in args.variants.split(","):
