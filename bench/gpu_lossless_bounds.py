@@ -23,6 +23,7 @@ import argparse
 import copy
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.models.resnet import ResnetBlock2D  # noqa: E402
 
+from gpu_fp8 import rel_error  # noqa: E402
 from gpu_speed import budget_watchdog, log, section  # noqa: E402
 
 VARIANTS = ("served", "hoisted", "norms free", "attention free", "all bounds")
@@ -49,22 +51,22 @@ class Precomputed(torch.nn.Module):
         return self.value
 
 
-def hoist_projections(unet, timestep, context) -> int:
+def hoist_projections(unet, timestep, context) -> None:
     """Replaces the per-step projections that depend only on the timestep or the text by their
-    values for this (timestep, context): what a request would compute once before its loop.
-    Returns how many projections it replaced."""
-    replaced = 0
+    values for this (timestep, context): what a request would compute once before its loop."""
     with torch.no_grad():
         emb = unet.time_embedding(unet.time_proj(timestep).to(context.dtype))
         for block in unet.modules():
             if isinstance(block, ResnetBlock2D) and block.time_emb_proj is not None:
                 block.time_emb_proj = Precomputed(block.time_emb_proj(block.nonlinearity(emb)))
-                replaced += 1
         for name, attention in unet.named_modules():
             if name.endswith("attn2") and hasattr(attention, "to_kv"):
                 attention.to_kv = Precomputed(attention.to_kv(context))
-                replaced += 1
-    return replaced
+
+
+def hoisted(model) -> int:
+    """How many projections hoist_projections replaced in model."""
+    return sum(isinstance(m, Precomputed) for m in model.modules())
 
 
 def drop_norms(unet) -> None:
@@ -101,8 +103,6 @@ def call(model, attention_free):
 
 @section("variant")
 def measure(name, unet, inputs, reference, compile_mode):
-    import time
-
     from gpu_controlnet_overlap import step_ms
     from gpu_inductor_flags import breakdown
 
@@ -116,20 +116,16 @@ def measure(name, unet, inputs, reference, compile_mode):
         fn(*inputs)
         compile_s = time.perf_counter() - started
         ms, out = step_ms(fn, inputs, 100)
-        row = dict(variant=name, unet_step_ms=ms, projections_hoisted=sum(isinstance(m, Precomputed) for m in model.modules()), compile_s=round(compile_s, 1),
+        row = dict(variant=name, unet_step_ms=ms, projections_hoisted=hoisted(model), compile_s=round(compile_s, 1),
                    by_kind_ms_per_step=breakdown(fn, inputs))
     if reference:
         row.update(step_saved_ms=round(reference[0] - ms, 3), speedup=round(reference[0] / ms, 3))
         if name == "hoisted":
-            row.update(rel_error_vs_served=relative_error(out, reference[1]))
+            row.update(rel_error_vs_served=rel_error(out, reference[1]))
     else:
         reference.extend([ms, out.clone()])
     log(**row)
     del model
-
-
-def relative_error(a, b) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 def cpu_smoke() -> None:
@@ -144,10 +140,9 @@ def cpu_smoke() -> None:
     with torch.no_grad():
         served = call(unet, False)(*inputs)
         model = variant(unet, "hoisted", inputs)
-        hoisted = call(model, False)(*inputs)
+        out = call(model, False)(*inputs)
         bounded = call(variant(unet, "all bounds", inputs), True)(*inputs)
-    error = relative_error(hoisted, served)
-    hoisted_count = sum(isinstance(m, Precomputed) for m in model.modules())
+    error, hoisted_count = rel_error(out, served), hoisted(model)
     log(cpu_smoke="hoisted vs served", rel_error=error, hoisted=hoisted_count, bounds_shape_ok=bounded.shape == served.shape)
     assert error < 1e-5 and hoisted_count > 0 and bounded.shape == served.shape, error
 
